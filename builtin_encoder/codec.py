@@ -1,0 +1,82 @@
+"""The one small interface every codec backend implements.
+
+A backend owns one continuous encode: frames go in display order with a forced QP each, coded
+packets come out, appended to the output bitstream. Backends run in a zero-latency / low-delay
+configuration, so `encode` returns the stats of exactly the frames it was given: the encoder
+program can then write the mini-GOP's feedback before asking for the next QP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class YuvFrame:
+    """One 8-bit 4:2:0 picture. Planes are C-contiguous uint8 arrays, shapes (h, w), (h/2, w/2) x2."""
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+
+
+@dataclass
+class CodecConfig:
+    width: int  # luma pixels, even
+    height: int  # luma pixels, even
+    fps: float
+    keyint: int  # frames per GOP (key-frame period)
+    mini_gop: int  # frames per mini-GOP (the low-delay hierarchy period); divides keyint
+    preset: int  # codec speed preset (SVT-AV1 0..13, x264 0..9 = placebo..ultrafast reversed)
+    threads: int = 0  # 0 = codec default
+
+
+@dataclass
+class FrameStats:
+    """What the codec reports for one coded frame (display order)."""
+
+    index: int  # display index within the encode
+    frame_type: str  # "KEY" or "INTER"
+    temporal_layer: int  # 0 = base layer
+    qp: int  # QP the codec actually used for this frame
+    bits: int  # size of the frame's packet, bits
+    sse_y: float  # sum of squared errors over the luma plane (8-bit scale)
+    sse_u: float
+    sse_v: float
+    ssim_y: float  # SSIM of the luma plane, 0..1
+
+
+class Codec(Protocol):
+    """A codec backend. See codec_svtav1.py and codec_x264.py."""
+
+    name: str  # "svtav1" or "x264"
+    qp_min: int  # smallest QP a frame may be given
+    qp_max: int  # largest QP a frame may be given
+    bitstream_ext: str  # ".ivf" or ".264"
+
+    def layer_qp_offsets(self) -> list[int]:
+        """QP offset of each temporal layer (index = layer) relative to the mini-GOP's base QP."""
+        ...
+
+    def key_qp_offset(self, base_qp: int) -> int:
+        """QP offset (negative) of a key frame relative to the mini-GOP's base QP."""
+        ...
+
+    def temporal_layer(self, pos_in_minigop: int) -> int:
+        """Temporal layer of the frame at position `pos_in_minigop` (0-based) of a mini-GOP."""
+        ...
+
+    def encode(self, frames: list[YuvFrame], qps: list[int], key_first: bool) -> list[FrameStats]:
+        """Codes `frames` (consecutive, display order) at the given per-frame QPs.
+
+        `key_first` forces the first frame to be a key frame. Returns one FrameStats per frame,
+        in display order, after their packets were written to the bitstream.
+        """
+        ...
+
+    def close(self) -> None:
+        """Flushes the codec, finishes the bitstream file and frees the codec."""
+        ...

@@ -1,0 +1,401 @@
+"""The rl_io wire format: file names, typed messages, atomic writes, waiting for files.
+
+Both programs import this module and nothing else of each other: the built-in encoder
+(`builtin_encoder/`) writes requests and feedback and reads replies; the agent's `io_runner.py`
+does the opposite. PROTOCOL.md is the normative text; this module is its executable form.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import math
+import os
+import select
+import struct
+import time
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Self
+
+PROTOCOL_VERSION = 1
+
+REQUEST_FMT = "mg{:04d}_rq.json"
+REPLY_FMT = "mg{:04d}_qp.json"
+FEEDBACK_FMT = "mg{:04d}_fb.json"
+END_NAME = "end.json"
+TMP_SUFFIX = ".tmp"
+
+
+class ProtocolError(ValueError):
+    """A protocol file is malformed; the message names the file and the field."""
+
+
+def request_path(rl_dir: Path, mg_index: int) -> Path:
+    return Path(rl_dir) / REQUEST_FMT.format(mg_index)
+
+
+def reply_path(rl_dir: Path, mg_index: int) -> Path:
+    return Path(rl_dir) / REPLY_FMT.format(mg_index)
+
+
+def feedback_path(rl_dir: Path, mg_index: int) -> Path:
+    return Path(rl_dir) / FEEDBACK_FMT.format(mg_index)
+
+
+def end_path(rl_dir: Path) -> Path:
+    return Path(rl_dir) / END_NAME
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@dataclass
+class Request:
+    """Encoder -> agent, `mg%04d_rq.json`: everything known before mini-GOP `mg_index` is coded.
+
+    Bits are whole bits; `fp_*` are first-pass costs in bits per pixel (pass-1 bits at the
+    first-pass QP divided by luma pixels), a codec-independent complexity measure.
+    """
+
+    mg_index: int  # 0-based mini-GOP number across the whole encode
+    gop_index: int  # 0-based GOP (key-frame period) number; one GOP is one episode
+    mg_in_gop: int  # 0-based position of this mini-GOP inside its GOP
+    mgs_in_gop: int  # number of mini-GOPs in this GOP
+    first_frame: int  # display index of the first frame of the mini-GOP
+    frame_count: int  # frames in this mini-GOP (>= 1)
+    frame_types: list[str]  # per frame: "KEY" or "INTER"
+    temporal_layers: list[int]  # per frame: 0 = base layer
+    base_qp: int  # the encoder's own base QP for this mini-GOP (its rate control's choice)
+    qp_min: int  # smallest QP the agent may answer
+    qp_max: int  # largest QP the agent may answer
+    fp_bpp: float  # first-pass bits per pixel of this mini-GOP (mean over its frames)
+    lookahead_fp_bpp: list[float]  # the same for the next mini-GOPs (may be empty)
+    gop_bits_spent: int  # bits spent so far in this GOP
+    gop_bits_budget: int  # the rate control's bit budget for the whole GOP
+    total_bits_spent: int  # bits spent so far in the whole encode
+    total_bits_budget: int  # bit budget of the whole encode (target bitrate x duration)
+    target_kbps: float  # target bitrate, kbit/s (1000 bit/s)
+    fps: float  # frames per second
+    width: int  # luma width, pixels
+    height: int  # luma height, pixels
+    total_frames: int  # frames in the whole encode
+    codec: str = ""  # informational: "svtav1", "x264", ...
+    session: str = ""  # echoes the encoder's --rl-session; "" if none
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass
+class Reply:
+    """Agent -> encoder, `mg%04d_qp.json`: `{"qp": N}`; `mg_index`/`session` are optional echoes."""
+
+    qp: int
+    mg_index: int | None = None
+    session: str | None = None
+
+
+@dataclass
+class Feedback:
+    """Encoder -> agent, `mg%04d_fb.json`: the result of coding mini-GOP `mg_index`.
+
+    MSE values are per-sample means over the mini-GOP's frames (8-bit scale, 0..65025);
+    PSNR values are computed from those means (overall PSNR, not a mean of per-frame PSNRs).
+    """
+
+    mg_index: int
+    gop_index: int
+    frame_count: int
+    bits: int  # bits of all frames of the mini-GOP
+    qp_used: int  # the base QP actually applied to the mini-GOP
+    frame_qps: list[int]  # QP of each frame after layer / key-frame offsets
+    frame_bits: list[int]  # bits of each frame
+    mse_y: float
+    mse_u: float
+    mse_v: float
+    psnr_y: float  # dB, from mse_y
+    psnr_u: float
+    psnr_v: float
+    psnr_y_frame_mean: float  # dB, mean of per-frame PSNR-Y (reported, not the headline)
+    ssim_y: float  # mean SSIM-Y over the frames, 0..1
+    gop_end: int  # 1 if this mini-GOP ends its GOP (end of episode), else 0
+    session: str = ""
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass
+class End:
+    """Encoder -> agent, `end.json`, written once when the encode stops (successfully or not)."""
+
+    status: str  # "ok" or "error"
+    mini_gops: int  # mini-GOPs fully coded
+    frames: int  # frames coded
+    bits: int  # total bits written
+    message: str = ""
+    session: str = ""
+    version: int = PROTOCOL_VERSION
+
+
+# ----------------------------------------------------------------------------- validation
+
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "qp": (0, 255),
+}
+
+
+def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
+    """Checks one JSON value against a dataclass annotation (as a string); returns it typed."""
+
+    def bad(why: str) -> ProtocolError:
+        return ProtocolError(f"{path}: field '{name}' {why} (got {value!r})")
+
+    ann = annotation.replace(" ", "")
+    if ann.endswith("|None"):
+        if value is None:
+            return None
+        ann = ann[: -len("|None")]
+    if ann == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad("must be an integer")
+        return value
+    if ann == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("must be a number")
+        if not math.isfinite(value):
+            raise bad("must be finite")
+        return float(value)
+    if ann == "str":
+        if not isinstance(value, str):
+            raise bad("must be a string")
+        return value
+    if ann.startswith("list["):
+        if not isinstance(value, list):
+            raise bad("must be a list")
+        inner = ann[len("list[") : -1]
+        return [_check_type(path, f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
+    raise AssertionError(f"unsupported annotation {annotation}")
+
+
+def _from_dict(cls: type, data: Any, path: Path) -> Any:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{path}: top level must be a JSON object (got {type(data).__name__})")
+    kwargs = {}
+    for f in fields(cls):
+        has_default = f.default is not MISSING or f.default_factory is not MISSING
+        if f.name not in data:
+            if has_default:
+                continue
+            raise ProtocolError(f"{path}: missing field '{f.name}'")
+        kwargs[f.name] = _check_type(path, f.name, data[f.name], str(f.type))
+    msg = cls(**kwargs)
+    version = getattr(msg, "version", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"{path}: field 'version' is {version}, this program speaks {PROTOCOL_VERSION}")
+    return msg
+
+
+def _validate_request(req: Request, path: Path) -> None:
+    n = req.frame_count
+    if n < 1:
+        raise ProtocolError(f"{path}: field 'frame_count' must be >= 1 (got {n})")
+    for name in ("frame_types", "temporal_layers"):
+        if len(getattr(req, name)) != n:
+            raise ProtocolError(f"{path}: field '{name}' must have frame_count={n} entries")
+    for t in req.frame_types:
+        if t not in ("KEY", "INTER"):
+            raise ProtocolError(f"{path}: field 'frame_types' entries must be KEY or INTER (got {t!r})")
+    if not req.qp_min <= req.base_qp <= req.qp_max:
+        raise ProtocolError(
+            f"{path}: field 'base_qp' {req.base_qp} is outside [qp_min, qp_max] = [{req.qp_min}, {req.qp_max}]"
+        )
+    if not 0 <= req.mg_in_gop < req.mgs_in_gop:
+        raise ProtocolError(f"{path}: field 'mg_in_gop' must be in [0, mgs_in_gop)")
+    for name in ("width", "height", "total_frames", "gop_bits_budget", "total_bits_budget"):
+        if getattr(req, name) <= 0:
+            raise ProtocolError(f"{path}: field '{name}' must be > 0")
+    if req.fps <= 0 or req.target_kbps <= 0:
+        raise ProtocolError(f"{path}: fields 'fps' and 'target_kbps' must be > 0")
+
+
+def _validate_feedback(fb: Feedback, path: Path) -> None:
+    if fb.gop_end not in (0, 1):
+        raise ProtocolError(f"{path}: field 'gop_end' must be 0 or 1 (got {fb.gop_end})")
+    if fb.bits < 0 or fb.frame_count < 1:
+        raise ProtocolError(f"{path}: fields 'bits' must be >= 0 and 'frame_count' >= 1")
+    for name in ("mse_y", "mse_u", "mse_v"):
+        if getattr(fb, name) < 0:
+            raise ProtocolError(f"{path}: field '{name}' must be >= 0")
+    if not 0.0 <= fb.ssim_y <= 1.0:
+        raise ProtocolError(f"{path}: field 'ssim_y' must be in [0, 1] (got {fb.ssim_y})")
+
+
+def parse_request(text: str, path: Path) -> Request:
+    req = _from_dict(Request, _loads(text, path), path)
+    _validate_request(req, path)
+    return req
+
+
+def parse_feedback(text: str, path: Path) -> Feedback:
+    fb = _from_dict(Feedback, _loads(text, path), path)
+    _validate_feedback(fb, path)
+    return fb
+
+
+def parse_end(text: str, path: Path) -> End:
+    return _from_dict(End, _loads(text, path), path)
+
+
+def parse_reply(text: str, path: Path, qp_min: int = 0, qp_max: int = 255) -> Reply:
+    """Parses a reply; a QP outside [qp_min, qp_max] is an error, never silently clamped."""
+    reply = _from_dict(Reply, _loads(text, path), path)
+    if not qp_min <= reply.qp <= qp_max:
+        raise ProtocolError(f"{path}: field 'qp' is {reply.qp}, outside the allowed range [{qp_min}, {qp_max}]")
+    return reply
+
+
+def _loads(text: str, path: Path) -> Any:
+    try:
+        # parse_constant rejects NaN/Infinity, which Python's json accepts by default.
+        return json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def to_json(msg: Any) -> str:
+    data = {k: v for k, v in asdict(msg).items() if v is not None}
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+# ----------------------------------------------------------------------------- file I/O
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes `text` to `path` via a temporary name in the same directory and a rename.
+
+    A reader that sees `path` therefore always sees the complete file.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_message(path: Path, msg: Any) -> None:
+    write_atomic(path, to_json(msg))
+
+
+def clear_protocol_files(rl_dir: Path) -> int:
+    """Removes every protocol file (and temporary) from `rl_dir`; returns how many."""
+    removed = 0
+    rl_dir = Path(rl_dir)
+    if not rl_dir.is_dir():
+        return 0
+    for p in rl_dir.iterdir():
+        name = p.name
+        if (name.startswith("mg") and name.endswith((".json", ".json" + TMP_SUFFIX))) or name in (
+            END_NAME,
+            END_NAME + TMP_SUFFIX,
+        ):
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+# ----------------------------------------------------------------------------- waiting for files
+
+_IN_MOVED_TO = 0x00000080
+_IN_CLOSE_WRITE = 0x00000008
+_IN_CREATE = 0x00000100
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+
+
+class DirWatcher:
+    """Blocks until files appear in one directory, without busy polling.
+
+    Uses Linux inotify through libc (events for rename-into-place and close-after-write);
+    elsewhere, or if inotify is unavailable, falls back to a short sleep-poll. Callers
+    always re-check the file system after a wake-up, so a missed or spurious event only
+    costs latency, never correctness.
+    """
+
+    def __init__(self, directory: Path, poll_interval_s: float = 0.005) -> None:
+        self.directory = Path(directory)
+        self.poll_interval_s = poll_interval_s
+        self._fd = -1
+        self._libc = None
+        name = ctypes.util.find_library("c")
+        if name and os.uname().sysname == "Linux":
+            try:
+                libc = ctypes.CDLL(name, use_errno=True)
+                fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+                if fd >= 0:
+                    mask = _IN_MOVED_TO | _IN_CLOSE_WRITE | _IN_CREATE
+                    wd = libc.inotify_add_watch(fd, str(self.directory).encode(), mask)
+                    if wd >= 0:
+                        self._fd, self._libc = fd, libc
+                    else:
+                        os.close(fd)
+            except (OSError, AttributeError):
+                self._fd = -1
+
+    @property
+    def uses_inotify(self) -> bool:
+        return self._fd >= 0
+
+    def wait(self, timeout_s: float) -> None:
+        """Returns after an event in the directory or after `timeout_s` seconds."""
+        if self._fd < 0:
+            time.sleep(min(self.poll_interval_s, max(timeout_s, 0.0)))
+            return
+        ready, _, _ = select.select([self._fd], [], [], max(timeout_s, 0.0))
+        if ready:
+            self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                buf = os.read(self._fd, 65536)
+                if len(buf) < struct.calcsize("iIII"):
+                    return
+        except BlockingIOError:
+            return
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_when_present(path: Path, watcher: DirWatcher, deadline: float, alive: Any = None) -> str | None:
+    """Waits for `path` (written atomically by the peer) and returns its text.
+
+    Returns None when `deadline` (time.monotonic()) passes or `alive()` returns False.
+    """
+    path = Path(path)
+    while True:
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            pass
+        now = time.monotonic()
+        if now >= deadline or (alive is not None and not alive()):
+            return None
+        # Wake at least every 0.2 s to notice a dead peer even without a file event.
+        watcher.wait(min(deadline - now, 0.2))
