@@ -63,6 +63,7 @@ class Request:
     gop_index: int  # 0-based GOP (key-frame period) number; one GOP is one episode
     mg_in_gop: int  # 0-based position of this mini-GOP inside its GOP
     mgs_in_gop: int  # number of mini-GOPs in this GOP
+    gop_frames: int  # number of frames in this GOP
     first_frame: int  # display index of the first frame of the mini-GOP
     frame_count: int  # frames in this mini-GOP (>= 1)
     frame_types: list[str]  # per frame: "KEY" or "INTER"
@@ -212,7 +213,7 @@ def _validate_request(req: Request, path: Path) -> None:
         )
     if not 0 <= req.mg_in_gop < req.mgs_in_gop:
         raise ProtocolError(f"{path}: field 'mg_in_gop' must be in [0, mgs_in_gop)")
-    for name in ("width", "height", "total_frames", "gop_bits_budget", "total_bits_budget"):
+    for name in ("width", "height", "total_frames", "gop_frames", "gop_bits_budget", "total_bits_budget"):
         if getattr(req, name) <= 0:
             raise ProtocolError(f"{path}: field '{name}' must be > 0")
     if req.fps <= 0 or req.target_kbps <= 0:

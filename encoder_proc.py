@@ -1,0 +1,236 @@
+"""Encoder command lines and encoder processes.
+
+Builds one command line per video (from `--videos` or the dataset), starts each encoder in its own
+process group so that the whole group can be ended at once, and keeps its output in a log file
+whose last lines explain a failure. Knows nothing of RL and nothing of the protocol's contents.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_RL_ARGS = "--rl-dir|{rl_dir}|--rl-session|{session}"
+# Flags whose values are files the encoder writes: redirected for side runs (baseline, pass 1).
+OUTPUT_FLAGS = ("--o", "--csv", "--stat-out", "--summary-json")
+
+
+class VideoSpecError(ValueError):
+    """A `--videos` value or a dataset setting is unusable; the message names the flag."""
+
+
+@dataclass
+class VideoSpec:
+    """One video to encode: the encoder arguments that describe it."""
+
+    name: str  # short label for logs and TensorBoard tags (the input's file stem)
+    args: list[str]  # encoder arguments, exactly as the user gave them
+
+    @property
+    def key(self) -> str:
+        """Canonical key (baseline statistics are stored under it): the arguments minus outputs."""
+        return "|".join(strip_output_args(self.args))
+
+    def flag(self, name: str) -> str | None:
+        """The value following flag `name`, or None."""
+        for i, tok in enumerate(self.args[:-1]):
+            if tok == name:
+                return self.args[i + 1]
+        return None
+
+
+def parse_videos_arg(text: str) -> VideoSpec:
+    """Parses one `--videos` value: encoder arguments separated by '|'."""
+    if not text.strip():
+        raise VideoSpecError("--videos: empty value")
+    args = text.split("|")
+    for i, tok in enumerate(args):
+        if tok == "":
+            raise VideoSpecError(f"--videos: empty argument at position {i} in {text!r} (doubled or trailing '|'?)")
+    if not args[0].startswith("-"):
+        raise VideoSpecError(f"--videos: must start with a flag such as --input, got {args[0]!r} in {text!r}")
+    spec = VideoSpec(name="", args=args)
+    source = spec.flag("--input")
+    if source is None:
+        raise VideoSpecError(f"--videos: no '--input|PATH' in {text!r}")
+    spec.name = Path(source).stem
+    return spec
+
+
+def strip_output_args(args: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for tok in args:
+        if skip:
+            skip = False
+            continue
+        if tok in OUTPUT_FLAGS:
+            skip = True
+            continue
+        out.append(tok)
+    return out
+
+
+def with_flag(args: list[str], name: str, value: str) -> list[str]:
+    """Returns `args` with flag `name` set to `value` (replaced if present, appended if not)."""
+    out = list(args)
+    for i, tok in enumerate(out[:-1]):
+        if tok == name:
+            out[i + 1] = value
+            return out
+    return out + [name, value]
+
+
+def redirect_outputs(args: list[str], out_dir: Path, tag: str) -> list[str]:
+    """Points every output flag at `out_dir/<stem>.<tag><suffix>`, leaving the user's files alone."""
+    out = list(args)
+    for i, tok in enumerate(out[:-1]):
+        if tok in OUTPUT_FLAGS:
+            p = Path(out[i + 1])
+            out[i + 1] = str(Path(out_dir) / f"{p.stem}.{tag}{p.suffix}")
+    return out
+
+
+def dataset_specs(pattern: str, stat_dir: Path, out_dir: Path, extra_args: list[str]) -> list[VideoSpec]:
+    """One spec per file matching `pattern`, named after each input; pass-2 encodes on `stat_dir` stats."""
+    paths = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not paths:
+        raise VideoSpecError(f"--dataset-inputs: no file matches {pattern!r}")
+    specs = []
+    for p in paths:
+        stem = Path(p).stem
+        args = [
+            "--input", p,
+            "--pass", "2",
+            "--stat-in", str(Path(stat_dir) / f"{stem}.stat"),
+            "--o", str(Path(out_dir) / f"{stem}.ivf"),
+            "--csv", str(Path(out_dir) / f"{stem}.csv"),
+        ] + list(extra_args)  # fmt: skip
+        specs.append(VideoSpec(name=stem, args=args))
+    return specs
+
+
+def pass1_args(spec: VideoSpec) -> list[str] | None:
+    """The first-pass command arguments for a pass-2 spec whose `--stat-in` file is missing, else None."""
+    stat_in = spec.flag("--stat-in")
+    if stat_in is None or Path(stat_in).exists():
+        return None
+    args = strip_output_args(spec.args)
+    out: list[str] = []
+    skip = False
+    for tok in args:
+        if skip:
+            skip = False
+            continue
+        if tok in ("--stat-in", "--pass"):
+            skip = True
+            continue
+        out.append(tok)
+    return out + ["--pass", "1", "--stat-out", stat_in]
+
+
+def encoder_command(encoder: str) -> list[str]:
+    """The program part of the command line: `--encoder` split like a shell would, or the built-in one."""
+    if encoder:
+        return shlex.split(encoder)
+    return [sys.executable, "-m", "builtin_encoder"]
+
+
+def rl_args(template: str, rl_dir: Path, session: str) -> list[str]:
+    """The protocol arguments appended to every encoder command ('|'-separated template)."""
+    return [tok.format(rl_dir=str(rl_dir), session=session) for tok in template.split("|") if tok]
+
+
+class EncoderProcess:
+    """One running encoder, in its own process group, its stdout+stderr going to `log_path`."""
+
+    def __init__(self, command: list[str], log_path: Path, name: str) -> None:
+        self.command = command
+        self.log_path = Path(log_path)
+        self.name = name
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with open(self.log_path, "wb") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    self.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # own process group: stop() ends its children too
+                    env=env,
+                )
+            except OSError as exc:
+                raise RuntimeError(f"cannot start encoder {self.command[0]!r} for video {self.name}: {exc}") from None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Waits up to `timeout_s` for the encoder to exit; returns its exit code or None."""
+        assert self._proc is not None
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Ends the encoder's whole process group: SIGTERM, then SIGKILL after `grace_s`."""
+        if self._proc is None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            if self._proc.poll() is not None:
+                break
+            try:
+                os.killpg(self._proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while self._proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        # Children of a group leader that died first may linger: end the group regardless.
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+
+    def tail(self, lines: int = 15) -> str:
+        """The last `lines` lines of the encoder's output, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run_to_completion(command: list[str], log_path: Path, name: str, timeout_s: float) -> None:
+    """Runs an encoder that needs no agent (pass 1); raises with its last output lines on failure."""
+    proc = EncoderProcess(command, log_path, name)
+    proc.start()
+    code = proc.wait(timeout_s)
+    if code is None:
+        proc.stop()
+        raise RuntimeError(f"encoder for video {name} did not finish within {timeout_s:.0f} s:\n{proc.tail()}")
+    if code != 0:
+        raise RuntimeError(f"encoder for video {name} exited with code {code}:\n{proc.tail()}")

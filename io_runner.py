@@ -1,0 +1,331 @@
+"""The RL loop over rl_io: the only module that opens files in the protocol directory.
+
+One `RlIoChannel` per rl_io directory turns files into typed messages and back; `run_encode`
+drives one encoder process through one whole encode: request -> state -> action -> reply ->
+(gradient steps while the encoder codes) -> feedback -> reward/cost -> transition, and at each
+`gop_end == 1` commits the finished episode to the replay buffer and updates λ.
+No module-level state: several runners on several directories can share one learner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import protocol
+import reward as reward_mod
+from encoder_proc import EncoderProcess, VideoSpec
+from protocol import End, Feedback, ProtocolError, Request
+from state import action_to_qp, build_observation
+
+log = logging.getLogger("rlrc")
+DETAILED = 15  # between INFO (important) and DEBUG
+
+
+class EncoderFailure(RuntimeError):
+    """The encoder died, hung or broke the protocol; the message names the encoder and the video."""
+
+
+# ----------------------------------------------------------------------------- files <-> messages
+
+
+class RlIoChannel:
+    """Reads requests/feedback and writes replies in one rl_io directory for one encode session."""
+
+    def __init__(self, rl_dir: Path, session: str, timeout_s: float) -> None:
+        self.rl_dir = Path(rl_dir)
+        self.session = session
+        self.timeout_s = timeout_s
+        self.rl_dir.mkdir(parents=True, exist_ok=True)
+        self.watcher = protocol.DirWatcher(self.rl_dir)
+
+    def reset(self) -> int:
+        """Removes stale protocol files of earlier encodes; returns how many."""
+        return protocol.clear_protocol_files(self.rl_dir)
+
+    def close(self) -> None:
+        self.watcher.close()
+
+    def _read(self, path: Path, parse: Callable[[str, Path], Any]) -> Any | None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        msg = parse(text, path)
+        if self.session and getattr(msg, "session", "") not in ("", self.session):
+            raise ProtocolError(f"{path}: field 'session' is {msg.session!r}, this encode is {self.session!r}")
+        return msg
+
+    def next_message(self, next_request: int, pending: list[int], alive: Callable[[], bool]) -> Request | Feedback | End:
+        """Waits for the next message: feedback of the oldest pending mini-GOP, the next request, or end.
+
+        Feedback for k may come after the request for k + 1 (encoders with lookahead), so both are
+        watched. Raises EncoderFailure after `timeout_s` without progress or if the encoder exits
+        without writing end.json.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        fb_path = protocol.feedback_path(self.rl_dir, pending[0]) if pending else None
+        rq_path = protocol.request_path(self.rl_dir, next_request)
+        end_path = protocol.end_path(self.rl_dir)
+        dead_since: float | None = None
+        while True:
+            if fb_path is not None and (fb := self._read(fb_path, protocol.parse_feedback)) is not None:
+                return fb
+            if (rq := self._read(rq_path, protocol.parse_request)) is not None:
+                if rq.mg_index != next_request:
+                    raise ProtocolError(f"{rq_path}: field 'mg_index' is {rq.mg_index}, expected {next_request}")
+                return rq
+            if (end := self._read(end_path, protocol.parse_end)) is not None:
+                return end
+            now = time.monotonic()
+            if not alive():
+                # The encoder may have written its last file just before exiting: look once more.
+                if dead_since is None:
+                    dead_since = now
+                elif now - dead_since > 0.2:
+                    raise EncoderFailure("exited without writing end.json")
+            if now >= deadline:
+                waiting = f"{fb_path.name} or {rq_path.name}" if fb_path else rq_path.name
+                raise EncoderFailure(f"no protocol file for {self.timeout_s:.0f} s (waiting for {waiting})")
+            self.watcher.wait(min(deadline - now, 0.05 if dead_since else 0.5))
+
+    def write_reply(self, req: Request, qp: int) -> None:
+        reply = protocol.Reply(qp=qp, mg_index=req.mg_index, session=self.session or None)
+        protocol.write_message(protocol.reply_path(self.rl_dir, req.mg_index), reply)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Step:
+    """One mini-GOP decision and, once known, its outcome."""
+
+    request: Request
+    obs: np.ndarray  # (OBS_DIM,)
+    action: np.ndarray  # (1,) in [-1, 1]
+    qp: int
+    handshake_s: float  # request renamed into place -> reply renamed into place
+    feedback: Feedback | None = None
+    next_obs: np.ndarray | None = None
+    reward: float = math.nan
+    cost: float = math.nan
+
+
+@dataclass
+class EncodeResult:
+    """What one encode produced. Rates in kbit/s, PSNR in dB (overall, from total MSE)."""
+
+    video: str
+    ok: bool
+    message: str = ""
+    steps: list[Step] = field(default_factory=list)
+    gops: int = 0
+    lambdas: list[float] = field(default_factory=list)
+    gop_violations: list[float] = field(default_factory=list)
+    update_logs: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    agent_s: float = 0.0  # time the agent spent choosing, writing replies and learning
+
+    @property
+    def done_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.feedback is not None]
+
+    def summary(self) -> dict[str, float]:
+        steps = self.done_steps
+        if not steps:
+            return {}
+        req0 = steps[0].request
+        frames = sum(s.feedback.frame_count for s in steps)
+        bits = sum(s.feedback.bits for s in steps)
+        kbps = bits * req0.fps / frames / 1000.0
+        mse_y = sum(s.feedback.mse_y * s.feedback.frame_count for s in steps) / frames
+        rewards = [s.reward for s in steps if not math.isnan(s.reward)]
+        return {
+            "frames": float(frames),
+            "kbps": kbps,
+            "target_kbps": req0.target_kbps,
+            "bitrate_error": kbps / req0.target_kbps - 1.0,
+            "psnr_y": 10.0 * math.log10(255.0**2 / max(mse_y, 1e-10)),
+            "ssim_y": sum(s.feedback.ssim_y * s.feedback.frame_count for s in steps) / frames,
+            "mean_qp": float(np.mean([s.feedback.qp_used for s in steps])),
+            "mean_dqp": float(np.mean([s.qp - s.request.base_qp for s in steps])),
+            "reward_sum": float(sum(rewards)) if rewards else math.nan,
+            "cost_sum": float(sum(s.cost for s in steps if not math.isnan(s.cost))),
+            "gops_over_budget": float(sum(v > 0 for v in self.gop_violations)),
+            "gops": float(self.gops),
+            "handshake_p50_ms": 1000.0 * float(np.percentile([s.handshake_s for s in steps], 50)),
+            "handshake_p99_ms": 1000.0 * float(np.percentile([s.handshake_s for s in steps], 99)),
+            "agent_share": self.agent_s / self.wall_s if self.wall_s > 0 else math.nan,
+        }
+
+
+class Learner:
+    """What run_encode needs of the agent side; implemented in main.py around SACAgent + replay."""
+
+    learning: bool  # False in infer mode and for baseline encodes
+
+    def choose(self, obs: np.ndarray) -> np.ndarray:  # (1,) in [-1, 1]
+        raise NotImplementedError
+
+    def learn(self) -> dict[str, float]:  # gradient steps while the encoder codes
+        raise NotImplementedError
+
+    def store_episode(self, steps: list[Step]) -> None:  # a finished GOP's transitions
+        raise NotImplementedError
+
+    def end_gop(self, violation: float) -> float:  # λ update; returns λ
+        raise NotImplementedError
+
+
+def run_encode(
+    spec: VideoSpec,
+    command: list[str],
+    rl_dir: Path,
+    session: str,
+    learner: Learner,
+    baseline: reward_mod.VideoBaseline | None,
+    max_delta_qp: int,
+    rate_tolerance: float,
+    timeout_s: float,
+    log_path: Path,
+    reward_metric: str = "psnr",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> EncodeResult:
+    """Runs one encode of `spec` through rl_dir, start to end; never raises for encoder faults.
+
+    An encoder that crashes, hangs or breaks the protocol ends the encode with ok=False and a
+    message naming the encoder and the video; the unfinished GOP's transitions are dropped.
+    """
+    result = EncodeResult(video=spec.name, ok=False)
+    channel = RlIoChannel(rl_dir, session, timeout_s)
+    stale = channel.reset()
+    if stale:
+        log.debug("removed %d stale protocol files from %s", stale, rl_dir)
+    proc = EncoderProcess(command, log_path, spec.name)
+    t_start = time.monotonic()
+    steps: dict[int, Step] = {}
+    episode: list[Step] = []
+    gop_bits = 0
+    next_request = 0
+    prev_fb: Feedback | None = None
+    prev_base_qp: int | None = None
+    try:
+        proc.start()
+        log.debug("started encoder pid %d: %s", proc.pid, " ".join(command))
+        while True:
+            if should_stop():
+                raise EncoderFailure("stopped by a signal")
+            pending = sorted(k for k, s in steps.items() if s.feedback is None)
+            msg = channel.next_message(next_request, pending, proc.alive)
+            if isinstance(msg, Request):
+                t0 = time.monotonic()
+                log.debug("request %s", msg)
+                if msg.mg_in_gop == 0:
+                    prev_fb, prev_base_qp = None, None
+                obs = build_observation(msg, prev_fb, prev_base_qp)
+                if msg.mg_in_gop > 0 and (prev := steps.get(msg.mg_index - 1)) is not None:
+                    prev.next_obs = obs
+                action = learner.choose(obs)
+                qp = action_to_qp(float(action[0]), msg, max_delta_qp)
+                channel.write_reply(msg, qp)
+                rq_mtime = protocol.request_path(rl_dir, msg.mg_index).stat().st_mtime_ns
+                handshake_s = max(time.time_ns() - rq_mtime, 0) / 1e9
+                steps[msg.mg_index] = Step(msg, obs, action, qp, handshake_s)
+                result.steps.append(steps[msg.mg_index])
+                next_request += 1
+                log.debug("reply mg %d: qp %d (base %d)", msg.mg_index, qp, msg.base_qp)
+                if learner.learning:
+                    logs = learner.learn()
+                    if logs:
+                        result.update_logs.append(logs)
+                result.agent_s += time.monotonic() - t0
+            elif isinstance(msg, Feedback):
+                t0 = time.monotonic()
+                log.debug("feedback %s", msg)
+                step = steps[msg.mg_index]
+                step.feedback = msg
+                req = step.request
+                step.cost = reward_mod.cost(msg, req.gop_bits_budget, req.gop_frames)
+                if baseline is not None:
+                    step.reward = reward_mod.reward(msg, baseline, reward_metric)
+                gop_bits += msg.bits
+                episode.append(step)
+                prev_fb, prev_base_qp = msg, req.base_qp
+                if msg.gop_end:
+                    violation = reward_mod.gop_violation(gop_bits, req.gop_bits_budget, rate_tolerance)
+                    result.gop_violations.append(violation)
+                    result.gops += 1
+                    if learner.learning:
+                        learner.store_episode(episode)
+                        result.lambdas.append(learner.end_gop(violation))
+                    log.log(
+                        DETAILED,
+                        "%s GOP %d: %d mini-GOPs, bits/budget %.3f, reward %.4f, cost %.4f%s",
+                        spec.name,
+                        msg.gop_index,
+                        len(episode),
+                        gop_bits / req.gop_bits_budget,
+                        sum(s.reward for s in episode),
+                        sum(s.cost for s in episode),
+                        f", lambda {result.lambdas[-1]:.3f}" if result.lambdas else "",
+                    )
+                    episode, gop_bits = [], 0
+                result.agent_s += time.monotonic() - t0
+            else:  # End
+                if msg.status != "ok":
+                    raise EncoderFailure(f"reported an error: {msg.message}")
+                if any(s.feedback is None for s in steps.values()):
+                    raise EncoderFailure("wrote end.json before the feedback of every mini-GOP")
+                code = proc.wait(10.0)
+                if code not in (0, None):
+                    raise EncoderFailure(f"exited with code {code} after end.json")
+                result.ok = True
+                break
+    except (EncoderFailure, ProtocolError, OSError) as exc:
+        code = proc.returncode()
+        exit_note = f" (exit code {code})" if code is not None else ""
+        result.message = f"encoder {command[0]!r} for video {spec.name}{exit_note}: {exc}"
+        tail = proc.tail()
+        if tail:
+            result.message += f"\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
+        if episode:
+            log.debug("dropping %d transitions of the unfinished GOP", len(episode))
+    finally:
+        proc.stop()
+        channel.close()
+        result.wall_s = time.monotonic() - t_start
+    return result
+
+
+def baseline_from_result(result: EncodeResult) -> reward_mod.VideoBaseline:
+    """Turns a Δ=0 encode into the per-mini-GOP baseline that rewards are measured against."""
+    s = result.summary()
+    mgs = [
+        reward_mod.BaselineMiniGop(
+            gop_index=st.feedback.gop_index,
+            frame_count=st.feedback.frame_count,
+            bits=st.feedback.bits,
+            mse_y=st.feedback.mse_y,
+            ssim_y=st.feedback.ssim_y,
+            base_qp=st.request.base_qp,
+        )
+        for st in result.done_steps
+    ]
+    frames = sum(st.feedback.frame_count for st in result.done_steps)
+    return reward_mod.VideoBaseline(
+        mini_gops=mgs,
+        kbps=s["kbps"],
+        psnr_y=s["psnr_y"],
+        ssim_y=s["ssim_y"],
+        psnr_y_frame_mean=sum(st.feedback.psnr_y_frame_mean * st.feedback.frame_count for st in result.done_steps)
+        / frames,
+        mean_qp=s["mean_qp"],
+    )

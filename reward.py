@@ -1,0 +1,123 @@
+"""Reward and cost: pure functions of feedback messages and the Δ=0 baseline of the same video.
+
+Reward (dB, PSNR metric): the mini-GOP's share of the GOP's overall-PSNR gain over the baseline,
+
+    r_k = 10/ln(10) * (n_k / N_g) * (mse_base_k - mse_k) / MSE_base_g,
+
+with n_k the mini-GOP's frames, N_g the GOP's frames and MSE_base_g the baseline's frame-weighted
+mean luma MSE over the GOP. Summed over a GOP this is, to first order, the GOP's overall-PSNR gain
+(PSNR from total MSE), so starving a few frames to lift a mean of per-frame PSNRs earns nothing.
+SSIM variant: r_k = 100 * (n_k / N_g) * (ssim_k - ssim_base_k), SSIM points summed over the GOP.
+
+Cost (dimensionless): c_k = bits_k / B_g - n_k / N_g, with B_g the GOP's bit budget; summed over
+a GOP it is GOP bits / B_g - 1, the quantity the Lagrange multiplier constrains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from protocol import Feedback
+
+BASELINE_FORMAT_VERSION = 1
+_DB = 10.0 / math.log(10.0)
+
+
+@dataclass
+class BaselineMiniGop:
+    """What the Δ=0 encode produced for one mini-GOP."""
+
+    gop_index: int
+    frame_count: int
+    bits: int
+    mse_y: float
+    ssim_y: float
+    base_qp: int
+
+
+@dataclass
+class VideoBaseline:
+    """The Δ=0 encode of one video (one encoder command line)."""
+
+    mini_gops: list[BaselineMiniGop]
+    kbps: float = 0.0
+    psnr_y: float = 0.0  # overall PSNR-Y of the whole encode, dB
+    ssim_y: float = 0.0
+    psnr_y_frame_mean: float = 0.0
+    mean_qp: float = 0.0
+
+    def gop_frames(self, gop_index: int) -> int:
+        return sum(m.frame_count for m in self.mini_gops if m.gop_index == gop_index)
+
+    def gop_mse(self, gop_index: int) -> float:
+        """Frame-weighted mean luma MSE of the baseline over one GOP."""
+        mgs = [m for m in self.mini_gops if m.gop_index == gop_index]
+        frames = sum(m.frame_count for m in mgs)
+        return sum(m.frame_count * m.mse_y for m in mgs) / frames
+
+
+@dataclass
+class BaselineStats:
+    """Baselines of every video, keyed by the video's canonical key (see encoder_proc.video_key)."""
+
+    videos: dict[str, VideoBaseline] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        """Writes JSON atomically (temporary file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"format_version": BASELINE_FORMAT_VERSION, "videos": {k: asdict(v) for k, v in self.videos.items()}}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> BaselineStats:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"--baseline-stats: file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--baseline-stats: {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format_version") != BASELINE_FORMAT_VERSION:
+            raise ValueError(f"--baseline-stats: {path} has no format_version {BASELINE_FORMAT_VERSION}")
+        videos = {}
+        try:
+            for key, v in data["videos"].items():
+                mgs = [BaselineMiniGop(**m) for m in v.pop("mini_gops")]
+                videos[key] = VideoBaseline(mini_gops=mgs, **v)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"--baseline-stats: {path} has a malformed entry: {exc}") from None
+        return cls(videos=videos)
+
+
+def reward(fb: Feedback, baseline: VideoBaseline, metric: str = "psnr") -> float:
+    """Reward of one mini-GOP (see the module docstring); fb.mg_index indexes the baseline."""
+    if fb.mg_index >= len(baseline.mini_gops):
+        raise ValueError(f"baseline has {len(baseline.mini_gops)} mini-GOPs, feedback is for mini-GOP {fb.mg_index}")
+    base = baseline.mini_gops[fb.mg_index]
+    if base.frame_count != fb.frame_count or base.gop_index != fb.gop_index:
+        raise ValueError(
+            f"baseline mini-GOP {fb.mg_index} has {base.frame_count} frames in GOP {base.gop_index}, "
+            f"feedback has {fb.frame_count} in GOP {fb.gop_index}: the baseline is of another encode"
+        )
+    weight = fb.frame_count / baseline.gop_frames(fb.gop_index)
+    if metric == "ssim":
+        return 100.0 * weight * (fb.ssim_y - base.ssim_y)
+    gop_mse = max(baseline.gop_mse(fb.gop_index), 1e-6)
+    return _DB * weight * (base.mse_y - fb.mse_y) / gop_mse
+
+
+def cost(fb: Feedback, gop_bits_budget: int, gop_frames: int) -> float:
+    """Cost of one mini-GOP: its bits over its frame share of the GOP budget, in GOP-budget units."""
+    return fb.bits / gop_bits_budget - fb.frame_count / gop_frames
+
+
+def gop_violation(gop_bits: int, gop_bits_budget: int, tolerance: float) -> float:
+    """The constraint's value for one GOP, for the λ update: GOP bits / budget - 1 - tolerance."""
+    return gop_bits / gop_bits_budget - 1.0 - tolerance

@@ -1,0 +1,192 @@
+"""The wire format: parsers reject what PROTOCOL.md forbids, naming the file and the field."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import protocol
+from protocol import Feedback, ProtocolError, Request
+
+P = Path("rl_io/mg0003_rq.json")
+
+
+def make_request(**over) -> Request:
+    fields = dict(
+        mg_index=3, gop_index=0, mg_in_gop=3, mgs_in_gop=8, gop_frames=64, first_frame=24, frame_count=8,
+        frame_types=["INTER"] * 8, temporal_layers=[2, 1, 2, 0, 2, 1, 2, 0], base_qp=35, qp_min=1, qp_max=63,
+        fp_bpp=0.08, lookahead_fp_bpp=[0.07, 0.09], gop_bits_spent=30000, gop_bits_budget=80000,
+        total_bits_spent=30000, total_bits_budget=160000, target_kbps=120.0, fps=30.0, width=176, height=144,
+        total_frames=120, codec="svtav1", session="s1",
+    )  # fmt: skip
+    fields.update(over)
+    return Request(**fields)
+
+
+def make_feedback(**over) -> Feedback:
+    fields = dict(
+        mg_index=3, gop_index=0, frame_count=8, bits=9000, qp_used=35, frame_qps=[35] * 8, frame_bits=[1125] * 8,
+        mse_y=12.0, mse_u=5.0, mse_v=6.0, psnr_y=37.3, psnr_u=41.1, psnr_v=40.3, psnr_y_frame_mean=37.4,
+        ssim_y=0.95, gop_end=0, session="s1",
+    )  # fmt: skip
+    fields.update(over)
+    return Feedback(**fields)
+
+
+def test_request_round_trip():
+    req = make_request()
+    assert protocol.parse_request(protocol.to_json(req), P) == req
+
+
+def test_feedback_round_trip():
+    fb = make_feedback()
+    assert protocol.parse_feedback(protocol.to_json(fb), P) == fb
+
+
+def test_missing_field_is_named():
+    data = asdict(make_request())
+    del data["base_qp"]
+    with pytest.raises(ProtocolError, match=r"mg0003_rq.json: missing field 'base_qp'"):
+        protocol.parse_request(json.dumps(data), P)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("base_qp", "35", "'base_qp' must be an integer"),
+        ("fp_bpp", "high", "'fp_bpp' must be a number"),
+        ("frame_types", ["KEY"], "'frame_types' must have frame_count=8"),
+        ("base_qp", 70, "'base_qp' 70 is outside"),
+        ("frame_types", ["I"] * 8, "KEY or INTER"),
+        ("version", 2, "'version' is 2"),
+    ],
+)
+def test_bad_request_fields_are_named(field, value, match):
+    data = asdict(make_request())
+    data[field] = value
+    with pytest.raises(ProtocolError, match=match):
+        protocol.parse_request(json.dumps(data), P)
+
+
+def test_nan_and_infinity_are_rejected():
+    text = protocol.to_json(make_feedback()).replace('"mse_y":12.0', '"mse_y":NaN')
+    with pytest.raises(ProtocolError, match="non-finite"):
+        protocol.parse_feedback(text, P)
+
+
+def test_gop_end_must_be_0_or_1():
+    with pytest.raises(ProtocolError, match="'gop_end' must be 0 or 1"):
+        protocol.parse_feedback(protocol.to_json(make_feedback(gop_end=2)), P)
+
+
+def test_reply_range_is_enforced_not_clamped():
+    assert protocol.parse_reply('{"qp": 63}', P, 1, 63).qp == 63
+    with pytest.raises(ProtocolError, match=r"'qp' is 64, outside the allowed range \[1, 63\]"):
+        protocol.parse_reply('{"qp": 64}', P, 1, 63)
+    with pytest.raises(ProtocolError, match="must be an integer"):
+        protocol.parse_reply('{"qp": true}', P)
+    with pytest.raises(ProtocolError, match="top level must be a JSON object"):
+        protocol.parse_reply("[30]", P)
+
+
+def test_unknown_fields_are_ignored():
+    assert protocol.parse_reply('{"qp": 30, "note": "x"}', P).qp == 30
+
+
+@given(st.text(max_size=200))
+def test_reply_parser_never_crashes_on_garbage(text):
+    try:
+        reply = protocol.parse_reply(text, P, 0, 63)
+    except ProtocolError as exc:
+        assert str(P) in str(exc)
+    else:
+        assert isinstance(reply.qp, int) and 0 <= reply.qp <= 63
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(list(asdict(make_feedback()).keys()) + ["extra"]),
+        st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=5),
+                  st.lists(st.integers(0, 60), max_size=9)),  # fmt: skip
+    )
+)
+def test_feedback_parser_only_raises_protocol_errors(data):
+    base = asdict(make_feedback())
+    base.update(data)
+    text = json.dumps(base)  # may contain NaN: must be rejected, not crash
+    try:
+        fb = protocol.parse_feedback(text, P)
+    except ProtocolError as exc:
+        assert str(P) in str(exc)
+    else:
+        assert fb.gop_end in (0, 1) and fb.bits >= 0
+
+
+def test_write_atomic_never_exposes_a_partial_file(tmp_path):
+    target = tmp_path / "mg0000_rq.json"
+    big = json.dumps({"x": "y" * 2_000_000})
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.append(len(target.read_text()))
+            except FileNotFoundError:
+                pass
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for _ in range(5):
+        protocol.write_atomic(target, big)
+    stop.set()
+    t.join()
+    assert seen and set(seen) == {len(big)}
+
+
+def test_clear_protocol_files_leaves_other_files(tmp_path):
+    for name in ("mg0000_rq.json", "mg0001_qp.json", "mg0002_fb.json.tmp", "end.json", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    assert protocol.clear_protocol_files(tmp_path) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_watcher_wakes_on_rename_without_polling(tmp_path):
+    with protocol.DirWatcher(tmp_path) as w:
+        assert w.uses_inotify  # Linux CI
+        target = tmp_path / "mg0000_qp.json"
+
+        def writer():
+            time.sleep(0.2)
+            protocol.write_atomic(target, '{"qp": 3}')
+
+        threading.Thread(target=writer).start()
+        t0 = time.monotonic()
+        text = protocol.read_when_present(target, w, time.monotonic() + 5.0)
+        assert text == '{"qp": 3}'
+        assert 0.15 < time.monotonic() - t0 < 2.0
+
+
+def test_read_when_present_gives_up_at_deadline_or_dead_peer(tmp_path):
+    with protocol.DirWatcher(tmp_path) as w:
+        t0 = time.monotonic()
+        assert protocol.read_when_present(tmp_path / "nope", w, t0 + 0.3) is None
+        assert time.monotonic() - t0 >= 0.3
+        t0 = time.monotonic()
+        assert protocol.read_when_present(tmp_path / "nope", w, t0 + 10, alive=lambda: False) is None
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_tmp_name_is_ignored_by_readers(tmp_path):
+    (tmp_path / ("mg0000_qp.json" + protocol.TMP_SUFFIX)).write_text('{"qp": 1')  # half-written, never renamed
+    with protocol.DirWatcher(tmp_path) as w:
+        assert protocol.read_when_present(tmp_path / "mg0000_qp.json", w, time.monotonic() + 0.1) is None
+    assert os.path.exists(tmp_path / "mg0000_qp.json.tmp")

@@ -1,0 +1,106 @@
+"""State features, action mapping, reward and cost: pure functions, checked against their formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_protocol import make_feedback, make_request
+
+import reward
+from state import FEATURE_NAMES, OBS_DIM, action_to_qp, build_observation
+
+
+def test_observation_shape_and_named_features():
+    obs = build_observation(make_request(), None, None)
+    assert obs.shape == (OBS_DIM,) == (len(FEATURE_NAMES),)
+    assert obs.dtype == np.float32
+    f = dict(zip(FEATURE_NAMES, obs, strict=True))
+    assert f["base_qp"] == pytest.approx(35 / 63)
+    assert f["gop_progress"] == pytest.approx(3 / 8)
+    assert f["gop_budget_used"] == pytest.approx(30000 / 80000)
+    assert f["gop_budget_lead"] == pytest.approx(30000 / 80000 - 3 / 8)
+    assert f["prev_psnr_y"] == 0.0  # no previous feedback at hand
+
+
+def test_observation_uses_previous_feedback():
+    obs = build_observation(make_request(), make_feedback(qp_used=39, bits=20000, psnr_y=36.0), prev_base_qp=35)
+    f = dict(zip(FEATURE_NAMES, obs, strict=True))
+    assert f["prev_delta_qp"] == pytest.approx(4 / 8)
+    assert f["prev_psnr_y"] == pytest.approx(36 / 50)
+    assert f["prev_bits_ratio"] == pytest.approx(math.log2(20000 / (80000 / 8)) / 4)
+
+
+def test_overspending_shows_in_budget_lead():
+    lean = build_observation(make_request(gop_bits_spent=10000), None, None)
+    fat = build_observation(make_request(gop_bits_spent=60000), None, None)
+    i = FEATURE_NAMES.index("gop_budget_lead")
+    assert fat[i] > 0 > lean[i]
+
+
+@pytest.mark.parametrize("action,expected", [(0.0, 35), (1.0, 43), (-1.0, 27), (0.49, 39), (5.0, 43)])
+def test_action_to_qp(action, expected):
+    assert action_to_qp(action, make_request(), max_delta_qp=8) == expected
+
+
+def test_action_to_qp_respects_request_range():
+    req = make_request(base_qp=60, qp_max=63)
+    assert action_to_qp(1.0, req, 8) == 63
+    assert action_to_qp(-1.0, make_request(base_qp=3, qp_min=1), 8) == 1
+
+
+def _baseline(mses, frames=(8, 8, 8, 8), gops=(0, 0, 1, 1)):
+    return reward.VideoBaseline(
+        mini_gops=[
+            reward.BaselineMiniGop(gop_index=g, frame_count=n, bits=1000, mse_y=m, ssim_y=0.9, base_qp=30)
+            for g, n, m in zip(gops, frames, mses, strict=True)
+        ]
+    )
+
+
+def test_reward_sums_to_overall_psnr_gain_to_first_order():
+    base = _baseline([10.0, 20.0, 5.0, 5.0])
+    agent_mse = [9.8, 19.5]
+    rs = [
+        reward.reward(make_feedback(mg_index=i, gop_index=0, frame_count=8, mse_y=m), base)
+        for i, m in enumerate(agent_mse)
+    ]
+    exact = 10 * math.log10(15.0 / np.mean(agent_mse))  # overall PSNR gain of GOP 0
+    assert sum(rs) == pytest.approx(exact, rel=0.02)
+    assert rs[1] > rs[0] > 0
+
+
+def test_reward_does_not_pay_for_starving_frames():
+    # Same total MSE, redistributed: per-frame PSNR mean changes, the overall-PSNR reward does not.
+    base = _baseline([10.0, 10.0, 5.0, 5.0])
+    r = [reward.reward(make_feedback(mg_index=i, frame_count=8, mse_y=m), base) for i, m in enumerate((2.0, 18.0))]
+    assert sum(r) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_reward_rejects_a_baseline_of_another_encode():
+    with pytest.raises(ValueError, match="another encode"):
+        reward.reward(make_feedback(mg_index=0, frame_count=4), _baseline([1, 1, 1, 1]))
+
+
+def test_ssim_reward_in_points():
+    base = _baseline([10.0, 10.0, 5.0, 5.0])
+    assert reward.reward(make_feedback(mg_index=0, frame_count=8, ssim_y=0.92), base, "ssim") == pytest.approx(1.0)
+
+
+def test_cost_sums_to_gop_overshoot():
+    costs = [reward.cost(make_feedback(bits=b, frame_count=8), 40000, 32) for b in (12000, 9000, 11000, 10000)]
+    assert sum(costs) == pytest.approx(42000 / 40000 - 1)
+    assert reward.gop_violation(42000, 40000, 0.02) == pytest.approx(0.03)
+
+
+def test_baseline_file_round_trip_and_errors(tmp_path):
+    stats = reward.BaselineStats(videos={"--input|a.mp4": _baseline([1.0, 2.0, 3.0, 4.0])})
+    path = tmp_path / "b.json"
+    stats.save(path)
+    assert reward.BaselineStats.load(path) == stats
+    path.write_text("{bad")
+    with pytest.raises(ValueError, match=r"--baseline-stats: .*b.json is not valid JSON"):
+        reward.BaselineStats.load(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        reward.BaselineStats.load(tmp_path / "missing.json")
