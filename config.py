@@ -28,7 +28,7 @@ class SACConfig:
     lambda_lr: float = 0.5
     lambda_max: float = 20.0
     rate_tolerance: float = 0.02  # GOP bits may exceed the GOP budget by this fraction for free
-    max_delta_qp: int = 8  # action in [-1, 1] maps to dQP in [-max_delta_qp, max_delta_qp]
+    max_delta_qp: int = 4  # action in [-1, 1] maps to dQP in [-max_delta_qp, max_delta_qp]
 
     def validate(self) -> None:
         if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):

@@ -99,6 +99,13 @@ def redirect_outputs(args: list[str], out_dir: Path, tag: str) -> list[str]:
     return out
 
 
+def make_output_dirs(args: list[str]) -> None:
+    """Creates the parent directories of every output file named in `args`."""
+    for i, tok in enumerate(args[:-1]):
+        if tok in OUTPUT_FLAGS:
+            Path(args[i + 1]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def dataset_specs(pattern: str, stat_dir: Path, out_dir: Path, extra_args: list[str]) -> list[VideoSpec]:
     """One spec per file matching `pattern`, named after each input; pass-2 encodes on `stat_dir` stats."""
     paths = sorted(glob.glob(os.path.expanduser(pattern)))

@@ -284,6 +284,7 @@ def run_video(
 ) -> EncodeResult:
     session = f"{os.getpid()}-{tag}"
     args = spec.args if tag.startswith("e") else encoder_proc.redirect_outputs(spec.args, Path(cfg.out_dir), tag)
+    encoder_proc.make_output_dirs(args)
     rl_dir = Path(cfg.rl_dir)
     command = (
         encoder_proc.encoder_command(cfg.encoder) + args + encoder_proc.rl_args(rl_args_template, rl_dir, session)
@@ -404,15 +405,14 @@ def setup_logging(level: int) -> None:
 
 
 def progress(epoch: int, last: int, done: int, total: int, level: int) -> None:
-    """A one-line progress bar on stderr at log level >= 1."""
-    if level < 1:
+    """A one-line progress bar on a terminal's stderr at log level >= 1 (logs carry the rest)."""
+    if level < 1 or not sys.stderr.isatty():
         return
     width = 20
     filled = int(width * done / max(total, 1))
-    end = "\n" if done == total or not sys.stderr.isatty() else ""
-    if end or sys.stderr.isatty():
-        sys.stderr.write(f"\repoch {epoch}/{last} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} videos{end}")
-        sys.stderr.flush()
+    end = "\n" if done == total else ""
+    sys.stderr.write(f"\repoch {epoch}/{last} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} videos{end}")
+    sys.stderr.flush()
 
 
 def seed_everything(seed: int) -> None:
@@ -423,9 +423,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Flags whose values begin with '--' (encoder arguments): argparse would take them for options.
+_DASH_VALUE_FLAGS = ("--videos", "--dataset-args", "--encoder-rl-args")
+
+
+def glue_dash_values(argv: list[str]) -> list[str]:
+    """Rewrites `--videos --input|x` as `--videos=--input|x` so that argparse keeps the value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _DASH_VALUE_FLAGS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(glue_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         cfg = config_from_args(ns)
         setup_logging(cfg.log_level)
@@ -469,9 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         except (checkpoint.CheckpointError, KeyError, ValueError, RuntimeError) as exc:
             log.error("%s", exc)
             return 2
-        if ns.start_epoch is None:
-            start_epoch = int(ckpt["epoch"]) + 1
         if cfg.mode == "train":
+            # Training continues the checkpoint's numbering and its TensorBoard run.
+            if ns.start_epoch is None:
+                start_epoch = int(ckpt["epoch"]) + 1
             run_dir = ckpt.get("run_dir") or run_dir
         log.info("resumed from %s (epoch %d, %d transitions in the replay buffer)",
                  cfg.load_checkpoint, ckpt["epoch"], len(buffer))  # fmt: skip

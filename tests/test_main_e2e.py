@@ -1,0 +1,137 @@
+"""main.py end to end on real encoder processes: training, TensorBoard, checkpoints, exact resume, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+from main import bundled_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP = bundled_clip("carphone_pristine.mp4")
+# 32 frames, GOP 16, mini-GOP 4: 8 steps, 2 episodes per encode; x264 keeps the suite fast.
+VIDEO = f"--input|{CLIP}|--codec|x264|--frames|32|--keyint|16|--mini-gop|4|--bitrate|150|--o|out/car.264"
+FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "2", "--log-level", "2"]
+
+
+def run_main(tmp: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def agent_weights(path: Path) -> dict[str, torch.Tensor]:
+    state = checkpoint.load(path)["agent"]
+    return {f"{net}.{k}": v for net in ("actor", "q1", "q2", "qc") for k, v in state[net].items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("train")
+    res = run_main(tmp, "--videos", VIDEO, "--epochs", "2", "--ckpt-interval", "1", "--save-replay-buffer", *FAST)
+    assert res.returncode == 0, res.stderr
+    return tmp
+
+
+def test_training_writes_checkpoints_tensorboard_and_report(trained):
+    ck = checkpoint.load(trained / "checkpoints" / "checkpoint_epoch_2.pt")
+    assert ck["epoch"] == 2
+    assert ck["counters"]["steps"] == 16 and ck["counters"]["gops"] == 4
+    assert ck["agent"]["num_updates"] > 0
+    assert ck["replay"] is not None
+    events = list((trained / "runs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"constraint/lambda", "epoch/abs_bitrate_error", "epoch/delta_psnr_y", "train/critic_loss"} <= tags
+    assert len(acc.Scalars("constraint/lambda")) == 4  # one λ update per GOP
+    report = json.loads((trained / "outputs" / "report_train.json").read_text())
+    assert [r["epoch"] for r in report] == [1, 2]
+    assert (trained / "out" / "car.264").stat().st_size > 0
+    base = json.loads((trained / "outputs" / "baseline_stats.json").read_text())
+    (entry,) = base["videos"].values()
+    assert len(entry["mini_gops"]) == 8
+
+
+def test_resume_is_exact(trained, tmp_path):
+    # 1 epoch, then resume for the 2nd: identical weights to the 2-epoch run.
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "baseline_stats.json").write_text((trained / "outputs" / "baseline_stats.json").read_text())
+    res = run_main(tmp_path, "--videos", VIDEO, "--epochs", "1", "--save-replay-buffer", *FAST)
+    assert res.returncode == 0, res.stderr
+    res = run_main(
+        tmp_path, "--videos", VIDEO, "--epochs", "2", "--save-replay-buffer",
+        "--load-checkpoint", "checkpoints/checkpoint_epoch_1.pt", *FAST,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "resumed from checkpoints/checkpoint_epoch_1.pt" in res.stderr
+    a = agent_weights(trained / "checkpoints" / "checkpoint_epoch_2.pt")
+    b = agent_weights(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")["agent"]["lam"] == checkpoint.load(
+        trained / "checkpoints" / "checkpoint_epoch_2.pt"
+    )["agent"]["lam"]
+
+
+def test_infer_mode_is_deterministic_and_does_not_learn(trained):
+    ck = trained / "checkpoints" / "checkpoint_epoch_2.pt"
+    before = agent_weights(ck)
+    files_before = sorted(p.name for p in ck.parent.iterdir())
+    qps = []
+    for _ in range(2):
+        res = run_main(trained, "--videos", VIDEO, "--mode", "infer", "--load-checkpoint", str(ck), "--epochs", "1",
+                       "--log-level", "1")  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        rows = json.loads((trained / "outputs" / "report_infer.json").read_text())
+        qps.append((rows[0]["mean_qp"], rows[0]["kbps"]))
+    assert qps[0] == qps[1]
+    assert sorted(p.name for p in ck.parent.iterdir()) == files_before  # infer writes no checkpoint
+    after = agent_weights(ck)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--videos", "--input||x"], "--videos: empty argument"),
+        (["--videos", "--input|/nonexistent/in.yuv"], "input file /nonexistent/in.yuv"),
+        (["--videos", VIDEO, "--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+        (["--videos", VIDEO, "--device", "cuda:7"], "--device cuda:7"),
+        (["--videos", VIDEO, "--encoder", "/nonexistent/qav1enc"], "--encoder: program '/nonexistent/qav1enc'"),
+        (["--videos", VIDEO, "--epochs", "0"], "--epochs must be >= 1"),
+        (["--use-dataset", "--dataset-inputs", "/nonexistent/*.yuv"], "--dataset-inputs: no file matches"),
+        (["--videos", VIDEO, "--load-checkpoint", "missing.pt"], "missing.pt does not exist"),
+    ],
+)
+def test_bad_cli_input_fails_before_any_encoder_starts(tmp_path, args, match):
+    res = run_main(tmp_path, *args, timeout=60)
+    assert res.returncode == 2
+    assert match in res.stderr
+    assert not (tmp_path / "outputs" / "logs").exists()  # no encoder ran
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_is_not_overwritten(trained, tmp_path):
+    src = (trained / "checkpoints" / "checkpoint_epoch_2.pt").read_bytes()
+    bad = tmp_path / "checkpoints" / "checkpoint_epoch_2.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(src[: len(src) // 2])
+    res = run_main(tmp_path, "--videos", VIDEO, "--load-checkpoint", str(bad), "--epochs", "3", timeout=60)
+    assert res.returncode == 2
+    assert f"{bad} is not a readable checkpoint" in res.stderr
+    assert bad.read_bytes() == src[: len(src) // 2]
