@@ -8,6 +8,7 @@ into place, so a crash or a full disk never leaves a half-written checkpoint und
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -55,10 +56,8 @@ def save(path: Path, payload: dict[str, Any]) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
 
 
@@ -71,7 +70,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         # weights_only=False: the file holds RNG states and the config, written by this program.
         data = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"--load-checkpoint: {path} is not a readable checkpoint ({type(exc).__name__}: {exc})")
+        why = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"--load-checkpoint: {path} is not a readable checkpoint ({why})") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"--load-checkpoint: {path} is not a checkpoint of format {CHECKPOINT_FORMAT}")
     for key in ("agent", "epoch", "config", "rng", "counters"):

@@ -7,6 +7,7 @@ whose last lines explain a failure. Knows nothing of RL and nothing of the proto
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shlex
@@ -216,10 +217,8 @@ class EncoderProcess:
             while self._proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
         # Children of a group leader that died first may linger: end the group regardless.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._proc.wait()
 
     def tail(self, lines: int = 15) -> str:

@@ -63,7 +63,9 @@ class RlIoChannel:
             raise ProtocolError(f"{path}: field 'session' is {msg.session!r}, this encode is {self.session!r}")
         return msg
 
-    def next_message(self, next_request: int, pending: list[int], alive: Callable[[], bool]) -> Request | Feedback | End:
+    def next_message(
+        self, next_request: int, pending: list[int], alive: Callable[[], bool]
+    ) -> Request | Feedback | End:
         """Waits for the next message: feedback of the oldest pending mini-GOP, the next request, or end.
 
         Feedback for k may come after the request for k + 1 (encoders with lookahead), so both are
@@ -295,7 +297,7 @@ def run_encode(
         result.message = f"encoder {command[0]!r} for video {spec.name}{exit_note}: {exc}"
         tail = proc.tail()
         if tail:
-            result.message += f"\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
+            result.message += "\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
         if episode:
             log.debug("dropping %d transitions of the unfinished GOP", len(episode))
     finally:

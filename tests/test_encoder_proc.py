@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -110,7 +111,7 @@ def test_stop_ends_the_whole_process_group(tmp_path):
     assert time.monotonic() - t0 < 5
     assert not proc.alive()
     time.sleep(0.1)
-    assert not _alive(child) or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+    assert not _alive(child) or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
 
 
 def test_tail_shows_last_output_lines(tmp_path):

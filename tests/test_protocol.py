@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -138,10 +139,8 @@ def test_write_atomic_never_exposes_a_partial_file(tmp_path):
 
     def reader():
         while not stop.is_set():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 seen.append(len(target.read_text()))
-            except FileNotFoundError:
-                pass
 
     t = threading.Thread(target=reader)
     t.start()
