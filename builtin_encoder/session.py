@@ -1,0 +1,654 @@
+"""The encode loop and the protocol client: frames -> mini-GOPs -> (agent) -> codec -> CSV / stats / feedback.
+
+Order per mini-GOP k (the simple order the protocol allows): request k -> reply k -> code the
+mini-GOP -> feedback k -> request k + 1. Without `--rl-dir` the agent step is skipped and the
+rate control's own base QP is used (the "delta = 0 baseline").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import itertools
+import json
+import math
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+import protocol
+from builtin_encoder.codec import Codec, CodecConfig, FrameStats, YuvFrame
+from builtin_encoder.errors import (
+    BadInput,
+    BadReply,
+    CodecFailure,
+    EncoderError,
+    Interrupted,
+    ReplyTimeout,
+)
+from builtin_encoder.layout import MiniGop, build_layout
+from builtin_encoder.metrics import psnr_from_mse
+from builtin_encoder.ratecontrol import (
+    CODEC_RC,
+    FirstPassController,
+    FrameStat,
+    RateController,
+    StatHeader,
+    check_stats_match,
+    read_stats,
+    write_stats,
+)
+from builtin_encoder.source import FrameSource, open_source
+
+CODECS = ("svtav1", "x264")
+DEFAULT_PRESET = {"svtav1": 10, "x264": 7}  # x264: 7 = veryfast
+X264_DEFAULT_THREADS = 1  # what --threads 0 means for x264 (see Job.codec_config)
+CSV_COLUMNS = [
+    "frame", "mini_gop", "gop", "type", "layer", "base_qp", "qp", "bits", "psnr_y", "psnr_u", "psnr_v", "ssim_y",
+]  # fmt: skip
+
+
+@dataclass
+class Settings:
+    """Everything the command line sets (see cli.py for the flags and their defaults)."""
+
+    input: str
+    input_res: str | None = None
+    frames: int = 0  # 0 = all
+    out: str | None = None
+    csv: str | None = None
+    codec: str = "svtav1"
+    preset: int | None = None  # None = DEFAULT_PRESET[codec]
+    fps: float | None = None  # None = from the file, else 30
+    keyint: int = 64
+    mini_gop: int = 8
+    threads: int = 0
+    bitrate: float | None = None  # kbit/s
+    rc_mode: int = 1
+    qp: int | None = None
+    crf: int | None = None
+    pass_no: int = 0  # 0 = single command (pass 1 in memory when needed), 1, 2
+    stat_in: str | None = None
+    stat_out: str | None = None
+    rl_dir: str | None = None
+    rl_timeout: float = 60.0  # seconds
+    rl_session: str = ""
+    lookahead: int = 4  # mini-GOPs of fp_bpp look-ahead in each request
+    summary_json: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class Totals:
+    """Running sums over the coded frames (bits, SSE per plane, SSIM, per-frame PSNR-Y)."""
+
+    frames: int = 0
+    mini_gops: int = 0
+    bits: int = 0
+    sse: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    ssim_y: float = 0.0
+    psnr_y_frames: float = 0.0
+
+    def add(self, stats: list[FrameStats], luma: int) -> None:
+        self.mini_gops += 1
+        for s in stats:
+            self.frames += 1
+            self.bits += s.bits
+            self.sse[0] += s.sse_y
+            self.sse[1] += s.sse_u
+            self.sse[2] += s.sse_v
+            self.ssim_y += s.ssim_y
+            self.psnr_y_frames += psnr_from_mse(s.sse_y / luma)
+
+
+def open_codec(name: str, cfg: CodecConfig, out_path: Path, native: dict[str, Any] | None = None) -> Codec:
+    """Creates the backend `name` writing to `out_path`; any failure is a CodecFailure (exit 5).
+
+    `native` holds the keyword options that switch a backend to its own rate control (rc-modes
+    2 and 3, e.g. {"crf": 30}); a backend without such an option is refused with a clear error.
+    """
+    if name == "svtav1":
+        from builtin_encoder.codec_svtav1 import SvtAv1Codec as cls
+    elif name == "x264":
+        from builtin_encoder.codec_x264 import X264Codec as cls  # type: ignore[assignment]
+    else:
+        raise BadInput(f"--codec must be one of {', '.join(CODECS)} (got {name!r})")
+    native = native or {}
+    accepted = inspect.signature(cls.__init__).parameters
+    for key in native:
+        if key not in accepted:
+            raise BadInput(f"--codec {name}: this backend has no native rate-control option {key!r} yet "
+                           "(needed for --rc-mode 2/3)")  # fmt: skip
+    try:
+        return cls(cfg, out_path, **native)
+    except EncoderError:  # e.g. Interrupted by SIGTERM while the codec started
+        raise
+    except OSError as exc:  # the output file cannot be created
+        raise BadInput(f"--o: cannot write {out_path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # the backends' way of refusing a configuration (size, mini-GOP...)
+        raise BadInput(f"--codec {name} refuses this configuration: {exc}") from exc
+    except Exception as exc:  # the backends' own error types differ; all mean "cannot start"
+        raise CodecFailure(f"cannot start codec {name}: {exc}") from exc
+
+
+def native_options(s: Settings) -> dict[str, Any] | None:
+    """Backend options of the codec's own rate control: rc-mode 2 (bitrate) or 3 (CRF); else None."""
+    if s.rc_mode == 3:
+        return {"crf": s.crf}
+    if s.rc_mode == 2:
+        assert s.bitrate is not None
+        return {"bitrate_kbps": s.bitrate}
+    return None
+
+
+def layer_offsets(codec: Codec, base_qp: int) -> list[int]:
+    """The codec's temporal-layer QP offsets at `base_qp`.
+
+    codec.py's interface has no argument, but the SVT-AV1 backend's offsets depend on the base
+    QP (optional `base_qp` argument); passing it keeps the frame QPs what SVT itself would use.
+    """
+    if "base_qp" in inspect.signature(codec.layer_qp_offsets).parameters:
+        return codec.layer_qp_offsets(base_qp)  # type: ignore[call-arg]
+    return codec.layer_qp_offsets()
+
+
+def frame_qps(codec: Codec, base_qp: int, mg: MiniGop) -> list[int]:
+    """Per-frame QPs of a mini-GOP at `base_qp`: layer / key offsets, clamped to the codec's range."""
+    offsets = layer_offsets(codec, base_qp)
+    qps = []
+    for pos in range(mg.count):
+        if pos == 0 and mg.key_first:
+            q = base_qp + codec.key_qp_offset(base_qp)
+        else:
+            q = base_qp + offsets[codec.temporal_layer(pos)]
+        qps.append(min(max(q, codec.qp_min), codec.qp_max))
+    return qps
+
+
+def _content_features(y: np.ndarray, prev_y: np.ndarray | None) -> tuple[float, float]:
+    """(luma variance, mean |Y - Y_prev|) of a frame, 8-bit scale; cheap complexity features."""
+    var = float(y.var(dtype=np.float64))
+    if prev_y is None:
+        return var, 0.0
+    sad = float(np.abs(y.astype(np.int16) - prev_y.astype(np.int16)).mean(dtype=np.float64))
+    return var, sad
+
+
+# ----------------------------------------------------------------------------- the agent
+
+
+class AgentClient:
+    """The encoder's side of rl_io: writes requests / feedback / end, waits for replies."""
+
+    def __init__(self, rl_dir: Path, session: str, timeout_s: float) -> None:
+        self.rl_dir = Path(rl_dir)
+        self.session = session
+        self.timeout_s = timeout_s
+        try:
+            self.rl_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"--rl-dir: cannot create {self.rl_dir}: {exc.strerror or exc}") from None
+        if not self.rl_dir.is_dir():
+            raise BadInput(f"--rl-dir: {self.rl_dir} is not a directory")
+        # Stale files of an earlier encode must never be taken for this one's.
+        protocol.clear_protocol_files(self.rl_dir)
+        # Watch before the first request is written, so no reply event can be missed.
+        self.watcher = protocol.DirWatcher(self.rl_dir)
+        self.wait_s = 0.0  # seconds spent waiting for replies
+
+    def ask(self, req: protocol.Request) -> int:
+        """Writes request `req`, waits for its reply, returns the agent's QP (validated, never clamped)."""
+        protocol.write_message(protocol.request_path(self.rl_dir, req.mg_index), req)
+        path = protocol.reply_path(self.rl_dir, req.mg_index)
+        t0 = time.monotonic()
+        text = protocol.read_when_present(path, self.watcher, t0 + self.timeout_s)
+        self.wait_s += time.monotonic() - t0
+        if text is None:
+            raise ReplyTimeout(f"{path}: no reply within --rl-timeout {self.timeout_s:g} s (field 'qp' never came)")
+        try:
+            reply = protocol.parse_reply(text, path, req.qp_min, req.qp_max)
+        except protocol.ProtocolError as exc:
+            raise BadReply(str(exc)) from None
+        if reply.mg_index is not None and reply.mg_index != req.mg_index:
+            raise BadReply(f"{path}: field 'mg_index' is {reply.mg_index}, expected {req.mg_index}")
+        if reply.session is not None and reply.session != self.session:
+            raise BadReply(f"{path}: field 'session' is {reply.session!r}, this encode is {self.session!r}")
+        return reply.qp
+
+    def feedback(self, fb: protocol.Feedback) -> None:
+        protocol.write_message(protocol.feedback_path(self.rl_dir, fb.mg_index), fb)
+
+    def end(self, end: protocol.End) -> None:
+        try:
+            protocol.write_message(protocol.end_path(self.rl_dir), end)
+        except OSError as exc:  # the directory vanished: nobody is left to tell
+            print(f"builtin_encoder: cannot write {protocol.end_path(self.rl_dir)}: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+# ----------------------------------------------------------------------------- one encode pass
+
+
+@dataclass
+class PassResult:
+    """What one pass produced: per-frame stats (for stat files) and totals."""
+
+    frame_stats: list[FrameStat]
+    totals: Totals
+    seconds: float  # wall time of the pass, agent waits included
+    agent_wait_s: float = 0.0
+
+
+@dataclass
+class Job:
+    """The resolved parameters of an encode (after reading the input)."""
+
+    settings: Settings
+    source: FrameSource
+    frames: int
+    fps: float
+    layout: list[MiniGop]
+
+    @property
+    def luma(self) -> int:
+        return self.source.width * self.source.height
+
+    def codec_config(self, preset: int) -> CodecConfig:
+        s = self.settings
+        threads = s.threads
+        if threads == 0 and s.codec == "x264":
+            # x264 with sliced threads reports PSNR that is not the decoded picture's (0.03-0.4 dB
+            # off: slice edges are deblocked after its measurement), and the agent learns from
+            # that feedback. One thread keeps it exact; --threads N > 1 still asks for speed.
+            threads = X264_DEFAULT_THREADS
+        return CodecConfig(self.source.width, self.source.height, self.fps, s.keyint, s.mini_gop, preset, threads)
+
+    def stat_header(self, pass_no: int, preset: int) -> StatHeader:
+        s = self.settings
+        return StatHeader(s.codec, self.source.width, self.source.height, self.frames, self.fps, s.keyint,
+                          s.mini_gop, pass_no, preset)  # fmt: skip
+
+
+def _mini_gops(frames: Iterator[YuvFrame], layout: list[MiniGop]) -> Iterator[tuple[MiniGop, list[YuvFrame]]]:
+    for mg in layout:
+        chunk = list(itertools.islice(frames, mg.count))
+        if len(chunk) != mg.count:
+            raise BadInput(f"--input ended early: got {mg.first + len(chunk)} frames, expected more")
+        yield mg, chunk
+
+
+def encode_pass(
+    job: Job,
+    *,
+    preset: int,
+    rc: RateController | FirstPassController,
+    totals: Totals,
+    out_path: Path,
+    agent: AgentClient | None = None,
+    csv_file: TextIO | None = None,
+    collect_features: bool = False,
+    native: dict[str, Any] | None = None,
+) -> PassResult:
+    """Codes the whole input once: base QP from `rc` (or the agent), stats into CSV / feedback.
+
+    With `native` (rc-modes 2/3) the codec chooses every frame's QP itself; the QPs passed to it
+    are then ignored, and base_qp is recorded as -1.
+    """
+    s = job.settings
+    t0 = time.monotonic()
+    codec = open_codec(s.codec, job.codec_config(preset), out_path, native)
+    out_stats: list[FrameStat] = []
+    writer = csv.writer(csv_file) if csv_file is not None else None
+    if writer is not None:
+        writer.writerow(CSV_COLUMNS)
+    prev_y: np.ndarray | None = None
+    luma, chroma = job.luma, job.luma // 4
+    try:
+        for mg, frames in _mini_gops(job.source.frames(job.frames), job.layout):
+            base_qp = rc.base_qp(mg)
+            gop_budget = rc.gop_budget(mg)
+            qp = base_qp
+            if agent is not None:
+                assert isinstance(rc, RateController)  # pass 1 never talks to the agent
+                qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session))
+            qps = frame_qps(codec, qp, mg)
+            try:
+                stats = codec.encode(frames, qps, key_first=mg.key_first)
+            except EncoderError:  # Interrupted (SIGTERM) arrives inside the codec call
+                raise
+            except Exception as exc:
+                raise CodecFailure(
+                    f"codec {s.codec} failed on mini-GOP {mg.index} (frames {mg.first}..): {exc}"
+                ) from exc
+            if len(stats) != mg.count:
+                raise CodecFailure(f"codec {s.codec} returned {len(stats)} frame stats for {mg.count} frames")
+            rc.update(mg, [st.bits for st in stats], qp)
+            totals.add(stats, luma)
+            if native:
+                qp = -1
+            for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
+                index = mg.first + pos
+                var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
+                prev_y = frame.y
+                out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
+                                           st.bits, round(var, 3), round(sad, 4)))  # fmt: skip
+                if writer is not None:
+                    writer.writerow([
+                        index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp, st.bits,
+                        f"{psnr_from_mse(st.sse_y / luma):.4f}", f"{psnr_from_mse(st.sse_u / chroma):.4f}",
+                        f"{psnr_from_mse(st.sse_v / chroma):.4f}", f"{st.ssim_y:.6f}",
+                    ])  # fmt: skip
+            if agent is not None:
+                agent.feedback(_feedback(job, mg, qp, stats, agent.session))
+        try:
+            codec.close()
+        except EncoderError:
+            raise
+        except Exception as exc:
+            raise CodecFailure(f"codec {s.codec} failed to finish {out_path}: {exc}") from exc
+    finally:
+        # Idempotent in the backends; on the error path it frees the codec, and a second error
+        # would hide the first one, which is the one to report.
+        with contextlib.suppress(Exception):
+            codec.close()
+    return PassResult(out_stats, totals, time.monotonic() - t0, agent.wait_s if agent else 0.0)
+
+
+def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: int, gop_budget: int,
+             session: str) -> protocol.Request:  # fmt: skip
+    s = job.settings
+    nxt = job.layout[mg.index + 1 : mg.index + 1 + s.lookahead]
+    gop_frames = sum(m.count for m in job.layout if m.gop == mg.gop)
+    assert rc.total_budget is not None
+    return protocol.Request(
+        mg_index=mg.index,
+        gop_index=mg.gop,
+        mg_in_gop=mg.in_gop,
+        mgs_in_gop=mg.gop_size,
+        gop_frames=gop_frames,
+        first_frame=mg.first,
+        frame_count=mg.count,
+        frame_types=["KEY" if pos == 0 and mg.key_first else "INTER" for pos in range(mg.count)],
+        temporal_layers=[0 if pos == 0 and mg.key_first else codec.temporal_layer(pos) for pos in range(mg.count)],
+        base_qp=base_qp,
+        qp_min=codec.qp_min,
+        qp_max=codec.qp_max,
+        fp_bpp=rc.fp_bpp(mg),
+        lookahead_fp_bpp=[rc.fp_bpp(m) for m in nxt],
+        gop_bits_spent=rc.gop_spent,
+        gop_bits_budget=gop_budget,
+        total_bits_spent=rc.total_spent,
+        total_bits_budget=rc.total_budget,
+        target_kbps=s.bitrate if s.bitrate else rc.total_budget * job.fps / job.frames / 1000.0,
+        fps=job.fps,
+        width=job.source.width,
+        height=job.source.height,
+        total_frames=job.frames,
+        codec=s.codec,
+        session=session,
+    )
+
+
+def _feedback(job: Job, mg: MiniGop, qp: int, stats: list[FrameStats], session: str) -> protocol.Feedback:
+    n = len(stats)
+    luma, chroma = job.luma, job.luma // 4
+    mse_y = sum(st.sse_y for st in stats) / (n * luma)
+    mse_u = sum(st.sse_u for st in stats) / (n * chroma)
+    mse_v = sum(st.sse_v for st in stats) / (n * chroma)
+    return protocol.Feedback(
+        mg_index=mg.index,
+        gop_index=mg.gop,
+        frame_count=n,
+        bits=sum(st.bits for st in stats),
+        qp_used=qp,
+        frame_qps=[st.qp for st in stats],
+        frame_bits=[st.bits for st in stats],
+        mse_y=mse_y,
+        mse_u=mse_u,
+        mse_v=mse_v,
+        psnr_y=psnr_from_mse(mse_y),
+        psnr_u=psnr_from_mse(mse_u),
+        psnr_v=psnr_from_mse(mse_v),
+        psnr_y_frame_mean=sum(psnr_from_mse(st.sse_y / luma) for st in stats) / n,
+        ssim_y=min(max(sum(st.ssim_y for st in stats) / n, 0.0), 1.0),
+        gop_end=1 if mg.gop_end else 0,
+        session=session,
+    )
+
+
+# ----------------------------------------------------------------------------- the program
+
+
+def _prepare(s: Settings) -> Job:
+    """Validates settings that need the input, opens it and resolves frames / fps / layout."""
+    source = open_source(s.input, s.input_res)
+    if s.frames < 0:
+        raise BadInput(f"--frames must be >= 0 (got {s.frames})")
+    if s.frames > source.frame_count:
+        raise BadInput(f"--frames {s.frames} exceeds the {source.frame_count} frames of {source.path}")
+    frames = s.frames or source.frame_count
+    fps = s.fps if s.fps is not None else (source.fps or 30.0)
+    return Job(s, source, frames, fps, build_layout(frames, s.keyint, s.mini_gop))
+
+
+def _first_pass(job: Job, totals: Totals, out_path: Path, csv_file: TextIO | None = None) -> PassResult:
+    """Pass 1: the codec's fast preset, a constant QP steered towards the target (FirstPassController)."""
+    s = job.settings
+    params = CODEC_RC[s.codec]
+    qp_min, qp_max = _codec_qp_range(s.codec)
+    budget = round(s.bitrate * 1000.0 * job.frames / job.fps) if s.bitrate else None
+    rc = FirstPassController(layout=job.layout, params=params, qp_min=qp_min, qp_max=qp_max, total_budget=budget)
+    return encode_pass(job, preset=params.first_pass_preset, rc=rc, totals=totals, out_path=out_path,
+                       csv_file=csv_file, collect_features=True)  # fmt: skip
+
+
+def _codec_qp_range(name: str) -> tuple[int, int]:
+    """The QP range of backend `name`, read from its class without starting a codec."""
+    if name == "svtav1":
+        from builtin_encoder.codec_svtav1 import SvtAv1Codec as cls
+    else:
+        from builtin_encoder.codec_x264 import X264Codec as cls  # type: ignore[assignment]
+    return int(cls.qp_min), int(cls.qp_max)
+
+
+def _load_stats(job: Job, path: Path) -> list[FrameStat]:
+    header, stats = read_stats(path)
+    check_stats_match(path, header, job.stat_header(1, 0))
+    return stats
+
+
+def _summary(job: Job, res: PassResult, target_kbps: float | None, out_path: Path | None, pass1_s: float) -> dict:
+    t = res.totals
+    s = job.settings
+    duration = t.frames / job.fps
+    kbps = t.bits / duration / 1000.0
+    luma, chroma = job.luma * t.frames, job.luma // 4 * t.frames
+    file_kbps = None
+    if out_path is not None and out_path.exists():
+        file_kbps = out_path.stat().st_size * 8 / duration / 1000.0
+    return {
+        "input": str(job.source.path),
+        "codec": s.codec,
+        "rc_mode": s.rc_mode,
+        "frames": t.frames,
+        "mini_gops": t.mini_gops,
+        "width": job.source.width,
+        "height": job.source.height,
+        "fps": job.fps,
+        "bits": t.bits,
+        "kbps": kbps,
+        "file_kbps": file_kbps,
+        "target_kbps": target_kbps,
+        "error_pct": (kbps / target_kbps - 1.0) * 100.0 if target_kbps else None,
+        "psnr_y": psnr_from_mse(t.sse[0] / luma),
+        "psnr_u": psnr_from_mse(t.sse[1] / chroma),
+        "psnr_v": psnr_from_mse(t.sse[2] / chroma),
+        "psnr_y_frame_mean": t.psnr_y_frames / t.frames,
+        "ssim_y": t.ssim_y / t.frames,
+        "encode_fps": t.frames / res.seconds if res.seconds > 0 else math.inf,
+        "encode_s": res.seconds,
+        "agent_wait_s": res.agent_wait_s,
+        "pass1_s": pass1_s,
+    }
+
+
+def summary_line(d: dict) -> str:
+    """The one-line summary printed at the end (and put into end.json's message)."""
+    target = f"{d['target_kbps']:.2f}" if d["target_kbps"] else "none"
+    err = f"{d['error_pct']:+.2f}%" if d["error_pct"] is not None else "n/a"
+    return (
+        f"{d['codec']} frames={d['frames']} kbps={d['kbps']:.2f} target={target} error={err} "
+        f"psnr_y={d['psnr_y']:.3f}dB ssim_y={d['ssim_y']:.5f} fps={d['encode_fps']:.1f}"
+    )
+
+
+def _handle_signal(signum: int, _frame: Any) -> None:
+    raise Interrupted(f"stopped by signal {signal.Signals(signum).name}")
+
+
+class Program:
+    """One run of the encoder program. Keeps the running totals so that end.json is truthful on errors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.agent: AgentClient | None = None
+        self.totals = Totals()  # of the final pass (pass 1 in memory does not count)
+
+    def run(self) -> int:
+        """Runs the encode; returns the exit code. Writes end.json whenever --rl-dir is in use."""
+        s = self.s
+        old_term = signal.signal(signal.SIGTERM, _handle_signal)
+        status, message, code = "ok", "", 0
+        summary: dict[str, Any] = {}
+        try:
+            if s.rl_dir is not None and s.pass_no == 1:
+                # Pass 1 is a fixed-QP run: no agent. The directory is left alone, so a pass 1
+                # run beside a live pass 2 cannot clear that encode's files.
+                print("builtin_encoder: --rl-dir is not used in --pass 1", file=sys.stderr)
+            if s.rl_dir is not None and s.pass_no != 1 and s.rc_mode in (0, 1):
+                self.agent = AgentClient(Path(s.rl_dir), s.rl_session, s.rl_timeout)
+            summary = self._run()
+            message = summary_line(summary)
+        except EncoderError as exc:
+            status, message, code = "error", str(exc), exc.exit_code
+        except KeyboardInterrupt:
+            status, message, code = "error", "stopped by SIGINT", Interrupted.exit_code
+        except Exception as exc:  # a bug: still tell the agent, then show the traceback
+            status, message, code = "error", f"internal error: {type(exc).__name__}: {exc}", 1
+            traceback.print_exc()
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+        if status != "ok" or not s.quiet:
+            print(message if status == "ok" else f"builtin_encoder: error: {message}", file=sys.stderr)
+        if s.summary_json:
+            data = {"status": status, "message": message, **summary}
+            try:
+                protocol.write_atomic(Path(s.summary_json), json.dumps(data, indent=1) + "\n")
+            except OSError as exc:
+                print(f"builtin_encoder: cannot write --summary-json {s.summary_json}: {exc}", file=sys.stderr)
+        if self.agent is not None:
+            t = self.totals
+            end = protocol.End(status=status, mini_gops=t.mini_gops, frames=t.frames, bits=t.bits,
+                               message=message, session=s.rl_session)  # fmt: skip
+            self.agent.end(end)
+            self.agent.close()
+        return code
+
+    def _run(self) -> dict[str, Any]:
+        s = self.s
+        job = _prepare(s)
+        params = CODEC_RC[s.codec]
+        preset = s.preset if s.preset is not None else DEFAULT_PRESET[s.codec]
+        out_path = Path(s.out) if s.out else None
+        ext = ".ivf" if s.codec == "svtav1" else ".264"
+        with tempfile.TemporaryDirectory(prefix="builtin_encoder.") as tmp, _open_csv(s.csv) as csv_file:
+            scratch = Path(tmp) / f"pass1{ext}"
+            if s.pass_no == 1:
+                assert s.stat_out is not None  # cli.py checks
+                res = _first_pass(job, self.totals, out_path or scratch, csv_file)
+                _write_stats(Path(s.stat_out), job.stat_header(1, params.first_pass_preset), res.frame_stats)
+                return _summary(job, res, None, out_path, 0.0)
+
+            native = native_options(s)
+            if native is not None:
+                # rc-modes 2/3: the codec's own rate control, no stats, no agent.
+                qp_min, qp_max = _codec_qp_range(s.codec)
+                rc = RateController(layout=job.layout, params=params, qp_min=qp_min, qp_max=qp_max,
+                                    total_budget=None, stats=None, fixed_qp=(qp_min + qp_max) // 2)  # fmt: skip
+                res = encode_pass(job, preset=preset, rc=rc, totals=self.totals, out_path=out_path or scratch,
+                                  csv_file=csv_file, collect_features=bool(s.stat_out), native=native)  # fmt: skip
+                if s.stat_out:
+                    _write_stats(Path(s.stat_out), job.stat_header(2, preset), res.frame_stats)
+                return _summary(job, res, s.bitrate if s.rc_mode == 2 else None, out_path, 0.0)
+
+            # Pass 2 (or the single command): stats come from --stat-in or from pass 1 run here.
+            stats: list[FrameStat] | None = None
+            pass1_s = 0.0
+            if s.stat_in:
+                stats = _load_stats(job, Path(s.stat_in))
+            elif s.rc_mode == 1 or self.agent is not None:
+                p1 = _first_pass(job, Totals(), scratch)
+                stats, pass1_s = p1.frame_stats, p1.seconds
+            qp_min, qp_max = _codec_qp_range(s.codec)
+            total_budget = round(s.bitrate * 1000.0 * job.frames / job.fps) if s.bitrate else None
+            rc = RateController(
+                layout=job.layout,
+                params=params,
+                qp_min=qp_min,
+                qp_max=qp_max,
+                total_budget=total_budget,
+                stats=stats,
+                fixed_qp=s.qp if s.rc_mode == 0 else None,
+                luma_pixels=job.luma,
+            )
+            res = encode_pass(
+                job,
+                preset=preset,
+                rc=rc,
+                totals=self.totals,
+                out_path=out_path or Path(tmp) / f"out{ext}",
+                agent=self.agent,
+                csv_file=csv_file,
+                collect_features=bool(s.stat_out),
+            )
+            if s.stat_out:
+                _write_stats(Path(s.stat_out), job.stat_header(2, preset), res.frame_stats)
+            return _summary(job, res, s.bitrate or None, out_path, pass1_s)
+
+
+def _write_stats(path: Path, header: StatHeader, frames: list[FrameStat]) -> None:
+    try:
+        write_stats(path, header, frames)
+    except OSError as exc:
+        raise BadInput(f"--stat-out: cannot write {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _open_csv(path: str | None) -> Iterator[TextIO | None]:
+    if not path:
+        yield None
+        return
+    try:
+        fh = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 -- closed below
+    except OSError as exc:
+        raise BadInput(f"--csv: cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        yield fh
+    finally:
+        fh.close()
+
+
+def run(settings: Settings) -> int:
+    """Runs the encoder program; returns the process exit code (see errors.py)."""
+    return Program(settings).run()
