@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-replay-buffer", action="store_true", help="also save the replay buffer")
     g = p.add_argument_group("other")
     g.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
+    g.add_argument("--torch-threads", type=int, default=1,
+                   help="CPU threads for torch; 1 leaves the other cores to the encoder")  # fmt: skip
     g.add_argument("--baseline-stats", default=d.baseline_stats,
                    help="Δ=0 baseline file (default OUT_DIR/baseline_stats.json; made when missing)")  # fmt: skip
     g.add_argument("--make-baseline", action="store_true", help="only run every video with Δ=0 and write the baseline")
@@ -454,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
 
+    if ns.torch_threads > 0:
+        torch.set_num_threads(ns.torch_threads)
     stop = StopFlag()
     stop.install()
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)

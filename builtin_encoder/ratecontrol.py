@@ -205,6 +205,7 @@ class RateController:
         self.total_spent = 0
         self.gop_spent = 0
         self._gop_budget = 0
+        self._gop_end = 0
         self._gop_index = -1
         self._prev_qp: int | None = None
         self._chosen: dict[int, int] = {}  # mg index -> the encoder's base QP (asked once per mini-GOP)
@@ -280,6 +281,7 @@ class RateController:
             self._gop_index = mg.gop
             self.gop_spent = 0
             gop_frames = range(mg.first, mg.first + sum(m.count for m in self.layout if m.gop == mg.gop))
+            self._gop_end = gop_frames.stop
             remaining = None if self.total_budget is None else self.total_budget - self.total_spent
             if remaining is None:
                 self._gop_budget = 1
@@ -302,8 +304,11 @@ class RateController:
             q = self.fixed_qp if self.fixed_qp is not None else (self.qp_min + self.qp_max) // 2
             qp = min(max(q, self.qp_min), self.qp_max)
         else:
-            remaining = self.total_budget - self.total_spent
-            qp = round(self._solve(self._remaining(mg), max(remaining, 0.0)))
+            # Solve within the GOP: what a mini-GOP over- or under-spends is made up by the rest of
+            # its own GOP, so the GOP lands on its budget and an agent's choice is paid for inside
+            # its own episode. The drift that remains moves into the next GOP's budget.
+            gop_left = self.gop_budget(mg) - self.gop_spent
+            qp = round(self._solve(range(mg.first, self._gop_end), max(gop_left, 0.0)))
             if self._prev_qp is not None:
                 step = self.params.max_step
                 qp = min(max(qp, self._prev_qp - step), self._prev_qp + step)
