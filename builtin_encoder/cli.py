@@ -23,12 +23,11 @@ EPILOG = f"""\
 rate-control modes (--rc-mode):
   0  constant base QP --qp for every mini-GOP (an agent may still override it per mini-GOP)
   1  two-pass VBR at --bitrate (default): pass-1 statistics (--stat-in, or a pass 1 run first
-     in memory) give every frame's cost; one common base QP is solved for the remaining budget
-     before each mini-GOP and corrected from the bits actually spent
+     in memory) give every frame's cost; before each mini-GOP one common base QP is solved for
+     the rest of its GOP's budget, corrected from the bits actually spent
   2  the codec's own rate control at --bitrate (reference for benchmarks; no --rl-dir)
   3  the codec's own CRF at --crf (reference for benchmarks; no --rl-dir)
-  Modes 2/3 need the backend's native option (SvtAv1Codec: crf; bitrate_kbps for mode 2);
-  a backend without it is refused with exit code 2.
+  Mode 2 is SVT-AV1 CBR (aq-mode 2; SVT 4.1 has no VBR in low delay) or x264 one-pass ABR.
 
 two-pass use:
   --pass 1 --stat-out FILE   first pass: fast preset, one QP per mini-GOP steered towards

@@ -339,9 +339,11 @@ def _fps_fraction(fps: float) -> Fraction:
 class SvtAv1Codec:
     """One continuous SVT-AV1 encode to an IVF file, frame QPs forced by the caller.
 
-    Use as a context manager or call `close()`. Keyword `crf` (for baselines and measurements
-    only): when given, SVT's own CRF mode chooses every frame's QP and the `qps` passed to
-    `encode` are ignored (FrameStats.qp is then SVT's rounded frame QP).
+    Use as a context manager or call `close()`. Keywords for baselines and measurements only:
+    `crf` makes SVT's own CRF mode choose every frame's QP; `bitrate_kbps` makes SVT's own rate
+    control choose them for that target (CBR: SVT 4.1 refuses VBR in low delay and runs CBR only
+    with aq-mode 2; `tbr` is in kbit/s). In both, the `qps` passed to `encode` are ignored and
+    FrameStats.qp is the frame QP SVT used.
     """
 
     name = "svtav1"
@@ -351,11 +353,22 @@ class SvtAv1Codec:
     qp_max = 63
     bitstream_ext = ".ivf"
 
-    def __init__(self, cfg: CodecConfig, out_path: Path, *, crf: int | None = None) -> None:
+    def __init__(
+        self, cfg: CodecConfig, out_path: Path, *, crf: int | None = None, bitrate_kbps: float | None = None
+    ) -> None:
         _validate_config(cfg)
+        if crf is not None and bitrate_kbps is not None:
+            raise ValueError("give crf or bitrate_kbps, not both")
+        if crf is not None and not 1 <= crf <= 63:
+            raise ValueError(f"SVT-AV1 crf must be in 1..63, got {crf}")
+        if bitrate_kbps is not None and not bitrate_kbps > 0:
+            raise ValueError(f"bitrate_kbps must be > 0, got {bitrate_kbps}")
         self.cfg = cfg
         self.out_path = Path(out_path)
         self.crf = crf
+        self.bitrate_kbps = bitrate_kbps
+        # True when SVT chooses the frame QPs itself (the QPs given to encode() are ignored).
+        self.codec_rc = crf is not None or bitrate_kbps is not None
         self.levels = cfg.mini_gop.bit_length() - 1  # mini_gop = 2^levels
         self._lib, self._lib_path = load_svt_library()
         self._handle = ctypes.c_void_p()  # EbComponentType*, set by init_handle
@@ -415,11 +428,14 @@ class SvtAv1Codec:
             "scd": "0",
             "enable-dg": "0",
         }
-        if self.crf is None:
+        if self.bitrate_kbps is not None:
+            # SVT 4.1: low delay allows CBR (rc=2) only, and CBR needs aq-mode 2. tbr in kbit/s.
+            params.update({"rc": "2", "tbr": str(max(1, round(self.bitrate_kbps))), "aq-mode": "2"})
+        elif self.crf is not None:
+            params.update({"rc": "crf", "crf": str(self.crf)})
+        else:
             # "qp" is only the sequence default; use-q-file makes every frame take the header's QP.
             params.update({"rc": "cqp", "qp": "32", "use-q-file": "1"})
-        else:
-            params.update({"rc": "crf", "crf": str(self.crf)})
         lp = _lp_for_threads(cfg.threads)
         if lp:
             params["lp"] = str(lp)
@@ -468,7 +484,7 @@ class SvtAv1Codec:
             raise SvtAv1Error("encode() after close()")
         if len(frames) != len(qps):
             raise ValueError(f"{len(frames)} frames but {len(qps)} QPs")
-        if self.crf is None:
+        if not self.codec_rc:
             for q in qps:
                 if not self.qp_min <= q <= self.qp_max:
                     raise ValueError(f"QP {q} outside [{self.qp_min}, {self.qp_max}]")
@@ -483,7 +499,7 @@ class SvtAv1Codec:
         stats: list[FrameStats] = []
         for i, frame in enumerate(frames):
             index = first + i
-            hdr, data = self._receive(index, None if self.crf is not None else qps[i])
+            hdr, data = self._receive(index, None if self.codec_rc else qps[i])
             if i + 1 < len(frames):
                 self._send(frames[i + 1], qps[i + 1], key=False)
             stats.append(self._frame_stats(index, frame, hdr, data))

@@ -37,8 +37,10 @@ import re
 from pathlib import Path
 from typing import Self
 
+import av
 import numpy as np
 
+from builtin_encoder import metrics
 from builtin_encoder.codec import CodecConfig, FrameStats, YuvFrame
 
 logger = logging.getLogger(__name__)
@@ -329,6 +331,14 @@ class X264Codec:
 
     P-only low delay: one temporal layer, a forced IDR at each GOP start, every frame at the QP it
     is given. Writes an Annex-B H.264 stream to `out_path`.
+
+    Keywords for baselines and measurements only: `crf` (x264's CRF at that value) or
+    `bitrate_kbps` (x264's one-pass ABR at that target, kbit/s) make x264 choose every frame's QP
+    (`i_qpplus1 = 0`); the `qps` passed to `encode` are then ignored and FrameStats.qp is the QP
+    x264 chose. Forced IDR frames at GOP starts are kept in every mode. In these modes the
+    SSE of each plane is measured on the output of PyAV's H.264 decoder: x264's own PSNR is then
+    not that of the decoded picture (measured on carphone: 0.02-0.36 dB too low), while with
+    forced QPs it is exact (and is used as is). SSIM-Y stays x264's own in every mode.
     """
 
     name = "x264"
@@ -336,7 +346,19 @@ class X264Codec:
     qp_max = QP_MAX
     bitstream_ext = ".264"
 
-    def __init__(self, cfg: CodecConfig, out_path: Path) -> None:
+    def __init__(
+        self, cfg: CodecConfig, out_path: Path, *, crf: float | None = None, bitrate_kbps: float | None = None
+    ) -> None:
+        if crf is not None and bitrate_kbps is not None:
+            raise ValueError("x264: give crf or bitrate_kbps, not both")
+        if crf is not None and not 0 <= crf <= 51:
+            raise ValueError(f"x264: crf must be in 0..51, got {crf}")
+        if bitrate_kbps is not None and not bitrate_kbps > 0:
+            raise ValueError(f"x264: bitrate_kbps must be > 0, got {bitrate_kbps}")
+        self.crf = crf
+        self.bitrate_kbps = bitrate_kbps
+        # True when x264 chooses the frame QPs itself (the QPs given to encode() are ignored).
+        self.codec_rc = crf is not None or bitrate_kbps is not None
         if cfg.width % 2 or cfg.height % 2 or cfg.width < 2 or cfg.height < 2:
             raise ValueError(f"x264: width and height must be even and >= 2 (got {cfg.width}x{cfg.height})")
         if not 0 <= cfg.preset < len(PRESET_NAMES):
@@ -364,6 +386,11 @@ class X264Codec:
         self._pic_out = _Picture()
         self._nals = ctypes.POINTER(_Nal)()
         self._n_nals = ctypes.c_int(0)
+        self._decoder: av.CodecContext | None = None
+        if self.codec_rc:
+            # P-only, no reordering: one packet in, its picture out.
+            self._decoder = av.CodecContext.create("h264", "r")
+            self._decoder.options = {"threads": "1"}
 
     # -- Codec protocol: QP structure
 
@@ -444,7 +471,8 @@ class X264Codec:
             "open-gop": "0",
             "fps": repr(float(cfg.fps)),
             # Rate control: CRF so forced QPs are only clipped to [qpmin, qpmax] (see module doc).
-            "crf": "23",  # the value is unused: every frame's QP is forced
+            # The value 23 is unused when every frame's QP is forced.
+            "crf": repr(float(self.crf)) if self.crf is not None else "23",
             "qpmin": str(QP_MIN),
             "qpmax": str(QP_MAX),
             "aq-mode": "0",  # every macroblock at the forced QP
@@ -456,6 +484,10 @@ class X264Codec:
             "annexb": "1",
             "repeat-headers": "1",
         }
+        if self.bitrate_kbps is not None:
+            # x264's one-pass ABR (replaces CRF: x264_param_parse("bitrate") selects X264_RC_ABR).
+            del options["crf"]
+            options["bitrate"] = str(max(1, round(self.bitrate_kbps)))
         for name, value in options.items():
             rc = lib.x264_param_parse(param, name.encode(), value.encode())
             if rc != 0:
@@ -499,13 +531,13 @@ class X264Codec:
 
     def _encode_frame(self, frame: YuvFrame, qp: int, key: bool) -> FrameStats:
         """Sends one frame (no copy: x264 reads our numpy planes) and collects its packet and stats."""
-        if not self.qp_min <= qp <= self.qp_max:
+        if not self.codec_rc and not self.qp_min <= qp <= self.qp_max:
             raise ValueError(f"x264: QP {qp} outside {self.qp_min}..{self.qp_max}")
         w, h = self.cfg.width, self.cfg.height
         pic = self._pic_in
         self._lib.x264_picture_init(ctypes.byref(pic))
         pic.i_type = _X264_TYPE_IDR if key else _X264_TYPE_AUTO
-        pic.i_qpplus1 = qp + 1
+        pic.i_qpplus1 = 0 if self.codec_rc else qp + 1  # 0 = x264's rate control picks the QP
         pic.i_pts = self._frames_in
         pic.img.i_csp = _X264_CSP_I420
         pic.img.i_plane = 3
@@ -549,17 +581,36 @@ class X264Codec:
 
         is_key = out.i_type in (_X264_TYPE_IDR, _X264_TYPE_I, _X264_TYPE_KEYFRAME) or bool(out.b_keyframe)
         luma, chroma = w * h, (w // 2) * (h // 2)
+        if self._decoder is not None:
+            sse_y, sse_u, sse_v = self._decoded_sse(frame, data, index)
+        else:
+            sse_y = _sse_from_psnr(out.prop.f_psnr[0], luma)
+            sse_u = _sse_from_psnr(out.prop.f_psnr[1], chroma)
+            sse_v = _sse_from_psnr(out.prop.f_psnr[2], chroma)
         return FrameStats(
             index=index,
             frame_type="KEY" if is_key else "INTER",
             temporal_layer=0,
             qp=out.i_qpplus1 - 1,
             bits=8 * len(data),
-            sse_y=_sse_from_psnr(out.prop.f_psnr[0], luma),
-            sse_u=_sse_from_psnr(out.prop.f_psnr[1], chroma),
-            sse_v=_sse_from_psnr(out.prop.f_psnr[2], chroma),
+            sse_y=sse_y,
+            sse_u=sse_u,
+            sse_v=sse_v,
             ssim_y=float(out.prop.f_ssim),
         )
+
+    def _decoded_sse(self, frame: YuvFrame, data: bytes, index: int) -> tuple[float, float, float]:
+        """Decodes one frame's packet (codec rate-control modes) and returns the SSE of Y, U, V."""
+        assert self._decoder is not None
+        pictures = self._decoder.decode(av.Packet(data))
+        if len(pictures) != 1:
+            raise X264Error(f"x264: frame {index}: the H.264 decoder returned {len(pictures)} pictures for one packet")
+        out = []
+        for i, src in enumerate((frame.y, frame.u, frame.v)):
+            p = pictures[0].planes[i]
+            dec = np.frombuffer(p, dtype=np.uint8).reshape(-1, p.line_size)[: src.shape[0], : src.shape[1]]
+            out.append(metrics.sse(src, dec))
+        return out[0], out[1], out[2]
 
     def _free_encoder(self) -> None:
         if self._encoder is not None:

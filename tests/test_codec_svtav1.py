@@ -511,3 +511,25 @@ def test_metrics_against_direct_definitions() -> None:
             va, vb, cov = (w2 * (a - ma) ** 2).sum(), (w2 * (b - mb) ** 2).sum(), (w2 * (a - ma) * (b - mb)).sum()
             values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma * ma + mb * mb + c1) * (va + vb + c2)))
     assert metrics.ssim(ref, dist) == pytest.approx(float(np.mean(values)), abs=1e-6)
+
+
+def test_codec_bitrate_mode(tmp_path: Path) -> None:
+    """bitrate_kbps: SVT's own CBR lands near the target, chooses the QPs, keeps the forced key frame."""
+    frames = read_frames("carphone_pristine.mp4", 32)
+    rates = {}
+    for kbps in (100, 300):
+        out = tmp_path / f"cbr{kbps}.ivf"
+        with SvtAv1Codec(config(mini_gop=8, keyint=32), out, bitrate_kbps=kbps) as codec:
+            stats = codec.encode(frames, [999] * len(frames), key_first=True)  # QPs ignored
+        rate = sum(s.bits for s in stats) / len(stats) * (30000 / 1001) / 1000
+        assert 0.7 * kbps < rate < 1.4 * kbps, f"target {kbps} kbit/s, got {rate:.1f}"
+        assert stats[0].frame_type == "KEY" and all(s.frame_type == "INTER" for s in stats[1:])
+        assert len({s.qp for s in stats}) > 1 and all(1 <= s.qp <= 63 for s in stats)
+        decoded = decode_ivf(out)
+        assert len(decoded) == len(frames)
+        for s, src, dec in zip(stats, frames, decoded, strict=True):
+            assert s.sse_y == metrics.sse(src.y, dec[:144])
+        rates[kbps] = rate
+    assert rates[100] < rates[300]
+    with pytest.raises(ValueError, match="not both"):
+        SvtAv1Codec(config(), tmp_path / "x.ivf", crf=30, bitrate_kbps=100)

@@ -319,3 +319,51 @@ def test_wrong_build_is_refused(tmp_path: Path) -> None:
         find_libx264(tmp_path / "missing")
     (tmp_path / "libx264-89ef.so.165").write_bytes(b"")
     assert find_libx264(tmp_path).name == "libx264-89ef.so.165"
+
+
+# ----------------------------------------------------------------------------- x264's own rate control
+
+
+def _encode_codec_rc(path: Path, frames: list[YuvFrame], keyint: int, **kw: float) -> list[FrameStats]:
+    """Encodes `frames` in GOPs of `keyint` with x264 choosing the QPs (the QPs passed are ignored)."""
+    cfg = CodecConfig(width=176, height=144, fps=30000 / 1001, keyint=keyint, mini_gop=8, preset=7, threads=2)
+    stats: list[FrameStats] = []
+    with X264Codec(cfg, path, **kw) as codec:
+        for g in range(0, len(frames), keyint):
+            stats += codec.encode(frames[g : g + keyint], [99] * len(frames[g : g + keyint]), key_first=True)
+    return stats
+
+
+def test_codec_bitrate_mode(tmp_path: Path) -> None:
+    """bitrate_kbps: x264's ABR lands near the target, picks the QPs itself, keeps forced IDRs."""
+    frames = [_split(a) for a in _read_clip("carphone_pristine.mp4", 32)]
+    rates = {}
+    for kbps in (100, 300):
+        out = tmp_path / f"abr{kbps}.264"
+        stats = _encode_codec_rc(out, frames, 16, bitrate_kbps=kbps)
+        rate = sum(s.bits for s in stats) / len(stats) * (30000 / 1001) / 1000
+        assert 0.7 * kbps < rate < 1.3 * kbps, f"target {kbps} kbit/s, got {rate:.1f}"
+        assert [s.frame_type for s in stats].count("KEY") == 2 and stats[16].frame_type == "KEY"
+        assert len({s.qp for s in stats}) > 1 and all(0 <= s.qp <= 51 for s in stats)
+        decoded = _decode(out)
+        assert len(decoded) == len(frames)
+        assert sum(s.bits for s in stats) == 8 * out.stat().st_size
+        for s, src, dec in zip(stats, frames, decoded, strict=True):  # measured on the decoded pictures
+            assert (s.sse_y, s.sse_u, s.sse_v) == (_sse(src.y, dec.y), _sse(src.u, dec.u), _sse(src.v, dec.v))
+        rates[kbps] = rate
+    assert rates[100] < rates[300]
+    with pytest.raises(ValueError, match="not both"):
+        X264Codec(CodecConfig(176, 144, 30.0, 16, 8, 7), tmp_path / "x.264", crf=23, bitrate_kbps=100)
+
+
+def test_codec_crf_mode(tmp_path: Path) -> None:
+    """crf: x264's CRF chooses the QPs; a higher CRF gives fewer bits; the stream decodes."""
+    frames = [_split(a) for a in _read_clip("carphone_pristine.mp4", 32)]
+    sizes = []
+    for crf in (22, 32):
+        out = tmp_path / f"crf{crf}.264"
+        stats = _encode_codec_rc(out, frames, 32, crf=crf)
+        assert stats[0].frame_type == "KEY" and len(_decode(out)) == len(frames)
+        assert abs(sum(s.qp for s in stats[1:]) / 31 - crf) < 6
+        sizes.append(sum(s.bits for s in stats))
+    assert sizes[0] > sizes[1]
