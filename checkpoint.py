@@ -46,10 +46,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Writes `payload` atomically to `path`; on failure the previous file at `path` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     data = dict(payload, format=CHECKPOINT_FORMAT)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             torch.save(data, fh)
             fh.flush()

@@ -27,6 +27,10 @@ from state import action_to_qp, build_observation
 
 log = logging.getLogger("rlrc")
 DETAILED = 15  # between INFO (important) and DEBUG
+# A protocol file that does not parse is re-read until it has not changed for PARSE_SETTLE_S, at
+# most PARSE_GRACE_S, before it counts as malformed (PROTOCOL.md §5: encoders that write in place).
+PARSE_SETTLE_S = 0.3
+PARSE_GRACE_S = 1.0
 
 
 class EncoderFailure(RuntimeError):
@@ -54,23 +58,47 @@ class RlIoChannel:
         self.watcher.close()
 
     def _read(self, path: Path, parse: Callable[[str, Path], Any]) -> Any | None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        msg = parse(text, path)
+        """The message in `path`, or None if there is none yet.
+
+        A file that fails to parse is read again until its size and mtime have not changed for
+        `PARSE_SETTLE_S` (at most `PARSE_GRACE_S` in all) before it counts as malformed: an encoder
+        that writes in place instead of renaming (PROTOCOL.md §5) may still be writing it.
+        """
+        t0 = time.monotonic()
+        last_sig, settled_since = None, t0
+        while True:
+            try:
+                text = path.read_text(encoding="utf-8")
+                st = path.stat()
+            except FileNotFoundError:
+                return None
+            try:
+                msg = parse(text, path)
+                break
+            except ProtocolError:
+                now = time.monotonic()
+                sig = (st.st_size, st.st_mtime_ns)
+                if sig != last_sig:
+                    last_sig, settled_since = sig, now
+                if now - settled_since >= PARSE_SETTLE_S or now - t0 >= PARSE_GRACE_S:
+                    raise
+                time.sleep(0.01)
         if self.session and getattr(msg, "session", "") not in ("", self.session):
             raise ProtocolError(f"{path}: field 'session' is {msg.session!r}, this encode is {self.session!r}")
         return msg
 
     def next_message(
-        self, next_request: int, pending: list[int], alive: Callable[[], bool]
+        self,
+        next_request: int,
+        pending: list[int],
+        alive: Callable[[], bool],
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> Request | Feedback | End:
         """Waits for the next message: feedback of the oldest pending mini-GOP, the next request, or end.
 
         Feedback for k may come after the request for k + 1 (encoders with lookahead), so both are
         watched. Raises EncoderFailure after `timeout_s` without progress or if the encoder exits
-        without writing end.json.
+        without writing end.json, or at once when `should_stop()` (a signal) is true.
         """
         deadline = time.monotonic() + self.timeout_s
         fb_path = protocol.feedback_path(self.rl_dir, pending[0]) if pending else None
@@ -86,6 +114,8 @@ class RlIoChannel:
                 return rq
             if (end := self._read(end_path, protocol.parse_end)) is not None:
                 return end
+            if should_stop():
+                raise EncoderFailure("stopped by a signal")
             now = time.monotonic()
             if not alive():
                 # The encoder may have written its last file just before exiting: look once more.
@@ -226,7 +256,7 @@ def run_encode(
             if should_stop():
                 raise EncoderFailure("stopped by a signal")
             pending = sorted(k for k, s in steps.items() if s.feedback is None)
-            msg = channel.next_message(next_request, pending, proc.alive)
+            msg = channel.next_message(next_request, pending, proc.alive, should_stop)
             if isinstance(msg, Request):
                 t0 = time.monotonic()
                 log.debug("request %s", msg)
@@ -294,7 +324,7 @@ def run_encode(
     except (EncoderFailure, ProtocolError, OSError) as exc:
         code = proc.returncode()
         exit_note = f" (exit code {code})" if code is not None else ""
-        result.message = f"encoder {command[0]!r} for video {spec.name}{exit_note}: {exc}"
+        result.message = f"encoder {encoder_label(command)!r} for video {spec.name}{exit_note}: {exc}"
         tail = proc.tail()
         if tail:
             result.message += "\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
@@ -305,6 +335,14 @@ def run_encode(
         channel.close()
         result.wall_s = time.monotonic() - t_start
     return result
+
+
+def encoder_label(command: list[str]) -> str:
+    """The encoder's name for messages: the program, plus its script when it is an interpreter."""
+    prog = Path(command[0]).name
+    if prog.startswith("python") and len(command) > 1:
+        return " ".join(command[1:3]) if command[1] == "-m" else f"{prog} {command[1]}"
+    return command[0]
 
 
 def baseline_from_result(result: EncodeResult) -> reward_mod.VideoBaseline:

@@ -1,0 +1,299 @@
+"""Faults and bad input (TESTING.md): the loop survives, nothing is lost, nothing is left running.
+
+main.py runs as a subprocess against real encoder processes: the built-in encoder (signals and
+resume) and tests/fake_encoder.py, an encoder that speaks the protocol badly on purpose (one
+faulty "video" per fault, its name is the fault, all in one main.py run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import protocol
+from io_runner import RlIoChannel
+from main import bundled_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP = bundled_clip("carphone_pristine.mp4")
+VIDEO = f"--input|{CLIP}|--codec|x264|--frames|32|--keyint|16|--mini-gop|4|--bitrate|150|--o|out/car.264"
+FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "1", "--log-level", "2",
+        "--no-tensorboard"]  # fmt: skip
+FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_encoder.py'}"
+# Faults at mini-GOP 5 (second GOP of two, 4 mini-GOPs each): the first GOP is complete.
+FAILING = ("kill", "exit", "hang", "badjson", "missing", "nan", "wrongtype", "rqmissing", "session")
+SURVIVING = ("careless", "reorder", "ok")
+
+
+def main_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"), *args]
+
+
+def run_main(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(main_cmd(*args), cwd=tmp, capture_output=True, text=True, timeout=timeout)
+
+
+def fake_videos(tmp: Path, names: tuple[str, ...]) -> list[str]:
+    out = []
+    for name in names:
+        (tmp / f"{name}.yuv").write_bytes(b"")
+        out += ["--videos", f"--input|{tmp / name}.yuv|--frames|32|--keyint|16|--mini-gop|4|--bitrate|150"]
+    return out
+
+
+def procs_in(directory: Path) -> list[int]:
+    """Live (non-zombie) processes whose working directory is `directory`: encoders and their children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(entry / "cwd")) == directory and " Z " not in (entry / "stat").read_text():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.split(") ", 1)[1][0] != "Z"
+
+
+def error_for(stderr: str, video: str) -> str:
+    """The logged error of one video (the message and its encoder output lines)."""
+    m = re.search(rf"ERROR encoder '[^']*' for video {video}\b.*?(?=\n\d\d:\d\d:\d\d |\Z)", stderr, re.S)
+    assert m, f"no error logged for {video}:\n{stderr}"
+    return m.group(0)
+
+
+# ----------------------------------------------------------------------------- one run, many faults
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    # Stale files of an earlier run (session "" matches any encode): must be cleared, never read.
+    rl = tmp / "rl_io"
+    rl.mkdir()
+    stale = protocol.End(status="ok", mini_gops=0, frames=0, bits=0, session="")
+    protocol.write_message(protocol.end_path(rl), stale)
+    (rl / "mg0000_qp.json").write_text('{"qp": 51}')
+    (rl / "mg0000_fb.json").write_text("{not json")
+    t0 = time.monotonic()
+    res = run_main(
+        tmp, "--encoder", FAKE, *fake_videos(tmp, FAILING + SURVIVING), "--epochs", "1", "--encoder-timeout", "2",
+        "--save-replay-buffer", *FAST,
+    )  # fmt: skip
+    return tmp, res, time.monotonic() - t0
+
+
+def test_learner_survives_every_encoder_fault(faults):
+    tmp, res, _ = faults
+    assert res.returncode == 0, res.stderr
+    import json
+
+    rows = json.loads((tmp / "outputs" / "report_train.json").read_text())
+    assert sorted(r["video"] for r in rows) == sorted(SURVIVING)  # the videos after each fault ran too
+    for r in rows:
+        assert r["gops"] == 2
+
+
+def test_partial_episode_is_not_stored(faults):
+    tmp, res, _ = faults
+    ck = checkpoint.load(tmp / "checkpoints" / "checkpoint_epoch_1.pt")
+    # Each failing encode contributes its complete first GOP only (4 transitions), never the
+    # mini-GOP(s) of the GOP it died in; each surviving encode contributes 2 GOPs.
+    assert ck["replay"]["size"] == 4 * len(FAILING) + 8 * len(SURVIVING)
+    assert ck["counters"]["gops"] == len(FAILING) + 2 * len(SURVIVING)
+
+
+def test_encoder_killed_mid_gop(faults):
+    tmp, res, _ = faults
+    err = error_for(res.stderr, "kill")
+    assert "(exit code -9): exited without writing end.json" in err
+
+
+def test_encoder_exits_nonzero_shows_its_last_output(faults):
+    err = error_for(faults[1].stderr, "exit")
+    assert "(exit code 7)" in err
+    assert "last encoder output" in err and "fake encoder: codec exploded at mini-GOP 5" in err
+
+
+def test_encoder_hang_times_out_with_its_last_output(faults):
+    err = error_for(faults[1].stderr, "hang")
+    assert "no protocol file for 2 s (waiting for mg0005_fb.json or mg0006_rq.json)" in err
+    assert "fake encoder: stuck in mini-GOP 5" in err
+
+
+def test_no_orphans_after_kill_and_hang(faults):
+    tmp, _, _ = faults
+    for name in ("kill", "hang"):
+        encoder, grandchild = map(int, (tmp / f"{name}.pids").read_text().split())
+        assert not pid_alive(encoder) and not pid_alive(grandchild), name
+    assert procs_in(tmp) == []
+
+
+@pytest.mark.parametrize(
+    "video,match",
+    [
+        ("badjson", r"mg0005_fb.json: not valid JSON"),
+        ("missing", r"mg0005_fb.json: missing field 'bits'"),
+        ("nan", r"mg0005_fb.json: not valid JSON.*NaN"),
+        ("wrongtype", r"mg0005_fb.json: field 'bits' must be an integer"),
+        ("rqmissing", r"mg0005_rq.json: missing field 'base_qp'"),
+        ("session", r"mg0005_fb.json: field 'session' is '1234-e1'"),
+    ],
+)
+def test_malformed_message_names_file_and_field(faults, video, match):
+    assert re.search(match, error_for(faults[1].stderr, video))
+
+
+def test_half_written_file_is_read_once_complete(faults):
+    assert "for video careless" not in faults[1].stderr  # every file was seen half-written, none failed
+
+
+def test_out_of_order_duplicate_and_stale_files(faults):
+    tmp, res, _ = faults
+    assert "for video reorder" not in res.stderr and "for video ok" not in res.stderr
+    # The fixture's stale end.json was cleared before the first encode: else that (baseline) encode
+    # would have ended at once with no mini-GOPs and main.py would have failed.
+
+
+def test_channel_clears_stale_files_and_keeps_others(tmp_path):
+    for name in ("mg0000_rq.json", "mg0001_qp.json", "mg0002_fb.json", "end.json", "mg0003_rq.json.tmp"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    ch = RlIoChannel(tmp_path, "s1", 1.0)
+    try:
+        assert ch.reset() == 5
+    finally:
+        ch.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_stop_on_encoder_error(tmp_path):
+    res = run_main(tmp_path, "--encoder", FAKE, *fake_videos(tmp_path, ("kill", "ok")), "--epochs", "1",
+                   "--stop-on-encoder-error", *FAST)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert "for video kill (exit code -9)" in res.stderr
+    assert not (tmp_path / "outputs" / "logs" / "ok.e1.log").exists()  # stopped before the next video
+    assert procs_in(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+def start_and_signal(tmp: Path, sig: int, ready: Path, args: list[str]) -> tuple[int, float, str]:
+    """Starts main.py, sends `sig` once `ready` exists; returns (exit code, seconds to exit, stderr)."""
+    err_path = tmp / "main.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(main_cmd(*args), cwd=tmp, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 90
+            while not ready.exists():
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, "main.py never got going"
+                time.sleep(0.05)
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            proc.send_signal(sig)
+            code = proc.wait(timeout=30)
+            return code, time.monotonic() - t0, err_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_sigint_while_encoder_hangs(tmp_path):
+    # The encoder writes nothing for 60 s: Ctrl-C must not wait for the encoder timeout.
+    code, seconds, err = start_and_signal(
+        tmp_path, signal.SIGINT, tmp_path / "hang.pids",
+        ["--encoder", FAKE, *fake_videos(tmp_path, ("hang",)), "--epochs", "2", "--encoder-timeout", "60", *FAST],
+    )  # fmt: skip
+    assert code == 130, err
+    assert seconds < 5
+    assert "received SIGINT" in err
+    ck = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_interrupted_epoch_1.pt")
+    assert ck["epoch"] == 0
+    encoder, grandchild = map(int, (tmp_path / "hang.pids").read_text().split())
+    assert not pid_alive(encoder) and not pid_alive(grandchild)
+    assert procs_in(tmp_path) == []
+
+
+def test_sigterm_during_training_checkpoints_and_resumes(tmp_path):
+    ready = tmp_path / "outputs" / "logs" / "carphone_pristine.e1.log"
+    code, seconds, err = start_and_signal(
+        tmp_path, signal.SIGTERM, ready, ["--videos", VIDEO, "--epochs", "2", "--save-replay-buffer", *FAST]
+    )
+    assert code == 143, err
+    assert seconds < 10
+    assert procs_in(tmp_path) == []  # the built-in encoder's whole group ended
+    ck_path = tmp_path / "checkpoints" / "checkpoint_interrupted_epoch_1.pt"
+    ck = checkpoint.load(ck_path)
+    assert ck["epoch"] == 0
+    assert ck["replay"]["size"] % 4 == 0  # complete GOPs only
+    res = run_main(tmp_path, "--videos", VIDEO, "--epochs", "1", "--load-checkpoint", str(ck_path),
+                   "--save-replay-buffer", *FAST)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"resumed from {ck_path}" in res.stderr
+    done = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")
+    assert done["epoch"] == 1 and done["replay"]["size"] == ck["replay"]["size"] + 8
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_epoch_1.pt"
+    checkpoint.save(path, {"agent": {"w": torch.ones(3)}, "epoch": 1, "config": {}, "rng": {}, "counters": {}})
+    before = path.read_bytes()
+
+    def disk_full(obj, fh):
+        fh.write(b"\x80" * 1000)  # part of the file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(checkpoint.CheckpointError, match=f"cannot write checkpoint {path}: .*No space left"):
+        checkpoint.save(path, {"agent": {}, "epoch": 2, "config": {}, "rng": {}, "counters": {}})
+    assert path.read_bytes() == before
+    assert checkpoint.load(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
+
+
+def test_unwritable_checkpoint_dir_is_a_clear_error(tmp_path):
+    (tmp_path / "ckpt").write_text("a file, not a directory")
+    res = run_main(tmp_path, "--encoder", FAKE, *fake_videos(tmp_path, ("ok",)), "--epochs", "1",
+                   "--ckpt-dir", "ckpt", *FAST)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert "cannot write checkpoint ckpt/checkpoint_epoch_1.pt" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", b"PK\x03\x04" + b"\x00" * 100])
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
+    # The truncated real checkpoint case (and nothing overwritten) is in test_main_e2e.py.
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    with pytest.raises(checkpoint.CheckpointError, match=f"{bad} is not a readable checkpoint"):
+        checkpoint.load(bad)
+    assert bad.read_bytes() == content
+
+
+def test_foreign_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(checkpoint.CheckpointError, match="is not a checkpoint of format"):
+        checkpoint.load(bad)
