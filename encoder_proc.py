@@ -66,18 +66,22 @@ def parse_videos_arg(text: str) -> VideoSpec:
     return spec
 
 
-def strip_output_args(args: list[str]) -> list[str]:
+def strip_flags(args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Returns `args` without the flags in `flags` and their values."""
     out: list[str] = []
     skip = False
     for tok in args:
         if skip:
             skip = False
-            continue
-        if tok in OUTPUT_FLAGS:
+        elif tok in flags:
             skip = True
-            continue
-        out.append(tok)
+        else:
+            out.append(tok)
     return out
+
+
+def strip_output_args(args: list[str]) -> list[str]:
+    return strip_flags(args, OUTPUT_FLAGS)
 
 
 def with_flag(args: list[str], name: str, value: str) -> list[str]:
@@ -131,17 +135,7 @@ def pass1_args(spec: VideoSpec) -> list[str] | None:
     stat_in = spec.flag("--stat-in")
     if stat_in is None or Path(stat_in).exists():
         return None
-    args = strip_output_args(spec.args)
-    out: list[str] = []
-    skip = False
-    for tok in args:
-        if skip:
-            skip = False
-            continue
-        if tok in ("--stat-in", "--pass"):
-            skip = True
-            continue
-        out.append(tok)
+    out = strip_flags(strip_output_args(spec.args), ("--stat-in", "--pass"))
     return out + ["--pass", "1", "--stat-out", stat_in]
 
 

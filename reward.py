@@ -119,5 +119,10 @@ def cost(fb: Feedback, gop_bits_budget: int, gop_frames: int) -> float:
 
 
 def gop_violation(gop_bits: int, gop_bits_budget: int, tolerance: float) -> float:
-    """The constraint's value for one GOP, for the λ update: GOP bits / budget - 1 - tolerance."""
+    """The constraint's value for one GOP, for the λ update: GOP bits / budget - 1 - tolerance.
+
+    Positive when the GOP used more than (1 + tolerance) * budget bits (λ rises), negative below.
+    """
+    if gop_bits_budget <= 0:
+        raise ValueError(f"gop_bits_budget must be > 0, got {gop_bits_budget}")
     return gop_bits / gop_bits_budget - 1.0 - tolerance

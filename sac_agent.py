@@ -59,17 +59,6 @@ class CheckpointError(ValueError):
     """An agent state dict does not fit this agent (version, sizes or keys); the message says which."""
 
 
-def gop_violation(gop_bits: float, gop_budget: float, tolerance: float) -> float:
-    """Relative overshoot of one GOP beyond its tolerated budget: bits / budget - 1 - tolerance.
-
-    Positive when the GOP used more than (1 + tolerance) * budget bits (lambda should rise),
-    negative when it stayed below (lambda may fall). `tolerance` is `SACConfig.rate_tolerance`.
-    """
-    if gop_budget <= 0:
-        raise ValueError(f"gop_budget must be > 0, got {gop_budget}")
-    return gop_bits / gop_budget - 1.0 - tolerance
-
-
 @torch.no_grad()
 def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
     """target <- (1 - tau) * target + tau * online, parameter by parameter, in place."""

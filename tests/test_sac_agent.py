@@ -19,7 +19,8 @@ from torch.distributions.transforms import TanhTransform
 from config import SACConfig
 from models import LOG_STD_MAX, LOG_STD_MIN, Actor, QNetwork, tanh_log_det_jacobian
 from replay import ReplayBuffer
-from sac_agent import AGENT_FORMAT_VERSION, CheckpointError, SACAgent, gop_violation, polyak_update
+from reward import gop_violation
+from sac_agent import AGENT_FORMAT_VERSION, CheckpointError, SACAgent, polyak_update
 
 SMALL = SACConfig(hidden_sizes=(32, 32), batch_size=32, learning_starts=32, buffer_size=1000)
 
