@@ -282,10 +282,18 @@ class StopFlag:
 
 
 def run_video(
-    cfg: Config, spec: VideoSpec, learner: Learner, baseline: Any, tag: str, stop: StopFlag, rl_args_template: str
+    cfg: Config,
+    spec: VideoSpec,
+    learner: Learner,
+    baseline: Any,
+    tag: str,
+    stop: StopFlag,
+    rl_args_template: str,
+    side_run: bool = False,
 ) -> EncodeResult:
+    """One encode of `spec`; a side run (the baseline) writes its outputs under OUT_DIR, not the user's paths."""
     session = f"{os.getpid()}-{tag}"
-    args = spec.args if tag.startswith("e") else encoder_proc.redirect_outputs(spec.args, Path(cfg.out_dir), tag)
+    args = encoder_proc.redirect_outputs(spec.args, Path(cfg.out_dir), tag) if side_run else spec.args
     encoder_proc.make_output_dirs(args)
     rl_dir = Path(cfg.rl_dir)
     command = (
@@ -328,7 +336,7 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
     missing = [s for s in specs if s.key not in stats.videos or cfg.make_baseline]
     for spec in missing:
         log.info("baseline (Δ=0) encode of %s", spec.name)
-        res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template)
+        res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
         if not res.ok:
             raise RuntimeError(f"baseline encode failed: {res.message}")
         stats.videos[spec.key] = io_runner.baseline_from_result(res)
