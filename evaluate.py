@@ -463,8 +463,17 @@ class AgentBundle:
 
 
 def load_agent(path: str | Path, device: str = "cpu") -> AgentBundle:
-    """Loads a main.py checkpoint into main.SacLearner in infer mode (deterministic actions, no learning)."""
+    """Loads a policy file (policy.py) or a main.py checkpoint, answering deterministic actions, no learning."""
     import torch
+
+    import policy
+
+    try:
+        if policy.read_file(Path(path)) is not None:
+            pol = policy.load(Path(path))
+            return AgentBundle(policy.PolicyLearner(pol), pol.max_delta_qp, pol.rate_tolerance, str(path), 0)
+    except policy.PolicyError as exc:
+        raise checkpoint.CheckpointError(f"--load-checkpoint: {exc}") from None
 
     from config import Config
     from main import ACT_DIM, Counters, SacLearner
@@ -518,6 +527,8 @@ class OracleResult:
     encodes: int  # full encodes tried (the Δ=0 start not counted)
     accepted: int
     seconds: float  # wall time of the search
+    best_steps: list[io_runner.Step] = field(default_factory=list)  # the best encode's steps (empty: Δ=0)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every encode tried: offsets, psnr_y, bits
 
     def row(self) -> dict[str, Any]:
         return {
@@ -553,6 +564,8 @@ def run_oracle(
 
     offsets = [0] * n
     best, best_score = baseline, score(baseline)
+    best_steps: list[io_runner.Step] = []
+    candidates: list[dict[str, Any]] = []
     encodes = accepted = 0
     for step in cfg.steps:
         for _sweep in range(cfg.sweeps):
@@ -564,15 +577,17 @@ def run_oracle(
                         continue
                     cand = list(offsets)
                     cand[k] = value
-                    rec, _ = runner.protocol_encode(point, "oracle", ScriptedLearner(cand, cfg.max_offset),
-                                                    cfg.max_offset, rate_tolerance, "oracle_candidate")  # fmt: skip
+                    rec, res = runner.protocol_encode(point, "oracle", ScriptedLearner(cand, cfg.max_offset),
+                                                      cfg.max_offset, rate_tolerance, "oracle_candidate")  # fmt: skip
                     encodes += 1
                     if not rec.ok:
                         raise RuntimeError(f"oracle encode failed: {rec.message}")
+                    candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "bits": rec.bits})
                     log.debug("oracle candidate mg %d %+d: PSNR-Y %.4f dB, bits/budget %.4f, J %.4f", k, value,
                               rec.psnr_y, rec.bits / budget, score(rec))  # fmt: skip
                     if score(rec) > best_score:
                         offsets, best, best_score, improved = cand, rec, score(rec), True
+                        best_steps = res.done_steps
                         accepted += 1
                         log.debug("oracle %s @%g: mg %d -> %+d, PSNR-Y %.4f dB, bits %d / %d", point.video.name,
                                   point.target_kbps, k, value, rec.psnr_y, rec.bits, budget)  # fmt: skip
@@ -586,7 +601,7 @@ def run_oracle(
              point.video.name, point.target_kbps, baseline.psnr_y, best.psnr_y, 100.0 * best.bits / budget,
              encodes, seconds)  # fmt: skip
     return OracleResult(point.video.name, point.target_kbps, budget, baseline.psnr_y, offsets, best, encodes,
-                        accepted, seconds)  # fmt: skip
+                        accepted, seconds, best_steps, candidates)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the report
@@ -1045,8 +1060,8 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] if __doc__ else None,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     optional = " (optional: to compare)" if oracle_mode else ""
-    p.add_argument("--load-checkpoint", required=not oracle_mode, default="",
-                   help="main.py checkpoint of the agent" + optional)  # fmt: skip
+    p.add_argument("--load-checkpoint", default="",
+                   help="policy file or main.py checkpoint (default: policies/CODEC.pt)" + optional)  # fmt: skip
     p.add_argument("--inputs", action="append", required=True,
                    help="directory of clips, glob or file (repeatable)")  # fmt: skip
     g = p.add_mutually_exclusive_group()
@@ -1078,6 +1093,17 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     return p
 
 
+def default_policy(codec: str, oracle_mode: bool) -> str:
+    """The shipped policy for `codec` when no checkpoint is given ('' in oracle mode or when none ships)."""
+    import policy
+
+    path = policy.shipped_policy(codec)
+    if oracle_mode or not path.is_file():
+        return ""
+    log.info("no --load-checkpoint: evaluating the shipped policy %s", path)
+    return str(path)
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
     # SIGTERM as Ctrl-C: run_encode's cleanup then ends the running encoder's process group.
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -1099,7 +1125,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.frames < 0:
             raise ValueError(f"--frames must be >= 0, got {ns.frames}")
         videos = probe_videos(find_inputs(ns.inputs), settings)
-        agent = load_agent(ns.load_checkpoint, ns.device) if ns.load_checkpoint else None
+        agent_path = ns.load_checkpoint or default_policy(ns.codec, oracle_mode)
+        if not agent_path and not oracle_mode:
+            raise ValueError(f"--load-checkpoint: none given and no policy ships for {ns.codec} (policies/)")
+        agent = load_agent(agent_path, ns.device) if agent_path else None
     except (ValueError, checkpoint.CheckpointError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2

@@ -113,6 +113,10 @@ class RlIoChannel:
                     raise ProtocolError(f"{rq_path}: field 'mg_index' is {rq.mg_index}, expected {next_request}")
                 return rq
             if (end := self._read(end_path, protocol.parse_end)) is not None:
+                # The encoder writes the last feedback before end.json; both may have appeared
+                # since the feedback was looked for above, so look again before ending.
+                if fb_path is not None and (fb := self._read(fb_path, protocol.parse_feedback)) is not None:
+                    return fb
                 return end
             if should_stop():
                 raise EncoderFailure("stopped by a signal")

@@ -28,11 +28,12 @@ import torch
 import checkpoint
 import encoder_proc
 import io_runner
+import policy
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
 from io_runner import DETAILED, EncodeResult, Learner, Step
 from replay import ReplayBuffer
-from reward import BaselineStats
+from reward import BaselineStats, delta_psnr_at_equal_rate
 from sac_agent import SACAgent
 from state import OBS_DIM
 
@@ -209,6 +210,31 @@ def resolve_videos(cfg: Config, dataset_args: str) -> list[VideoSpec]:
     return specs
 
 
+def load_start(cfg: Config, specs: list[VideoSpec], device: torch.device) -> tuple[Any, policy.Policy | None]:
+    """What the run starts from: (checkpoint dict, None), (None, policy) or (None, None) for a fresh agent.
+
+    `--load-checkpoint` may name a training checkpoint or a policy file (policy.py). Without it,
+    infer mode uses the policy shipped for the videos' codec (policies/<codec>.pt) when there is
+    one. A policy sets the actor's layer sizes and the action range to those it was trained with.
+    """
+    pol = None
+    if cfg.load_checkpoint:
+        try:
+            if policy.read_file(Path(cfg.load_checkpoint)) is None:
+                return checkpoint.load(Path(cfg.load_checkpoint), map_location=device), None
+            pol = policy.load(Path(cfg.load_checkpoint))
+        except policy.PolicyError as exc:
+            raise checkpoint.CheckpointError(f"--load-checkpoint: {exc}") from None
+    elif cfg.mode == "infer":
+        codec = next((s.flag("--codec") for s in specs if s.flag("--codec")), None) or "svtav1"
+        if policy.shipped_policy(codec).is_file():
+            pol = policy.load(policy.shipped_policy(codec))
+    if pol is not None:
+        cfg.sac.hidden_sizes = pol.hidden_sizes
+        cfg.sac.max_delta_qp = pol.max_delta_qp
+    return None, pol
+
+
 # ----------------------------------------------------------------------------- the learner side
 
 
@@ -329,6 +355,34 @@ def run_first_passes(cfg: Config, specs: list[VideoSpec]) -> None:
         )
 
 
+RD_PROBE = 1.15  # target of the second Δ=0 encode, relative to the video's own
+
+
+def rd_slope(cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_template: str) -> float:
+    """The baseline's local RD slope, dB of overall PSNR-Y per doubling of the rate (NaN if unknown).
+
+    From a second Δ=0 encode at RD_PROBE x the `--bitrate` of `spec` (same first pass): what a
+    few more bits buy without an agent, so that gains can be compared at equal rate.
+    """
+    kbps = spec.flag("--bitrate")
+    try:
+        probe_kbps = float(kbps) * RD_PROBE if kbps is not None else math.nan
+    except ValueError:
+        probe_kbps = math.nan
+    if math.isnan(probe_kbps):
+        return math.nan
+    args = list(spec.args)
+    args[args.index("--bitrate") + 1] = f"{probe_kbps:g}"
+    res = run_video(cfg, VideoSpec(spec.name, args), ZeroDeltaLearner(), None, "baseline_probe", stop,
+                    rl_args_template, side_run=True)  # fmt: skip
+    s = res.summary()
+    if not res.ok or not s or s["kbps"] <= base.kbps:
+        log.warning("%s: no RD slope (second Δ=0 encode at %.0f kbps: %s): ΔPSNR at equal rate unavailable",
+                    spec.name, probe_kbps, res.message or "no extra bits spent")  # fmt: skip
+        return math.nan
+    return (s["psnr_y"] - base.psnr_y) / math.log2(s["kbps"] / base.kbps)
+
+
 def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_args_template: str) -> BaselineStats:
     """Loads the baseline file and runs a Δ=0 encode for every video it lacks (then saves it)."""
     path = Path(cfg.baseline_stats)
@@ -339,9 +393,17 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
         res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
         if not res.ok:
             raise RuntimeError(f"baseline encode failed: {res.message}")
-        stats.videos[spec.key] = io_runner.baseline_from_result(res)
+        s = io_runner.baseline_from_result(res)
+        s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
+        stats.videos[spec.key] = s
+        log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f, RD slope %.2f dB per doubling of the rate",
+                 spec.name, s.kbps, s.psnr_y, s.ssim_y, s.psnr_slope)  # fmt: skip
+    # Baseline files made before the RD slope existed: add it with one more encode each.
+    for spec in specs:
         s = stats.videos[spec.key]
-        log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f", spec.name, s.kbps, s.psnr_y, s.ssim_y)
+        if spec not in missing and math.isnan(s.psnr_slope):
+            s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
+            missing.append(spec)
     if missing:
         stats.save(path)
         log.info("baseline statistics written to %s", path)
@@ -380,7 +442,8 @@ class Telemetry:
         if self.writer is None or not s:
             return
         w = self.writer
-        for key in ("bitrate_error", "psnr_y", "ssim_y", "mean_qp", "mean_dqp", "reward_sum", "cost_sum", "kbps"):
+        for key in ("bitrate_error", "psnr_y", "ssim_y", "mean_qp", "mean_dqp", "reward_sum", "cost_sum", "kbps",
+                    "delta_psnr_y_equal_rate"):
             if not math.isnan(s[key]):
                 w.add_scalar(f"video/{name}/{key}", s[key], epoch)
         w.add_histogram(f"video/{name}/delta_qp", np.array([st.qp - st.request.base_qp for st in result.steps]), epoch)
@@ -459,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(cfg.log_level)
         device = parse_device(cfg.device)
         specs = resolve_videos(cfg, ns.dataset_args)
-        ckpt = checkpoint.load(Path(cfg.load_checkpoint), map_location=device) if cfg.load_checkpoint else None
+        ckpt, pol = load_start(cfg, specs, device)
     except (ValueError, VideoSpecError, checkpoint.CheckpointError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
@@ -480,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     agent = SACAgent(OBS_DIM, ACT_DIM, cfg.sac, device, cfg.seed)
+    if pol is not None:
+        agent.actor.load_state_dict(pol.actor.state_dict())
+        log.info("actor from the policy %s (%s)", pol.path, pol.provenance.get("summary", "no description"))
     buffer = ReplayBuffer(cfg.sac.buffer_size, OBS_DIM, ACT_DIM, seed=cfg.seed)
     counters = Counters()
     start_epoch = cfg.start_epoch
@@ -506,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = ckpt.get("run_dir") or run_dir
         log.info("resumed from %s (epoch %d, %d transitions in the replay buffer)",
                  cfg.load_checkpoint, ckpt["epoch"], len(buffer))  # fmt: skip
-    elif cfg.mode == "infer":
-        log.warning("--mode infer without --load-checkpoint: the policy is untrained")
+    elif cfg.mode == "infer" and pol is None:
+        log.warning("--mode infer without --load-checkpoint and no shipped policy: the policy is untrained")
 
     if start_epoch > cfg.epochs:
         log.error("nothing to do: first epoch %d is after --epochs %d", start_epoch, cfg.epochs)
@@ -544,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                 s = res.summary()
                 base = baselines.videos[spec.key]
                 s["delta_psnr_y"] = s["psnr_y"] - base.psnr_y
+                s["delta_psnr_y_equal_rate"] = delta_psnr_at_equal_rate(s["psnr_y"], s["kbps"], base)
                 s["delta_ssim_y"] = s["ssim_y"] - base.ssim_y
                 s["lambda"] = agent.lam
                 epoch_rows.append(s)
@@ -551,10 +618,11 @@ def main(argv: list[str] | None = None) -> int:
                 telemetry.video(spec.name, s, epoch, res, counters)
                 log.log(
                     DETAILED,
-                    "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f), SSIM-Y %.4f, "
-                    "mean QP %.1f, mean ΔQP %+.2f, reward %.4f, λ %.3f",
+                    "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f, at equal rate %+.3f), "
+                    "SSIM-Y %.4f, mean QP %.1f, mean ΔQP %+.2f, reward %.4f, λ %.3f",
                     spec.name, s["kbps"], s["target_kbps"], 100 * s["bitrate_error"], s["psnr_y"],
-                    s["delta_psnr_y"], s["ssim_y"], s["mean_qp"], s["mean_dqp"], s["reward_sum"], agent.lam,
+                    s["delta_psnr_y"], s["delta_psnr_y_equal_rate"], s["ssim_y"], s["mean_qp"], s["mean_dqp"],
+                    s["reward_sum"], agent.lam,
                 )  # fmt: skip
             if stop() or exit_code:
                 break
@@ -564,10 +632,10 @@ def main(argv: list[str] | None = None) -> int:
                 means["abs_bitrate_error"] = float(np.mean([abs(r["bitrate_error"]) for r in epoch_rows]))
                 telemetry.epoch(means, epoch)
                 log.info(
-                    "epoch %d: mean |bitrate error| %.2f%%, mean ΔPSNR-Y %+.3f dB, mean ΔSSIM-Y %+.5f, "
-                    "reward %.4f, λ %.3f, buffer %d",
-                    epoch, 100 * means["abs_bitrate_error"], means["delta_psnr_y"], means["delta_ssim_y"],
-                    means["reward_sum"], agent.lam, len(buffer),
+                    "epoch %d: mean |bitrate error| %.2f%%, mean ΔPSNR-Y at equal rate %+.3f dB (raw %+.3f), "
+                    "mean ΔSSIM-Y %+.5f, reward %.4f, λ %.3f, buffer %d",
+                    epoch, 100 * means["abs_bitrate_error"], means["delta_psnr_y_equal_rate"], means["delta_psnr_y"],
+                    means["delta_ssim_y"], means["reward_sum"], agent.lam, len(buffer),
                 )  # fmt: skip
             if cfg.mode == "train" and (epoch % cfg.ckpt_interval == 0 or epoch == cfg.epochs):
                 save_checkpoint(cfg, checkpoint.epoch_path(Path(cfg.ckpt_dir), epoch), agent, buffer, counters,

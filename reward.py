@@ -49,6 +49,9 @@ class VideoBaseline:
     ssim_y: float = 0.0
     psnr_y_frame_mean: float = 0.0
     mean_qp: float = 0.0
+    # Local RD slope of the Δ=0 encode, dB of overall PSNR-Y per doubling of the rate (from a second
+    # Δ=0 encode slightly above the target); NaN when unknown. See delta_psnr_at_equal_rate.
+    psnr_slope: float = math.nan
 
     def gop_frames(self, gop_index: int) -> int:
         return sum(m.frame_count for m in self.mini_gops if m.gop_index == gop_index)
@@ -94,6 +97,20 @@ class BaselineStats:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"--baseline-stats: {path} has a malformed entry: {exc}") from None
         return cls(videos=videos)
+
+
+def delta_psnr_at_equal_rate(psnr_y: float, kbps: float, baseline: VideoBaseline) -> float:
+    """PSNR-Y gain over the Δ=0 baseline at equal rate, dB (NaN without the baseline's RD slope).
+
+        Δ = (PSNR - PSNR_base) - slope * log2(kbps / kbps_base)
+
+    with `slope` the baseline's local dB per doubling of the rate: the quality an encode gained
+    minus what its extra bits alone would have bought on the baseline's RD curve. A raw ΔPSNR
+    rewards overspending; this does not.
+    """
+    if math.isnan(baseline.psnr_slope) or kbps <= 0 or baseline.kbps <= 0:
+        return math.nan
+    return (psnr_y - baseline.psnr_y) - baseline.psnr_slope * math.log2(kbps / baseline.kbps)
 
 
 def reward(fb: Feedback, baseline: VideoBaseline, metric: str = "psnr") -> float:

@@ -96,6 +96,7 @@ def test_cost_sums_to_gop_overshoot():
 
 def test_baseline_file_round_trip_and_errors(tmp_path):
     stats = reward.BaselineStats(videos={"--input|a.mp4": _baseline([1.0, 2.0, 3.0, 4.0])})
+    stats.videos["--input|a.mp4"].psnr_slope = 2.5  # NaN (unknown) would not compare equal to itself
     path = tmp_path / "b.json"
     stats.save(path)
     assert reward.BaselineStats.load(path) == stats

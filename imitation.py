@@ -1,0 +1,244 @@
+"""Learning from search: oracle demonstrations -> (state, action) pairs -> behaviour cloning of the actor.
+
+The oracle (evaluate.run_oracle, run on training windows by bench/oracle_data.py) finds per
+mini-GOP QP offsets that raise a GOP's overall PSNR-Y at the Δ=0 run's bits. Each demonstration
+step is the state the agent would have seen on the oracle's own trajectory (state.build_observation
+of the stored request and the previous feedback) and the oracle's answer as an action,
+a = (qp - base_qp) / max_delta_qp in [-1, 1].
+
+Behaviour cloning fits the actor's deterministic action tanh(mean(s)) to a by weighted least
+squares (the shipped policy acts deterministically), with weight decay and a fixed number of
+epochs chosen by leave-one-source-out cross-validation (`cross_validate`): every fold holds out all
+windows of one source clip, so the score says how the state generalises to unseen content.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import Actor
+from protocol import Feedback, Request
+from state import OBS_DIM, build_observation
+
+
+@dataclass
+class Demos:
+    """Demonstration steps. N steps; obs (N, OBS_DIM) float32, the rest (N,)."""
+
+    obs: np.ndarray
+    action: np.ndarray  # oracle offset / max_delta_qp, in [-1, 1]
+    source: np.ndarray  # index into `sources`: the clip a window came from (CV groups)
+    point: np.ndarray  # index of the (window, rate) point
+    position: np.ndarray  # mini-GOP position in its GOP
+    sources: list[str]
+    gains: np.ndarray  # (points,) the oracle's PSNR-Y gain over Δ=0 per point, dB
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    def subset(self, mask: np.ndarray) -> Demos:
+        return Demos(self.obs[mask], self.action[mask], self.source[mask], self.point[mask], self.position[mask],
+                     self.sources, self.gains)  # fmt: skip
+
+
+def _messages(steps: list[dict]) -> Iterable[tuple[Request, Feedback, int]]:
+    for st in steps:
+        yield Request(**st["request"]), Feedback(**st["feedback"]), int(st["qp"])
+
+
+def observations(steps: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Rebuilds the agent's observations along a stored trajectory; returns (obs (n, OBS_DIM), offsets (n,))."""
+    obs, offsets = [], []
+    prev_fb: Feedback | None = None
+    prev_base: int | None = None
+    for req, fb, qp in _messages(steps):
+        if req.mg_in_gop == 0:
+            prev_fb, prev_base = None, None
+        obs.append(build_observation(req, prev_fb, prev_base))
+        offsets.append(qp - req.base_qp)
+        prev_fb, prev_base = fb, req.base_qp
+    return np.asarray(obs, dtype=np.float32).reshape(-1, OBS_DIM), np.asarray(offsets, dtype=np.float32)
+
+
+def source_of(window: str) -> str:
+    """The source clip of a window name made by clips.Window.name (e.g. 'bikes_s2_f0-64' -> 'bikes')."""
+    return window.split("_s")[0]
+
+
+def load_demos(paths: Iterable[Path], max_delta_qp: int = 4) -> Demos:
+    """Reads bench/oracle_data.py JSON-lines files into demonstration steps (points with errors skipped)."""
+    obs, act, src, pt, pos, gains = [], [], [], [], [], []
+    sources: list[str] = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if not rec or "error" in rec:
+                continue
+            o, off = observations(rec["oracle_steps"])
+            name = source_of(rec["window"])
+            if name not in sources:
+                sources.append(name)
+            n = len(off)
+            obs.append(o)
+            act.append(np.clip(off / max_delta_qp, -1.0, 1.0))
+            src.append(np.full(n, sources.index(name)))
+            pt.append(np.full(n, len(gains)))
+            pos.append([st["request"]["mg_in_gop"] for st in rec["oracle_steps"]])
+            gains.append(rec["oracle"]["psnr_y"] - rec["baseline"]["psnr_y"])
+    if not obs:
+        raise ValueError("no demonstrations in the given files")
+    return Demos(np.concatenate(obs), np.concatenate(act).astype(np.float32), np.concatenate(src),
+                 np.concatenate(pt), np.concatenate(pos).astype(int), sources, np.asarray(gains))  # fmt: skip
+
+
+def fit_actor(
+    actor: Actor, demos: Demos, epochs: int = 300, lr: float = 1e-3, weight_decay: float = 1e-3
+) -> list[float]:
+    """Behaviour cloning: fits tanh(mean(obs)) to the demonstrated actions (full batch, Adam); returns losses.
+
+    Loss per epoch: mean over steps of (tanh(mean(s)) - a)^2. Weight decay (AdamW) keeps the
+    policy smooth where the demonstrations are sparse. The log-std head is fitted to the
+    residual spread (Gaussian likelihood of the pre-tanh targets, mean detached) so that a SAC
+    fine-tune starting from this actor explores around the cloned actions, not uniformly.
+    """
+    # Full-batch training: deterministic given the actor's initial weights.
+    obs = torch.as_tensor(demos.obs)
+    target = torch.as_tensor(demos.action).reshape(-1, 1)
+    pre_tanh = torch.atanh(target.clamp(-0.999, 0.999))
+    optim = torch.optim.AdamW(actor.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in range(epochs):
+        mean, log_std = actor(obs)
+        mse = (torch.tanh(mean) - target).pow(2).mean()
+        z = (pre_tanh - mean.detach()) / log_std.exp()
+        nll = (0.5 * z.pow(2) + log_std).mean()
+        optim.zero_grad(set_to_none=True)
+        (mse + 0.01 * nll).backward()
+        optim.step()
+        losses.append(float(mse.detach()))
+    return losses
+
+
+def predict(actor: Actor, obs: np.ndarray) -> np.ndarray:
+    """Deterministic actions tanh(mean) for obs (N, OBS_DIM); returns (N,)."""
+    with torch.no_grad():
+        mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32))
+    return torch.tanh(mean).reshape(-1).numpy()
+
+
+@dataclass
+class FitScore:
+    """How well predicted actions match the oracle's (in QP offsets)."""
+
+    mse: float  # mean squared error, QP^2
+    mse_zero: float  # the same for always answering 0 (the Δ=0 baseline)
+    r2: float  # 1 - mse / variance of the oracle's offsets
+    sign_accuracy: float  # share of the oracle's non-zero offsets whose sign is predicted (|pred| >= 0.5 QP)
+    nonzero: int  # oracle offsets != 0
+
+
+def score(pred_qp: np.ndarray, true_qp: np.ndarray) -> FitScore:
+    err = float(np.mean((pred_qp - true_qp) ** 2))
+    var = float(np.var(true_qp))
+    nz = true_qp != 0
+    sign_ok = np.sign(np.round(pred_qp[nz])) == np.sign(true_qp[nz])
+    return FitScore(err, float(np.mean(true_qp**2)), 1.0 - err / var if var > 0 else math.nan,
+                    float(np.mean(sign_ok)) if nz.any() else math.nan, int(nz.sum()))  # fmt: skip
+
+
+def cross_validate(
+    demos: Demos, hidden: tuple[int, ...], max_delta_qp: int, epochs: int, weight_decay: float, seed: int = 0
+) -> tuple[FitScore, np.ndarray]:
+    """Leave-one-source-out CV of behaviour cloning; returns the pooled score and the out-of-fold predictions (QP)."""
+    pred = np.zeros(len(demos), dtype=np.float32)
+    for s in range(len(demos.sources)):
+        test = demos.source == s
+        torch.manual_seed(seed)
+        actor = Actor(OBS_DIM, 1, hidden)
+        fit_actor(actor, demos.subset(~test), epochs=epochs, weight_decay=weight_decay)
+        pred[test] = predict(actor, demos.obs[test]) * max_delta_qp
+    return score(pred, demos.action * max_delta_qp), pred
+
+
+# ----------------------------------------------------------------------------- every candidate as data
+
+
+@dataclass
+class MoveSamples:
+    """One row per oracle candidate: one mini-GOP's offset moved from a_old to a_new (QP) at state obs.
+
+    gain_rate: the candidate's rate-neutral gain over its parent, dB:
+        ΔPSNR-Y - slope * log2(bits / parent bits),
+    with `slope` the clip window's own RD slope (dB per doubling of bits, from its Δ=0 encodes at
+    several rates), so a move that buys quality with bits earns nothing.
+    """
+
+    obs: np.ndarray  # (M, OBS_DIM): the Δ=0 trajectory's observation at the moved position
+    a_old: np.ndarray  # (M,)
+    a_new: np.ndarray  # (M,)
+    gain_rate: np.ndarray  # (M,) dB
+    source: np.ndarray  # (M,)
+    sources: list[str]
+
+
+def window_slopes(records: list[dict]) -> dict[str, float]:
+    """dB of overall PSNR-Y per doubling of bits, per window: least squares over its Δ=0 encodes."""
+    by_window: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        by_window.setdefault(r["window"], []).append((math.log2(r["baseline"]["bits"]), r["baseline"]["psnr_y"]))
+    slopes = {}
+    for w, pts in by_window.items():
+        x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        slopes[w] = float(np.polyfit(x, y, 1)[0]) if len(pts) > 1 and np.ptp(x) > 0.1 else 5.0
+    return slopes
+
+
+def read_records(paths: Iterable[Path]) -> list[dict]:
+    out = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if "error" not in rec:
+                    out.append(rec)
+    return out
+
+
+def move_samples(records: list[dict], overshoot_db: float = 10.0) -> MoveSamples:
+    """Replays each point's coordinate descent: every candidate against the best answer at its time."""
+    slopes = window_slopes(records)
+    obs, a_old, a_new, gain, src = [], [], [], [], []
+    sources: list[str] = []
+    for r in records:
+        base_obs, _ = observations(r["baseline_steps"])
+        budget = r["baseline"]["bits"]
+        name = source_of(r["window"])
+        if name not in sources:
+            sources.append(name)
+
+        def j(psnr: float, bits: int, budget: int = budget) -> float:
+            return psnr - overshoot_db * max(0.0, bits / budget - 1.0)
+
+        cur = [0] * len(base_obs)
+        cur_psnr, cur_bits = r["baseline"]["psnr_y"], r["baseline"]["bits"]
+        for c in r["candidates"]:
+            diff = [k for k, (a, b) in enumerate(zip(c["offsets"], cur, strict=True)) if a != b]
+            if len(diff) != 1:
+                continue
+            k = diff[0]
+            obs.append(base_obs[k])
+            a_old.append(cur[k])
+            a_new.append(c["offsets"][k])
+            gain.append(c["psnr_y"] - cur_psnr - slopes[r["window"]] * math.log2(c["bits"] / cur_bits))
+            src.append(sources.index(name))
+            if j(c["psnr_y"], c["bits"]) > j(cur_psnr, cur_bits):
+                cur, cur_psnr, cur_bits = list(c["offsets"]), c["psnr_y"], c["bits"]
+    return MoveSamples(np.asarray(obs, dtype=np.float32), np.asarray(a_old, dtype=np.float32),
+                       np.asarray(a_new, dtype=np.float32), np.asarray(gain), np.asarray(src), sources)  # fmt: skip

@@ -1,0 +1,136 @@
+"""Shipped policies: a trained actor in a small file that loads without running code.
+
+A policy file (`policies/<codec>.pt`) holds only tensors and plain values, so it is read with
+`torch.load(weights_only=True)`:
+
+    {"format": "rlrc-policy", "version": 1, "codec": str, "obs_dim": int, "feature_names": [str],
+     "hidden_sizes": [int], "actor": {name: tensor}, "max_delta_qp": int, "rate_tolerance": float,
+     "provenance": {str: str}}
+
+`--load-checkpoint policies/svtav1.pt` works wherever a checkpoint does: `--mode infer` and
+`evaluate.py` answer with its deterministic action tanh(mean(s)); `--mode train` starts SAC with
+its actor (fine-tuning). Without `--load-checkpoint`, infer mode and evaluate.py use
+`policies/<codec>.pt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from io_runner import Learner
+from models import Actor
+from state import FEATURE_NAMES, OBS_DIM
+
+POLICY_FORMAT = "rlrc-policy"
+POLICY_VERSION = 1
+POLICY_DIR = Path(__file__).resolve().parent / "policies"
+
+
+class PolicyError(ValueError):
+    """A policy file cannot be used; the message names the file and the reason."""
+
+
+def shipped_policy(codec: str) -> Path:
+    """Path of the policy shipped for `codec` (it may not exist)."""
+    return POLICY_DIR / f"{codec}.pt"
+
+
+@dataclass
+class Policy:
+    """A deterministic actor and the action range it was trained with."""
+
+    actor: Actor
+    codec: str
+    max_delta_qp: int
+    rate_tolerance: float
+    provenance: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return actor_hidden_sizes(self.actor)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic action (1,) in [-1, 1] for one observation (OBS_DIM,)."""
+        with torch.no_grad():
+            mean, _ = self.actor(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1))
+        return torch.tanh(mean)[0].numpy().astype(np.float32)
+
+
+def actor_hidden_sizes(actor: Actor) -> tuple[int, ...]:
+    """The widths of an actor's hidden layers (every Linear's output but the last)."""
+    return tuple(m.out_features for m in actor.net if isinstance(m, torch.nn.Linear))[:-1]
+
+
+def save(path: Path, actor: Actor, codec: str, max_delta_qp: int, rate_tolerance: float,
+         provenance: dict[str, str]) -> None:  # fmt: skip
+    """Writes a policy file atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "format": POLICY_FORMAT, "version": POLICY_VERSION, "codec": codec, "obs_dim": OBS_DIM,
+        "feature_names": list(FEATURE_NAMES), "hidden_sizes": list(actor_hidden_sizes(actor)),
+        "actor": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
+        "max_delta_qp": int(max_delta_qp), "rate_tolerance": float(rate_tolerance),
+        "provenance": {str(k): str(v) for k, v in provenance.items()},
+    }  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def read_file(path: Path) -> dict[str, Any] | None:
+    """The file's dict if it is a policy file, else None (a training checkpoint, a broken file, ...).
+
+    Reads with weights_only=True: nothing in the file can run code. Raises PolicyError only when
+    the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"{path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickled objects (refused unread), or not a torch file: not a policy
+        return None
+    if isinstance(data, dict) and data.get("format") == POLICY_FORMAT:
+        return data
+    return None
+
+
+def load(path: Path) -> Policy:
+    """Loads a policy file; raises PolicyError naming the file when it does not fit this code."""
+    data = read_file(path)
+    if data is None:
+        raise PolicyError(f"{path} is not a policy file (format {POLICY_FORMAT!r})")
+    if data.get("version") != POLICY_VERSION:
+        raise PolicyError(f"{path}: policy version {data.get('version')}, this code reads {POLICY_VERSION}")
+    if list(data.get("feature_names", [])) != list(FEATURE_NAMES):
+        raise PolicyError(
+            f"{path} was trained on the features {data.get('feature_names')}, this code builds {list(FEATURE_NAMES)}: "
+            "retrain it (see README, 'Shipped policies')"
+        )
+    actor = Actor(OBS_DIM, 1, tuple(int(h) for h in data["hidden_sizes"]))
+    try:
+        actor.load_state_dict(data["actor"])
+    except (RuntimeError, KeyError) as exc:
+        raise PolicyError(f"{path}: actor weights do not fit: {str(exc).splitlines()[0]}") from None
+    actor.eval()
+    return Policy(actor, str(data["codec"]), int(data["max_delta_qp"]), float(data["rate_tolerance"]),
+                  dict(data.get("provenance", {})), str(path))  # fmt: skip
+
+
+class PolicyLearner(Learner):
+    """Answers with a policy's deterministic action; never learns."""
+
+    learning = False
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def choose(self, obs: np.ndarray) -> np.ndarray:
+        return self.policy.act(obs)
