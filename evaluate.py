@@ -9,10 +9,10 @@
 For every clip and target bitrate (kbit/s) it runs, with the built-in encoder and one shared
 first pass (`--pass 1`, then `--pass 2 --stat-in`, as main.py's dataset mode does):
 
-  agent     the checkpoint's policy, deterministic (main.SacLearner in infer mode), through
+  agent     the checkpoint's policy, deterministic (learners.SacLearner in infer mode), through
             `io_runner.run_encode`: the same loop, protocol and encoder as in training;
   baseline  the encoder's own two-pass rate control with Δ = 0 (rc-mode 1). It answers the
-            encoder's own base QP through the protocol (main.ZeroDeltaLearner, what main.py uses
+            encoder's own base QP through the protocol (learners.ZeroDeltaLearner, what main.py uses
             as its baseline), which is bit-identical to an encode without --rl-dir (the tests check
             it) and also yields the GOP budgets; its time excludes the answers' wait;
   codec_rc  the codec's own rate control at the same target (rc-mode 2), same codec settings;
@@ -463,11 +463,11 @@ class AgentBundle:
 
 
 def load_agent(path: str | Path, device: str = "cpu") -> AgentBundle:
-    """Loads a main.py checkpoint into main.SacLearner in infer mode (deterministic actions, no learning)."""
+    """Loads a main.py checkpoint into learners.SacLearner in infer mode (deterministic actions, no learning)."""
     import torch
 
     from config import Config
-    from main import ACT_DIM, Counters, SacLearner
+    from learners import ACT_DIM, Counters, SacLearner
     from replay import ReplayBuffer
     from sac_agent import SACAgent
     from state import OBS_DIM
@@ -710,7 +710,7 @@ def evaluate(
     report = Report(list(videos), settings, rate_tolerance=tol)
     if agent is not None:
         report.checkpoint, report.checkpoint_epoch = agent.path, agent.epoch
-    from main import ZeroDeltaLearner
+    from learners import ZeroDeltaLearner
 
     for video in videos:
         for target in targets[video.name]:

@@ -200,7 +200,7 @@ class EncodeResult:
 
 
 class Learner:
-    """What run_encode needs of the agent side; implemented in main.py around SACAgent + replay."""
+    """What run_encode needs of the agent side; implemented in learners.py around SACAgent + replay."""
 
     learning: bool  # False in infer mode and for baseline encodes
 

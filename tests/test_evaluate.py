@@ -14,6 +14,7 @@ import pytest
 from scipy.interpolate import PchipInterpolator
 
 import evaluate as ev
+import learners
 import main
 from config import Config
 from replay import ReplayBuffer
@@ -107,9 +108,9 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     """A freshly initialised agent saved the way main.py saves checkpoints."""
     ckpt_dir = tmp_path_factory.mktemp("ckpt")
     cfg = Config(ckpt_dir=str(ckpt_dir))
-    agent = SACAgent(OBS_DIM, main.ACT_DIM, cfg.sac, "cpu", seed=0)
+    agent = SACAgent(OBS_DIM, learners.ACT_DIM, cfg.sac, "cpu", seed=0)
     path = ckpt_dir / "checkpoint_epoch_1.pt"
-    main.save_checkpoint(cfg, path, agent, ReplayBuffer(8, OBS_DIM, main.ACT_DIM), main.Counters(), 1, "")
+    main.save_checkpoint(cfg, path, agent, ReplayBuffer(8, OBS_DIM, learners.ACT_DIM), learners.Counters(), 1, "")
     return path
 
 
@@ -220,7 +221,7 @@ def test_oracle_improves_or_equals_the_baseline_within_budget(tmp_path):
     runner = ev.Runner(tmp_path, settings)
     point = ev.Point(video, 150.0, tmp_path / "work", settings)
     runner.first_pass(point)
-    base, _ = runner.protocol_encode(point, "baseline", main.ZeroDeltaLearner(), 1, 0.02, "baseline")
+    base, _ = runner.protocol_encode(point, "baseline", learners.ZeroDeltaLearner(), 1, 0.02, "baseline")
     assert base.ok and len(base.minigops) == 6
     cfg = ev.OracleSettings(max_offset=4, steps=(2,), sweeps=1)
     res = ev.run_oracle(runner, point, base, cfg)
