@@ -2,7 +2,7 @@
 
     python main.py --epochs 20 --log-level 2 --ckpt-interval 5     # bundled clips, built-in encoder
     python main.py --load-checkpoint ./checkpoints/checkpoint_epoch_10.pt --epochs 30
-    python main.py --mode infer --load-checkpoint ./checkpoints/checkpoint_epoch_30.pt
+    python main.py --mode infer --load-checkpoint ./checkpoints/checkpoint_epoch_30.pt --epochs 1
 
 One epoch is one encode of every video; one GOP of an encode is one episode.
 """
