@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,13 +225,23 @@ class EncoderProcess:
         return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_to_completion(command: list[str], log_path: Path, name: str, timeout_s: float) -> None:
-    """Runs an encoder that needs no agent (pass 1); raises with its last output lines on failure."""
+def run_to_completion(
+    command: list[str], log_path: Path, name: str, timeout_s: float, should_stop: Callable[[], bool] = lambda: False
+) -> None:
+    """Runs an encoder that needs no agent (pass 1); raises with its last output lines on failure.
+
+    Ends the encoder and raises at once when `should_stop()` (a signal) turns true.
+    """
     proc = EncoderProcess(command, log_path, name)
     proc.start()
-    code = proc.wait(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    code = None
+    while code is None and time.monotonic() < deadline and not should_stop():
+        code = proc.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))
     if code is None:
         proc.stop()
+        if should_stop():
+            raise RuntimeError(f"encoder for video {name}: stopped by a signal")
         raise RuntimeError(f"encoder for video {name} did not finish within {timeout_s:.0f} s:\n{proc.tail()}")
     if code != 0:
         raise RuntimeError(f"encoder for video {name} exited with code {code}:\n{proc.tail()}")

@@ -255,20 +255,29 @@ def resolve_videos(cfg: Config, dataset_args: str) -> list[VideoSpec]:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; checked by the loop so that it can end encoders and checkpoint."""
+    """Set by SIGINT/SIGTERM; checked by the loop so that it can end encoders (and checkpoint, when training).
+
+    `consequence` says what the run does on a signal at this point; main() keeps it up to date.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.consequence = "ending the encoder and exiting"
 
     def __call__(self) -> bool:
         return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as shells report a process ended by that signal."""
+        return 128 + int(self.signum or 0)
 
     def install(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
             if self.signum is not None:  # a second signal: give up at once
                 raise KeyboardInterrupt
             self.signum = signum
-            log.warning("received %s: ending the encoder and writing a checkpoint", signal.Signals(signum).name)
+            log.warning("received %s: %s", signal.Signals(signum).name, self.consequence)
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
@@ -309,7 +318,8 @@ def run_video(
     )
 
 
-def run_first_passes(cfg: Config, specs: list[VideoSpec]) -> None:
+def run_first_passes(cfg: Config, specs: list[VideoSpec], stop: StopFlag) -> None:
+    """Runs pass 1 for every video whose first-pass statistics are missing."""
     for spec in specs:
         args = encoder_proc.pass1_args(spec)
         if args is None:
@@ -318,24 +328,33 @@ def run_first_passes(cfg: Config, specs: list[VideoSpec]) -> None:
         log.info("first pass for %s -> %s", spec.name, args[-1])
         command = encoder_proc.encoder_command(cfg.encoder) + args
         encoder_proc.run_to_completion(
-            command, Path(cfg.out_dir) / "logs" / f"{spec.name}.pass1.log", spec.name, timeout_s=3600
+            command, Path(cfg.out_dir) / "logs" / f"{spec.name}.pass1.log", spec.name, timeout_s=3600, should_stop=stop
         )
+        if stop():
+            return
 
 
 def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_args_template: str) -> BaselineStats:
-    """Loads the baseline file and runs a Δ=0 encode for every video it lacks (then saves it)."""
+    """Loads the baseline file and runs a Δ=0 encode for every video it lacks (then saves it).
+
+    On a signal it stops after the running encode and saves the baselines finished so far.
+    """
     path = Path(cfg.baseline_stats)
     stats = BaselineStats.load(path) if path.exists() else BaselineStats()
     missing = [s for s in specs if s.key not in stats.videos or cfg.make_baseline]
+    done = 0
     for spec in missing:
         log.info("baseline (Δ=0) encode of %s", spec.name)
         res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
+        if stop():
+            break
         if not res.ok:
             raise RuntimeError(f"baseline encode failed: {res.message}")
         stats.videos[spec.key] = io_runner.baseline_from_result(res)
         s = stats.videos[spec.key]
         log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f", spec.name, s.kbps, s.psnr_y, s.ssim_y)
-    if missing:
+        done += 1
+    if done:
         stats.save(path)
         log.info("baseline statistics written to %s", path)
     return stats
@@ -421,15 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     if ns.torch_threads > 0:
         torch.set_num_threads(ns.torch_threads)
     stop = StopFlag()
+    stop.consequence = "ending the encoder and exiting; nothing is trained yet, so no checkpoint is written"
     stop.install()
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     try:
-        run_first_passes(cfg, specs)
+        run_first_passes(cfg, specs, stop)
         baselines = ensure_baselines(cfg, specs, stop, ns.encoder_rl_args)
     except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
+        if not stop():
+            log.error("%s", exc)
+            return 1
+    if stop():
+        return stop.exit_code
     if cfg.make_baseline:
         return 0
 
@@ -476,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.epochs,
         device,
         f", TensorBoard: {run_dir}" if cfg.tensorboard else "",
+    )
+    stop.consequence = (
+        "ending the encoder and writing a checkpoint that redoes this epoch"
+        if cfg.mode == "train"
+        else "ending the encoder and exiting (infer mode writes no checkpoint)"
     )
     epoch = start_epoch
     exit_code = 0
@@ -527,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_checkpoint(cfg, checkpoint.epoch_path(Path(cfg.ckpt_dir), epoch), agent, buffer, counters,
                                 epoch, run_dir)  # fmt: skip
         if stop():
-            exit_code = 128 + int(stop.signum or 0)
+            exit_code = stop.exit_code
             if cfg.mode == "train":
                 # The interrupted epoch is incomplete: the checkpoint resumes by redoing it.
                 path = Path(cfg.ckpt_dir) / f"checkpoint_interrupted_epoch_{epoch}.pt"
