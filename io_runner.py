@@ -34,7 +34,14 @@ PARSE_GRACE_S = 1.0
 
 
 class EncoderFailure(RuntimeError):
-    """The encoder died, hung or broke the protocol; the message names the encoder and the video."""
+    """The encoder died, hung or broke the protocol; the message names the encoder and the video.
+
+    `reported` is the error message the encoder itself wrote into end.json, if any.
+    """
+
+    def __init__(self, message: str, reported: str = "") -> None:
+        super().__init__(message)
+        self.reported = reported.strip()
 
 
 # ----------------------------------------------------------------------------- files <-> messages
@@ -313,7 +320,7 @@ def run_encode(
                 result.agent_s += time.monotonic() - t0
             else:  # End
                 if msg.status != "ok":
-                    raise EncoderFailure(f"reported an error: {msg.message}")
+                    raise EncoderFailure(f"reported an error: {msg.message}", reported=msg.message)
                 if any(s.feedback is None for s in steps.values()):
                     raise EncoderFailure("wrote end.json before the feedback of every mini-GOP")
                 code = proc.wait(10.0)
@@ -325,7 +332,9 @@ def run_encode(
         code = proc.returncode()
         exit_note = f" (exit code {code})" if code is not None else ""
         result.message = f"encoder {encoder_label(command)!r} for video {spec.name}{exit_note}: {exc}"
-        tail = proc.tail()
+        # The encoder's own error line repeats the message end.json carried: show it once.
+        said = exc.reported if isinstance(exc, EncoderFailure) else ""
+        tail = "\n".join(line for line in proc.tail().splitlines() if not (said and said in line))
         if tail:
             result.message += "\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
         if episode:
@@ -341,7 +350,7 @@ def encoder_label(command: list[str]) -> str:
     """The encoder's name for messages: the program, plus its script when it is an interpreter."""
     prog = Path(command[0]).name
     if prog.startswith("python") and len(command) > 1:
-        return " ".join(command[1:3]) if command[1] == "-m" else f"{prog} {command[1]}"
+        return " ".join([prog, *command[1:3]]) if command[1] == "-m" else f"{prog} {command[1]}"
     return command[0]
 
 

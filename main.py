@@ -248,7 +248,32 @@ def resolve_videos(cfg: Config, dataset_args: str) -> list[VideoSpec]:
     program = encoder_proc.encoder_command(cfg.encoder)[0]
     if shutil.which(program) is None and not Path(program).is_file():
         raise VideoSpecError(f"--encoder: program {program!r} not found")
+    if not cfg.encoder:
+        for spec in specs:
+            check_raw_input(spec)
     return specs
+
+
+def check_raw_input(spec: VideoSpec) -> None:
+    """For the built-in encoder: a raw .yuv input has --input-res and holds whole 8-bit 4:2:0 frames."""
+    from builtin_encoder.source import frame_bytes_420, parse_resolution
+
+    src = spec.flag("--input")
+    if src is None or Path(src).suffix.lower() != ".yuv":
+        return
+    res = spec.flag("--input-res")
+    if res is None:
+        raise VideoSpecError(f"raw input {src} (video {spec.name}) needs --input-res WxH")
+    try:
+        width, height = parse_resolution(res)
+    except ValueError as exc:
+        raise VideoSpecError(f"{exc} (video {spec.name})") from None
+    size, frame = Path(src).stat().st_size, frame_bytes_420(width, height)
+    if size == 0 or size % frame:
+        raise VideoSpecError(
+            f"raw input {src} (video {spec.name}): size {size} bytes is not a whole number of "
+            f"{width}x{height} 8-bit 4:2:0 frames ({frame} bytes each); check --input-res"
+        )
 
 
 # ----------------------------------------------------------------------------- running

@@ -135,3 +135,25 @@ def test_truncated_checkpoint_is_a_clear_error_and_is_not_overwritten(trained, t
     assert res.returncode == 2
     assert f"{bad} is not a readable checkpoint" in res.stderr
     assert bad.read_bytes() == src[: len(src) // 2]
+
+
+def test_raw_input_of_a_wrong_size_is_an_input_error(tmp_path):
+    # Built-in encoder: checked before any encoder starts, exit 2 like every other input error.
+    (tmp_path / "bad.yuv").write_bytes(b"\0" * 100_000)
+    res = run_main(tmp_path, "--videos", "--input|bad.yuv|--input-res|176x144|--bitrate|100", timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("not a whole number of 176x144 8-bit 4:2:0 frames (38016 bytes each)") == 1
+    assert not (tmp_path / "outputs" / "logs").exists()
+    res = run_main(tmp_path, "--videos", "--input|bad.yuv|--bitrate|100", timeout=60)
+    assert res.returncode == 2 and "raw input bad.yuv (video bad) needs --input-res WxH" in res.stderr
+
+
+def test_encoder_error_names_the_interpreter_and_is_said_once(tmp_path):
+    # Another encoder command: the encoder itself reports the error (end.json and its stderr).
+    (tmp_path / "bad.yuv").write_bytes(b"\0" * 100_000)
+    encoder = f"{sys.executable} -m builtin_encoder"
+    res = run_main(tmp_path, "--encoder", encoder, "--videos", "--input|bad.yuv|--input-res|176x144|--bitrate|100",
+                   "--no-tensorboard", timeout=60)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert f"encoder '{Path(sys.executable).name} -m builtin_encoder' for video bad" in res.stderr
+    assert res.stderr.count("is not a multiple of one 176x144") == 1
