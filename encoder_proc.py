@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -112,16 +113,42 @@ def make_output_dirs(args: list[str]) -> None:
             Path(args[i + 1]).parent.mkdir(parents=True, exist_ok=True)
 
 
+# A raw sequence named the way codec teams do: Name_WxH_FPS.yuv (BasketballDrive_1920x1080_50.yuv).
+RAW_NAME = re.compile(r"_(\d+)x(\d+)_(\d+(?:\.\d+)?)(?:fps)?$", re.IGNORECASE)
+
+
+def raw_name_args(path: str) -> list[str]:
+    """`--input-res WxH --fps F` read from a raw input's name `Name_WxH_FPS.yuv`; raises if it lacks them."""
+    m = RAW_NAME.search(Path(path).stem)
+    if m is None:
+        raise VideoSpecError(
+            f"--dataset-inputs: raw input {path} has no size and frame rate in its name; name it "
+            "Name_WxH_FPS.yuv (e.g. BasketballDrive_1920x1080_50.yuv) or give --input-res and --fps in --dataset-args"
+        )
+    width, height, fps = m.groups()
+    return ["--input-res", f"{int(width)}x{int(height)}", "--fps", fps]
+
+
 def dataset_specs(pattern: str, stat_dir: Path, out_dir: Path, extra_args: list[str]) -> list[VideoSpec]:
-    """One spec per file matching `pattern`, named after each input; pass-2 encodes on `stat_dir` stats."""
+    """One spec per file matching `pattern`, named after each input; pass-2 encodes on `stat_dir` stats.
+
+    Raw `.yuv` inputs get `--input-res` and `--fps` from their names (`Name_WxH_FPS.yuv`) unless
+    `extra_args` sets `--input-res`; every file is checked before any spec is returned.
+    """
     paths = sorted(glob.glob(os.path.expanduser(pattern)))
     if not paths:
         raise VideoSpecError(f"--dataset-inputs: no file matches {pattern!r}")
     specs = []
     for p in paths:
         stem = Path(p).stem
+        raw: list[str] = []
+        if Path(p).suffix.lower() == ".yuv" and "--input-res" not in extra_args:
+            raw = raw_name_args(p)
+            if "--fps" in extra_args:
+                raw = raw[:2]
         args = [
             "--input", p,
+            *raw,
             "--pass", "2",
             "--stat-in", str(Path(stat_dir) / f"{stem}.stat"),
             "--o", str(Path(out_dir) / f"{stem}.ivf"),

@@ -157,3 +157,33 @@ def test_encoder_error_names_the_interpreter_and_is_said_once(tmp_path):
     assert res.returncode == 1, res.stderr
     assert f"encoder '{Path(sys.executable).name} -m builtin_encoder' for video bad" in res.stderr
     assert res.stderr.count("is not a multiple of one 176x144") == 1
+
+
+def make_raw_dataset(directory: Path, frames: int = 16) -> None:
+    """Two raw sequences of different sizes named Name_WxH_FPS.yuv: carphone and a 96x64 crop of it."""
+    from builtin_encoder.codec import YuvFrame
+    from builtin_encoder.source import open_source, write_yuv
+
+    directory.mkdir()
+    src = open_source(CLIP)
+    write_yuv(src.frames(frames), directory / "carphone_176x144_30.yuv")
+    crops = (YuvFrame(f.y[:64, :96], f.u[:32, :48], f.v[:32, :48]) for f in src.frames(frames))
+    write_yuv(crops, directory / "crop_96x64_25.yuv")
+
+
+def test_dataset_of_raw_files_of_two_sizes_trains_end_to_end(tmp_path):
+    make_raw_dataset(tmp_path / "data")
+    args = ["--use-dataset", "--dataset-inputs", "data/*.yuv", "--epochs", "1", "--no-tensorboard", *FAST,
+            "--dataset-args", "--bitrate|100|--codec|x264|--keyint|8|--mini-gop|4"]  # fmt: skip
+    res = run_main(tmp_path, *args)
+    assert res.returncode == 0, res.stderr
+    rows = {r["video"]: r for r in json.loads((tmp_path / "outputs" / "report_train.json").read_text())}
+    assert sorted(rows) == ["carphone_176x144_30", "crop_96x64_25"]
+    assert rows["crop_96x64_25"]["frames"] == 16 and rows["crop_96x64_25"]["gops"] == 2
+    assert (tmp_path / "1pass_logs" / "crop_96x64_25.stat").exists()
+    # A raw file without size and rate in its name: exit 2 naming it, before any encoder starts.
+    (tmp_path / "data" / "foreman.yuv").write_bytes(b"\0" * 38016)
+    res = run_main(tmp_path, "--out-dir", "out2", *args)
+    assert res.returncode == 2, res.stderr
+    assert "raw input data/foreman.yuv has no size and frame rate in its name" in res.stderr
+    assert not (tmp_path / "out2").exists()
