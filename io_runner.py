@@ -169,6 +169,7 @@ class EncodeResult:
     gops: int = 0
     lambdas: list[float] = field(default_factory=list)
     gop_violations: list[float] = field(default_factory=list)
+    gops_out_of_reach: int = 0  # GOPs over budget that no action could bring within it (λ kept)
     update_logs: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     agent_s: float = 0.0  # time the agent spent choosing, writing replies and learning
@@ -200,6 +201,7 @@ class EncodeResult:
             "cost_sum": float(sum(s.cost for s in steps if not math.isnan(s.cost))),
             "gops_over_budget": float(sum(v > 0 for v in self.gop_violations)),
             "gops": float(self.gops),
+            "gops_out_of_reach": float(self.gops_out_of_reach),
             "handshake_p50_ms": 1000.0 * float(np.percentile([s.handshake_s for s in steps], 50)),
             "handshake_p99_ms": 1000.0 * float(np.percentile([s.handshake_s for s in steps], 99)),
             "agent_share": self.agent_s / self.wall_s if self.wall_s > 0 else math.nan,
@@ -302,19 +304,26 @@ def run_encode(
                     violation = reward_mod.gop_violation(gop_bits, req.gop_bits_budget, rate_tolerance)
                     result.gop_violations.append(violation)
                     result.gops += 1
+                    # A budget no action can meet: λ is kept (else it winds up to its maximum for nothing).
+                    out_of_reach = violation > 0 and reward_mod.budget_out_of_reach(
+                        req.gop_bits_budget, rate_tolerance, all(s.qp >= s.request.qp_max for s in episode),
+                        baseline.gop_least_bits(msg.gop_index, max_delta_qp, req.qp_max) if baseline else 0.0,
+                    )  # fmt: skip
+                    result.gops_out_of_reach += out_of_reach
                     if learner.learning:
                         learner.store_episode(episode)
-                        result.lambdas.append(learner.end_gop(violation))
+                        result.lambdas.append(learner.end_gop(0.0 if out_of_reach else violation))
                     log.log(
                         DETAILED,
-                        "%s GOP %d: %d mini-GOPs, bits/budget %.3f, reward %.4f, cost %.4f%s",
+                        "%s GOP %d: %d mini-GOPs, bits/budget %.3f%s, cost %.4f%s%s",
                         spec.name,
                         msg.gop_index,
                         len(episode),
                         gop_bits / req.gop_bits_budget,
-                        sum(s.reward for s in episode),
+                        f", reward {sum(s.reward for s in episode):.4f}" if baseline is not None else "",
                         sum(s.cost for s in episode),
                         f", lambda {result.lambdas[-1]:.3f}" if result.lambdas else "",
+                        " (budget out of reach: λ kept)" if out_of_reach and learner.learning else "",
                     )
                     episode, gop_bits = [], 0
                 result.agent_s += time.monotonic() - t0

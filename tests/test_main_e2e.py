@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,3 +188,25 @@ def test_dataset_of_raw_files_of_two_sizes_trains_end_to_end(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "raw input data/foreman.yuv has no size and frame rate in its name" in res.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_unreachable_target_is_said_once_and_does_not_wind_up_lambda(tmp_path):
+    # Noise at 96x64 cannot be coded in 60 kbit/s by x264, whatever the QP.
+    from builtin_encoder.codec import YuvFrame
+    from builtin_encoder.source import write_y4m
+
+    rng = np.random.default_rng(0)
+    frames = (YuvFrame(rng.integers(0, 256, (64, 96), dtype=np.uint8), rng.integers(0, 256, (32, 48), dtype=np.uint8),
+                       rng.integers(0, 256, (32, 48), dtype=np.uint8)) for _ in range(32))  # fmt: skip
+    write_y4m(frames, tmp_path / "noise.y4m", 96, 64)
+    video = "--input|noise.y4m|--codec|x264|--frames|32|--keyint|16|--mini-gop|4|--bitrate|60|--o|out/noise.264"
+    res = run_main(tmp_path, "--videos", video, "--epochs", "2", "--no-tensorboard", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("the Δ=0 baseline got") == 1
+    assert "for a target of 60 kbps" in res.stderr and "cannot meet this target" in res.stderr
+    assert "nan" not in res.stderr
+    rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
+    # GOP 0 overshoots even where the baseline answered the highest QP: λ is kept for it (λ_init 1).
+    assert all(r["gops_out_of_reach"] >= 1 and r["bitrate_error"] > 1.0 for r in rows)
+    assert all(r["lambda"] <= 1.0 for r in rows)
+    assert "(budget out of reach: λ kept)" in res.stderr
