@@ -239,8 +239,11 @@ def run_encode(
     log_path: Path,
     reward_metric: str = "psnr",
     should_stop: Callable[[], bool] = lambda: False,
+    on_feedback: Callable[[Step], None] = lambda step: None,
 ) -> EncodeResult:
     """Runs one encode of `spec` through rl_dir, start to end; never raises for encoder faults.
+
+    `on_feedback(step)` is called once per mini-GOP, when its feedback has been taken in (progress).
 
     An encoder that crashes, hangs or breaks the protocol ends the encode with ok=False and a
     message naming the encoder and the video; the unfinished GOP's transitions are dropped.
@@ -326,6 +329,7 @@ def run_encode(
                         " (budget out of reach: λ kept)" if out_of_reach and learner.learning else "",
                     )
                     episode, gop_bits = [], 0
+                on_feedback(step)
                 result.agent_s += time.monotonic() - t0
             else:  # End
                 if msg.status != "ok":

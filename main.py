@@ -17,18 +17,21 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import checkpoint
 import encoder_proc
 import io_runner
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
-from io_runner import DETAILED, EncodeResult, Learner
+from io_runner import DETAILED, EncodeResult, Learner, Step
 from learners import ACT_DIM, Counters, SacLearner, ZeroDeltaLearner
 from replay import ReplayBuffer
 from reward import BaselineStats
@@ -320,6 +323,7 @@ def run_video(
     stop: StopFlag,
     rl_args_template: str,
     side_run: bool = False,
+    on_feedback: Callable[[Step], None] = lambda step: None,
 ) -> EncodeResult:
     """One encode of `spec`; a side run (the baseline) writes its outputs under OUT_DIR, not the user's paths."""
     session = f"{os.getpid()}-{tag}"
@@ -343,6 +347,7 @@ def run_video(
         log_path,
         cfg.reward_metric,
         stop,
+        on_feedback,
     )
 
 
@@ -434,15 +439,53 @@ def setup_logging(level: int) -> None:
     log.setLevel({0: logging.ERROR, 1: logging.INFO, 2: DETAILED, 3: logging.DEBUG}[level])
 
 
-def progress(epoch: int, last: int, done: int, total: int, level: int) -> None:
-    """A one-line progress bar on a terminal's stderr at log level >= 1 (logs carry the rest)."""
-    if level < 1 or not sys.stderr.isatty():
-        return
-    width = 20
-    filled = int(width * done / max(total, 1))
-    end = "\n" if done == total else ""
-    sys.stderr.write(f"\repoch {epoch}/{last} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} videos{end}")
-    sys.stderr.flush()
+class EpochProgress:
+    """One epoch's progress in mini-GOPs (tqdm), with rate, ETA, λ and the video's bitrate error so far.
+
+    On a terminal's stderr a live bar; otherwise one line when the epoch ends (logs stay clean).
+    Nothing at log level 0.
+    """
+
+    def __init__(self, epoch: int, last: int, total_mini_gops: int, level: int, lam: Callable[[], float]) -> None:
+        self.lam = lam
+        self.enabled = level >= 1
+        self.live = self.enabled and sys.stderr.isatty()
+        self._sink = None if self.live else open(os.devnull, "w")  # noqa: SIM115 (closed in close())
+        self.bar = tqdm(
+            total=total_mini_gops,
+            desc=f"epoch {epoch}/{last}",
+            unit="mini-GOP",
+            file=sys.stderr if self.live else self._sink,
+            disable=not self.enabled,
+            dynamic_ncols=True,
+            smoothing=0.3 if self.live else 0.0,  # the one line off a terminal: the epoch's mean rate
+        )
+        self.bits = 0
+        self.frames = 0
+
+    def start_video(self) -> None:
+        self.bits, self.frames = 0, 0
+
+    def step(self, step: Step) -> None:
+        """One mini-GOP coded: advance, and show λ and the bitrate error of the video so far."""
+        if not self.enabled or step.feedback is None:
+            return
+        self.bits += step.feedback.bits
+        self.frames += step.feedback.frame_count
+        req = step.request
+        error = self.bits * req.fps / self.frames / 1000.0 / req.target_kbps - 1.0
+        self.bar.set_postfix_str(f"λ {self.lam():.3f}, bitrate error {100 * error:+.1f}%", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Ends the bar; off a terminal, logs its final state as one line."""
+        if not self.enabled:
+            return
+        line = str(self.bar)
+        self.bar.close()
+        if self._sink is not None:
+            self._sink.close()
+            log.info("%s", line)
 
 
 def seed_everything(seed: int) -> None:
@@ -552,15 +595,19 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.mode == "train"
         else "ending the encoder and exiting (infer mode writes no checkpoint)"
     )
+    total_mini_gops = sum(len(baselines.videos[spec.key].mini_gops) for spec in specs)
     epoch = start_epoch
     exit_code = 0
     report: list[dict[str, Any]] = []
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             epoch_rows: list[dict[str, float]] = []
-            for i, spec in enumerate(specs):
-                progress(epoch, cfg.epochs, i, len(specs), cfg.log_level)
-                res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop, ns.encoder_rl_args)
+            bar = EpochProgress(epoch, cfg.epochs, total_mini_gops, cfg.log_level, lambda: agent.lam)
+            for spec in specs:
+                bar.start_video()
+                with logging_redirect_tqdm(loggers=[log]):
+                    res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop,
+                                    ns.encoder_rl_args, on_feedback=bar.step)  # fmt: skip
                 counters.encodes += 1
                 if stop():
                     break
@@ -585,9 +632,9 @@ def main(argv: list[str] | None = None) -> int:
                     spec.name, s["kbps"], s["target_kbps"], 100 * s["bitrate_error"], s["psnr_y"],
                     s["delta_psnr_y"], s["ssim_y"], s["mean_qp"], s["mean_dqp"], s["reward_sum"], agent.lam,
                 )  # fmt: skip
+            bar.close()
             if stop() or exit_code:
                 break
-            progress(epoch, cfg.epochs, len(specs), len(specs), cfg.log_level)
             if epoch_rows:
                 means = {k: float(np.mean([r[k] for r in epoch_rows])) for k in epoch_rows[0]}
                 means["abs_bitrate_error"] = float(np.mean([abs(r["bitrate_error"]) for r in epoch_rows]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,18 @@ def trained(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("train")
     res = run_main(tmp, "--videos", VIDEO, "--epochs", "2", "--ckpt-interval", "1", "--save-replay-buffer", *FAST)
     assert res.returncode == 0, res.stderr
+    (tmp / "main.err").write_text(res.stderr)
     return tmp
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(trained):
+    # stderr is a pipe here: no carriage returns, one tqdm line per epoch, counted in mini-GOPs.
+    err = (trained / "main.err").read_text()
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if "mini-GOP" in line and "%|" in line]
+    assert len(lines) == 2, err
+    for epoch, line in enumerate(lines, 1):
+        assert re.search(rf"INFO epoch {epoch}/2: 100%\|.*\| 8/8 \[.*mini-GOP/s, λ \d+\.\d+, bitrate error [+-]", line)
 
 
 def test_training_writes_checkpoints_tensorboard_and_report(trained):
