@@ -799,8 +799,7 @@ def plot_rd(report: Report, video: str, path: Path) -> None:
             color, marker, ls = styles[method]
             ax.plot([r.kbps for r in recs], [getattr(r, metric) for r in recs], color=color, marker=marker,
                     linestyle=ls or "none", markersize=9 if method == "oracle" else 6, label=method)  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel("rate (kbit/s)")
+        log_rate_axis(ax)
         ax.set_ylabel(METRIC_LABELS[metric])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -808,6 +807,20 @@ def plot_rd(report: Report, video: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def log_rate_axis(ax: Any) -> None:
+    """A log kbit/s x axis labelled in plain numbers ("30", "40", not "3×10¹").
+
+    Minor ticks are labelled only when the data spans under about two decades (a small clip's
+    rates lie within one), so that labels never crowd each other.
+    """
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("rate (kbit/s)")
 
 
 def plot_qp(report: Report, video: str, target: float, path: Path) -> None:

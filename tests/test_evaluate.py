@@ -247,3 +247,27 @@ def test_cli_refuses_missing_inputs(tmp_path):
     )  # fmt: skip
     assert res.returncode == 2
     assert "--inputs: no video file matches" in res.stderr
+
+
+@pytest.mark.parametrize("lo,hi", [(30, 45), (31, 39), (20, 2000)])
+def test_rd_plot_rate_axis_labels_are_plain_and_do_not_overlap(lo, hi):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))  # as plot_rd
+    for ax in axes:
+        ax.plot([lo, (lo * hi) ** 0.5, hi], [30, 33, 36], marker="o")
+        ev.log_rate_axis(ax)
+    fig.tight_layout()
+    fig.canvas.draw()
+    ax = axes[0]
+    x0, x1 = ax.get_xlim()
+    labels = [t for t in ax.xaxis.get_majorticklabels() + ax.xaxis.get_minorticklabels()
+              if t.get_text() and x0 <= t.get_position()[0] <= x1]  # fmt: skip
+    plt.close(fig)
+    assert len(labels) >= 2
+    assert all("times" not in t.get_text() for t in labels)
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), [t.get_text() for t in labels]
