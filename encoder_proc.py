@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,16 +113,42 @@ def make_output_dirs(args: list[str]) -> None:
             Path(args[i + 1]).parent.mkdir(parents=True, exist_ok=True)
 
 
+# A raw sequence named the way codec teams do: Name_WxH_FPS.yuv (BasketballDrive_1920x1080_50.yuv).
+RAW_NAME = re.compile(r"_(\d+)x(\d+)_(\d+(?:\.\d+)?)(?:fps)?$", re.IGNORECASE)
+
+
+def raw_name_args(path: str) -> list[str]:
+    """`--input-res WxH --fps F` read from a raw input's name `Name_WxH_FPS.yuv`; raises if it lacks them."""
+    m = RAW_NAME.search(Path(path).stem)
+    if m is None:
+        raise VideoSpecError(
+            f"--dataset-inputs: raw input {path} has no size and frame rate in its name; name it "
+            "Name_WxH_FPS.yuv (e.g. BasketballDrive_1920x1080_50.yuv) or give --input-res and --fps in --dataset-args"
+        )
+    width, height, fps = m.groups()
+    return ["--input-res", f"{int(width)}x{int(height)}", "--fps", fps]
+
+
 def dataset_specs(pattern: str, stat_dir: Path, out_dir: Path, extra_args: list[str]) -> list[VideoSpec]:
-    """One spec per file matching `pattern`, named after each input; pass-2 encodes on `stat_dir` stats."""
+    """One spec per file matching `pattern`, named after each input; pass-2 encodes on `stat_dir` stats.
+
+    Raw `.yuv` inputs get `--input-res` and `--fps` from their names (`Name_WxH_FPS.yuv`) unless
+    `extra_args` sets `--input-res`; every file is checked before any spec is returned.
+    """
     paths = sorted(glob.glob(os.path.expanduser(pattern)))
     if not paths:
         raise VideoSpecError(f"--dataset-inputs: no file matches {pattern!r}")
     specs = []
     for p in paths:
         stem = Path(p).stem
+        raw: list[str] = []
+        if Path(p).suffix.lower() == ".yuv" and "--input-res" not in extra_args:
+            raw = raw_name_args(p)
+            if "--fps" in extra_args:
+                raw = raw[:2]
         args = [
             "--input", p,
+            *raw,
             "--pass", "2",
             "--stat-in", str(Path(stat_dir) / f"{stem}.stat"),
             "--o", str(Path(out_dir) / f"{stem}.ivf"),
@@ -224,13 +252,23 @@ class EncoderProcess:
         return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_to_completion(command: list[str], log_path: Path, name: str, timeout_s: float) -> None:
-    """Runs an encoder that needs no agent (pass 1); raises with its last output lines on failure."""
+def run_to_completion(
+    command: list[str], log_path: Path, name: str, timeout_s: float, should_stop: Callable[[], bool] = lambda: False
+) -> None:
+    """Runs an encoder that needs no agent (pass 1); raises with its last output lines on failure.
+
+    Ends the encoder and raises at once when `should_stop()` (a signal) turns true.
+    """
     proc = EncoderProcess(command, log_path, name)
     proc.start()
-    code = proc.wait(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    code = None
+    while code is None and time.monotonic() < deadline and not should_stop():
+        code = proc.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))
     if code is None:
         proc.stop()
+        if should_stop():
+            raise RuntimeError(f"encoder for video {name}: stopped by a signal")
         raise RuntimeError(f"encoder for video {name} did not finish within {timeout_s:.0f} s:\n{proc.tail()}")
     if code != 0:
         raise RuntimeError(f"encoder for video {name} exited with code {code}:\n{proc.tail()}")

@@ -9,10 +9,10 @@
 For every clip and target bitrate (kbit/s) it runs, with the built-in encoder and one shared
 first pass (`--pass 1`, then `--pass 2 --stat-in`, as main.py's dataset mode does):
 
-  agent     the checkpoint's policy, deterministic (main.SacLearner in infer mode), through
+  agent     the checkpoint's policy, deterministic (learners.SacLearner in infer mode), through
             `io_runner.run_encode`: the same loop, protocol and encoder as in training;
   baseline  the encoder's own two-pass rate control with Δ = 0 (rc-mode 1). It answers the
-            encoder's own base QP through the protocol (main.ZeroDeltaLearner, what main.py uses
+            encoder's own base QP through the protocol (learners.ZeroDeltaLearner, what main.py uses
             as its baseline), which is bit-identical to an encode without --rl-dir (the tests check
             it) and also yields the GOP budgets; its time excludes the answers' wait;
   codec_rc  the codec's own rate control at the same target (rc-mode 2), same codec settings;
@@ -463,7 +463,7 @@ class AgentBundle:
 
 
 def load_agent(path: str | Path, device: str = "cpu") -> AgentBundle:
-    """Loads a policy file (policy.py) or a main.py checkpoint, answering deterministic actions, no learning."""
+    """Loads a policy file (policy.py) or a main.py checkpoint (learners.SacLearner in infer mode): no learning."""
     import torch
 
     import policy
@@ -476,7 +476,7 @@ def load_agent(path: str | Path, device: str = "cpu") -> AgentBundle:
         raise checkpoint.CheckpointError(f"--load-checkpoint: {exc}") from None
 
     from config import Config
-    from main import ACT_DIM, Counters, SacLearner
+    from learners import ACT_DIM, Counters, SacLearner
     from replay import ReplayBuffer
     from sac_agent import SACAgent
     from state import OBS_DIM
@@ -725,7 +725,7 @@ def evaluate(
     report = Report(list(videos), settings, rate_tolerance=tol)
     if agent is not None:
         report.checkpoint, report.checkpoint_epoch = agent.path, agent.epoch
-    from main import ZeroDeltaLearner
+    from learners import ZeroDeltaLearner
 
     for video in videos:
         for target in targets[video.name]:
@@ -814,8 +814,7 @@ def plot_rd(report: Report, video: str, path: Path) -> None:
             color, marker, ls = styles[method]
             ax.plot([r.kbps for r in recs], [getattr(r, metric) for r in recs], color=color, marker=marker,
                     linestyle=ls or "none", markersize=9 if method == "oracle" else 6, label=method)  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel("rate (kbit/s)")
+        log_rate_axis(ax)
         ax.set_ylabel(METRIC_LABELS[metric])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -823,6 +822,20 @@ def plot_rd(report: Report, video: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def log_rate_axis(ax: Any) -> None:
+    """A log kbit/s x axis labelled in plain numbers ("30", "40", not "3×10¹").
+
+    Minor ticks are labelled only when the data spans under about two decades (a small clip's
+    rates lie within one), so that labels never crowd each other.
+    """
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("rate (kbit/s)")
 
 
 def plot_qp(report: Report, video: str, target: float, path: Path) -> None:

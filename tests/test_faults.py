@@ -233,6 +233,22 @@ def test_sigint_while_encoder_hangs(tmp_path):
     assert procs_in(tmp_path) == []
 
 
+def test_sigint_during_the_baseline_says_so_and_exits_130(tmp_path):
+    # Nothing is trained yet: no checkpoint, and the warning must not promise one.
+    code, seconds, err = start_and_signal(
+        tmp_path, signal.SIGINT, tmp_path / "hang_baseline.pids",
+        ["--encoder", FAKE, *fake_videos(tmp_path, ("hang_baseline",)), "--epochs", "2", *FAST],
+    )  # fmt: skip
+    assert code == 130, err
+    assert seconds < 5
+    assert "received SIGINT: ending the encoder and exiting; nothing is trained yet, so no checkpoint" in err
+    assert "writing a checkpoint" not in err and "ERROR" not in err
+    assert not (tmp_path / "checkpoints").exists()
+    encoder, grandchild = map(int, (tmp_path / "hang_baseline.pids").read_text().split())
+    assert not pid_alive(encoder) and not pid_alive(grandchild)
+    assert procs_in(tmp_path) == []
+
+
 def test_sigterm_during_training_checkpoints_and_resumes(tmp_path):
     ready = tmp_path / "outputs" / "logs" / "carphone_pristine.e1.log"
     code, seconds, err = start_and_signal(

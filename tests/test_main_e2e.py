@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,7 +42,18 @@ def trained(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("train")
     res = run_main(tmp, "--videos", VIDEO, "--epochs", "2", "--ckpt-interval", "1", "--save-replay-buffer", *FAST)
     assert res.returncode == 0, res.stderr
+    (tmp / "main.err").write_text(res.stderr)
     return tmp
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(trained):
+    # stderr is a pipe here: no carriage returns, one tqdm line per epoch, counted in mini-GOPs.
+    err = (trained / "main.err").read_text()
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if "mini-GOP" in line and "%|" in line]
+    assert len(lines) == 2, err
+    for epoch, line in enumerate(lines, 1):
+        assert re.search(rf"INFO epoch {epoch}/2: 100%\|.*\| 8/8 \[.*mini-GOP/s, λ \d+\.\d+, bitrate error [+-]", line)
 
 
 def test_training_writes_checkpoints_tensorboard_and_report(trained):
@@ -135,3 +148,77 @@ def test_truncated_checkpoint_is_a_clear_error_and_is_not_overwritten(trained, t
     assert res.returncode == 2
     assert f"{bad} is not a readable checkpoint" in res.stderr
     assert bad.read_bytes() == src[: len(src) // 2]
+
+
+def test_raw_input_of_a_wrong_size_is_an_input_error(tmp_path):
+    # Built-in encoder: checked before any encoder starts, exit 2 like every other input error.
+    (tmp_path / "bad.yuv").write_bytes(b"\0" * 100_000)
+    res = run_main(tmp_path, "--videos", "--input|bad.yuv|--input-res|176x144|--bitrate|100", timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("not a whole number of 176x144 8-bit 4:2:0 frames (38016 bytes each)") == 1
+    assert not (tmp_path / "outputs" / "logs").exists()
+    res = run_main(tmp_path, "--videos", "--input|bad.yuv|--bitrate|100", timeout=60)
+    assert res.returncode == 2 and "raw input bad.yuv (video bad) needs --input-res WxH" in res.stderr
+
+
+def test_encoder_error_names_the_interpreter_and_is_said_once(tmp_path):
+    # Another encoder command: the encoder itself reports the error (end.json and its stderr).
+    (tmp_path / "bad.yuv").write_bytes(b"\0" * 100_000)
+    encoder = f"{sys.executable} -m builtin_encoder"
+    res = run_main(tmp_path, "--encoder", encoder, "--videos", "--input|bad.yuv|--input-res|176x144|--bitrate|100",
+                   "--no-tensorboard", timeout=60)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert f"encoder '{Path(sys.executable).name} -m builtin_encoder' for video bad" in res.stderr
+    assert res.stderr.count("is not a multiple of one 176x144") == 1
+
+
+def make_raw_dataset(directory: Path, frames: int = 16) -> None:
+    """Two raw sequences of different sizes named Name_WxH_FPS.yuv: carphone and a 96x64 crop of it."""
+    from builtin_encoder.codec import YuvFrame
+    from builtin_encoder.source import open_source, write_yuv
+
+    directory.mkdir()
+    src = open_source(CLIP)
+    write_yuv(src.frames(frames), directory / "carphone_176x144_30.yuv")
+    crops = (YuvFrame(f.y[:64, :96], f.u[:32, :48], f.v[:32, :48]) for f in src.frames(frames))
+    write_yuv(crops, directory / "crop_96x64_25.yuv")
+
+
+def test_dataset_of_raw_files_of_two_sizes_trains_end_to_end(tmp_path):
+    make_raw_dataset(tmp_path / "data")
+    args = ["--use-dataset", "--dataset-inputs", "data/*.yuv", "--epochs", "1", "--no-tensorboard", *FAST,
+            "--dataset-args", "--bitrate|100|--codec|x264|--keyint|8|--mini-gop|4"]  # fmt: skip
+    res = run_main(tmp_path, *args)
+    assert res.returncode == 0, res.stderr
+    rows = {r["video"]: r for r in json.loads((tmp_path / "outputs" / "report_train.json").read_text())}
+    assert sorted(rows) == ["carphone_176x144_30", "crop_96x64_25"]
+    assert rows["crop_96x64_25"]["frames"] == 16 and rows["crop_96x64_25"]["gops"] == 2
+    assert (tmp_path / "1pass_logs" / "crop_96x64_25.stat").exists()
+    # A raw file without size and rate in its name: exit 2 naming it, before any encoder starts.
+    (tmp_path / "data" / "foreman.yuv").write_bytes(b"\0" * 38016)
+    res = run_main(tmp_path, "--out-dir", "out2", *args)
+    assert res.returncode == 2, res.stderr
+    assert "raw input data/foreman.yuv has no size and frame rate in its name" in res.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def test_unreachable_target_is_said_once_and_does_not_wind_up_lambda(tmp_path):
+    # Noise at 96x64 cannot be coded in 60 kbit/s by x264, whatever the QP.
+    from builtin_encoder.codec import YuvFrame
+    from builtin_encoder.source import write_y4m
+
+    rng = np.random.default_rng(0)
+    frames = (YuvFrame(rng.integers(0, 256, (64, 96), dtype=np.uint8), rng.integers(0, 256, (32, 48), dtype=np.uint8),
+                       rng.integers(0, 256, (32, 48), dtype=np.uint8)) for _ in range(32))  # fmt: skip
+    write_y4m(frames, tmp_path / "noise.y4m", 96, 64)
+    video = "--input|noise.y4m|--codec|x264|--frames|32|--keyint|16|--mini-gop|4|--bitrate|60|--o|out/noise.264"
+    res = run_main(tmp_path, "--videos", video, "--epochs", "2", "--no-tensorboard", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("the Δ=0 baseline got") == 1
+    assert "for a target of 60 kbps" in res.stderr and "cannot meet this target" in res.stderr
+    assert "nan" not in res.stderr
+    rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
+    # GOP 0 overshoots even where the baseline answered the highest QP: λ is kept for it (λ_init 1).
+    assert all(r["gops_out_of_reach"] >= 1 and r["bitrate_error"] > 1.0 for r in rows)
+    assert all(r["lambda"] <= 1.0 for r in rows)
+    assert "(budget out of reach: λ kept)" in res.stderr

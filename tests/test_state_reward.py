@@ -105,3 +105,26 @@ def test_baseline_file_round_trip_and_errors(tmp_path):
         reward.BaselineStats.load(path)
     with pytest.raises(ValueError, match="does not exist"):
         reward.BaselineStats.load(tmp_path / "missing.json")
+
+
+def test_budget_out_of_reach_when_even_the_highest_qp_overshoots():
+    from reward import BaselineMiniGop, VideoBaseline, budget_out_of_reach
+
+    mgs = [BaselineMiniGop(gop_index=0, frame_count=4, bits=1000, mse_y=1.0, ssim_y=0.9, base_qp=51),
+           BaselineMiniGop(gop_index=1, frame_count=4, bits=1000, mse_y=1.0, ssim_y=0.9, base_qp=39)]  # fmt: skip
+    base = VideoBaseline(mini_gops=mgs)
+    assert base.gop_least_bits(0, max_delta_qp=4, qp_max=51) == 1000  # at qp_max already: no room
+    assert base.gop_least_bits(1, max_delta_qp=6, qp_max=51) == 500  # +6 QP halves the bits
+    assert base.gop_least_bits(2, max_delta_qp=4, qp_max=51) == 0
+    assert budget_out_of_reach(800, 0.02, all_at_qp_max=False, least_bits=base.gop_least_bits(0, 4, 51))
+    assert not budget_out_of_reach(800, 0.02, all_at_qp_max=False, least_bits=base.gop_least_bits(1, 6, 51))
+    assert budget_out_of_reach(800, 0.02, all_at_qp_max=True)
+
+
+def test_encoder_warnings_are_read_from_its_log(tmp_path):
+    import main
+
+    log = tmp_path / "v.baseline.log"
+    log.write_text("starting\nbuiltin_encoder: warning: x.avi: the container says 444 frames but 68 decode\n")
+    assert main.encoder_warnings(log) == ["x.avi: the container says 444 frames but 68 decode"]
+    assert main.encoder_warnings(tmp_path / "missing.log") == []

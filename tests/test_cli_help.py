@@ -1,0 +1,65 @@
+"""main.py --help and the README's flag table agree: the same flags, the same defaults, one default each."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_flags() -> dict[str, str]:
+    """Flag -> default cell of the README's flag table (backticks dropped, '\\|' unescaped)."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("### Flags", 1)[1].split("\n### ", 1)[0]
+    flags: dict[str, str] = {}
+    for line in table.splitlines():
+        if not line.startswith("| `--"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        names = re.findall(r"`(--[a-z0-9-]+)", cells[0])
+        defaults = cells[1].split(", ") if len(names) > 1 else [cells[1]]
+        assert len(defaults) == len(names), line
+        for name, default in zip(names, defaults, strict=True):
+            flags[name] = default.replace("`", "").replace("\\|", "|")
+    return flags
+
+
+def help_flags() -> dict[str, list[str]]:
+    """Flag -> every '(default: X)' its --help line shows."""
+    out = {}
+    for action in main.build_parser()._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        help_text = (action.help or "").replace("%%", "%")
+        out[action.option_strings[0]] = re.findall(r"\(default: (.*?)\)(?=\s|$)", help_text, re.S)
+    return out
+
+
+def test_every_flag_has_help_and_exactly_one_default():
+    for action in main.build_parser()._actions:
+        assert action.help, action.option_strings
+        assert action.help.count("default") <= 1, action.help
+    for flag, defaults in help_flags().items():
+        assert len(defaults) == 1, (flag, defaults)
+
+
+def test_help_and_readme_list_the_same_flags_with_the_same_defaults():
+    readme = readme_flags()
+    shown = {flag: defaults[0] for flag, defaults in help_flags().items()}
+    assert sorted(readme) == sorted(shown)
+    for flag, default in readme.items():
+        assert shown[flag] == default, flag
+
+
+def test_help_runs_and_names_every_flag():
+    res = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for flag in readme_flags():
+        assert flag in res.stdout
+    assert "(default: [])" not in res.stdout and "(default: )" not in res.stdout
