@@ -25,7 +25,7 @@ import torch
 
 from models import Actor
 from protocol import Feedback, Request
-from state import OBS_DIM, build_observation
+from state import FEATURE_NAMES, OBS_DIM, build_observation
 
 
 @dataclass
@@ -187,6 +187,9 @@ class MoveSamples:
     source: np.ndarray  # (M,)
     sources: list[str]
 
+    def __len__(self) -> int:
+        return len(self.gain_rate)
+
 
 def window_slopes(records: list[dict]) -> dict[str, float]:
     """dB of overall PSNR-Y per doubling of bits, per window: least squares over its Δ=0 encodes."""
@@ -242,3 +245,107 @@ def move_samples(records: list[dict], overshoot_db: float = 10.0) -> MoveSamples
                 cur, cur_psnr, cur_bits = list(c["offsets"]), c["psnr_y"], c["bits"]
     return MoveSamples(np.asarray(obs, dtype=np.float32), np.asarray(a_old, dtype=np.float32),
                        np.asarray(a_new, dtype=np.float32), np.asarray(gain), np.asarray(src), sources)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the gain model
+
+
+def gain_features(obs: np.ndarray) -> np.ndarray:
+    """φ(s) for the gain model, (N, 2 * OBS_DIM + 2): [1, key, s, key * s], key = the has_key feature.
+
+    The key-frame mini-GOP gets its own coefficients: what its QP does (the key frame is every
+    later frame's reference) differs in kind from an inter mini-GOP's.
+    """
+    key = obs[:, FEATURE_NAMES.index("has_key")][:, None]
+    ones = np.ones((len(obs), 1), dtype=np.float64)
+    return np.concatenate([ones, key, obs, key * obs], axis=1).astype(np.float64)
+
+
+@dataclass
+class GainModel:
+    """A concave quadratic model of what one mini-GOP's offset a (QP) is worth, in dB at equal rate:
+
+        J(a | s) = g(s) * a - c * a^2,   g(s) = w . φ(s),   so   a*(s) = g(s) / (2c).
+
+    Fitted by ridge regression on oracle moves: a move a_old -> a_new at state s changed the
+    rate-neutral objective by ΔJ = g(s) (a_new - a_old) - c (a_new^2 - a_old^2); divided by the
+    step, y = ΔJ / (a_new - a_old) = g(s) - c (a_new + a_old) is linear in (w, c).
+    """
+
+    w: np.ndarray  # (2 * OBS_DIM + 2,)
+    c: float  # curvature, dB / QP^2 (> 0 for a concave model)
+
+    def gain_slope(self, obs: np.ndarray) -> np.ndarray:
+        """g(s), dB per QP at a = 0, shape (N,)."""
+        return gain_features(obs) @ self.w
+
+    def best_offset(self, obs: np.ndarray, max_delta_qp: int) -> np.ndarray:
+        """a*(s) = g(s) / (2c), clipped to the action range, QP, shape (N,)."""
+        c = max(self.c, 1e-4)
+        return np.clip(self.gain_slope(obs) / (2.0 * c), -max_delta_qp, max_delta_qp)
+
+    def value(self, obs: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """J(a | s), dB, shape (N,)."""
+        return self.gain_slope(obs) * a - self.c * a**2
+
+
+def fit_gain_model(m: MoveSamples, ridge: float = 1.0) -> GainModel:
+    """Ridge regression of y = ΔJ / Δa on [φ(s), -(a_new + a_old)]; the two intercepts are not shrunk."""
+    da = m.a_new - m.a_old
+    y = m.gain_rate / da
+    x = np.concatenate([gain_features(m.obs), -(m.a_new + m.a_old)[:, None]], axis=1)
+    penalty = np.full(x.shape[1], ridge)
+    penalty[[0, 1, -1]] = 1e-6
+    coef = np.linalg.solve(x.T @ x + np.diag(penalty), x.T @ y)
+    return GainModel(coef[:-1], float(coef[-1]))
+
+
+def cross_validate_gain(m: MoveSamples, ridge: float) -> tuple[float, float]:
+    """Leave-one-source-out R² of y = ΔJ / Δa for the gain model and for a model without state (g const)."""
+    y = m.gain_rate / (m.a_new - m.a_old)
+    pred, pred_const = np.zeros_like(y), np.zeros_like(y)
+    for s in range(len(m.sources)):
+        test, train = m.source == s, m.source != s
+        sub = MoveSamples(m.obs[train], m.a_old[train], m.a_new[train], m.gain_rate[train], m.source[train], m.sources)
+        model = fit_gain_model(sub, ridge)
+        pred[test] = model.gain_slope(m.obs[test]) - model.c * (m.a_new[test] + m.a_old[test])
+        # No state at all: y = g0 - c (a_new + a_old).
+        x = np.stack([np.ones(train.sum()), -(sub.a_new + sub.a_old)], axis=1)
+        g0, c0 = np.linalg.lstsq(x, y[train], rcond=None)[0]
+        pred_const[test] = g0 - c0 * (m.a_new[test] + m.a_old[test])
+    var = float(np.var(y))
+    return 1.0 - float(np.mean((y - pred) ** 2)) / var, 1.0 - float(np.mean((y - pred_const) ** 2)) / var
+
+
+def fixed_pattern(m: MoveSamples, max_delta_qp: int, positions: int) -> list[int]:
+    """The best fixed offset per GOP position (no state): per position, the same quadratic model with g constant.
+
+    The reference a state-dependent policy must beat: what position alone says.
+    """
+    pos = np.round(m.obs[:, FEATURE_NAMES.index("gop_progress")] * positions).astype(int)
+    y = m.gain_rate / (m.a_new - m.a_old)
+    out = []
+    for k in range(positions):
+        sel = pos == k
+        if sel.sum() < 3:
+            out.append(0)
+            continue
+        x = np.stack([np.ones(sel.sum()), -(m.a_new[sel] + m.a_old[sel])], axis=1)
+        g, c = np.linalg.lstsq(x, y[sel], rcond=None)[0]
+        out.append(int(np.clip(round(g / (2 * max(c, 1e-4))), -max_delta_qp, max_delta_qp)))
+    return out
+
+
+def trajectory_observations(records: list[dict]) -> np.ndarray:
+    """Every observation seen on the stored trajectories (Δ=0 and oracle), (N, OBS_DIM): where a policy is fitted."""
+    obs = [observations(r[k])[0] for r in records for k in ("baseline_steps", "oracle_steps")]
+    return np.concatenate(obs)
+
+
+def distill(actor: Actor, obs: np.ndarray, offsets: np.ndarray, max_delta_qp: int, epochs: int = 2000,
+            weight_decay: float = 1e-4) -> float:  # fmt: skip
+    """Fits the actor's deterministic action to `offsets` (QP) at `obs`; returns the final RMS error in QP."""
+    demos = Demos(obs.astype(np.float32), (offsets / max_delta_qp).astype(np.float32), np.zeros(len(obs), int),
+                  np.zeros(len(obs), int), np.zeros(len(obs), int), [""], np.zeros(0))  # fmt: skip
+    fit_actor(actor, demos, epochs=epochs, lr=3e-3, weight_decay=weight_decay)
+    return float(np.sqrt(np.mean((predict(actor, obs) * max_delta_qp - offsets) ** 2)))

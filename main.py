@@ -397,6 +397,11 @@ def run_first_passes(cfg: Config, specs: list[VideoSpec], stop: StopFlag) -> Non
 RD_PROBE = 1.15  # target of the second Δ=0 encode, relative to the video's own
 
 
+def signed(x: float, digits: int = 3, sign: str = "+") -> str:
+    """A number for the log, 'n/a' when unknown (NaN)."""
+    return "n/a" if math.isnan(x) else f"{x:{sign}.{digits}f}"
+
+
 def rd_slope(cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_template: str) -> float:
     """The baseline's local RD slope, dB of overall PSNR-Y per doubling of the rate (NaN if unknown).
 
@@ -441,8 +446,8 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
         s = io_runner.baseline_from_result(res)
         s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
         stats.videos[spec.key] = s
-        log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f, RD slope %.2f dB per doubling of the rate",
-                 spec.name, s.kbps, s.psnr_y, s.ssim_y, s.psnr_slope)  # fmt: skip
+        log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f, RD slope %s dB per doubling of the rate",
+                 spec.name, s.kbps, s.psnr_y, s.ssim_y, signed(s.psnr_slope, 2, ""))  # fmt: skip
         for line in encoder_warnings(Path(cfg.out_dir) / "logs" / f"{spec.name}.baseline.log"):
             log.warning("%s: %s", spec.name, line)
         summary = res.summary()
@@ -694,10 +699,10 @@ def main(argv: list[str] | None = None) -> int:
                 telemetry.video(spec.name, s, epoch, res, counters)
                 log.log(
                     DETAILED,
-                    "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f, at equal rate %+.3f), "
+                    "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f, at equal rate %s), "
                     "SSIM-Y %.4f, mean QP %.1f, mean ΔQP %+.2f, reward %.4f, λ %.3f",
                     spec.name, s["kbps"], s["target_kbps"], 100 * s["bitrate_error"], s["psnr_y"],
-                    s["delta_psnr_y"], s["delta_psnr_y_equal_rate"], s["ssim_y"], s["mean_qp"], s["mean_dqp"],
+                    s["delta_psnr_y"], signed(s["delta_psnr_y_equal_rate"]), s["ssim_y"], s["mean_qp"], s["mean_dqp"],
                     s["reward_sum"], agent.lam,
                 )  # fmt: skip
             bar.close()
@@ -708,10 +713,10 @@ def main(argv: list[str] | None = None) -> int:
                 means["abs_bitrate_error"] = float(np.mean([abs(r["bitrate_error"]) for r in epoch_rows]))
                 telemetry.epoch(means, epoch)
                 log.info(
-                    "epoch %d: mean |bitrate error| %.2f%%, mean ΔPSNR-Y at equal rate %+.3f dB (raw %+.3f), "
+                    "epoch %d: mean |bitrate error| %.2f%%, mean ΔPSNR-Y at equal rate %s dB (raw %+.3f), "
                     "mean ΔSSIM-Y %+.5f, reward %.4f, λ %.3f, buffer %d",
-                    epoch, 100 * means["abs_bitrate_error"], means["delta_psnr_y_equal_rate"], means["delta_psnr_y"],
-                    means["delta_ssim_y"], means["reward_sum"], agent.lam, len(buffer),
+                    epoch, 100 * means["abs_bitrate_error"], signed(means["delta_psnr_y_equal_rate"]),
+                    means["delta_psnr_y"], means["delta_ssim_y"], means["reward_sum"], agent.lam, len(buffer),
                 )  # fmt: skip
             if cfg.mode == "train" and (epoch % cfg.ckpt_interval == 0 or epoch == cfg.epochs):
                 save_checkpoint(cfg, checkpoint.epoch_path(Path(cfg.ckpt_dir), epoch), agent, buffer, counters,

@@ -1,0 +1,90 @@
+"""Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
+
+    python make_policy.py --codec svtav1            # ~25 min on 2 cores: 48 oracle searches, then a second
+    python make_policy.py --codec x264 --jobs 2
+
+1. Demonstrations (bench/oracle_data.py): on every training window (clips.training_windows(),
+   TRAIN sources only) at 3 target rates each, the Δ=0 encode and the oracle's coordinate descent,
+   every candidate a real encode. Kept in --data (reused when present: delete it to start over).
+2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
+   over its parent on the state; its optimum a*(s) is the policy.
+3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
+   trajectories and written with its provenance; `--pattern-out` also writes the best fixed
+   per-position pattern (the same model without state) as a policy, the reference to beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import imitation
+import policy
+from models import Actor
+from state import FEATURE_NAMES, OBS_DIM
+
+ROOT = Path(__file__).resolve().parent
+POSITIONS = 8  # mini-GOPs per GOP in the demonstrations (keyint 64, mini-GOP 8)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264"))
+    p.add_argument("--data", default=None, help="demonstrations file (default data/oracle_CODEC.jsonl)")
+    p.add_argument("--out", default=None, help="policy file (default policies/CODEC.pt)")
+    p.add_argument("--pattern-out", default=None, help="also write the best fixed pattern as a policy here")
+    p.add_argument("--jobs", type=int, default=2, help="oracle searches in parallel")
+    p.add_argument("--ridge", type=float, default=3.0, help="ridge penalty of the gain model")
+    p.add_argument("--hidden", default="64,64", help="actor layer widths")
+    p.add_argument("--max-delta-qp", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    ns = p.parse_args()
+    t0 = time.monotonic()
+    data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
+    out = Path(ns.out or policy.shipped_policy(ns.codec))
+    cmd = [sys.executable, str(ROOT / "bench" / "oracle_data.py"), "--codec", ns.codec, "--out", str(data),
+           "--jobs", str(ns.jobs)]  # fmt: skip
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+    records = imitation.read_records([data])
+    moves = imitation.move_samples(records)
+    r2, r2_const = imitation.cross_validate_gain(moves, ns.ridge)
+    model = imitation.fit_gain_model(moves, ns.ridge)
+    obs = imitation.trajectory_observations(records)
+    target = model.best_offset(obs, ns.max_delta_qp)
+    torch.manual_seed(ns.seed)
+    hidden = tuple(int(h) for h in ns.hidden.split(","))
+    actor = Actor(OBS_DIM, 1, hidden)
+    rms = imitation.distill(actor, obs, target, ns.max_delta_qp)
+    key = obs[:, FEATURE_NAMES.index("has_key")] > 0.5
+    summary = (f"gain model on {len(moves)} oracle moves from {len(records)} points ({', '.join(moves.sources)}); "
+               f"leave-one-source-out R² {r2:.3f} (without state {r2_const:.3f}); curvature {model.c:.4f} dB/QP²; "
+               f"a* key mini-GOP {target[key].mean():+.2f}±{target[key].std():.2f}, others "
+               f"{target[~key].mean():+.2f}±{target[~key].std():.2f} QP; actor fit RMS {rms:.2f} QP")  # fmt: skip
+    provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
+                  "data": str(data), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)
+    print(f"{out}: {summary}")
+    if ns.pattern_out:
+        pattern = imitation.fixed_pattern(moves, ns.max_delta_qp, POSITIONS)
+        pos = np.round(obs[:, FEATURE_NAMES.index("gop_progress")] * POSITIONS).astype(int)
+        torch.manual_seed(ns.seed)
+        fixed = Actor(OBS_DIM, 1, hidden)
+        rms_p = imitation.distill(fixed, obs, np.asarray(pattern, dtype=np.float64)[pos], ns.max_delta_qp)
+        policy.save(Path(ns.pattern_out), fixed, ns.codec, ns.max_delta_qp, 0.02,
+                    {"summary": f"best fixed pattern {pattern} (offset per GOP position), fit RMS {rms_p:.2f} QP",
+                     "command": provenance["command"], "data": str(data)})  # fmt: skip
+        print(f"{ns.pattern_out}: fixed pattern {pattern}, fit RMS {rms_p:.2f} QP")
+    print(f"done in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
