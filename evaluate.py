@@ -56,6 +56,7 @@ from scipy.interpolate import PchipInterpolator
 import checkpoint
 import encoder_proc
 import io_runner
+import protocol
 from io_runner import EncodeResult, Learner
 
 log = logging.getLogger("rlrc")
@@ -1100,6 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--frames must be >= 0, got {ns.frames}")
         videos = probe_videos(find_inputs(ns.inputs), settings)
         agent = load_agent(ns.load_checkpoint, ns.device) if ns.load_checkpoint else None
+        # The encodes' protocol directory: created 0700; RlDirError if others may write to it.
+        protocol.prepare_rl_dir(Path(ns.out) / "rl_io", flag="--out")
     except (ValueError, checkpoint.CheckpointError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ import torch
 import checkpoint
 import encoder_proc
 import io_runner
+import protocol
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
 from io_runner import DETAILED, EncodeResult, Learner, Step
@@ -460,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         device = parse_device(cfg.device)
         specs = resolve_videos(cfg, ns.dataset_args)
         ckpt = checkpoint.load(Path(cfg.load_checkpoint), map_location=device) if cfg.load_checkpoint else None
+        protocol.prepare_rl_dir(Path(cfg.rl_dir))  # created 0700; RlDirError if others may write to it
     except (ValueError, VideoSpecError, checkpoint.CheckpointError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
