@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import secrets
 import select
 import stat
 import struct
@@ -330,7 +329,7 @@ def prepare_rl_dir(rl_dir: Path, flag: str = "--rl-dir", create: bool = True) ->
 
 def _tmp_suffix() -> str:
     """A temporary's suffix: random, so that nobody can plant anything at the name in advance."""
-    return f".{secrets.token_hex(8)}{TMP_SUFFIX}"
+    return f".{os.urandom(8).hex()}{TMP_SUFFIX}"
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
