@@ -206,7 +206,7 @@ class AgentClient:
 
     def ask(self, req: protocol.Request) -> int:
         """Writes request `req`, waits for its reply, returns the agent's QP (validated, never clamped)."""
-        protocol.write_message(protocol.request_path(self.rl_dir, req.mg_index), req)
+        self._write(protocol.request_path(self.rl_dir, req.mg_index), req)
         path = protocol.reply_path(self.rl_dir, req.mg_index)
         t0 = time.monotonic()
         try:
@@ -225,7 +225,14 @@ class AgentClient:
         return reply.qp
 
     def feedback(self, fb: protocol.Feedback) -> None:
-        protocol.write_message(protocol.feedback_path(self.rl_dir, fb.mg_index), fb)
+        self._write(protocol.feedback_path(self.rl_dir, fb.mg_index), fb)
+
+    def _write(self, path: Path, msg: object) -> None:
+        """Writes one message; a failure (e.g. something planted at the temporary's name) is BadInput."""
+        try:
+            protocol.write_message(path, msg)
+        except OSError as exc:
+            raise BadInput(f"--rl-dir: cannot write {path}: {exc}") from None
 
     def end(self, end: protocol.End) -> None:
         if len(end.message) > 16384:  # keeps end.json far below protocol.MAX_FILE_BYTES

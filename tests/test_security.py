@@ -24,7 +24,7 @@ import torch
 import checkpoint
 import evaluate
 import protocol
-from builtin_encoder.errors import BadReply
+from builtin_encoder.errors import BadInput, BadReply
 from builtin_encoder.session import AgentClient
 from io_runner import RlIoChannel
 from main import bundled_clip
@@ -244,8 +244,16 @@ def test_write_atomic_does_not_follow_a_link_at_its_temporary_name(tmp_path, mon
             channel.write_reply(req, 30)
     finally:
         channel.close()
+    client = AgentClient(rl, "s", 1.0)  # the encoder's writer: a clean error naming the file
+    request = protocol.request_path(rl, 0)
+    try:
+        (rl / (request.name + ".0123456789abcdef.tmp")).symlink_to(victim)
+        with pytest.raises(BadInput, match=f"--rl-dir: cannot write {request}: .*File exists"):
+            client.ask(protocol.Request(**_REQUEST))
+    finally:
+        client.close()
     assert victim.read_text() == "precious"
-    assert planted.is_symlink() and not reply.exists()
+    assert not reply.exists() and not request.exists()
 
 
 def test_write_atomic_replaces_a_link_at_the_final_name_not_its_target(tmp_path):
