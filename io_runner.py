@@ -237,7 +237,11 @@ def run_encode(
     message naming the encoder and the video; the unfinished GOP's transitions are dropped.
     """
     result = EncodeResult(video=spec.name, ok=False)
-    channel = RlIoChannel(rl_dir, session, timeout_s)
+    try:
+        channel = RlIoChannel(rl_dir, session, timeout_s)
+    except protocol.RlDirError as exc:  # e.g. made group-writable since the start: no encoder is started
+        result.message = f"encoder {encoder_label(command)!r} for video {spec.name}: {exc}"
+        return result
     stale = channel.reset()
     if stale:
         log.debug("removed %d stale protocol files from %s", stale, rl_dir)

@@ -23,11 +23,13 @@ import torch
 
 import checkpoint
 import evaluate
+import io_runner
 import protocol
 from builtin_encoder.errors import BadInput, BadReply
 from builtin_encoder.session import AgentClient
+from encoder_proc import VideoSpec
 from io_runner import RlIoChannel
-from main import bundled_clip
+from main import ZeroDeltaLearner, bundled_clip
 from protocol import ProtocolError, RlDirError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +193,18 @@ def test_group_writable_rl_dir_is_refused_by_evaluate(tmp_path):
     assert res.returncode == 2, res.stderr
     assert f"evaluate.py: error: --out: {rl} is writable by group or others" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_run_encode_refuses_a_loose_rl_dir_without_starting_the_encoder(tmp_path):
+    rl = tmp_path / "rl_io"
+    rl.mkdir()
+    rl.chmod(0o775)  # e.g. loosened while main.py runs, after its start-up check
+    marker = tmp_path / "started"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    spec = VideoSpec(name="v", args=[])
+    res = io_runner.run_encode(spec, command, rl, "s", ZeroDeltaLearner(), None, 4, 0.02, 5.0, tmp_path / "v.log")
+    assert not res.ok and "is writable by group or others" in res.message
+    assert not marker.exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a directory of another user needs root (chown)")
