@@ -56,6 +56,7 @@ from scipy.interpolate import PchipInterpolator
 import checkpoint
 import encoder_proc
 import io_runner
+import protocol
 from io_runner import EncodeResult, Learner
 
 log = logging.getLogger("rlrc")
@@ -1142,6 +1143,8 @@ def main(argv: list[str] | None = None) -> int:
         if not agent_path and not oracle_mode:
             raise ValueError(f"--load-checkpoint: none given and no policy ships for {ns.codec} (policies/)")
         agent = load_agent(agent_path, ns.device) if agent_path else None
+        # The encodes' protocol directory: created 0700; RlDirError if others may write to it.
+        protocol.prepare_rl_dir(Path(ns.out) / "rl_io", flag="--out")
     except (ValueError, checkpoint.CheckpointError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2

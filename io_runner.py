@@ -54,7 +54,7 @@ class RlIoChannel:
         self.rl_dir = Path(rl_dir)
         self.session = session
         self.timeout_s = timeout_s
-        self.rl_dir.mkdir(parents=True, exist_ok=True)
+        protocol.prepare_rl_dir(self.rl_dir)  # RlDirError unless only this user can write there
         self.watcher = protocol.DirWatcher(self.rl_dir)
 
     def reset(self) -> int:
@@ -69,18 +69,18 @@ class RlIoChannel:
 
         A file that fails to parse is read again until its size and mtime have not changed for
         `PARSE_SETTLE_S` (at most `PARSE_GRACE_S` in all) before it counts as malformed: an encoder
-        that writes in place instead of renaming (PROTOCOL.md §5) may still be writing it.
+        that writes in place instead of renaming (PROTOCOL.md §5) may still be writing it. A link, a
+        non-regular file or one over protocol.MAX_FILE_BYTES is malformed at once.
         """
         t0 = time.monotonic()
         last_sig, settled_since = None, t0
         while True:
-            try:
-                text = path.read_text(encoding="utf-8")
-                st = path.stat()
-            except FileNotFoundError:
+            got = protocol.read_bytes(path)
+            if got is None:
                 return None
+            data, st = got
             try:
-                msg = parse(text, path)
+                msg = parse(protocol.decode(data, path), path)
                 break
             except ProtocolError:
                 now = time.monotonic()
@@ -253,7 +253,11 @@ def run_encode(
     message naming the encoder and the video; the unfinished GOP's transitions are dropped.
     """
     result = EncodeResult(video=spec.name, ok=False)
-    channel = RlIoChannel(rl_dir, session, timeout_s)
+    try:
+        channel = RlIoChannel(rl_dir, session, timeout_s)
+    except protocol.RlDirError as exc:  # e.g. made group-writable since the start: no encoder is started
+        result.message = f"encoder {encoder_label(command)!r} for video {spec.name}: {exc}"
+        return result
     stale = channel.reset()
     if stale:
         log.debug("removed %d stale protocol files from %s", stale, rl_dir)

@@ -31,6 +31,7 @@ import checkpoint
 import encoder_proc
 import io_runner
 import policy
+import protocol
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
 from io_runner import DETAILED, EncodeResult, Learner, Step
@@ -591,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         device = parse_device(cfg.device)
         specs = resolve_videos(cfg, ns.dataset_args)
         ckpt, pol = load_start(cfg, specs, device)
+        protocol.prepare_rl_dir(Path(cfg.rl_dir))  # created 0700; RlDirError if others may write to it
     except (ValueError, VideoSpecError, checkpoint.CheckpointError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2

@@ -7,12 +7,16 @@ does the opposite. PROTOCOL.md is the normative text; this module is its executa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import math
 import os
+import re
 import select
+import stat
 import struct
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -26,10 +30,19 @@ REPLY_FMT = "mg{:04d}_qp.json"
 FEEDBACK_FMT = "mg{:04d}_fb.json"
 END_NAME = "end.json"
 TMP_SUFFIX = ".tmp"
+# No protocol file may be larger: a bigger one is an error, and nothing is allocated for it.
+MAX_FILE_BYTES = 256 * 1024
+# Every protocol file and temporary: a final name, or a final name + ".tmp" (the convention for
+# encoders) or + ".<16 hex digits>.tmp" (write_atomic's unpredictable temporaries).
+_PROTOCOL_NAME_RE = re.compile(r"^(?:mg\d{4,}_(?:rq|qp|fb)|end)\.json(?:(?:\.[0-9a-f]{16})?\.tmp)?$")
 
 
 class ProtocolError(ValueError):
     """A protocol file is malformed; the message names the file and the field."""
+
+
+class RlDirError(ValueError):
+    """The rl_io directory cannot be used safely; the message names it and the fix."""
 
 
 def request_path(rl_dir: Path, mg_index: int) -> Path:
@@ -276,36 +289,138 @@ def to_json(msg: Any) -> str:
 # ----------------------------------------------------------------------------- file I/O
 
 
-def write_atomic(path: Path, text: str) -> None:
+def prepare_rl_dir(rl_dir: Path, flag: str = "--rl-dir", create: bool = True) -> Path:
+    """Makes sure `rl_dir` is a directory only this user can write to; creates it (mode 0700) if absent.
+
+    Like ssh with ~/.ssh, an existing directory that belongs to another user, or that group or
+    others may write to, is refused: whoever can write there could plant requests or replies, or
+    replace the files this program writes. Raises RlDirError naming the directory and the fix;
+    `flag` names the option the directory came from.
+    """
+    rl_dir = Path(rl_dir)
+    if create and not os.path.lexists(rl_dir):
+        try:
+            rl_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(rl_dir, 0o700)
+        except FileExistsError:
+            pass  # created meanwhile by someone else: checked below like any existing directory
+        except OSError as exc:
+            raise RlDirError(f"{flag}: cannot create {rl_dir}: {exc.strerror or exc}") from None
+    try:
+        st = os.stat(rl_dir)
+    except OSError as exc:
+        raise RlDirError(f"{flag}: cannot use {rl_dir}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RlDirError(f"{flag}: {rl_dir} is not a directory")
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise RlDirError(
+            f"{flag}: {rl_dir} belongs to uid {st.st_uid}, not to you (uid {me}): its owner could read, plant "
+            "and replace protocol files. Use a directory of your own: remove this one or choose another."
+        )
+    if st.st_mode & 0o022:
+        mode = stat.S_IMODE(st.st_mode)
+        raise RlDirError(
+            f"{flag}: {rl_dir} is writable by group or others (mode {mode:04o}): they could plant or replace "
+            f"protocol files. Fix: chmod 700 {rl_dir}"
+        )
+    return rl_dir
+
+
+def _tmp_suffix() -> str:
+    """A temporary's suffix: random, so that nobody can plant anything at the name in advance."""
+    return f".{os.urandom(8).hex()}{TMP_SUFFIX}"
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     """Writes `text` to `path` via a temporary name in the same directory and a rename.
 
-    A reader that sees `path` therefore always sees the complete file.
+    A reader that sees `path` therefore always sees the complete file. The temporary has a random
+    name and is created exclusively without following links (O_CREAT|O_EXCL|O_NOFOLLOW): a file or
+    link already there is an error, never written through. The rename replaces a link at `path`
+    itself, not its target. `mode` (0600 for protocol files) is reduced by the umask.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + _tmp_suffix())
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_message(path: Path, msg: Any) -> None:
-    write_atomic(path, to_json(msg))
+    """Writes one protocol message; a message over MAX_FILE_BYTES is a ProtocolError (nothing written)."""
+    text = to_json(msg)
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise ProtocolError(f"{path}: message of {len(text.encode('utf-8'))} bytes, over the limit of {MAX_FILE_BYTES}")
+    write_atomic(path, text)
+
+
+def read_bytes(path: Path) -> tuple[bytes, os.stat_result] | None:
+    """The content and status of protocol file `path`, or None if there is none.
+
+    Opened without following a link (O_NOFOLLOW) nor blocking on a FIFO; a link, a non-regular
+    file or a file over MAX_FILE_BYTES is a ProtocolError naming it. At most MAX_FILE_BYTES + 1
+    bytes are ever read, whatever the file's size.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ProtocolError(f"{path}: is a symbolic link, not followed: protocol files must be regular") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProtocolError(f"{path}: is not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ProtocolError(f"{path}: {st.st_size} bytes, over the protocol's limit of {MAX_FILE_BYTES} bytes")
+        chunks: list[bytes] = []
+        left = MAX_FILE_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_FILE_BYTES:
+        raise ProtocolError(f"{path}: grew over the protocol's limit of {MAX_FILE_BYTES} bytes while read")
+    return data, st
+
+
+def decode(data: bytes, path: Path) -> str:
+    """`data` as text; invalid UTF-8 is a ProtocolError naming `path`."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{path}: not valid UTF-8: {exc}") from None
+
+
+def read_text(path: Path) -> str | None:
+    """The text of protocol file `path` (see `read_bytes`), or None if there is none."""
+    got = read_bytes(path)
+    return None if got is None else decode(got[0], path)
 
 
 def clear_protocol_files(rl_dir: Path) -> int:
-    """Removes every protocol file (and temporary) from `rl_dir`; returns how many."""
+    """Removes every protocol file and temporary (and nothing else) from `rl_dir`; returns how many."""
     removed = 0
     rl_dir = Path(rl_dir)
     if not rl_dir.is_dir():
         return 0
     for p in rl_dir.iterdir():
-        name = p.name
-        if (name.startswith("mg") and name.endswith((".json", ".json" + TMP_SUFFIX))) or name in (
-            END_NAME,
-            END_NAME + TMP_SUFFIX,
-        ):
+        if _PROTOCOL_NAME_RE.match(p.name):
             try:
-                p.unlink()
+                p.unlink()  # a link is removed itself, never its target
                 removed += 1
             except FileNotFoundError:
                 pass
@@ -387,14 +502,14 @@ class DirWatcher:
 def read_when_present(path: Path, watcher: DirWatcher, deadline: float, alive: Any = None) -> str | None:
     """Waits for `path` (written atomically by the peer) and returns its text.
 
-    Returns None when `deadline` (time.monotonic()) passes or `alive()` returns False.
+    Returns None when `deadline` (time.monotonic()) passes or `alive()` returns False. A link, a
+    non-regular file or an oversized file at `path` is a ProtocolError naming it (see `read_bytes`).
     """
     path = Path(path)
     while True:
-        try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            pass
+        text = read_text(path)
+        if text is not None:
+            return text
         now = time.monotonic()
         if now >= deadline or (alive is not None and not alive()):
             return None

@@ -43,6 +43,7 @@ from gymnasium import spaces
 
 import encoder_proc
 import io_runner
+import protocol
 import reward as reward_mod
 from encoder_proc import EncoderProcess, VideoSpec
 from io_runner import EncoderFailure, Learner, RlIoChannel
@@ -71,7 +72,8 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
         encoder_args: the video's encoder arguments (as one `--videos` value split on '|'), e.g.
             ["--input", path, "--codec", "x264", "--bitrate", "150"]; the protocol arguments are added.
         encoder: encoder program ('' = the built-in one, `python -m builtin_encoder`).
-        rl_dir: protocol directory; None = a fresh temporary directory, removed by `close()`.
+        rl_dir: protocol directory (created 0700; RlDirError if another user may write to it); None = a
+            fresh temporary directory, removed by `close()`.
         log_dir: encoder logs and the baseline's redirected outputs; None = `<rl_dir>.logs` beside it
             (inside the temporary directory when `rl_dir` is None).
         baseline: the video's Δ=0 baseline, e.g. `BaselineStats.load(p).videos[env.video.key]`;
@@ -127,7 +129,7 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
             rl_dir = self._tmp / "rl_io"
         self.rl_dir = Path(rl_dir)
         self.log_dir = Path(log_dir) if log_dir is not None else self.rl_dir.with_name(self.rl_dir.name + ".logs")
-        self.rl_dir.mkdir(parents=True, exist_ok=True)
+        protocol.prepare_rl_dir(self.rl_dir, flag="rl_dir")  # RlDirError unless only this user can write there
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._tag = f"{os.getpid()}-env{next(_instances)}"
         self.encodes = 0  # encodes started by reset (the baseline encode not counted)

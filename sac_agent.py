@@ -55,7 +55,7 @@ _STATE_KEYS = frozenset(
 )
 
 
-class CheckpointError(ValueError):
+class AgentStateError(ValueError):
     """An agent state dict does not fit this agent (version, sizes or keys); the message says which."""
 
 
@@ -303,7 +303,7 @@ class SACAgent:
         """Restore a `state_dict()`. Everything is validated before anything is changed.
 
         Raises:
-            CheckpointError: wrong format_version, missing or unknown keys, or a checkpoint saved
+            AgentStateError: wrong format_version, missing or unknown keys, or a checkpoint saved
                 for other obs_dim / act_dim / hidden_sizes (or with tensors of other shapes).
 
         Learning rates and lambda_max are this agent's cfg (a saved lambda above lambda_max is
@@ -312,21 +312,21 @@ class SACAgent:
         Tensors may sit on any device (load with map_location when CUDA is absent).
         """
         if not isinstance(state, dict):
-            raise CheckpointError(f"agent state must be a dict, got {type(state).__name__}")
+            raise AgentStateError(f"agent state must be a dict, got {type(state).__name__}")
         missing, unknown = _STATE_KEYS - state.keys(), state.keys() - _STATE_KEYS
         if missing or unknown:
-            raise CheckpointError(
+            raise AgentStateError(
                 f"agent state keys do not match: missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
         if state["format_version"] != AGENT_FORMAT_VERSION:
-            raise CheckpointError(
+            raise AgentStateError(
                 f"agent state has format_version {state['format_version']}, this code reads {AGENT_FORMAT_VERSION}"
             )
         for key, mine in (("obs_dim", self.obs_dim), ("act_dim", self.act_dim)):
             if int(state[key]) != mine:
-                raise CheckpointError(f"checkpoint was saved with {key}={state[key]}, this agent has {key}={mine}")
+                raise AgentStateError(f"checkpoint was saved with {key}={state[key]}, this agent has {key}={mine}")
         if tuple(int(h) for h in state["hidden_sizes"]) != self.hidden_sizes:
-            raise CheckpointError(
+            raise AgentStateError(
                 f"checkpoint was saved with hidden_sizes={tuple(state['hidden_sizes'])}, "
                 f"this agent has hidden_sizes={self.hidden_sizes}"
             )
@@ -334,20 +334,20 @@ class SACAgent:
             _check_module_state(name, getattr(self, name), state[name])
         log_alpha = torch.as_tensor(state["log_alpha"])
         if log_alpha.shape != ():
-            raise CheckpointError(f"log_alpha must be a scalar, got shape {tuple(log_alpha.shape)}")
+            raise AgentStateError(f"log_alpha must be a scalar, got shape {tuple(log_alpha.shape)}")
         lam = float(state["lam"])
         if not (math.isfinite(lam) and lam >= 0.0):
-            raise CheckpointError(f"lam must be a finite number >= 0, got {lam}")
+            raise AgentStateError(f"lam must be a finite number >= 0, got {lam}")
         lam = min(lam, self.cfg.lambda_max)  # projected onto this run's [0, lambda_max]
         np_rng = np.random.default_rng()
         try:
             np_rng.bit_generator.state = state["np_rng"]
         except (TypeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"np_rng is not a PCG64 generator state: {e}") from e
+            raise AgentStateError(f"np_rng is not a PCG64 generator state: {e}") from e
         same_generator_kind = state["generator_device"] == self.generator.device.type
         gen_state = torch.as_tensor(state["torch_generator"]).cpu()
         if same_generator_kind and gen_state.shape != self.generator.get_state().shape:
-            raise CheckpointError(
+            raise AgentStateError(
                 f"torch_generator state has shape {tuple(gen_state.shape)}, expected "
                 f"{tuple(self.generator.get_state().shape)}"
             )
@@ -385,12 +385,12 @@ class SACAgent:
 def _check_module_state(name: str, module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
     expected = module.state_dict()
     if saved.keys() != expected.keys():
-        raise CheckpointError(
+        raise AgentStateError(
             f"{name}: parameter names do not match: missing {sorted(expected.keys() - saved.keys())}, "
             f"unknown {sorted(saved.keys() - expected.keys())}"
         )
     for key, tensor in expected.items():
         if tuple(saved[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(
+            raise AgentStateError(
                 f"{name}.{key} has shape {tuple(saved[key].shape)} in the checkpoint, expected {tuple(tensor.shape)}"
             )

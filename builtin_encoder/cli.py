@@ -158,6 +158,15 @@ def _scan_rl_args(argv: list[str]) -> tuple[str | None, str]:
     return rl_dir, session
 
 
+def _private_dir(rl_dir: Path) -> bool:
+    """True if `rl_dir` exists and only this user can write to it (protocol.prepare_rl_dir's rules)."""
+    try:
+        protocol.prepare_rl_dir(rl_dir, create=False)
+    except protocol.RlDirError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         rl_dir, session = _scan_rl_args(argv)
-        if rl_dir and Path(rl_dir).is_dir():
+        if rl_dir and _private_dir(Path(rl_dir)):
             # The agent may be waiting on this directory: tell it, after removing stale files.
             protocol.clear_protocol_files(Path(rl_dir))
             end = protocol.End(status="error", mini_gops=0, frames=0, bits=0, message=str(exc), session=session)

@@ -194,11 +194,10 @@ class AgentClient:
         self.session = session
         self.timeout_s = timeout_s
         try:
-            self.rl_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInput(f"--rl-dir: cannot create {self.rl_dir}: {exc.strerror or exc}") from None
-        if not self.rl_dir.is_dir():
-            raise BadInput(f"--rl-dir: {self.rl_dir} is not a directory")
+            # Created 0700; refused if it belongs to another user or group/others may write to it.
+            protocol.prepare_rl_dir(self.rl_dir)
+        except protocol.RlDirError as exc:
+            raise BadInput(str(exc)) from None
         # Stale files of an earlier encode must never be taken for this one's.
         protocol.clear_protocol_files(self.rl_dir)
         # Watch before the first request is written, so no reply event can be missed.
@@ -207,14 +206,15 @@ class AgentClient:
 
     def ask(self, req: protocol.Request) -> int:
         """Writes request `req`, waits for its reply, returns the agent's QP (validated, never clamped)."""
-        protocol.write_message(protocol.request_path(self.rl_dir, req.mg_index), req)
+        self._write(protocol.request_path(self.rl_dir, req.mg_index), req)
         path = protocol.reply_path(self.rl_dir, req.mg_index)
         t0 = time.monotonic()
-        text = protocol.read_when_present(path, self.watcher, t0 + self.timeout_s)
-        self.wait_s += time.monotonic() - t0
-        if text is None:
-            raise ReplyTimeout(f"{path}: no reply within --rl-timeout {self.timeout_s:g} s (field 'qp' never came)")
         try:
+            # A link, a non-regular or an oversized file at `path` is a ProtocolError (a bad reply).
+            text = protocol.read_when_present(path, self.watcher, t0 + self.timeout_s)
+            self.wait_s += time.monotonic() - t0
+            if text is None:
+                raise ReplyTimeout(f"{path}: no reply within --rl-timeout {self.timeout_s:g} s (field 'qp' never came)")
             reply = protocol.parse_reply(text, path, req.qp_min, req.qp_max)
         except protocol.ProtocolError as exc:
             raise BadReply(str(exc)) from None
@@ -225,9 +225,18 @@ class AgentClient:
         return reply.qp
 
     def feedback(self, fb: protocol.Feedback) -> None:
-        protocol.write_message(protocol.feedback_path(self.rl_dir, fb.mg_index), fb)
+        self._write(protocol.feedback_path(self.rl_dir, fb.mg_index), fb)
+
+    def _write(self, path: Path, msg: object) -> None:
+        """Writes one message; a failure (e.g. something planted at the temporary's name) is BadInput."""
+        try:
+            protocol.write_message(path, msg)
+        except OSError as exc:
+            raise BadInput(f"--rl-dir: cannot write {path}: {exc}") from None
 
     def end(self, end: protocol.End) -> None:
+        if len(end.message) > 16384:  # keeps end.json far below protocol.MAX_FILE_BYTES
+            end.message = end.message[:16384] + " [...]"
         try:
             protocol.write_message(protocol.end_path(self.rl_dir), end)
         except OSError as exc:  # the directory vanished: nobody is left to tell
@@ -556,7 +565,7 @@ class Program:
         if s.summary_json:
             data = {"status": status, "message": message, **summary}
             try:
-                protocol.write_atomic(Path(s.summary_json), json.dumps(data, indent=1) + "\n")
+                protocol.write_atomic(Path(s.summary_json), json.dumps(data, indent=1) + "\n", mode=0o666)
             except OSError as exc:
                 print(f"builtin_encoder: cannot write --summary-json {s.summary_json}: {exc}", file=sys.stderr)
         if self.agent is not None:

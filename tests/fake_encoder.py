@@ -13,7 +13,9 @@ Faults: ok, kill (SIGKILL itself, leaving a child in its process group), exit (e
 stderr line), hang (stop writing files, with a child), badjson, missing, nan, wrongtype (in
 feedback FAULT_AT), rqmissing (request FAULT_AT lacks base_qp), session (feedback of another
 session), careless (every file written in place, in two halves 0.1 s apart), reorder (lookahead:
-requests run one ahead, feedback written in reverse order, every file written twice).
+requests run one ahead, feedback written in reverse order, every file written twice), rqlink
+(request FAULT_AT is a symbolic link to a valid request outside rl_io), rqhuge (request FAULT_AT
+is valid JSON over protocol.MAX_FILE_BYTES).
 """
 
 from __future__ import annotations
@@ -132,7 +134,14 @@ def main(args: list[str]) -> int:
         rq = request(n)
         if n == FAULT_AT and fault == "rqmissing":
             del rq["base_qp"]
-        write(protocol.request_path(rl_dir, n), rq)
+        if n == FAULT_AT and fault == "rqhuge":
+            rq["padding"] = "x" * protocol.MAX_FILE_BYTES  # an unknown field: only the size is wrong
+        if n == FAULT_AT and fault == "rqlink":
+            target = Path.cwd() / f"{name}.target.json"
+            write(target, rq)
+            os.symlink(target, protocol.request_path(rl_dir, n))
+        else:
+            write(protocol.request_path(rl_dir, n), rq)
         qp = wait_reply(n)
         fb: dict | str = feedback(n, qp)
         if n == FAULT_AT:

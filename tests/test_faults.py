@@ -30,7 +30,8 @@ FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "1"
         "--no-tensorboard"]  # fmt: skip
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_encoder.py'}"
 # Faults at mini-GOP 5 (second GOP of two, 4 mini-GOPs each): the first GOP is complete.
-FAILING = ("kill", "exit", "hang", "badjson", "missing", "nan", "wrongtype", "rqmissing", "session")
+FAILING = ("kill", "exit", "hang", "badjson", "missing", "nan", "wrongtype", "rqmissing", "session", "rqlink",
+           "rqhuge")  # fmt: skip
 SURVIVING = ("careless", "reorder", "ok")
 
 
@@ -155,6 +156,8 @@ def test_no_orphans_after_kill_and_hang(faults):
         ("wrongtype", r"mg0005_fb.json: field 'bits' must be an integer"),
         ("rqmissing", r"mg0005_rq.json: missing field 'base_qp'"),
         ("session", r"mg0005_fb.json: field 'session' is '1234-e1'"),
+        ("rqlink", r"rl_io/mg0005_rq.json: is a symbolic link, not followed"),
+        ("rqhuge", r"rl_io/mg0005_rq.json: \d+ bytes, over the protocol's limit of 262144 bytes"),
     ],
 )
 def test_malformed_message_names_file_and_field(faults, video, match):

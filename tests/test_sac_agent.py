@@ -20,7 +20,7 @@ from config import SACConfig
 from models import LOG_STD_MAX, LOG_STD_MIN, Actor, QNetwork, tanh_log_det_jacobian
 from replay import ReplayBuffer
 from reward import gop_violation
-from sac_agent import AGENT_FORMAT_VERSION, CheckpointError, SACAgent, polyak_update
+from sac_agent import AGENT_FORMAT_VERSION, AgentStateError, SACAgent, polyak_update
 
 SMALL = SACConfig(hidden_sizes=(32, 32), batch_size=32, learning_starts=32, buffer_size=1000)
 
@@ -307,19 +307,19 @@ def test_state_dict_is_a_snapshot():
 
 def test_load_rejects_mismatched_state():
     state = SACAgent(3, 1, SMALL, "cpu", seed=0).state_dict()
-    with pytest.raises(CheckpointError, match="obs_dim=3, this agent has obs_dim=4"):
+    with pytest.raises(AgentStateError, match="obs_dim=3, this agent has obs_dim=4"):
         SACAgent(4, 1, SMALL, "cpu", seed=0).load_state_dict(state)
-    with pytest.raises(CheckpointError, match="act_dim=1"):
+    with pytest.raises(AgentStateError, match="act_dim=1"):
         SACAgent(3, 2, SMALL, "cpu", seed=0).load_state_dict(state)
-    with pytest.raises(CheckpointError, match="hidden_sizes"):
+    with pytest.raises(AgentStateError, match="hidden_sizes"):
         SACAgent(3, 1, replace(SMALL, hidden_sizes=(16, 16)), "cpu", seed=0).load_state_dict(state)
     agent = SACAgent(3, 1, SMALL, "cpu", seed=0)
-    with pytest.raises(CheckpointError, match="format_version"):
+    with pytest.raises(AgentStateError, match="format_version"):
         agent.load_state_dict({**state, "format_version": 0})
-    with pytest.raises(CheckpointError, match="missing \\['lam'\\]"):
+    with pytest.raises(AgentStateError, match="missing \\['lam'\\]"):
         agent.load_state_dict({k: v for k, v in state.items() if k != "lam"})
     bad_q = dict(state["qc"], **{"net.0.weight": torch.zeros(32, 5)})
-    with pytest.raises(CheckpointError, match="qc.net.0.weight has shape"):
+    with pytest.raises(AgentStateError, match="qc.net.0.weight has shape"):
         agent.load_state_dict({**state, "qc": bad_q})
     # nothing was changed by the failed loads
     assert agent.lam == SMALL.lambda_init and agent.num_updates == 0
