@@ -692,6 +692,8 @@ class Report:
             "baseline_mean_abs_error_pct": 100.0 * float(np.mean([abs(r.error) for r in base])) if base else math.nan,
             "baseline_gops_over_budget_pct": 100.0 * sum(r.gops_over_budget for r in base) / base_gops
             if base_gops else math.nan,
+            "baseline_gops_over_tol_pct": 100.0 * sum(r.gops_over_tol for r in base) / base_gops
+            if base_gops else math.nan,
             "captured": self.captured(),
             "oracle_encodes": sum(o.encodes for o in self.oracles),
             "oracle_seconds": sum(o.seconds for o in self.oracles),

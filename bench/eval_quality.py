@@ -1,17 +1,21 @@
-"""Benchmark: the evaluation report (evaluate.py) on a train split and a held-out split of the bundled clips.
+"""Benchmark: policies vs the Δ=0 baseline (and the oracle) on the held-out split, BD-rate per clip.
 
-    python bench/eval_quality.py --checkpoint CKPT --out /tmp/evalq [--oracle] [--codec svtav1]
-    python bench/eval_quality.py --train-epochs 6 --out /tmp/evalq     # trains its own checkpoint first
+    python bench/eval_quality.py --out /tmp/evalq                          # the shipped policy, SVT-AV1
+    python bench/eval_quality.py --out /tmp/evalq --codec x264 --oracle
+    python bench/eval_quality.py --out /tmp/evalq --policy agent=policies/svtav1.pt \\
+        --policy pattern=/tmp/pattern.pt --policy sac=checkpoints/checkpoint_epoch_20.pt
 
-Splits (main.py's default training set is carphone + the first 120 frames of bikes):
-  train     carphone_pristine (176x144, 120 frames) and bikes frames 0-119 (640x272)
-  held-out  bikes frames 120-249 (written to OUT/heldout/bikes_tail.y4m: never seen in training)
-            and bigbuckbunny (1280x720, 132 frames)
-Each split is encoded at 4 targets in bits per luma pixel (evaluate.py's default 0.04-0.32 bpp)
-with the agent, the Δ=0 baseline and the codec's own rate control. With --oracle the held-out
-clips also get the oracle search (first --oracle-frames frames, to keep it affordable) with the
-agent and baseline on the same frames. Prints the headline tables; the full reports (Markdown,
-CSV, PNG) are in OUT/<split>/.
+Splits (clips.py): the shipped policies are trained on windows of carphone, carphone_distorted,
+bikes and cockatoo (TRAIN_SOURCES). The held-out split is whole clips never seen in training:
+bigbuckbunny (640x360, 132 frames), cityCC0 (360x202, 190 frames) and realshort (320x240, 36
+frames) (HELDOUT_SOURCES, scaled as in clips.heldout_windows()). `--splits train` adds the old
+bundled pair (carphone, bikes frames 0-119): clips the policies were trained on, for contrast.
+
+Each clip is encoded at 4 targets (evaluate.py's default 0.04-0.32 bit per luma pixel) with every
+policy and the Δ=0 baseline (GOP 64, mini-GOP 8, the codec's default preset). With --oracle the
+held-out clips also get the oracle search on their first --oracle-frames frames, with the first
+policy on the same frames (its share of the oracle's gain). Prints the headline tables; full
+reports (Markdown, CSV, PNG) are in OUT/<split>_<policy>/.
 """
 
 from __future__ import annotations
@@ -22,44 +26,26 @@ import json
 import subprocess
 import sys
 import time
-from fractions import Fraction
-from itertools import islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builtin_encoder.source import open_source, write_y4m  # noqa: E402
+import clips  # noqa: E402
+import policy  # noqa: E402
+from bench.machine_info import machine  # noqa: E402
 from main import bundled_clip  # noqa: E402
-
-HEADLINE_PAIRS = ("agent vs baseline", "agent vs codec_rc", "baseline vs codec_rc", "agent vs codec_crf",
-                  "baseline vs codec_crf", "oracle vs baseline")  # fmt: skip
 
 
 def make_heldout(out: Path) -> Path:
-    """OUT/heldout/ with bikes frames 120-249 as .y4m and a link to bigbuckbunny; returns the folder."""
+    """OUT/heldout/ with a link to every held-out clip (materialised in the clip cache); returns the folder."""
     folder = out / "heldout"
     folder.mkdir(parents=True, exist_ok=True)
-    tail = folder / "bikes_tail.y4m"
-    if not tail.exists():
-        src = open_source(bundled_clip("bikes.mp4"))
-        fps = Fraction(src.fps or 25.0).limit_denominator(1001)
-        write_y4m(islice(src.frames(), 120, None), tail, src.width, src.height, fps.numerator, fps.denominator)
-    bbb = folder / "bigbuckbunny.mp4"
-    if not bbb.exists():
-        bbb.symlink_to(bundled_clip("bigbuckbunny.mp4"))
+    for win in clips.heldout_windows():
+        link = folder / f"{Path(win.source).stem}.y4m"
+        if not link.exists():
+            link.symlink_to(clips.materialise(win))
     return folder
-
-
-def train_checkpoint(out: Path, epochs: int) -> Path:
-    """Trains main.py's default run (bundled clips) for `epochs` epochs in OUT/train_run; returns the checkpoint."""
-    run = out / "train_run"
-    cmd = [sys.executable, str(ROOT / "main.py"), "--epochs", str(epochs), "--ckpt-interval", str(epochs),
-           "--ckpt-dir", str(run / "ckpt"), "--out-dir", str(run / "out"), "--runs-dir", str(run / "runs"),
-           "--rl-dir", str(run / "rl_io"), "--stat-dir", str(run / "stats"), "--no-tensorboard"]  # fmt: skip
-    print("training:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return run / "ckpt" / f"checkpoint_epoch_{epochs}.pt"
 
 
 def run_evaluate(args: list[str]) -> float:
@@ -71,69 +57,86 @@ def run_evaluate(args: list[str]) -> float:
     return time.monotonic() - t0
 
 
-def print_tables(name: str, folder: Path, seconds: float) -> None:
-    summary = json.loads((folder / "summary.json").read_text())
+def bd_rows(folder: Path, metric: str) -> dict[str, dict[str, float]]:
+    """pair -> {clip or 'mean': BD-rate %} from a report folder."""
     with open(folder / "bdrate.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["metric"] == "psnr_y"]
-    videos = summary["videos"]
-    print(f"\n## {name}: BD-rate on overall PSNR-Y (%, negative = fewer bits)  [{folder}/report.md, {seconds:.0f} s]")
+        rows = [r for r in csv.DictReader(fh) if r["metric"] == metric]
+    return {r["pair"]: {k: float(v) for k, v in r.items() if k not in ("metric", "pair")} for r in rows}
+
+
+def print_policy_table(split: str, results: dict[str, Path]) -> None:
+    """One row per policy: BD-rate vs Δ=0 per clip (PSNR-Y), mean, SSIM-Y mean, rate accuracy."""
+    first = next(iter(results.values()))
+    videos = json.loads((first / "summary.json").read_text())["videos"]
+    print(f"\n## {split}: BD-rate vs the Δ=0 baseline, overall PSNR-Y (%, negative = fewer bits for the same quality)")
+    print("| policy | " + " | ".join(videos) + " | mean | worst | SSIM-Y mean | mean \\|bitrate error\\| | "
+          "GOPs over budget +2% (Δ=0) |")  # fmt: skip
+    print("|---|" + "---|" * (len(videos) + 5))
+    for name, folder in results.items():
+        psnr = bd_rows(folder, "psnr_y")["agent vs baseline"]
+        ssim = bd_rows(folder, "ssim_y")["agent vs baseline"]
+        s = json.loads((folder / "summary.json").read_text())
+        worst = max(psnr[v] for v in videos)
+        base_over = s["baseline_gops_over_tol_pct"]
+        print(f"| {name} | " + " | ".join(f"{psnr[v]:+.2f}" for v in videos)
+              + f" | **{psnr['mean']:+.2f}** | {worst:+.2f} | {ssim['mean']:+.2f} | "
+              f"{s['agent']['mean_abs_error_pct']:.2f}% (Δ=0 {s['baseline_mean_abs_error_pct']:.2f}%) | "
+              f"{s['agent']['gops_over_tol_pct']:.0f}% ({base_over:.0f}%) |")  # fmt: skip
+
+
+def print_oracle_table(folder: Path, frames: int) -> None:
+    s = json.loads((folder / "summary.json").read_text())
+    oracle = bd_rows(folder, "psnr_y")
+    videos = s["videos"]
+    print(f"\n## held-out, first {frames} frames: the oracle and the first policy on the same frames")
     print("| pair | " + " | ".join(videos) + " | mean |")
     print("|---|" + "---|" * (len(videos) + 1))
-    for r in rows:
-        if r["pair"] in HEADLINE_PAIRS:
-            cells = " | ".join(f"{float(r[v]):+.2f}" for v in videos)
-            print(f"| {r['pair']} | {cells} | {float(r['mean']):+.2f} |")
-    a = summary["agent"]
-    print(f"agent: mean |bitrate error| {a['mean_abs_error_pct']:.2f}% (max {a['max_abs_error_pct']:.2f}%), "
-          f"GOPs over budget {a['gops_over_budget_pct']:.1f}% of {a['gops']:.0f} "
-          f"(over budget + tolerance {a['gops_over_tol_pct']:.1f}%)")  # fmt: skip
-    print(f"baseline: mean |bitrate error| {summary['baseline_mean_abs_error_pct']:.2f}%, "
-          f"GOPs over budget {summary['baseline_gops_over_budget_pct']:.1f}%")  # fmt: skip
-    if summary["oracle_encodes"]:
-        print(f"oracle: agent captures {100 * summary['captured']:.0f}% of the oracle's ΔPSNR-Y at equal rate; "
-              f"{summary['oracle_encodes']} oracle encodes in {summary['oracle_seconds']:.0f} s")  # fmt: skip
-        with open(folder / "oracle.csv", newline="") as fh:
-            print("| clip | target kbps | oracle ΔPSNR@rate dB | agent ΔPSNR@rate dB | bits vs Δ=0 | encodes |")
-            print("|---|---|---|---|---|---|")
-            for o in csv.DictReader(fh):
-                print(f"| {o['video']} | {float(o['target_kbps']):g} | {float(o['oracle_dpsnr_equal_rate']):+.3f} | "
-                      f"{float(o['agent_dpsnr_equal_rate']):+.3f} | {float(o['bits_over_budget_pct']):+.2f}% | "
-                      f"{o['encodes']} |")  # fmt: skip
+    for pair in ("oracle vs baseline", "agent vs baseline"):
+        if pair in oracle:
+            print(f"| {pair} | " + " | ".join(f"{oracle[pair][v]:+.2f}" for v in videos)
+                  + f" | {oracle[pair]['mean']:+.2f} |")  # fmt: skip
+    print(f"The policy captures {100 * s['captured']:.0f}% of the oracle's ΔPSNR-Y at equal rate "
+          f"({s['oracle_encodes']} oracle encodes, {s['oracle_seconds']:.0f} s).")  # fmt: skip
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="main.py checkpoint (default: train one, see --train-epochs)")
-    p.add_argument("--train-epochs", type=int, default=6, help="epochs of the checkpoint trained when none is given")
     p.add_argument("--out", required=True, help="work and report folder")
     p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264"))
+    p.add_argument("--policy", action="append", default=[],
+                   help="NAME=PATH of a policy or checkpoint (repeatable; default: agent=policies/CODEC.pt)")
+    p.add_argument("--splits", default="heldout", help="comma-separated: heldout, train")
     p.add_argument("--oracle", action="store_true", help="also run the oracle on the held-out split")
     p.add_argument("--oracle-frames", type=int, default=64, help="frames per held-out clip for the oracle")
-    p.add_argument("--oracle-steps", default="3,1", help="oracle step sizes, QP")
-    p.add_argument("--splits", default="train,heldout", help="which splits to report")
+    p.add_argument("--codec-rc", action="store_true", help="also encode with the codec's own rate control")
     ns = p.parse_args()
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(ns.checkpoint) if ns.checkpoint else train_checkpoint(out, ns.train_epochs)
-    heldout = make_heldout(out)
-    common = ["--load-checkpoint", str(ckpt), "--codec", ns.codec, "--log-level", "1"]
-    done: list[tuple[str, Path, float]] = []
-    splits = ns.splits.split(",")
-    if "train" in splits:
-        inputs = ["--inputs", str(bundled_clip("carphone_pristine.mp4")), "--inputs", str(bundled_clip("bikes.mp4"))]
-        secs = run_evaluate(common + inputs + ["--frames", "120", "--out", str(out / "train")])
-        done.append(("train split", out / "train", secs))
-    if "heldout" in splits:
-        secs = run_evaluate(common + ["--inputs", str(heldout), "--out", str(out / "heldout_report")])
-        done.append(("held-out split", out / "heldout_report", secs))
+    policies = dict(x.split("=", 1) for x in ns.policy) or {"agent": str(policy.shipped_policy(ns.codec))}
+    t0 = time.monotonic()
+    inputs = {"heldout": ["--inputs", str(make_heldout(out))],
+              "train": ["--inputs", str(bundled_clip("carphone_pristine.mp4")), "--inputs",
+                        str(bundled_clip("bikes.mp4")), "--frames", "120"]}  # fmt: skip
+    tables: dict[str, dict[str, Path]] = {}
+    for split in ns.splits.split(","):
+        for name, path in policies.items():
+            folder = out / f"{split}_{name}"
+            extra = [] if ns.codec_rc else ["--skip-codec-rc"]
+            run_evaluate(["--load-checkpoint", path, "--codec", ns.codec, "--log-level", "1", *inputs[split],
+                          *extra, "--out", str(folder)])  # fmt: skip
+            tables.setdefault(split, {})[name] = folder
+    oracle_folder = out / "heldout_oracle"
     if ns.oracle:
-        secs = run_evaluate(["oracle"] + common + ["--inputs", str(heldout), "--frames", str(ns.oracle_frames),
-                                                   "--oracle-steps", ns.oracle_steps,
-                                                   "--out", str(out / "heldout_oracle")])  # fmt: skip
-        done.append((f"held-out split, oracle ({ns.oracle_frames} frames)", out / "heldout_oracle", secs))
-    print(f"\ncheckpoint: {ckpt}")
-    for name, folder, secs in done:
-        print_tables(name, folder, secs)
+        first = next(iter(policies.values()))
+        run_evaluate(["oracle", "--load-checkpoint", first, "--codec", ns.codec, *inputs["heldout"], "--frames",
+                      str(ns.oracle_frames), "--out", str(oracle_folder)])  # fmt: skip
+    print(f"\n`python bench/eval_quality.py {' '.join(sys.argv[1:])}` — {machine()}, {time.monotonic() - t0:.0f} s")
+    for name, path in policies.items():
+        print(f"- {name}: {path}")
+    for split, results in tables.items():
+        print_policy_table(split, results)
+    if ns.oracle:
+        print_oracle_table(oracle_folder, ns.oracle_frames)
     return 0
 
 

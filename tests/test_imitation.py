@@ -1,0 +1,151 @@
+"""Learning from search (imitation.py) and policy files (policy.py), including the shipped ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import imitation
+import policy
+from models import Actor
+from state import FEATURE_NAMES, OBS_DIM
+
+KEY = FEATURE_NAMES.index("has_key")
+RATE = FEATURE_NAMES.index("log_target_bpp")
+
+
+def _demos(n: int = 400, seed: int = 0) -> imitation.Demos:
+    """A fixed demonstration set whose action depends on the state: a = 0.6 tanh(3 s_rate) on key steps, else 0."""
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, (n, OBS_DIM)).astype(np.float32)
+    obs[:, KEY] = rng.integers(0, 2, n)
+    action = np.where(obs[:, KEY] > 0.5, 0.6 * np.tanh(3 * obs[:, RATE]), 0.0).astype(np.float32)
+    zeros = np.zeros(n, dtype=int)
+    return imitation.Demos(obs, action, zeros, zeros, zeros, ["synthetic"], np.zeros(1))
+
+
+def test_behaviour_cloning_reduces_the_actors_error_on_a_fixed_demonstration_set():
+    demos = _demos()
+    torch.manual_seed(0)
+    actor = Actor(OBS_DIM, 1, (32, 32))
+    before = float(np.mean((imitation.predict(actor, demos.obs) - demos.action) ** 2))
+    losses = imitation.fit_actor(actor, demos, epochs=400, lr=3e-3, weight_decay=1e-4)
+    after = float(np.mean((imitation.predict(actor, demos.obs) - demos.action) ** 2))
+    assert losses[-1] < losses[0]
+    assert after < 0.1 * before
+    # It learned the dependence on the state, not a constant: held-out states of the same rule.
+    test = _demos(seed=1)
+    assert float(np.mean((imitation.predict(actor, test.obs) - test.action) ** 2)) < 0.2 * float(np.var(test.action))
+
+
+def _moves(n: int = 3000, noise: float = 0.01, seed: int = 0) -> tuple[imitation.MoveSamples, float, float]:
+    """Oracle-like moves from a known model J(a|s) = g(s) a - c a^2 with g(s) = slope * s_rate on key steps."""
+    rng = np.random.default_rng(seed)
+    slope, c = 0.03, 0.005
+    obs = rng.uniform(-1, 1, (n, OBS_DIM)).astype(np.float32)
+    obs[:, KEY] = rng.integers(0, 2, n)
+    a_old = rng.integers(-4, 5, n).astype(np.float32)
+    a_new = np.clip(a_old + rng.choice([-3, -1, 1, 3], n), -4, 4).astype(np.float32)
+    keep = a_new != a_old
+    g = slope * obs[:, RATE] * obs[:, KEY]
+    gain = g * (a_new - a_old) - c * (a_new**2 - a_old**2) + rng.normal(0, noise, n)
+    m = imitation.MoveSamples(obs[keep], a_old[keep], a_new[keep], gain[keep], np.zeros(keep.sum(), int), ["s"])
+    return m, slope, c
+
+
+def test_gain_model_recovers_a_known_optimum_from_noisy_moves():
+    m, slope, c = _moves()
+    model = imitation.fit_gain_model(m, ridge=1.0)
+    assert model.c == pytest.approx(c, rel=0.1)
+    obs = np.zeros((3, OBS_DIM), dtype=np.float32)
+    obs[:, KEY] = 1.0
+    obs[:, RATE] = [-1.0, 0.0, 1.0]
+    best = model.best_offset(obs, 4)
+    truth = slope * obs[:, RATE] / (2 * c)  # -3, 0, +3 QP
+    assert np.abs(best - truth).max() < 0.5
+    obs[:, KEY] = 0.0  # inter steps: no gain from moving
+    assert np.abs(model.best_offset(obs, 4)).max() < 0.5
+
+
+def test_gain_model_is_predictive_across_sources_only_when_the_state_matters():
+    m, _, _ = _moves(noise=0.005)
+    m.source = np.arange(len(m)) % 3
+    m.sources = ["a", "b", "c"]
+    r2, r2_const = imitation.cross_validate_gain(m, ridge=1.0)
+    assert r2 > r2_const + 0.2
+
+
+def _step(mg: int, qp: int, base_qp: int = 30) -> dict:
+    req = dict(mg_index=mg, gop_index=0, mg_in_gop=mg, mgs_in_gop=2, gop_frames=8, first_frame=4 * mg, frame_count=4,
+               frame_types=["KEY" if mg == 0 else "INTER"] + ["INTER"] * 3, temporal_layers=[0, 2, 1, 2],
+               base_qp=base_qp, qp_min=1, qp_max=63, fp_bpp=0.05, lookahead_fp_bpp=[], gop_bits_spent=0,
+               gop_bits_budget=10000, total_bits_spent=0, total_bits_budget=10000, target_kbps=100.0, fps=30.0,
+               width=64, height=64, total_frames=8)  # fmt: skip
+    fb = dict(mg_index=mg, gop_index=0, frame_count=4, bits=5000, qp_used=qp, frame_qps=[qp] * 4, frame_bits=[1250] * 4,
+              mse_y=10.0, mse_u=5.0, mse_v=5.0, psnr_y=38.0, psnr_u=41.0, psnr_v=41.0, psnr_y_frame_mean=38.0,
+              ssim_y=0.95, gop_end=int(mg == 1))  # fmt: skip
+    return {"request": req, "feedback": fb, "qp": qp}
+
+
+def test_move_samples_replay_the_coordinate_descent_against_the_best_answer_of_the_time():
+    rec = {
+        "window": "clip_s1_f0-8", "bpp": 0.1,
+        "baseline": {"psnr_y": 38.0, "bits": 10000},
+        "oracle": {"psnr_y": 38.1, "bits": 10000, "offsets": [3, 1]},
+        "baseline_steps": [_step(0, 30), _step(1, 30)],
+        "oracle_steps": [_step(0, 33), _step(1, 31)],
+        "candidates": [
+            {"offsets": [3, 0], "psnr_y": 38.05, "bits": 10000},  # accepted: the parent of what follows
+            {"offsets": [3, 3], "psnr_y": 38.00, "bits": 10000},  # vs [3, 0]: -0.05 dB
+            {"offsets": [3, 1], "psnr_y": 38.10, "bits": 10000},  # vs [3, 0]: +0.05 dB
+        ],
+    }  # fmt: skip
+    m = imitation.move_samples([rec])
+    assert m.a_old.tolist() == [0, 0, 0] and m.a_new.tolist() == [3, 3, 1]
+    assert m.gain_rate == pytest.approx([0.05, -0.05, 0.05])
+    demos_obs, offsets = imitation.observations(rec["oracle_steps"])
+    assert offsets.tolist() == [3, 1] and demos_obs.shape == (2, OBS_DIM)
+
+
+def test_policy_file_round_trip_gives_the_same_answers_and_loads_weights_only(tmp_path):
+    torch.manual_seed(3)
+    actor = Actor(OBS_DIM, 1, (16, 16))
+    path = tmp_path / "p.pt"
+    policy.save(path, actor, "x264", 4, 0.02, {"summary": "test"})
+    torch.load(path, weights_only=True)  # nothing in it needs unpickling
+    loaded = policy.load(path)
+    obs = np.random.default_rng(0).uniform(-1, 1, (20, OBS_DIM)).astype(np.float32)
+    exported = np.stack([imitation.predict(actor, o[None])[0] for o in obs])  # row by row, as the agent acts
+    answers = np.stack([loaded.act(o)[0] for o in obs])
+    np.testing.assert_allclose(answers, exported, atol=1e-6)
+    assert np.array_equal(np.round(answers * 4), np.round(exported * 4))  # the same QP offsets
+    assert loaded.hidden_sizes == (16, 16) and loaded.codec == "x264" and loaded.max_delta_qp == 4
+    bundle = evaluate.load_agent(path)  # evaluate.py and main.py answer with the same deterministic action
+    assert np.array_equal(bundle.learner.choose(obs[0]), loaded.act(obs[0]))
+
+
+def test_policy_trained_on_other_features_is_refused_with_a_clear_message(tmp_path):
+    actor = Actor(OBS_DIM, 1, (8,))
+    path = tmp_path / "p.pt"
+    policy.save(path, actor, "svtav1", 4, 0.02, {})
+    data = torch.load(path, weights_only=True)
+    data["feature_names"] = ["something_else"] * OBS_DIM
+    torch.save(data, path)
+    with pytest.raises(policy.PolicyError, match="trained on the features"):
+        policy.load(path)
+    assert policy.read_file(tmp_path / "p.pt") is not None
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    assert policy.read_file(tmp_path / "junk.pt") is None  # not a policy: main.py then reads it as a checkpoint
+
+
+@pytest.mark.parametrize("codec", ["svtav1", "x264"])
+def test_shipped_policy_loads_with_this_code(codec):
+    path = policy.shipped_policy(codec)
+    if not path.is_file():
+        pytest.skip(f"no policy ships for {codec}")
+    pol = policy.load(path)  # fails when a change of the state or the actor makes the file stale
+    assert pol.codec == codec and "command" in pol.provenance
+    obs = np.zeros(OBS_DIM, dtype=np.float32)
+    assert -1.0 <= float(pol.act(obs)[0]) <= 1.0
