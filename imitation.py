@@ -349,3 +349,29 @@ def distill(actor: Actor, obs: np.ndarray, offsets: np.ndarray, max_delta_qp: in
                   np.zeros(len(obs), int), np.zeros(len(obs), int), [""], np.zeros(0))  # fmt: skip
     fit_actor(actor, demos, epochs=epochs, lr=3e-3, weight_decay=weight_decay)
     return float(np.sqrt(np.mean((predict(actor, obs) * max_delta_qp - offsets) ** 2)))
+
+
+def payback_share(obs: np.ndarray) -> np.ndarray:
+    """Share of a full GOP still to come after this mini-GOP, relative to a key mini-GOP's: (N,) in [0, 1].
+
+    The encoder's rate control re-spends (or recovers) what an offset saves (or costs) in the
+    rest of the same GOP; in the last mini-GOPs of a GOP, and in a short final GOP, there is
+    little or nothing left to do that with, so an offset there only misses the rate. Policies
+    scale their offsets by this share (gop_left / (7/8), at most 1).
+    """
+    return np.clip(obs[:, FEATURE_NAMES.index("gop_left")] / 0.875, 0.0, 1.0)
+
+
+def with_short_gops(obs: np.ndarray) -> np.ndarray:
+    """The key mini-GOP states again as if their GOP held 1, 2 or 4 mini-GOPs (a clip's short last GOP).
+
+    The demonstrations are all 8-mini-GOP GOPs; these copies show the actor where its offsets
+    must fade (payback_share) instead of leaving it to extrapolate.
+    """
+    key = obs[obs[:, FEATURE_NAMES.index("has_key")] > 0.5]
+    out = []
+    for mgs in (1, 2, 4):
+        o = key.copy()
+        o[:, FEATURE_NAMES.index("gop_left")] = (mgs - 1) / mgs
+        out.append(o)
+    return np.concatenate(out)

@@ -8,8 +8,9 @@
    every candidate a real encode. Kept in --data (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s) is the policy.
-3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
-   trajectories and written with its provenance; `--pattern-out` also writes the best fixed
+3. The actor (models.Actor, the SAC actor) is fitted to a*(s) x imitation.payback_share(s) (no
+   offset where the rest of the GOP cannot pay it back) on every state of the stored trajectories
+   (plus their key states as short GOPs) and written with its provenance; `--pattern-out` also writes the best fixed
    per-position pattern (the same model without state) as a policy, the reference to beat.
 """
 
@@ -58,7 +59,8 @@ def main() -> int:
     r2, r2_const = imitation.cross_validate_gain(moves, ns.ridge)
     model = imitation.fit_gain_model(moves, ns.ridge)
     obs = imitation.trajectory_observations(records)
-    target = model.best_offset(obs, ns.max_delta_qp)
+    obs = np.concatenate([obs, imitation.with_short_gops(obs)])
+    target = model.best_offset(obs, ns.max_delta_qp) * imitation.payback_share(obs)
     torch.manual_seed(ns.seed)
     hidden = tuple(int(h) for h in ns.hidden.split(","))
     actor = Actor(OBS_DIM, 1, hidden)
@@ -77,7 +79,8 @@ def main() -> int:
         pos = np.round(obs[:, FEATURE_NAMES.index("gop_progress")] * POSITIONS).astype(int)
         torch.manual_seed(ns.seed)
         fixed = Actor(OBS_DIM, 1, hidden)
-        rms_p = imitation.distill(fixed, obs, np.asarray(pattern, dtype=np.float64)[pos], ns.max_delta_qp)
+        pattern_target = np.asarray(pattern, dtype=np.float64)[np.clip(pos, 0, POSITIONS - 1)]
+        rms_p = imitation.distill(fixed, obs, pattern_target, ns.max_delta_qp)
         policy.save(Path(ns.pattern_out), fixed, ns.codec, ns.max_delta_qp, 0.02,
                     {"summary": f"best fixed pattern {pattern} (offset per GOP position), fit RMS {rms_p:.2f} QP",
                      "command": provenance["command"], "data": str(data)})  # fmt: skip
