@@ -47,11 +47,12 @@ from builtin_encoder.ratecontrol import (
     read_stats,
     write_stats,
 )
-from builtin_encoder.source import FrameSource, open_source
+from builtin_encoder.source import FrameSource, frame_bytes_420, open_source
 
 CODECS = ("svtav1", "x264")
 DEFAULT_PRESET = {"svtav1": 10, "x264": 7}  # x264: 7 = veryfast
 X264_DEFAULT_THREADS = 1  # what --threads 0 means for x264 (see Job.codec_config)
+KEEP_FRAMES_BYTES = 512 * 2**20  # decoded input the in-memory pass 1 keeps for the final pass, at most
 CSV_COLUMNS = [
     "frame", "mini_gop", "gop", "type", "layer", "base_qp", "qp", "bits", "psnr_y", "psnr_u", "psnr_v", "ssim_y",
 ]  # fmt: skip
@@ -260,6 +261,7 @@ class Job:
     frames: int
     fps: float
     layout: list[MiniGop]
+    kept: list[YuvFrame] | None = None  # the input frames as the in-memory pass 1 decoded them (see pass_frames)
 
     @property
     def luma(self) -> int:
@@ -282,6 +284,27 @@ class Job:
                           s.mini_gop, pass_no, preset)  # fmt: skip
 
 
+def pass_frames(job: Job, keep: bool = False) -> Iterator[YuvFrame]:
+    """The frames a pass codes: those an earlier pass kept (complete), else decoded from the input.
+
+    `keep` (the in-memory pass 1): keep the decoded frames for the next pass when they take at
+    most KEEP_FRAMES_BYTES, which saves decoding the input twice (~1 ms per 640x272 frame).
+    """
+    if job.kept is not None and len(job.kept) == job.frames:
+        return iter(job.kept)
+    frames = job.source.frames(job.frames)
+    if not keep or job.frames * frame_bytes_420(job.source.width, job.source.height) > KEEP_FRAMES_BYTES:
+        return frames
+    job.kept = []
+    return _tee(frames, job.kept)
+
+
+def _tee(frames: Iterator[YuvFrame], into: list[YuvFrame]) -> Iterator[YuvFrame]:
+    for frame in frames:
+        into.append(frame)
+        yield frame
+
+
 def _mini_gops(frames: Iterator[YuvFrame], layout: list[MiniGop]) -> Iterator[tuple[MiniGop, list[YuvFrame]]]:
     for mg in layout:
         chunk = list(itertools.islice(frames, mg.count))
@@ -302,12 +325,14 @@ def encode_pass(
     collect_features: bool = False,
     native: dict[str, Any] | None = None,
     measure: Measure = Measure.SSIM,
+    keep_frames: bool = False,
 ) -> PassResult:
     """Codes the whole input once: base QP from `rc` (or the agent), stats into CSV / feedback.
 
     With `native` (rc-modes 2/3) the codec chooses every frame's QP itself; the QPs passed to it
     are then ignored, and base_qp is recorded as -1. `measure`: the distortion the codec
-    measures per frame; the CSV and the agent's feedback need Measure.SSIM.
+    measures per frame; the CSV and the agent's feedback need Measure.SSIM. `keep_frames`: keep
+    the decoded input for the next pass (see pass_frames).
     """
     s = job.settings
     if measure < Measure.SSIM and (csv_file is not None or agent is not None):
@@ -321,7 +346,7 @@ def encode_pass(
     prev_y: np.ndarray | None = None
     luma, chroma = job.luma, job.luma // 4
     try:
-        for mg, frames in _mini_gops(job.source.frames(job.frames), job.layout):
+        for mg, frames in _mini_gops(pass_frames(job, keep_frames), job.layout):
             base_qp = rc.base_qp(mg)
             gop_budget = rc.gop_budget(mg)
             qp = base_qp
@@ -453,7 +478,8 @@ def _first_pass(job: Job, totals: Totals, out_path: Path, csv_file: TextIO | Non
     """Pass 1: the codec's fast preset, a constant QP steered towards the target (FirstPassController).
 
     Only the bits (and, for a `stat_file`, the content features) are used, so the codec measures
-    no distortion unless a CSV asks for it.
+    no distortion unless a CSV asks for it. Without a `stat_file` (pass 1 in memory) the decoded
+    frames are kept for the final pass.
     """
     s = job.settings
     params = CODEC_RC[s.codec]
@@ -462,7 +488,8 @@ def _first_pass(job: Job, totals: Totals, out_path: Path, csv_file: TextIO | Non
     rc = FirstPassController(layout=job.layout, params=params, qp_min=qp_min, qp_max=qp_max, total_budget=budget)
     measure = Measure.SSIM if csv_file is not None else Measure.NONE
     return encode_pass(job, preset=params.first_pass_preset, rc=rc, totals=totals, out_path=out_path,
-                       csv_file=csv_file, collect_features=stat_file, measure=measure)  # fmt: skip
+                       csv_file=csv_file, collect_features=stat_file, measure=measure,
+                       keep_frames=not stat_file)  # fmt: skip
 
 
 def _codec_qp_range(name: str) -> tuple[int, int]:
