@@ -31,7 +31,9 @@ rate-control modes (--rc-mode):
 
 two-pass use:
   --pass 1 --stat-out FILE   first pass: fast preset, one QP per mini-GOP steered towards
-                             --bitrate if given (else a fixed QP); writes per-frame stats
+                             --bitrate if given (else a fixed QP); writes per-frame stats.
+                             It measures no quality (faster): its summary's PSNR / SSIM
+                             are null ("n/a"), unless --csv asks for them per frame
   --pass 2 --stat-in FILE    the real encode on those stats (--stat-out FILE2: its own stats)
 
 exit codes:

@@ -8,6 +8,7 @@ program can then write the mini-GOP's feedback before asking for the next QP.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +24,18 @@ class YuvFrame:
     v: np.ndarray
 
 
+class Measure(enum.IntEnum):
+    """How much distortion a backend measures per frame; each level includes the ones below.
+
+    Measuring costs time on every frame (SVT-AV1: decoding ~1 ms and SSIM-Y ~3-5 ms per 640x272
+    frame), so a pass asks only for what its outputs show.
+    """
+
+    NONE = 0  # bits, QP, type and layer only; sse_* and ssim_y are NaN
+    SSE = 1  # + the SSE of Y, U and V (MSE, PSNR); ssim_y is NaN
+    SSIM = 2  # + SSIM-Y: every FrameStats field
+
+
 @dataclass
 class CodecConfig:
     width: int  # luma pixels, even
@@ -32,6 +45,7 @@ class CodecConfig:
     mini_gop: int  # frames per mini-GOP (the low-delay hierarchy period); divides keyint
     preset: int  # codec speed preset (SVT-AV1 0..13, x264 0..9 = placebo..ultrafast reversed)
     threads: int = 0  # 0 = codec default
+    measure: Measure = Measure.SSIM  # distortion measured per frame (FrameStats' sse_* / ssim_y)
 
 
 @dataclass
@@ -43,10 +57,10 @@ class FrameStats:
     temporal_layer: int  # 0 = base layer
     qp: int  # QP the codec actually used for this frame
     bits: int  # size of the frame's packet, bits
-    sse_y: float  # sum of squared errors over the luma plane (8-bit scale)
+    sse_y: float  # sum of squared errors over the luma plane (8-bit scale); NaN if not measured
     sse_u: float
     sse_v: float
-    ssim_y: float  # SSIM of the luma plane, 0..1
+    ssim_y: float  # SSIM of the luma plane, 0..1; NaN if not measured (see Measure)
 
 
 class Codec(Protocol):

@@ -29,8 +29,9 @@ frame i+1. Sending a whole mini-GOP first deadlocks; polling for "no packet yet"
 
 Distortion (SSE of Y, U, V and the Gaussian SSIM-Y of `metrics`, the definitions every backend
 reports) is computed on the decoder's output: each packet is decoded in-process with libdav1d
-(PyAV), exact by construction, ~1 ms per 640x272 frame; SSIM-Y costs ~10 ms more. The
-measurement of frame i runs while SVT's threads code frame i+1.
+(PyAV), exact by construction, ~1 ms per 640x272 frame; SSIM-Y costs ~3-5 ms more. The
+measurement of frame i runs while SVT's threads code frame i+1. `CodecConfig.measure` limits it
+(a first pass measures nothing and decodes nothing).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import av
 import numpy as np
 
 from builtin_encoder import metrics
-from builtin_encoder.codec import CodecConfig, FrameStats, YuvFrame
+from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame
 
 SUPPORTED_VERSION = (4, 1)  # major, minor of the SVT-AV1 library these ctypes declarations describe
 REFERENCE_BASE_QP = 35  # base QP at which layer_qp_offsets() is evaluated when none is given
@@ -403,8 +404,11 @@ class SvtAv1Codec:
             raise
         # The reference decoder: one frame in, one frame out (no frame-threading delay), one
         # thread (a 640x272 frame decodes in < 1 ms; more threads only compete with SVT's).
-        self._decoder = av.CodecContext.create("libdav1d", "r")
-        self._decoder.options = {"max_frame_delay": "1", "threads": "1"}
+        # None when nothing is measured (cfg.measure NONE): the packets are then not decoded.
+        self._decoder: av.CodecContext | None = None
+        if cfg.measure > Measure.NONE:
+            self._decoder = av.CodecContext.create("libdav1d", "r")
+            self._decoder.options = {"max_frame_delay": "1", "threads": "1"}
 
     # ------------------------------------------------------------------ configuration
 
@@ -606,21 +610,26 @@ class SvtAv1Codec:
         return hdr, data
 
     def _frame_stats(self, index: int, frame: YuvFrame, hdr: _BufferHeader, data: bytes) -> FrameStats:
-        """Decodes the packet and measures it against the source frame."""
-        decoded = self._decoder.decode(av.Packet(data))
-        if len(decoded) != 1:
-            raise SvtAv1Error(f"frame {index}: libdav1d returned {len(decoded)} pictures for one packet")
-        y, u, v = (_plane_view(decoded[0], i, src.shape) for i, src in enumerate((frame.y, frame.u, frame.v)))
+        """The frame's stats; decodes the packet and measures it against the source frame as cfg.measure asks."""
+        sse_y = sse_u = sse_v = ssim_y = math.nan
+        if self._decoder is not None:
+            decoded = self._decoder.decode(av.Packet(data))
+            if len(decoded) != 1:
+                raise SvtAv1Error(f"frame {index}: libdav1d returned {len(decoded)} pictures for one packet")
+            y, u, v = (_plane_view(decoded[0], i, src.shape) for i, src in enumerate((frame.y, frame.u, frame.v)))
+            sse_y, sse_u, sse_v = metrics.sse(frame.y, y), metrics.sse(frame.u, u), metrics.sse(frame.v, v)
+            if self.cfg.measure >= Measure.SSIM:
+                ssim_y = metrics.ssim(frame.y, y)
         return FrameStats(
             index=index,
             frame_type="KEY" if hdr.pic_type == EB_AV1_KEY_PICTURE else "INTER",
             temporal_layer=int(hdr.temporal_layer_index),
             qp=int(hdr.qp),
             bits=8 * len(data),
-            sse_y=metrics.sse(frame.y, y),
-            sse_u=metrics.sse(frame.u, u),
-            sse_v=metrics.sse(frame.v, v),
-            ssim_y=metrics.ssim(frame.y, y),
+            sse_y=sse_y,
+            sse_u=sse_u,
+            sse_v=sse_v,
+            ssim_y=ssim_y,
         )
 
 

@@ -41,7 +41,7 @@ import av
 import numpy as np
 
 from builtin_encoder import metrics
-from builtin_encoder.codec import CodecConfig, FrameStats, YuvFrame
+from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class X264Codec:
         self._nals = ctypes.POINTER(_Nal)()
         self._n_nals = ctypes.c_int(0)
         self._decoder: av.CodecContext | None = None
-        if self.codec_rc:
+        if self.codec_rc and cfg.measure > Measure.NONE:
             # P-only, no reordering: one packet in, its picture out.
             self._decoder = av.CodecContext.create("h264", "r")
             self._decoder.options = {"threads": "1"}
@@ -477,8 +477,9 @@ class X264Codec:
             "qpmax": str(QP_MAX),
             "aq-mode": "0",  # every macroblock at the forced QP
             # Statistics: PSNR/SSIM need log level >= INFO; our pf_log keeps the output off stderr.
-            "psnr": "1",
-            "ssim": "1",
+            # Only what cfg.measure asks for (they cost time, and do not change the bitstream).
+            "psnr": "1" if cfg.measure >= Measure.SSE else "0",
+            "ssim": "1" if cfg.measure >= Measure.SSIM else "0",
             "log": str(_X264_LOG_INFO),
             # Bitstream: Annex-B, SPS/PPS before every IDR.
             "annexb": "1",
@@ -581,9 +582,11 @@ class X264Codec:
 
         is_key = out.i_type in (_X264_TYPE_IDR, _X264_TYPE_I, _X264_TYPE_KEYFRAME) or bool(out.b_keyframe)
         luma, chroma = w * h, (w // 2) * (h // 2)
+        measure = self.cfg.measure
+        sse_y = sse_u = sse_v = math.nan
         if self._decoder is not None:
             sse_y, sse_u, sse_v = self._decoded_sse(frame, data, index)
-        else:
+        elif measure >= Measure.SSE:
             sse_y = _sse_from_psnr(out.prop.f_psnr[0], luma)
             sse_u = _sse_from_psnr(out.prop.f_psnr[1], chroma)
             sse_v = _sse_from_psnr(out.prop.f_psnr[2], chroma)
@@ -596,7 +599,7 @@ class X264Codec:
             sse_y=sse_y,
             sse_u=sse_u,
             sse_v=sse_v,
-            ssim_y=float(out.prop.f_ssim),
+            ssim_y=float(out.prop.f_ssim) if measure >= Measure.SSIM else math.nan,
         )
 
     def _decoded_sse(self, frame: YuvFrame, data: bytes, index: int) -> tuple[float, float, float]:

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 import protocol
-from builtin_encoder.codec import Codec, CodecConfig, FrameStats, YuvFrame
+from builtin_encoder.codec import Codec, CodecConfig, FrameStats, Measure, YuvFrame
 from builtin_encoder.errors import (
     BadInput,
     BadReply,
@@ -47,11 +47,12 @@ from builtin_encoder.ratecontrol import (
     read_stats,
     write_stats,
 )
-from builtin_encoder.source import FrameSource, open_source
+from builtin_encoder.source import FrameSource, frame_bytes_420, open_source
 
 CODECS = ("svtav1", "x264")
 DEFAULT_PRESET = {"svtav1": 10, "x264": 7}  # x264: 7 = veryfast
 X264_DEFAULT_THREADS = 1  # what --threads 0 means for x264 (see Job.codec_config)
+KEEP_FRAMES_BYTES = 512 * 2**20  # decoded input the in-memory pass 1 keeps for the final pass, at most
 CSV_COLUMNS = [
     "frame", "mini_gop", "gop", "type", "layer", "base_qp", "qp", "bits", "psnr_y", "psnr_u", "psnr_v", "ssim_y",
 ]  # fmt: skip
@@ -257,6 +258,7 @@ class PassResult:
     totals: Totals
     seconds: float  # wall time of the pass, agent waits included
     agent_wait_s: float = 0.0
+    measure: Measure = Measure.SSIM  # the distortion measured (less: the totals' quality sums are meaningless)
 
 
 @dataclass
@@ -268,12 +270,13 @@ class Job:
     frames: int
     fps: float
     layout: list[MiniGop]
+    kept: list[YuvFrame] | None = None  # the input frames as the in-memory pass 1 decoded them (see pass_frames)
 
     @property
     def luma(self) -> int:
         return self.source.width * self.source.height
 
-    def codec_config(self, preset: int) -> CodecConfig:
+    def codec_config(self, preset: int, measure: Measure = Measure.SSIM) -> CodecConfig:
         s = self.settings
         threads = s.threads
         if threads == 0 and s.codec == "x264":
@@ -281,12 +284,34 @@ class Job:
             # off: slice edges are deblocked after its measurement), and the agent learns from
             # that feedback. One thread keeps it exact; --threads N > 1 still asks for speed.
             threads = X264_DEFAULT_THREADS
-        return CodecConfig(self.source.width, self.source.height, self.fps, s.keyint, s.mini_gop, preset, threads)
+        return CodecConfig(self.source.width, self.source.height, self.fps, s.keyint, s.mini_gop, preset, threads,
+                           measure)  # fmt: skip
 
     def stat_header(self, pass_no: int, preset: int) -> StatHeader:
         s = self.settings
         return StatHeader(s.codec, self.source.width, self.source.height, self.frames, self.fps, s.keyint,
                           s.mini_gop, pass_no, preset)  # fmt: skip
+
+
+def pass_frames(job: Job, keep: bool = False) -> Iterator[YuvFrame]:
+    """The frames a pass codes: those an earlier pass kept (complete), else decoded from the input.
+
+    `keep` (the in-memory pass 1): keep the decoded frames for the next pass when they take at
+    most KEEP_FRAMES_BYTES, which saves decoding the input twice (~1 ms per 640x272 frame).
+    """
+    if job.kept is not None and len(job.kept) == job.frames:
+        return iter(job.kept)
+    frames = job.source.frames(job.frames)
+    if not keep or job.frames * frame_bytes_420(job.source.width, job.source.height) > KEEP_FRAMES_BYTES:
+        return frames
+    job.kept = []
+    return _tee(frames, job.kept)
+
+
+def _tee(frames: Iterator[YuvFrame], into: list[YuvFrame]) -> Iterator[YuvFrame]:
+    for frame in frames:
+        into.append(frame)
+        yield frame
 
 
 def _mini_gops(frames: Iterator[YuvFrame], layout: list[MiniGop]) -> Iterator[tuple[MiniGop, list[YuvFrame]]]:
@@ -308,15 +333,21 @@ def encode_pass(
     csv_file: TextIO | None = None,
     collect_features: bool = False,
     native: dict[str, Any] | None = None,
+    measure: Measure = Measure.SSIM,
+    keep_frames: bool = False,
 ) -> PassResult:
     """Codes the whole input once: base QP from `rc` (or the agent), stats into CSV / feedback.
 
     With `native` (rc-modes 2/3) the codec chooses every frame's QP itself; the QPs passed to it
-    are then ignored, and base_qp is recorded as -1.
+    are then ignored, and base_qp is recorded as -1. `measure`: the distortion the codec
+    measures per frame; the CSV and the agent's feedback need Measure.SSIM. `keep_frames`: keep
+    the decoded input for the next pass (see pass_frames).
     """
     s = job.settings
+    if measure < Measure.SSIM and (csv_file is not None or agent is not None):
+        raise ValueError("the CSV and the agent's feedback need every distortion measure (Measure.SSIM)")
     t0 = time.monotonic()
-    codec = open_codec(s.codec, job.codec_config(preset), out_path, native)
+    codec = open_codec(s.codec, job.codec_config(preset, measure), out_path, native)
     out_stats: list[FrameStat] = []
     writer = csv.writer(csv_file) if csv_file is not None else None
     if writer is not None:
@@ -324,7 +355,7 @@ def encode_pass(
     prev_y: np.ndarray | None = None
     luma, chroma = job.luma, job.luma // 4
     try:
-        for mg, frames in _mini_gops(job.source.frames(job.frames), job.layout):
+        for mg, frames in _mini_gops(pass_frames(job, keep_frames), job.layout):
             base_qp = rc.base_qp(mg)
             gop_budget = rc.gop_budget(mg)
             qp = base_qp
@@ -371,7 +402,7 @@ def encode_pass(
         # would hide the first one, which is the one to report.
         with contextlib.suppress(Exception):
             codec.close()
-    return PassResult(out_stats, totals, time.monotonic() - t0, agent.wait_s if agent else 0.0)
+    return PassResult(out_stats, totals, time.monotonic() - t0, agent.wait_s if agent else 0.0, measure)
 
 
 def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: int, gop_budget: int,
@@ -453,15 +484,23 @@ def _prepare(s: Settings) -> Job:
     return Job(s, source, frames, fps, build_layout(frames, s.keyint, s.mini_gop))
 
 
-def _first_pass(job: Job, totals: Totals, out_path: Path, csv_file: TextIO | None = None) -> PassResult:
-    """Pass 1: the codec's fast preset, a constant QP steered towards the target (FirstPassController)."""
+def _first_pass(job: Job, totals: Totals, out_path: Path, csv_file: TextIO | None = None,
+                stat_file: bool = False) -> PassResult:  # fmt: skip
+    """Pass 1: the codec's fast preset, a constant QP steered towards the target (FirstPassController).
+
+    Only the bits (and, for a `stat_file`, the content features) are used, so the codec measures
+    no distortion unless a CSV asks for it. Without a `stat_file` (pass 1 in memory) the decoded
+    frames are kept for the final pass.
+    """
     s = job.settings
     params = CODEC_RC[s.codec]
     qp_min, qp_max = _codec_qp_range(s.codec)
     budget = round(s.bitrate * 1000.0 * job.frames / job.fps) if s.bitrate else None
     rc = FirstPassController(layout=job.layout, params=params, qp_min=qp_min, qp_max=qp_max, total_budget=budget)
+    measure = Measure.SSIM if csv_file is not None else Measure.NONE
     return encode_pass(job, preset=params.first_pass_preset, rc=rc, totals=totals, out_path=out_path,
-                       csv_file=csv_file, collect_features=True)  # fmt: skip
+                       csv_file=csv_file, collect_features=stat_file, measure=measure,
+                       keep_frames=not stat_file)  # fmt: skip
 
 
 def _codec_qp_range(name: str) -> tuple[int, int]:
@@ -479,12 +518,25 @@ def _load_stats(job: Job, path: Path) -> list[FrameStat]:
     return stats
 
 
+def _quality(job: Job, res: PassResult) -> dict[str, float | None]:
+    """The summary's PSNR / SSIM fields; None where the pass did not measure them (Measure)."""
+    t = res.totals
+    luma, chroma = job.luma * t.frames, job.luma // 4 * t.frames
+    sse = res.measure >= Measure.SSE
+    return {
+        "psnr_y": psnr_from_mse(t.sse[0] / luma) if sse else None,
+        "psnr_u": psnr_from_mse(t.sse[1] / chroma) if sse else None,
+        "psnr_v": psnr_from_mse(t.sse[2] / chroma) if sse else None,
+        "psnr_y_frame_mean": t.psnr_y_frames / t.frames if sse else None,
+        "ssim_y": t.ssim_y / t.frames if res.measure >= Measure.SSIM else None,
+    }
+
+
 def _summary(job: Job, res: PassResult, target_kbps: float | None, out_path: Path | None, pass1_s: float) -> dict:
     t = res.totals
     s = job.settings
     duration = t.frames / job.fps
     kbps = t.bits / duration / 1000.0
-    luma, chroma = job.luma * t.frames, job.luma // 4 * t.frames
     file_kbps = None
     if out_path is not None and out_path.exists():
         file_kbps = out_path.stat().st_size * 8 / duration / 1000.0
@@ -502,11 +554,7 @@ def _summary(job: Job, res: PassResult, target_kbps: float | None, out_path: Pat
         "file_kbps": file_kbps,
         "target_kbps": target_kbps,
         "error_pct": (kbps / target_kbps - 1.0) * 100.0 if target_kbps else None,
-        "psnr_y": psnr_from_mse(t.sse[0] / luma),
-        "psnr_u": psnr_from_mse(t.sse[1] / chroma),
-        "psnr_v": psnr_from_mse(t.sse[2] / chroma),
-        "psnr_y_frame_mean": t.psnr_y_frames / t.frames,
-        "ssim_y": t.ssim_y / t.frames,
+        **_quality(job, res),
         "encode_fps": t.frames / res.seconds if res.seconds > 0 else math.inf,
         "encode_s": res.seconds,
         "agent_wait_s": res.agent_wait_s,
@@ -518,9 +566,11 @@ def summary_line(d: dict) -> str:
     """The one-line summary printed at the end (and put into end.json's message)."""
     target = f"{d['target_kbps']:.2f}" if d["target_kbps"] else "none"
     err = f"{d['error_pct']:+.2f}%" if d["error_pct"] is not None else "n/a"
+    psnr = f"{d['psnr_y']:.3f}dB" if d["psnr_y"] is not None else "n/a"  # None: not measured (pass 1)
+    ssim = f"{d['ssim_y']:.5f}" if d["ssim_y"] is not None else "n/a"
     return (
         f"{d['codec']} frames={d['frames']} kbps={d['kbps']:.2f} target={target} error={err} "
-        f"psnr_y={d['psnr_y']:.3f}dB ssim_y={d['ssim_y']:.5f} fps={d['encode_fps']:.1f}"
+        f"psnr_y={psnr} ssim_y={ssim} fps={d['encode_fps']:.1f}"
     )
 
 
@@ -587,7 +637,7 @@ class Program:
             scratch = Path(tmp) / f"pass1{ext}"
             if s.pass_no == 1:
                 assert s.stat_out is not None  # cli.py checks
-                res = _first_pass(job, self.totals, out_path or scratch, csv_file)
+                res = _first_pass(job, self.totals, out_path or scratch, csv_file, stat_file=True)
                 _write_stats(Path(s.stat_out), job.stat_header(1, params.first_pass_preset), res.frame_stats)
                 return _summary(job, res, None, out_path, 0.0)
 

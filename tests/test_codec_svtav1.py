@@ -7,6 +7,7 @@ in well under a minute on two cores: 176x144 frames, a few dozen of them, fast p
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import struct
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from builtin_encoder import metrics
-from builtin_encoder.codec import CodecConfig, FrameStats, YuvFrame
+from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame
 from builtin_encoder.codec_svtav1 import (
     SvtAv1Codec,
     SvtAv1Error,
@@ -533,3 +534,26 @@ def test_codec_bitrate_mode(tmp_path: Path) -> None:
     assert rates[100] < rates[300]
     with pytest.raises(ValueError, match="not both"):
         SvtAv1Codec(config(), tmp_path / "x.ivf", crf=30, bitrate_kbps=100)
+
+
+def test_measure_levels_keep_the_stream(tmp_path: Path, carphone: list[YuvFrame]) -> None:
+    """CodecConfig.measure only drops measurements: same bitstream, same bits / QPs, NaN where not measured."""
+    runs = {}
+    for measure in Measure:
+        cfg = config(mini_gop=4, keyint=8)
+        cfg.measure = measure
+        out = tmp_path / f"{measure.name}.ivf"
+        with SvtAv1Codec(cfg, out) as codec:
+            stats = [st for k in range(3) for st in codec.encode(carphone[4 * k : 4 * k + 4], [33] * 4, k % 2 == 0)]
+        runs[measure] = (out.read_bytes(), stats)
+    full_bytes, full = runs[Measure.SSIM]
+    for measure, (data, stats) in runs.items():
+        assert data == full_bytes, measure
+        assert [(s.bits, s.qp, s.frame_type) for s in stats] == [(s.bits, s.qp, s.frame_type) for s in full]
+        sse = [(s.sse_y, s.sse_u, s.sse_v) for s in stats]
+        if measure == Measure.NONE:
+            assert all(math.isnan(v) for t in sse for v in t)
+        else:
+            assert sse == [(s.sse_y, s.sse_u, s.sse_v) for s in full]
+        assert all(math.isnan(s.ssim_y) for s in stats) == (measure < Measure.SSIM)
+    assert all(0.5 < s.ssim_y < 1 for s in full)

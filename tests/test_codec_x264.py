@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from builtin_encoder.codec import CodecConfig, FrameStats, YuvFrame
+from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame
 from builtin_encoder.codec_x264 import KEY_QP_OFFSET, X264Codec, X264Error, find_libx264
 
 # ----------------------------------------------------------------------------- clips
@@ -367,3 +367,27 @@ def test_codec_crf_mode(tmp_path: Path) -> None:
         assert abs(sum(s.qp for s in stats[1:]) / 31 - crf) < 6
         sizes.append(sum(s.bits for s in stats))
     assert sizes[0] > sizes[1]
+
+
+@pytest.mark.parametrize("rc", [{}, {"crf": 30}])  # forced QPs (x264's PSNR) / x264's CRF (our decoder's SSE)
+def test_measure_levels_keep_the_stream(tmp_path: Path, rc: dict) -> None:
+    """CodecConfig.measure only drops measurements: same bitstream, same bits / QPs, NaN where not measured."""
+    frames = [_split(a) for a in _read_clip("carphone_pristine.mp4", 12)]
+    runs = {}
+    for measure in Measure:
+        cfg = CodecConfig(176, 144, 30.0, keyint=8, mini_gop=4, preset=7, threads=1, measure=measure)
+        out = tmp_path / f"{measure.name}.264"
+        with X264Codec(cfg, out, **rc) as codec:
+            stats = [st for k in range(3) for st in codec.encode(frames[4 * k : 4 * k + 4], [31] * 4, k % 2 == 0)]
+        runs[measure] = (out.read_bytes(), stats)
+    full_bytes, full = runs[Measure.SSIM]
+    for measure, (data, stats) in runs.items():
+        assert data == full_bytes, measure
+        assert [(s.bits, s.qp, s.frame_type) for s in stats] == [(s.bits, s.qp, s.frame_type) for s in full]
+        sse = [(s.sse_y, s.sse_u, s.sse_v) for s in stats]
+        if measure == Measure.NONE:
+            assert all(math.isnan(v) for t in sse for v in t)
+        else:
+            assert sse == [(s.sse_y, s.sse_u, s.sse_v) for s in full]
+        assert all(math.isnan(s.ssim_y) for s in stats) == (measure < Measure.SSIM)
+    assert all(0.5 < s.ssim_y < 1 for s in full)

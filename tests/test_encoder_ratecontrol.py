@@ -8,10 +8,13 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from builtin_encoder import metrics, session
+from builtin_encoder.codec import YuvFrame
 from builtin_encoder.errors import BadInput
 from builtin_encoder.layout import build_layout
 from builtin_encoder.ratecontrol import (
@@ -25,7 +28,7 @@ from builtin_encoder.ratecontrol import (
     read_stats,
     write_stats,
 )
-from builtin_encoder.source import bundled_clip
+from builtin_encoder.source import FrameSource, bundled_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -232,3 +235,63 @@ def test_constant_qp_mode(tmp_path: Path) -> None:
     rows = list(csv.DictReader(csv_path.read_text().splitlines()))
     assert {int(r["base_qp"]) for r in rows} == {33}
     assert [int(r["qp"]) for r in rows[:2]] == [30, 33]  # x264's key frame offset is -3
+
+
+def test_passes_measure_only_what_they_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSIM (and decoding for SSE) only where an output shows it: never in pass 1 without --csv.
+
+    The input is decoded once per process: the in-memory pass 1 keeps its frames for pass 2.
+    """
+    calls = {"sse": 0, "ssim": 0}
+    reads = []
+    real_frames = FrameSource.frames
+
+    def counted_frames(self: FrameSource, limit: int = 0) -> Iterator[YuvFrame]:
+        reads.append(limit)
+        return real_frames(self, limit)
+
+    monkeypatch.setattr(FrameSource, "frames", counted_frames)
+
+    def counted(name: str) -> Callable[..., float]:
+        """metrics.sse / metrics.ssim, counting its calls."""
+        real = getattr(metrics, name)
+
+        def wrapper(*args: object) -> float:
+            calls[name] += 1
+            return real(*args)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(metrics, name, counted(name))
+    clip = str(bundled_clip("carphone_pristine.mp4"))
+
+    def run(**kw: object) -> dict:
+        calls.update(sse=0, ssim=0)
+        reads.clear()
+        summary = tmp_path / "s.json"
+        assert session.run(session.Settings(input=clip, frames=16, codec="svtav1", keyint=16, quiet=True,
+                                            summary_json=str(summary), **kw)) == 0  # fmt: skip
+        return json.loads(summary.read_text())
+
+    # The single command: pass 1 in memory measures nothing; the final pass all of it.
+    s = single = run(bitrate=200)
+    assert calls == {"sse": 3 * 16, "ssim": 16}
+    assert 0.5 < s["ssim_y"] < 1 and s["psnr_y"] > 20
+    assert reads == [16]
+    # --pass 1: its stat file needs the bits only; the summary shows no quality.
+    s = run(bitrate=200, pass_no=1, stat_out=str(tmp_path / "p1.stat"))
+    assert calls == {"sse": 0, "ssim": 0}
+    assert s["psnr_y"] is s["ssim_y"] is s["psnr_y_frame_mean"] is None and s["frames"] == 16
+    assert "psnr_y=n/a ssim_y=n/a" in s["message"]
+    # --pass 1 --csv: the CSV's quality columns are measured.
+    s = run(bitrate=200, pass_no=1, stat_out=str(tmp_path / "p1.stat"), csv=str(tmp_path / "p1.csv"))
+    assert calls == {"sse": 3 * 16, "ssim": 16}
+    rows = list(csv.DictReader((tmp_path / "p1.csv").read_text().splitlines()))
+    assert len(rows) == 16 and all(0.5 < float(r["ssim_y"]) < 1 for r in rows)
+    assert s["ssim_y"] == pytest.approx(sum(float(r["ssim_y"]) for r in rows) / 16, abs=1e-6)
+    # --pass 2 on that stat file: everything, as the single command.
+    s2 = run(bitrate=200, pass_no=2, stat_in=str(tmp_path / "p1.stat"))
+    assert calls == {"sse": 3 * 16, "ssim": 16} and reads == [16]
+    # Kept frames or decoded again: the same encode.
+    assert (s2["bits"], s2["ssim_y"]) == (single["bits"], single["ssim_y"])
