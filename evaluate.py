@@ -583,7 +583,7 @@ def run_oracle(
                     encodes += 1
                     if not rec.ok:
                         raise RuntimeError(f"oracle encode failed: {rec.message}")
-                    candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "bits": rec.bits})
+                    candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "ssim_y": rec.ssim_y, "bits": rec.bits})
                     log.debug("oracle candidate mg %d %+d: PSNR-Y %.4f dB, bits/budget %.4f, J %.4f", k, value,
                               rec.psnr_y, rec.bits / budget, score(rec))  # fmt: skip
                     if score(rec) > best_score:

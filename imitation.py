@@ -375,3 +375,24 @@ def with_short_gops(obs: np.ndarray) -> np.ndarray:
         o[:, FEATURE_NAMES.index("gop_left")] = (mgs - 1) / mgs
         out.append(o)
     return np.concatenate(out)
+
+
+def train_policy(
+    records: list[dict], max_delta_qp: int = 4, hidden: tuple[int, ...] = (64, 64), ridge: float = 3.0, seed: int = 0
+) -> tuple[Actor, str]:
+    """The whole recipe on oracle records: gain model -> a*(s) x payback share -> distilled actor; (actor, summary)."""
+    moves = move_samples(records)
+    r2, r2_const = cross_validate_gain(moves, ridge)
+    model = fit_gain_model(moves, ridge)
+    obs = trajectory_observations(records)
+    obs = np.concatenate([obs, with_short_gops(obs)])
+    target = model.best_offset(obs, max_delta_qp) * payback_share(obs)
+    torch.manual_seed(seed)
+    actor = Actor(OBS_DIM, 1, hidden)
+    rms = distill(actor, obs, target, max_delta_qp)
+    key = obs[:, FEATURE_NAMES.index("has_key")] > 0.5
+    summary = (f"gain model on {len(moves)} oracle moves from {len(records)} points ({', '.join(moves.sources)}); "
+               f"leave-one-source-out R² {r2:.3f} (without state {r2_const:.3f}); curvature {model.c:.4f} dB/QP²; "
+               f"a* key mini-GOP {target[key].mean():+.2f}±{target[key].std():.2f}, others "
+               f"{target[~key].mean():+.2f}±{target[~key].std():.2f} QP; actor fit RMS {rms:.2f} QP")  # fmt: skip
+    return actor, summary

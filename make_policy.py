@@ -55,27 +55,17 @@ def main() -> int:
     subprocess.run(cmd, check=True)
 
     records = imitation.read_records([data])
-    moves = imitation.move_samples(records)
-    r2, r2_const = imitation.cross_validate_gain(moves, ns.ridge)
-    model = imitation.fit_gain_model(moves, ns.ridge)
-    obs = imitation.trajectory_observations(records)
-    obs = np.concatenate([obs, imitation.with_short_gops(obs)])
-    target = model.best_offset(obs, ns.max_delta_qp) * imitation.payback_share(obs)
-    torch.manual_seed(ns.seed)
     hidden = tuple(int(h) for h in ns.hidden.split(","))
-    actor = Actor(OBS_DIM, 1, hidden)
-    rms = imitation.distill(actor, obs, target, ns.max_delta_qp)
-    key = obs[:, FEATURE_NAMES.index("has_key")] > 0.5
-    summary = (f"gain model on {len(moves)} oracle moves from {len(records)} points ({', '.join(moves.sources)}); "
-               f"leave-one-source-out R² {r2:.3f} (without state {r2_const:.3f}); curvature {model.c:.4f} dB/QP²; "
-               f"a* key mini-GOP {target[key].mean():+.2f}±{target[key].std():.2f}, others "
-               f"{target[~key].mean():+.2f}±{target[~key].std():.2f} QP; actor fit RMS {rms:.2f} QP")  # fmt: skip
+    actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed)
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)
     print(f"{out}: {summary}")
     if ns.pattern_out:
+        moves = imitation.move_samples(records)
         pattern = imitation.fixed_pattern(moves, ns.max_delta_qp, POSITIONS)
+        obs = imitation.trajectory_observations(records)
+        obs = np.concatenate([obs, imitation.with_short_gops(obs)])
         pos = np.round(obs[:, FEATURE_NAMES.index("gop_progress")] * POSITIONS).astype(int)
         torch.manual_seed(ns.seed)
         fixed = Actor(OBS_DIM, 1, hidden)

@@ -1,0 +1,76 @@
+"""Learning curve: held-out BD-rate of the policy vs the encodes its training used.
+
+    python bench/learning_curve.py data/oracle_svtav1.jsonl --codec svtav1 --out /tmp/curve --points 12,24,48
+
+For each size n, the first n oracle points (in a seeded shuffle, so every size mixes clips and
+rates) train a policy with the shipped recipe (imitation.train_policy), which is then evaluated
+on the held-out split (evaluate.py, 4 rates per clip, no codec RC). "Encodes" counts every encode
+behind those n points: pass 1, the Δ=0 encode and every oracle candidate. Prints one Markdown row
+per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import imitation  # noqa: E402
+import policy  # noqa: E402
+from bench.eval_quality import make_heldout  # noqa: E402
+from bench.machine_info import machine  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--points", default="12,24,48", help="training set sizes, oracle points")
+    p.add_argument("--seed", type=int, default=0)
+    ns = p.parse_args()
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = imitation.read_records(ns.files)
+    order = np.random.default_rng(ns.seed).permutation(len(records))
+    heldout = make_heldout(out)
+    rows = []
+    t0 = time.monotonic()
+    for n in (int(x) for x in ns.points.split(",")):
+        subset = [records[i] for i in order[:n]]
+        actor, summary = imitation.train_policy(subset)
+        path = out / f"policy_{n}.pt"
+        policy.save(path, actor, ns.codec, 4, 0.02, {"summary": summary, "command": "bench/learning_curve.py"})
+        folder = out / f"eval_{n}"
+        cmd = [sys.executable, str(ROOT / "evaluate.py"), "--load-checkpoint", str(path), "--codec", ns.codec,
+               "--inputs", str(heldout), "--skip-codec-rc", "--log-level", "0", "--out", str(folder)]  # fmt: skip
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        with open(folder / "bdrate.csv", newline="") as fh:
+            bd = {r["metric"]: r for r in csv.DictReader(fh) if r["pair"] == "agent vs baseline"}
+        summ = json.loads((folder / "summary.json").read_text())
+        videos = summ["videos"]
+        encodes = sum(r["oracle"]["encodes"] + 2 for r in subset)
+        worst = max(float(bd["psnr_y"][v]) for v in videos)
+        rows.append((n, encodes, float(bd["psnr_y"]["mean"]), worst, float(bd["ssim_y"]["mean"]),
+                     summ["agent"]["mean_abs_error_pct"]))  # fmt: skip
+        print(f"n={n}: {rows[-1]}", flush=True)
+    print(f"\n`python bench/learning_curve.py {' '.join(sys.argv[1:])}` — {machine()}, {time.monotonic() - t0:.0f} s\n")
+    print("| oracle points | encodes | held-out BD-rate PSNR-Y, mean | worst clip | SSIM-Y mean "
+          "| mean \\|bitrate error\\| |")
+    print("|---|---|---|---|---|---|")
+    for n, enc, mean, worst, ssim, err in rows:
+        print(f"| {n} | {enc} | {mean:+.2f}% | {worst:+.2f}% | {ssim:+.2f}% | {err:.2f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
