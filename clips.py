@@ -101,12 +101,23 @@ class Window:
     frames: int
     scale: int = 1
     crop: tuple[int, int] | None = None
+    # Temporal augmentation (training only): every source frame shown `repeat` times, each copy with
+    # Gaussian noise of std `noise` (8-bit levels, seeded by the window): slow or still content,
+    # like a fixed camera, made from the TRAIN sources. repeat=frames makes one still frame.
+    repeat: int = 1
+    noise: float = 0.0
 
     @property
     def name(self) -> str:
         stem = Path(self.source).stem
         crop = f"_c{self.crop[0]}x{self.crop[1]}" if self.crop else ""
-        return f"{stem}_s{self.scale}{crop}_f{self.start}-{self.start + self.frames}"
+        slow = f"_r{self.repeat}n{self.noise:g}" if self.repeat > 1 or self.noise else ""
+        return f"{stem}_s{self.scale}{crop}{slow}_f{self.start}-{self.start + self.frames}"
+
+    @property
+    def source_frames(self) -> int:
+        """Frames read from the source: [start, start + source_frames)."""
+        return -(-self.frames // self.repeat)
 
 
 def _downscale(plane: np.ndarray, k: int) -> np.ndarray:
@@ -122,8 +133,25 @@ def _even(x: int) -> int:
     return x - x % 2
 
 
+def _slowed(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
+    """Each frame `win.repeat` times, with seeded noise on every copy; `win.frames` in all."""
+    rng = np.random.default_rng(sum(map(ord, win.name)))  # the same noise on every run
+    n = 0
+    for f in frames:
+        for _ in range(win.repeat):
+            if n == win.frames:
+                return
+            if win.noise > 0:
+                planes = [np.clip(np.rint(p + rng.normal(0.0, win.noise, p.shape)), 0, 255).astype(np.uint8)
+                          for p in (f.y, f.u, f.v)]  # fmt: skip
+                yield YuvFrame(*planes)
+            else:
+                yield f
+            n += 1
+
+
 def _window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
-    for f in islice(frames, win.start, win.start + win.frames):
+    for f in _slowed(win, islice(frames, win.start, win.start + win.source_frames)):
         y = _downscale(f.y, win.scale)
         h, w = _even(y.shape[0]), _even(y.shape[1])
         y0 = x0 = 0
@@ -145,8 +173,9 @@ def materialise(win: Window, cache: Path = DEFAULT_CACHE) -> Path:
     if out.is_file():
         return out
     src = open_source(clip_path(win.source, cache))
-    if win.start + win.frames > src.frame_count:
-        raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs {win.start + win.frames}")
+    if win.start + win.source_frames > src.frame_count:
+        raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs "
+                        f"{win.start + win.source_frames}")  # fmt: skip
     frames = list(_window_frames(win, src.frames()))
     fps = Fraction(src.fps or 30.0).limit_denominator(1001)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +202,20 @@ def training_windows(gop: int = 64) -> list[Window]:
     return wins
 
 
+def static_windows(gop: int = 64) -> list[Window]:
+    """Slow and still one-GOP windows of the TRAIN sources (temporal augmentation): fixed-camera-like content."""
+    return [
+        Window("carphone_pristine.mp4", 10, gop, repeat=8, noise=1.0),
+        Window("bikes.mp4", 40, gop, scale=2, repeat=4, noise=1.0),
+        Window("bikes.mp4", 200, gop, scale=2, repeat=gop, noise=1.5),
+        Window("cockatoo.mp4", 100, gop, scale=4, repeat=8, noise=0.5),
+        Window("cockatoo.mp4", 250, gop, scale=4, repeat=gop, noise=1.0),
+        Window("carphone_pristine.mp4", 90, gop, repeat=gop, noise=2.0),
+        Window("bikes.mp4", 10, gop, crop=(256, 192), repeat=16, noise=0.0),
+        Window("cockatoo.mp4", 20, gop, scale=2, crop=(288, 224), repeat=4, noise=0.0),
+    ]
+
+
 def heldout_windows() -> list[Window]:
     """The held-out split: the HELDOUT clips from their first frame, at most 190 frames, at most 640 pixels wide.
 
@@ -188,3 +231,11 @@ def heldout_windows() -> list[Window]:
         Window("box.mp4", 0, 128, scale=2),  # 320x240
         Window("cup.mp4", 0, 128, scale=2),  # 320x240
     ]
+
+
+WINDOW_SETS = {"train": training_windows, "static": static_windows}
+
+
+def in_window_set(window_name: str, sets: str) -> bool:
+    """Whether a window name belongs to one of the comma-separated WINDOW_SETS `sets` (e.g. "train,static")."""
+    return any(window_name in {w.name for w in WINDOW_SETS[name]()} for name in sets.split(","))

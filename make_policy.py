@@ -1,17 +1,18 @@
 """Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
 
-    python make_policy.py --codec svtav1            # ~25 min on 2 cores: 48 oracle searches, then a second
-    python make_policy.py --codec x264 --jobs 2
+    python make_policy.py --codec svtav1            # about 25 min on 2 cores (48 oracle searches)
+    python make_policy.py --codec x264
 
-1. Demonstrations (bench/oracle_data.py): on every training window (clips.training_windows(),
-   TRAIN sources only) at 3 target rates each, the Δ=0 encode and the oracle's coordinate descent,
-   every candidate a real encode. Kept in --data (reused when present: delete it to start over).
+1. Demonstrations (bench/oracle_data.py): on every training window (clips.training_windows();
+   --windows train,static adds clips.static_windows(); TRAIN sources only) at 3 target rates
+   each, the Δ=0 encode and the oracle's coordinate descent, every candidate a real encode. Kept
+   in --data (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s) is the policy.
-3. The actor (models.Actor, the SAC actor) is fitted to a*(s) x imitation.payback_share(s) (no
-   offset where the rest of the GOP cannot pay it back) on every state of the stored trajectories
-   (plus their key states as short GOPs) and written with its provenance; `--pattern-out` also writes the best fixed
-   per-position pattern (the same model without state) as a policy, the reference to beat.
+3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
+   trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
+   --pattern-out also writes the best fixed per-position pattern (the same model without state)
+   as a policy: the reference to beat.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import clips
 import imitation
 import policy
 from models import Actor
@@ -45,18 +47,22 @@ def main() -> int:
     p.add_argument("--hidden", default="64,64", help="actor layer widths")
     p.add_argument("--max-delta-qp", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--windows", default="train", help="oracle window sets, comma-separated: train, static")
+    p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
     ns = p.parse_args()
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
     out = Path(ns.out or policy.shipped_policy(ns.codec))
-    cmd = [sys.executable, str(ROOT / "bench" / "oracle_data.py"), "--codec", ns.codec, "--out", str(data),
-           "--jobs", str(ns.jobs)]  # fmt: skip
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    windows = ns.windows.split(",")
+    for name in windows:
+        cmd = [sys.executable, str(ROOT / "bench" / "oracle_data.py"), "--codec", ns.codec, "--out", str(data),
+               "--jobs", str(ns.jobs), "--windows", name]  # fmt: skip
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
 
-    records = imitation.read_records([data])
+    records = [r for r in imitation.read_records([data]) if clips.in_window_set(r["window"], ns.windows)]
     hidden = tuple(int(h) for h in ns.hidden.split(","))
-    actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed)
+    actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback)
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)
@@ -65,7 +71,6 @@ def main() -> int:
         moves = imitation.move_samples(records)
         pattern = imitation.fixed_pattern(moves, ns.max_delta_qp, POSITIONS)
         obs = imitation.trajectory_observations(records)
-        obs = np.concatenate([obs, imitation.with_short_gops(obs)])
         pos = np.round(obs[:, FEATURE_NAMES.index("gop_progress")] * POSITIONS).astype(int)
         torch.manual_seed(ns.seed)
         fixed = Actor(OBS_DIM, 1, hidden)

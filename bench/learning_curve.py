@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import clips  # noqa: E402
 import imitation  # noqa: E402
 import policy  # noqa: E402
 from bench.eval_quality import make_heldout  # noqa: E402
@@ -37,10 +38,11 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--points", default="12,24,48", help="training set sizes, oracle points")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--windows", default="train", help="window sets of the records used (clips.WINDOW_SETS)")
     ns = p.parse_args()
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = imitation.read_records(ns.files)
+    records = [r for r in imitation.read_records(ns.files) if clips.in_window_set(r["window"], ns.windows)]
     order = np.random.default_rng(ns.seed).permutation(len(records))
     heldout = make_heldout(out)
     rows = []

@@ -2,7 +2,8 @@
 
     python bench/oracle_data.py --codec svtav1 --out data/oracle_svtav1.jsonl [--jobs 2] [--rates 3]
 
-For every training window (clips.training_windows(): one GOP each, TRAIN sources only) and a few
+For every training window (clips.training_windows(), or --windows static for the slow / still
+augmented ones: one GOP each, TRAIN sources only) and a few
 target rates drawn log-uniformly in [--bpp-min, --bpp-max] bits per luma pixel, it runs the Δ=0
 baseline and evaluate.run_oracle (coordinate descent over per-mini-GOP offsets, every candidate a
 real encode through the protocol), and appends one JSON line per point: the baseline's and the
@@ -33,11 +34,11 @@ import evaluate  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
 
-def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int) -> list[dict]:
+def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, windows: str = "train") -> list[dict]:
     """(window, target kbps) pairs; rates drawn per window from a seeded log-uniform distribution."""
     rng = np.random.default_rng(seed)
     out = []
-    for win in clips.training_windows():
+    for win in clips.WINDOW_SETS[windows]():
         for bpp in np.exp(rng.uniform(math.log(bpp_min), math.log(bpp_max), size=rates)):
             out.append({"window": win, "bpp": float(bpp), "codec": codec})
     return out
@@ -86,6 +87,8 @@ def main() -> int:
     p.add_argument("--bpp-max", type=float, default=0.4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
+    p.add_argument("--windows", default="train", choices=sorted(clips.WINDOW_SETS),
+                   help="train: clips.training_windows(); static: clips.static_windows() (slow / still)")  # fmt: skip
     ns = p.parse_args()
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,10 +96,10 @@ def main() -> int:
     if out.exists():
         done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
     jobs = []
-    for i, pt in enumerate(points(ns.codec, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed)):
+    for i, pt in enumerate(points(ns.codec, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed, ns.windows)):
         key = f"{ns.codec}/{pt['window'].name}/{pt['bpp']:.5f}"
         if key not in done:
-            jobs.append({**pt, "key": key, "work": str(Path(ns.work) / ns.codec / f"p{i:03d}")})
+            jobs.append({**pt, "key": key, "work": str(Path(ns.work) / ns.codec / ns.windows / f"p{i:03d}")})
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files

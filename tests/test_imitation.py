@@ -149,3 +149,51 @@ def test_shipped_policy_loads_with_this_code(codec):
     assert pol.codec == codec and "command" in pol.provenance
     obs = np.zeros(OBS_DIM, dtype=np.float32)
     assert -1.0 <= float(pol.act(obs)[0]) <= 1.0
+
+
+def test_training_and_held_out_splits_share_no_source():
+    import clips
+
+    train = {w.source for w in clips.training_windows() + clips.static_windows()}
+    held = {w.source for w in clips.heldout_windows()}
+    assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
+    assert not train & held
+
+
+def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
+    import clips
+    from builtin_encoder.source import open_source
+
+    win = clips.Window("carphone_pristine.mp4", 5, 12, scale=2, crop=(64, 48), repeat=4, noise=1.0)
+    src = open_source(clips.materialise(win, cache=tmp_path))
+    assert (src.width, src.height, src.frame_count) == (64, 48, 12)
+    frames = list(src.frames())
+    # Every source frame shown 4 times, each copy with its own noise: copies differ a little, sources more.
+    d_copy = np.abs(frames[0].y.astype(int) - frames[1].y.astype(int)).mean()
+    d_next = np.abs(frames[3].y.astype(int) - frames[4].y.astype(int)).mean()
+    assert 0.3 < d_copy < 2.0 and d_next > d_copy
+    first = clips.materialise(win, cache=tmp_path).stat().st_mtime_ns
+    assert clips.materialise(win, cache=tmp_path).stat().st_mtime_ns == first  # written once, then reused
+
+
+def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_path):
+    def record(bpp: float, gain: float) -> dict:
+        return {
+            "window": "clip_s1_f0-8", "bpp": bpp,
+            "baseline": {"psnr_y": 38.0, "bits": 10000},
+            "oracle": {"psnr_y": 38.0 + gain, "bits": 10000, "offsets": [3, 0]},
+            "baseline_steps": [_step(0, 30), _step(1, 30)], "oracle_steps": [_step(0, 33), _step(1, 30)],
+            "candidates": [{"offsets": [3, 0], "psnr_y": 38.0 + gain, "bits": 10000},
+                           {"offsets": [0, 3], "psnr_y": 37.9, "bits": 10000},
+                           {"offsets": [0, -3], "psnr_y": 37.95, "bits": 10000}],
+        }  # fmt: skip
+
+    records = [record(0.05, 0.1), record(0.1, 0.08), record(0.2, 0.05)]
+    actor, summary = imitation.train_policy(records, hidden=(16,))
+    assert "gain model on" in summary
+    path = tmp_path / "p.pt"
+    policy.save(path, actor, "svtav1", 4, 0.02, {"summary": summary, "command": "test"})
+    pol = policy.load(path)
+    obs, _ = imitation.observations(records[0]["oracle_steps"])
+    # Raising the key mini-GOP's QP paid in every record: the policy raises it.
+    assert float(pol.act(obs[0])[0]) * 4 > 0.5

@@ -222,3 +222,41 @@ def test_unreachable_target_is_said_once_and_does_not_wind_up_lambda(tmp_path):
     assert all(r["gops_out_of_reach"] >= 1 and r["bitrate_error"] > 1.0 for r in rows)
     assert all(r["lambda"] <= 1.0 for r in rows)
     assert "(budget out of reach: λ kept)" in res.stderr
+
+
+def test_policy_file_answers_in_infer_mode_and_starts_training(tmp_path):
+    # A policy that always answers +2 QP (a constant actor): infer mode answers exactly that.
+    import policy
+    from models import Actor
+    from state import OBS_DIM
+
+    actor = Actor(OBS_DIM, 1, (8,))
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.zero_()
+        actor.net[-1].bias[0] = float(np.arctanh(0.5))  # tanh(mean) = 0.5 -> +2 QP with max_delta_qp 4
+    pol = tmp_path / "p.pt"
+    policy.save(pol, actor, "x264", 4, 0.02, {"summary": "constant +2"})
+    res = run_main(tmp_path, "--videos", VIDEO, "--mode", "infer", "--load-checkpoint", str(pol), "--epochs", "1",
+                   "--no-tensorboard", *FAST)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "actor from the policy" in res.stderr and "constant +2" in res.stderr
+    (row,) = json.loads((tmp_path / "outputs" / "report_infer.json").read_text())
+    assert row["mean_dqp"] == pytest.approx(2.0, abs=0.3)  # +2 except where the QP range clips it
+    assert "at equal rate" in res.stderr and not (tmp_path / "checkpoints").exists()
+    # Train mode starts SAC with the policy's actor (fine-tuning) and writes a checkpoint.
+    res = run_main(tmp_path, "--videos", VIDEO, "--load-checkpoint", str(pol), "--epochs", "1", "--no-tensorboard",
+                   *FAST)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    ck = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")
+    assert tuple(ck["config"]["sac"]["hidden_sizes"]) == (8,)
+
+
+def test_infer_without_a_checkpoint_uses_the_shipped_policy(tmp_path):
+    import policy
+
+    if not policy.shipped_policy("x264").is_file():
+        pytest.fail("policies/x264.pt is missing: the README promises a shipped x264 policy")
+    res = run_main(tmp_path, "--videos", VIDEO, "--mode", "infer", "--epochs", "1", "--no-tensorboard", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert f"actor from the policy {policy.shipped_policy('x264')}" in res.stderr
