@@ -74,26 +74,27 @@ def source_of(window: str) -> str:
 
 def load_demos(paths: Iterable[Path], max_delta_qp: int = 4) -> Demos:
     """Reads bench/oracle_data.py JSON-lines files into demonstration steps (points with errors skipped)."""
+    return demos_from_records(read_records(paths), max_delta_qp)
+
+
+def demos_from_records(records: list[dict], max_delta_qp: int = 4) -> Demos:
+    """The oracle's answers along its own trajectories as demonstration steps."""
     obs, act, src, pt, pos, gains = [], [], [], [], [], []
     sources: list[str] = []
-    for path in paths:
-        for line in Path(path).read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if not rec or "error" in rec:
-                continue
-            o, off = observations(rec["oracle_steps"])
-            name = source_of(rec["window"])
-            if name not in sources:
-                sources.append(name)
-            n = len(off)
-            obs.append(o)
-            act.append(np.clip(off / max_delta_qp, -1.0, 1.0))
-            src.append(np.full(n, sources.index(name)))
-            pt.append(np.full(n, len(gains)))
-            pos.append([st["request"]["mg_in_gop"] for st in rec["oracle_steps"]])
-            gains.append(rec["oracle"]["psnr_y"] - rec["baseline"]["psnr_y"])
+    for rec in records:
+        o, off = observations(rec["oracle_steps"])
+        name = source_of(rec["window"])
+        if name not in sources:
+            sources.append(name)
+        n = len(off)
+        obs.append(o)
+        act.append(np.clip(off / max_delta_qp, -1.0, 1.0))
+        src.append(np.full(n, sources.index(name)))
+        pt.append(np.full(n, len(gains)))
+        pos.append([st["request"]["mg_in_gop"] for st in rec["oracle_steps"]])
+        gains.append(rec["oracle"]["psnr_y"] - rec["baseline"]["psnr_y"])
     if not obs:
-        raise ValueError("no demonstrations in the given files")
+        raise ValueError("no demonstrations in the given records")
     return Demos(np.concatenate(obs), np.concatenate(act).astype(np.float32), np.concatenate(src),
                  np.concatenate(pt), np.concatenate(pos).astype(int), sources, np.asarray(gains))  # fmt: skip
 
@@ -377,13 +378,34 @@ def with_short_gops(obs: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+def consensus_offset(
+    moves: MoveSamples, obs: np.ndarray, max_delta_qp: int, ridge: float, k: float = 1.0
+) -> np.ndarray:
+    """A cautious a*(s), QP: the gain models fitted without each source in turn must agree.
+
+    With a_i(s) the optimum of the model that never saw source i, mean m and spread sd over i:
+    a(s) = sign(m) * max(0, |m| - k * sd). Where the content sources disagree about a state
+    (the decision depends on content the state does not describe), the offset shrinks to 0.
+    """
+    fits = []
+    for s in range(len(moves.sources)):
+        keep = moves.source != s
+        sub = MoveSamples(moves.obs[keep], moves.a_old[keep], moves.a_new[keep], moves.gain_rate[keep],
+                          moves.source[keep], moves.sources)  # fmt: skip
+        fits.append(fit_gain_model(sub, ridge).best_offset(obs, max_delta_qp))
+    a = np.stack(fits)
+    m, sd = a.mean(axis=0), a.std(axis=0)
+    return np.sign(m) * np.maximum(0.0, np.abs(m) - k * sd)
+
+
 def train_policy(
     records: list[dict], max_delta_qp: int = 4, hidden: tuple[int, ...] = (64, 64), ridge: float = 3.0, seed: int = 0,
-    payback: bool = False,
+    payback: bool = False, consensus: float = 0.0,
 ) -> tuple[Actor, str]:
     """The whole recipe on oracle records: gain model -> a*(s) -> distilled actor; returns (actor, summary).
 
-    payback=True scales a*(s) by payback_share(s) and fits it on short-GOP copies of the key
+    consensus=k > 0 uses consensus_offset(k) instead of the full model's a*(s). payback=True
+    scales a*(s) by payback_share(s) and fits it on short-GOP copies of the key
     states too (offsets fade where the rest of the GOP cannot pay them back): better rate
     accuracy, but on the held-out split it lost the gain of raising the QP of a short last GOP's
     key frame (BENCHMARKS.md §2.4), so it is off by default.
@@ -394,7 +416,11 @@ def train_policy(
     obs = trajectory_observations(records)
     if payback:
         obs = np.concatenate([obs, with_short_gops(obs)])
-    target = model.best_offset(obs, max_delta_qp) * (payback_share(obs) if payback else 1.0)
+    if consensus > 0:
+        target = consensus_offset(moves, obs, max_delta_qp, ridge, consensus)
+    else:
+        target = model.best_offset(obs, max_delta_qp)
+    target = target * (payback_share(obs) if payback else 1.0)
     torch.manual_seed(seed)
     actor = Actor(OBS_DIM, 1, hidden)
     rms = distill(actor, obs, target, max_delta_qp)

@@ -1,14 +1,15 @@
 """Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
 
-    python make_policy.py --codec svtav1            # about 25 min on 2 cores (48 oracle searches)
-    python make_policy.py --codec x264
+    python make_policy.py --codec svtav1            # about 35 min on 2 cores (72 oracle searches)
+    python make_policy.py --codec x264              # about 25 min
 
-1. Demonstrations (bench/oracle_data.py): on every training window (clips.training_windows();
-   --windows train,static adds clips.static_windows(); TRAIN sources only) at 3 target rates
+1. Demonstrations (bench/oracle_data.py): on every training window (clips.training_windows() and
+   clips.static_windows(), the slowed / frozen copies; TRAIN sources only) at 3 target rates
    each, the Δ=0 encode and the oracle's coordinate descent, every candidate a real encode. Kept
    in --data (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
-   over its parent on the state; its optimum a*(s) is the policy.
+   over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
+   training source disagree (imitation.consensus_offset, --consensus k), is the policy.
 3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
    trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
    --pattern-out also writes the best fixed per-position pattern (the same model without state)
@@ -47,8 +48,10 @@ def main() -> int:
     p.add_argument("--hidden", default="64,64", help="actor layer widths")
     p.add_argument("--max-delta-qp", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--windows", default="train", help="oracle window sets, comma-separated: train, static")
+    p.add_argument("--windows", default="train,static", help="oracle window sets, comma-separated: train, static")
     p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
+    p.add_argument("--consensus", type=float, default=1.0,
+                   help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits")  # fmt: skip
     ns = p.parse_args()
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
@@ -62,7 +65,8 @@ def main() -> int:
 
     records = [r for r in imitation.read_records([data]) if clips.in_window_set(r["window"], ns.windows)]
     hidden = tuple(int(h) for h in ns.hidden.split(","))
-    actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback)
+    actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback,
+                                           ns.consensus)  # fmt: skip
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)
