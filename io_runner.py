@@ -94,6 +94,16 @@ class RlIoChannel:
             raise ProtocolError(f"{path}: field 'session' is {msg.session!r}, this encode is {self.session!r}")
         return msg
 
+    def _read_feedback(self, path: Path, mg_index: int) -> Feedback | None:
+        """The feedback in `path` (mini-GOP `mg_index`'s), or None.
+
+        A body for another index is an error: else the same file would be taken again and again.
+        """
+        fb = self._read(path, protocol.parse_feedback)
+        if fb is not None and fb.mg_index != mg_index:
+            raise ProtocolError(f"{path}: field 'mg_index' is {fb.mg_index}, expected {mg_index}")
+        return fb
+
     def next_message(
         self,
         next_request: int,
@@ -113,7 +123,7 @@ class RlIoChannel:
         end_path = protocol.end_path(self.rl_dir)
         dead_since: float | None = None
         while True:
-            if fb_path is not None and (fb := self._read(fb_path, protocol.parse_feedback)) is not None:
+            if fb_path is not None and (fb := self._read_feedback(fb_path, pending[0])) is not None:
                 return fb
             if (rq := self._read(rq_path, protocol.parse_request)) is not None:
                 if rq.mg_index != next_request:
@@ -122,7 +132,7 @@ class RlIoChannel:
             if (end := self._read(end_path, protocol.parse_end)) is not None:
                 # The encoder writes the last feedback before end.json; both may have appeared
                 # since the feedback was looked for above, so look again before ending.
-                if fb_path is not None and (fb := self._read(fb_path, protocol.parse_feedback)) is not None:
+                if fb_path is not None and (fb := self._read_feedback(fb_path, pending[0])) is not None:
                     return fb
                 return end
             if should_stop():
@@ -303,11 +313,17 @@ def run_encode(
                 t0 = time.monotonic()
                 log.debug("feedback %s", msg)
                 step = steps[msg.mg_index]
+                protocol.check_feedback_matches(msg, step.request, protocol.feedback_path(rl_dir, msg.mg_index))
                 step.feedback = msg
                 req = step.request
                 step.cost = reward_mod.cost(msg, req.gop_bits_budget, req.gop_frames)
                 if baseline is not None:
-                    step.reward = reward_mod.reward(msg, baseline, reward_metric)
+                    try:
+                        step.reward = reward_mod.reward(msg, baseline, reward_metric)
+                    except ValueError as exc:  # the baseline was made from another encode
+                        raise EncoderFailure(
+                            f"feedback of mini-GOP {msg.mg_index} does not fit the baseline: {exc}"
+                        ) from None
                 gop_bits += msg.bits
                 episode.append(step)
                 prev_fb, prev_base_qp = msg, req.base_qp

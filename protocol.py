@@ -243,6 +243,31 @@ def _validate_feedback(fb: Feedback, path: Path) -> None:
             raise ProtocolError(f"{path}: field '{name}' must be >= 0")
     if not 0.0 <= fb.ssim_y <= 1.0:
         raise ProtocolError(f"{path}: field 'ssim_y' must be in [0, 1] (got {fb.ssim_y})")
+    for name in ("frame_qps", "frame_bits"):
+        if len(getattr(fb, name)) != fb.frame_count:
+            raise ProtocolError(
+                f"{path}: field '{name}' has {len(getattr(fb, name))} entries for frame_count {fb.frame_count}"
+            )
+    if sum(fb.frame_bits) != fb.bits:
+        raise ProtocolError(f"{path}: field 'bits' is {fb.bits}, the sum of 'frame_bits' is {sum(fb.frame_bits)}")
+
+
+def check_feedback_matches(fb: Feedback, req: Request, path: Path) -> None:
+    """Feedback must describe the mini-GOP its request announced: same index, GOP and frame count.
+
+    Raises ProtocolError naming the file and the first field that disagrees.
+    """
+    for name in ("mg_index", "gop_index", "frame_count"):
+        got, want = getattr(fb, name), getattr(req, name)
+        if got != want:
+            raise ProtocolError(f"{path}: field '{name}' is {got}, its request says {want}")
+    last = req.mg_in_gop == req.mgs_in_gop - 1 or req.first_frame + req.frame_count >= req.total_frames
+    if fb.gop_end != int(last):
+        raise ProtocolError(
+            f"{path}: field 'gop_end' is {fb.gop_end}, but its request is mini-GOP {req.mg_in_gop} of "
+            f"{req.mgs_in_gop} in its GOP (frames {req.first_frame}..{req.first_frame + req.frame_count - 1} of "
+            f"{req.total_frames})"
+        )
 
 
 def parse_request(text: str, path: Path) -> Request:

@@ -15,7 +15,9 @@ feedback FAULT_AT), rqmissing (request FAULT_AT lacks base_qp), session (feedbac
 session), careless (every file written in place, in two halves 0.1 s apart), reorder (lookahead:
 requests run one ahead, feedback written in reverse order, every file written twice), rqlink
 (request FAULT_AT is a symbolic link to a valid request outside rl_io), rqhuge (request FAULT_AT
-is valid JSON over protocol.MAX_FILE_BYTES).
+is valid JSON over protocol.MAX_FILE_BYTES); in feedback FAULT_AT: fbindex (body mg_index of the
+previous mini-GOP), fbframes (frame_count other than the request's), fblen (2 frame_bits for 4
+frames), gopend (gop_end 1 in the middle of a GOP).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def main(args: list[str]) -> int:
         psnr = 10 * __import__("math").log10(255**2 / mse)
         fb = protocol.Feedback(
             mg_index=n, gop_index=n // mgs_in_gop, frame_count=mg_len, bits=bits, qp_used=qp,
-            frame_qps=[qp] * mg_len, frame_bits=[bits // mg_len] * mg_len, mse_y=mse, mse_u=mse, mse_v=mse,
+            frame_qps=[qp] * mg_len, frame_bits=[bits // mg_len + (i < bits % mg_len) for i in range(mg_len)],
+            mse_y=mse, mse_u=mse, mse_v=mse,
             psnr_y=psnr, psnr_u=psnr, psnr_v=psnr, psnr_y_frame_mean=psnr, ssim_y=0.9,
             gop_end=int(n % mgs_in_gop == mgs_in_gop - 1 or n == n_mgs - 1), session=session,
         )  # fmt: skip
@@ -156,6 +159,16 @@ def main(args: list[str]) -> int:
                 fb["bits"] = "many"
             elif fault == "session":
                 fb["session"] = "1234-e1"
+            elif fault == "fbindex":  # the body names another mini-GOP than the file
+                fb["mg_index"] = n - 1
+            elif fault == "fbframes":
+                fb["frame_count"] = mg_len - 1
+                fb["frame_qps"], fb["frame_bits"] = fb["frame_qps"][1:], fb["frame_bits"][1:]
+                fb["bits"] = sum(fb["frame_bits"])
+            elif fault == "fblen":
+                fb["frame_bits"] = fb["frame_bits"][:2]
+            elif fault == "gopend":  # a GOP end in the middle of a GOP
+                fb["gop_end"] = 1
         write(protocol.feedback_path(rl_dir, n), fb)
         n += 1
     end = protocol.End(status="ok", mini_gops=n_mgs, frames=frames, bits=0, message="fake", session=session)

@@ -31,7 +31,7 @@ FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "1"
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_encoder.py'}"
 # Faults at mini-GOP 5 (second GOP of two, 4 mini-GOPs each): the first GOP is complete.
 FAILING = ("kill", "exit", "hang", "badjson", "missing", "nan", "wrongtype", "rqmissing", "session", "rqlink",
-           "rqhuge")  # fmt: skip
+           "rqhuge", "fbindex", "fbframes", "fblen", "gopend")  # fmt: skip
 SURVIVING = ("careless", "reorder", "ok")
 
 
@@ -158,6 +158,10 @@ def test_no_orphans_after_kill_and_hang(faults):
         ("session", r"mg0005_fb.json: field 'session' is '1234-e1'"),
         ("rqlink", r"rl_io/mg0005_rq.json: is a symbolic link, not followed"),
         ("rqhuge", r"rl_io/mg0005_rq.json: \d+ bytes, over the protocol's limit of 262144 bytes"),
+        ("fbindex", r"mg0005_fb.json: field 'mg_index' is 4, expected 5"),
+        ("fbframes", r"mg0005_fb.json: field 'frame_count' is 3, its request says 4"),
+        ("fblen", r"mg0005_fb.json: field 'frame_bits' has 2 entries for frame_count 4"),
+        ("gopend", r"mg0005_fb.json: field 'gop_end' is 1, but its request is mini-GOP 1 of 4"),
     ],
 )
 def test_malformed_message_names_file_and_field(faults, video, match):
