@@ -196,3 +196,19 @@ def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_pat
     obs, _ = imitation.observations(records[0]["oracle_steps"])
     # Raising the key mini-GOP's QP paid in every record: the policy raises it.
     assert float(pol.act(obs[0])[0]) * 4 > 0.5
+
+
+def test_consensus_offset_acts_only_where_the_sources_agree():
+    m, slope, c = _moves(n=4000, noise=0.002)
+    m.source = np.arange(len(m)) % 4
+    m.sources = ["a", "b", "c", "d"]
+    obs = np.zeros((1, OBS_DIM), dtype=np.float32)
+    obs[0, KEY], obs[0, RATE] = 1.0, 1.0  # a* = +3 QP in every source
+    assert imitation.consensus_offset(m, obs, 4, ridge=1.0)[0] == pytest.approx(3.0, abs=0.5)
+    # Source d now says the opposite: the four leave-one-source-out fits disagree, the offset shrinks.
+    flip = m.source == 3
+    g = slope * m.obs[:, RATE] * m.obs[:, KEY]
+    m.gain_rate[flip] -= 2 * g[flip] * (m.a_new[flip] - m.a_old[flip])
+    full = imitation.fit_gain_model(m, 1.0).best_offset(obs, 4)[0]
+    cautious = imitation.consensus_offset(m, obs, 4, ridge=1.0)[0]
+    assert abs(cautious) < abs(full) - 0.3
