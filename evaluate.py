@@ -470,8 +470,8 @@ def load_agent(path: str | Path, device: str = "cpu") -> AgentBundle:
     import policy
 
     try:
-        if policy.read_file(Path(path)) is not None:
-            pol = policy.load(Path(path))
+        if (data := policy.read_file(Path(path))) is not None:
+            pol = policy.load(Path(path), data)
             return AgentBundle(policy.PolicyLearner(pol), pol.max_delta_qp, pol.rate_tolerance, str(path), 0)
     except policy.PolicyError as exc:
         raise checkpoint.CheckpointError(f"--load-checkpoint: {exc}") from None

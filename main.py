@@ -273,9 +273,10 @@ def load_start(cfg: Config, specs: list[VideoSpec], device: torch.device) -> tup
     pol = None
     if cfg.load_checkpoint:
         try:
-            if policy.read_file(Path(cfg.load_checkpoint)) is None:
+            data = policy.read_file(Path(cfg.load_checkpoint))
+            if data is None:
                 return checkpoint.load(Path(cfg.load_checkpoint), map_location=device), None
-            pol = policy.load(Path(cfg.load_checkpoint))
+            pol = policy.load(Path(cfg.load_checkpoint), data)
         except policy.PolicyError as exc:
             raise checkpoint.CheckpointError(f"--load-checkpoint: {exc}") from None
     elif cfg.mode == "infer":

@@ -102,9 +102,9 @@ def read_file(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def load(path: Path) -> Policy:
-    """Loads a policy file; raises PolicyError naming the file when it does not fit this code."""
-    data = read_file(path)
+def load(path: Path, data: dict[str, Any] | None = None) -> Policy:
+    """Loads a policy file (or its dict from read_file); raises PolicyError naming the file when it does not fit."""
+    data = read_file(path) if data is None else data
     if data is None:
         raise PolicyError(f"{path} is not a policy file (format {POLICY_FORMAT!r})")
     if data.get("version") != POLICY_VERSION:
