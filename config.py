@@ -29,6 +29,10 @@ class SACConfig:
     lambda_max: float = 20.0
     rate_tolerance: float = 0.02  # GOP bits may exceed the GOP budget by this fraction for free
     max_delta_qp: int = 4  # action in [-1, 1] maps to dQP in [-max_delta_qp, max_delta_qp]
+    # Fine-tuning from a policy: the actor loss adds bc_weight * w_t * (tanh(mean(s)) - a_ref(s))^2, with
+    # a_ref the starting policy's deterministic action and w_t = max(0, 1 - updates / bc_updates).
+    bc_weight: float = 0.0
+    bc_updates: int = 2000
 
     def validate(self) -> None:
         if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
@@ -44,6 +48,8 @@ class SACConfig:
             raise ValueError("need batch_size >= 1, buffer_size >= batch_size, updates_per_step >= 0")
         if self.max_delta_qp < 1:
             raise ValueError(f"max_delta_qp must be >= 1, got {self.max_delta_qp}")
+        if self.bc_weight < 0 or self.bc_updates < 1:
+            raise ValueError("bc_weight must be >= 0 and bc_updates >= 1")
         if not 0 <= self.lambda_init <= self.lambda_max:
             raise ValueError("lambda_init must be in [0, lambda_max]")
 

@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rate-tolerance", metavar="F", type=float, default=s.rate_tolerance,
                    help="GOP overshoot allowed before λ grows")  # fmt: skip
     g.add_argument("--lambda-lr", metavar="F", type=float, default=s.lambda_lr, help="dual-ascent step of λ per GOP")
+    g.add_argument("--bc-weight", metavar="F", type=float, default=s.bc_weight,
+                   help="fine-tuning from a policy file: weight of the term keeping the actor near it")  # fmt: skip
+    g.add_argument("--bc-updates", metavar="N", type=int, default=s.bc_updates,
+                   help="gradient steps over which that weight fades to 0")  # fmt: skip
     g.add_argument("--reward-metric", choices=("psnr", "ssim"), default=d.reward_metric,
                    help="reward on overall PSNR (MSE) or SSIM")  # fmt: skip
     g.add_argument("--encoder-timeout", metavar="S", type=float, default=d.encoder_timeout_s,
@@ -171,6 +175,8 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         max_delta_qp=ns.max_delta_qp,
         rate_tolerance=ns.rate_tolerance,
         lambda_lr=ns.lambda_lr,
+        bc_weight=ns.bc_weight,
+        bc_updates=ns.bc_updates,
     )
     cfg = Config(
         rl_dir=ns.rl_dir,
@@ -619,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
 
     agent = SACAgent(OBS_DIM, ACT_DIM, cfg.sac, device, cfg.seed)
     if pol is not None:
-        agent.actor.load_state_dict(pol.actor.state_dict())
+        agent.set_reference(pol.actor)  # the actor starts as the policy; --bc-weight keeps it near it
         log.info("actor from the policy %s (%s)", pol.path, pol.provenance.get("summary", "no description"))
     buffer = ReplayBuffer(cfg.sac.buffer_size, OBS_DIM, ACT_DIM, seed=cfg.seed)
     counters = Counters()

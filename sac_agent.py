@@ -130,9 +130,21 @@ class SACAgent:
 
         self.lam = float(cfg.lambda_init)
         self.num_updates = 0
+        self.reference_actor: Actor | None = None  # the policy fine-tuning starts from (set_reference)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
+
+    def set_reference(self, actor: Actor) -> None:
+        """Starts fine-tuning from `actor`: copies it into the actor and keeps a frozen copy for the BC term."""
+        self.actor.load_state_dict(actor.state_dict())
+        self.reference_actor = copy.deepcopy(self.actor).requires_grad_(False)
+
+    def bc_weight(self) -> float:
+        """Weight of the behaviour-cloning term now: cfg.bc_weight, fading linearly to 0 over cfg.bc_updates."""
+        if self.reference_actor is None:
+            return 0.0
+        return self.cfg.bc_weight * max(0.0, 1.0 - self.num_updates / self.cfg.bc_updates)
 
     # ------------------------------------------------------------------ acting
 
@@ -227,6 +239,15 @@ class SACAgent:
         q_pi = torch.min(self.q1(b.obs, action), self.q2(b.obs, action))  # (B, 1)
         qc_pi = self.qc(b.obs, action)  # (B, 1)
         actor_loss = ((alpha * log_prob - q_pi + lam * qc_pi) / (1.0 + lam)).mean()
+        bc_weight = self.bc_weight()
+        bc_loss = torch.zeros((), device=self.device)
+        if bc_weight > 0.0:  # stay near the starting policy while the critics learn (TD3+BC-like, fading)
+            assert self.reference_actor is not None
+            with torch.no_grad():
+                ref_mean, _ = self.reference_actor(b.obs)  # (B, A)
+            mean, _ = self.actor(b.obs)  # (B, A)
+            bc_loss = (torch.tanh(mean) - torch.tanh(ref_mean)).pow(2).mean()
+            actor_loss = actor_loss + bc_weight * bc_loss
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optim.step()
@@ -248,8 +269,8 @@ class SACAgent:
 
         names = ("q1_loss", "q2_loss", "critic_loss", "cost_critic_loss", "actor_loss", "alpha", "alpha_loss")
         values = [q1_loss, q2_loss, critic_loss, cost_critic_loss, actor_loss, alpha, alpha_loss]
-        names += ("entropy", "q1_mean", "q2_mean", "qc_mean")
-        values += [-log_prob.mean(), q1.mean(), q2.mean(), qc.mean()]
+        names += ("entropy", "q1_mean", "q2_mean", "qc_mean", "bc_loss")
+        values += [-log_prob.mean(), q1.mean(), q2.mean(), qc.mean(), bc_loss]
         logs = dict(zip(names, torch.stack([v.detach().float() for v in values]).tolist(), strict=True))
         logs["lambda"] = lam
         return logs
@@ -297,6 +318,8 @@ class SACAgent:
         }
         for name in (*_MODULES, *_OPTIMIZERS):
             state[name] = getattr(self, name).state_dict()
+        if self.reference_actor is not None:
+            state["reference_actor"] = self.reference_actor.state_dict()
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -313,7 +336,7 @@ class SACAgent:
         """
         if not isinstance(state, dict):
             raise AgentStateError(f"agent state must be a dict, got {type(state).__name__}")
-        missing, unknown = _STATE_KEYS - state.keys(), state.keys() - _STATE_KEYS
+        missing, unknown = _STATE_KEYS - state.keys(), state.keys() - _STATE_KEYS - {"reference_actor"}
         if missing or unknown:
             raise AgentStateError(
                 f"agent state keys do not match: missing {sorted(missing)}, unknown {sorted(unknown)}"
@@ -332,6 +355,8 @@ class SACAgent:
             )
         for name in _MODULES:
             _check_module_state(name, getattr(self, name), state[name])
+        if "reference_actor" in state:
+            _check_module_state("reference_actor", self.actor, state["reference_actor"])
         log_alpha = torch.as_tensor(state["log_alpha"])
         if log_alpha.shape != ():
             raise AgentStateError(f"log_alpha must be a scalar, got shape {tuple(log_alpha.shape)}")
@@ -355,6 +380,10 @@ class SACAgent:
         state = copy.deepcopy(state)  # the optimisers would otherwise alias the caller's tensors
         for name in _MODULES:
             getattr(self, name).load_state_dict(state[name])
+        self.reference_actor = None
+        if "reference_actor" in state:
+            self.reference_actor = copy.deepcopy(self.actor).requires_grad_(False)
+            self.reference_actor.load_state_dict(state["reference_actor"])
         for name in _OPTIMIZERS:
             getattr(self, name).load_state_dict(state[name])
         # Learning rates come from this run's cfg, not from the checkpoint (equal on a plain resume).

@@ -249,9 +249,44 @@ def test_train_step_waits_for_learning_starts():
     logs = agent.train_step(buf)
     assert agent.num_updates == 2
     expected = {"q1_loss", "q2_loss", "critic_loss", "cost_critic_loss", "actor_loss", "alpha", "alpha_loss"}
-    expected |= {"entropy", "q1_mean", "q2_mean", "qc_mean", "lambda"}
+    expected |= {"entropy", "q1_mean", "q2_mean", "qc_mean", "bc_loss", "lambda"}
     assert set(logs) == expected
     assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
+
+
+def test_bc_term_keeps_a_fine_tuned_actor_near_its_starting_policy_then_fades():
+    from models import Actor
+
+    torch.manual_seed(5)
+    start = Actor(3, 1, SMALL.hidden_sizes)
+    buf = ReplayBuffer(500, 3, 1, seed=0)
+    fill(buf, 300)
+    obs = torch.as_tensor(np.random.default_rng(1).normal(size=(64, 3)), dtype=torch.float32)
+
+    def drift(bc_weight: float) -> float:
+        cfg = replace(SMALL, batch_size=64, learning_starts=0, bc_weight=bc_weight, bc_updates=10_000)
+        agent = SACAgent(3, 1, cfg, "cpu", seed=0)
+        agent.set_reference(start)
+        for _ in range(150):
+            agent.update(buf.sample(64))
+        with torch.no_grad():
+            return float((torch.tanh(agent.actor(obs)[0]) - torch.tanh(start(obs)[0])).abs().mean())
+
+    assert drift(10.0) < 0.5 * drift(0.0)
+    cfg = replace(SMALL, bc_weight=2.0, bc_updates=100)
+    agent = SACAgent(3, 1, cfg, "cpu", seed=0)
+    assert agent.bc_weight() == 0.0  # no reference: no term
+    agent.set_reference(start)
+    assert agent.bc_weight() == 2.0
+    agent.num_updates = 50
+    assert agent.bc_weight() == pytest.approx(1.0)
+    agent.num_updates = 100
+    assert agent.bc_weight() == 0.0
+    # The reference survives a checkpoint round trip (exact resume of a fine-tune).
+    twin = SACAgent(3, 1, cfg, "cpu", seed=1)
+    twin.load_state_dict(agent.state_dict())
+    assert twin.reference_actor is not None
+    assert torch.equal(twin.reference_actor(obs)[0], start(obs)[0])
 
 
 # ----------------------------------------------------------------------------- checkpoints
