@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward on overall PSNR (MSE) or SSIM")  # fmt: skip
     g.add_argument("--encoder-timeout", metavar="S", type=float, default=d.encoder_timeout_s,
                    help="seconds without a protocol file before an encoder counts as hung")  # fmt: skip
+    g.add_argument("--eval-interval", metavar="N", type=int, default=0,
+                   help="train mode: every N epochs also encode every video with the deterministic policy, "
+                        "no learning (0 = never)")  # fmt: skip
     g.add_argument("--stop-on-encoder-error", action="store_true",
                    help="stop the run when an encode fails (else go on with the next video)")  # fmt: skip
     g = p.add_argument_group("logging")
@@ -403,6 +406,37 @@ def run_first_passes(cfg: Config, specs: list[VideoSpec], stop: StopFlag) -> Non
 
 
 RD_PROBE = 1.15  # target of the second Δ=0 encode, relative to the video's own
+
+
+def evaluate_deterministic(
+    cfg: Config, specs: list[VideoSpec], agent: SACAgent, baselines: BaselineStats, epoch: int, stop: StopFlag,
+    rl_args_template: str, telemetry: Telemetry,
+) -> None:
+    """One encode of every video with the deterministic policy tanh(mean(s)), learning nothing.
+
+    Training's own epoch summaries measure the exploring (sampled) policy; this is the policy a
+    user ships. It draws no random numbers and changes no counter, so exact resume is unaffected.
+    Logged as "epoch N, deterministic policy: ..." and under eval/ in TensorBoard.
+    """
+    learner = SacLearner(agent, ReplayBuffer(1, OBS_DIM, ACT_DIM), Counters(), learning=False)
+    rows = []
+    for spec in specs:
+        base = baselines.videos[spec.key]
+        res = run_video(cfg, spec, learner, base, f"e{epoch}eval", stop, rl_args_template, side_run=True)
+        if stop():
+            return
+        if not res.ok:
+            log.error("%s", res.message)
+            continue
+        s = res.summary()
+        rows.append({"delta_psnr_y_equal_rate": delta_psnr_at_equal_rate(s["psnr_y"], s["kbps"], base),
+                     "abs_bitrate_error": abs(s["bitrate_error"]), "mean_dqp": s["mean_dqp"]})  # fmt: skip
+    if rows:
+        means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        telemetry.epoch(means, epoch, prefix="eval")
+        log.info("epoch %d, deterministic policy: mean ΔPSNR-Y at equal rate %s dB, mean |bitrate error| %.2f%%, "
+                 "mean ΔQP %+.2f", epoch, signed(means["delta_psnr_y_equal_rate"]),
+                 100 * means["abs_bitrate_error"], means["mean_dqp"])  # fmt: skip
 
 
 def signed(x: float, digits: int = 3, sign: str = "+") -> str:
@@ -727,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
                     epoch, 100 * means["abs_bitrate_error"], signed(means["delta_psnr_y_equal_rate"]),
                     means["delta_psnr_y"], means["delta_ssim_y"], means["reward_sum"], agent.lam, len(buffer),
                 )  # fmt: skip
+            if cfg.mode == "train" and ns.eval_interval > 0 and epoch % ns.eval_interval == 0:
+                evaluate_deterministic(cfg, specs, agent, baselines, epoch, stop, ns.encoder_rl_args, telemetry)
             if cfg.mode == "train" and (epoch % cfg.ckpt_interval == 0 or epoch == cfg.epochs):
                 save_checkpoint(cfg, checkpoint.epoch_path(Path(cfg.ckpt_dir), epoch), agent, buffer, counters,
                                 epoch, run_dir)  # fmt: skip

@@ -38,13 +38,13 @@ class Telemetry:
             for key in result.update_logs[0]:
                 w.add_scalar(f"train/{key}", float(np.mean([u[key] for u in result.update_logs])), counters.steps)
 
-    def epoch(self, means: dict[str, float], epoch: int) -> None:
-        """The epoch's means over its videos."""
+    def epoch(self, means: dict[str, float], epoch: int, prefix: str = "epoch") -> None:
+        """The epoch's means over its videos, under `prefix`/ (eval/ for the deterministic policy)."""
         if self.writer is None:
             return
         for key, value in means.items():
             if not math.isnan(value):
-                self.writer.add_scalar(f"epoch/{key}", value, epoch)
+                self.writer.add_scalar(f"{prefix}/{key}", value, epoch)
         self.writer.flush()
 
     def close(self) -> None:

@@ -260,3 +260,16 @@ def test_infer_without_a_checkpoint_uses_the_shipped_policy(tmp_path):
     res = run_main(tmp_path, "--videos", VIDEO, "--mode", "infer", "--epochs", "1", "--no-tensorboard", *FAST)
     assert res.returncode == 0, res.stderr
     assert f"actor from the policy {policy.shipped_policy('x264')}" in res.stderr
+
+
+def test_deterministic_evaluation_during_training_is_logged_and_changes_nothing(trained, tmp_path):
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "baseline_stats.json").write_text((trained / "outputs" / "baseline_stats.json").read_text())
+    res = run_main(tmp_path, "--videos", VIDEO, "--epochs", "2", "--ckpt-interval", "1", "--save-replay-buffer",
+                   "--eval-interval", "1", *FAST)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("deterministic policy: mean ΔPSNR-Y at equal rate") == 2
+    # The extra encodes draw no random number and learn nothing: the same weights as without them.
+    a = agent_weights(trained / "checkpoints" / "checkpoint_epoch_2.pt")
+    b = agent_weights(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
