@@ -1,15 +1,18 @@
-"""Learning from search: oracle demonstrations -> (state, action) pairs -> behaviour cloning of the actor.
+"""Learning from search: oracle records -> a policy for the SAC actor.
 
-The oracle (evaluate.run_oracle, run on training windows by bench/oracle_data.py) finds per
-mini-GOP QP offsets that raise a GOP's overall PSNR-Y at the Δ=0 run's bits. Each demonstration
-step is the state the agent would have seen on the oracle's own trajectory (state.build_observation
-of the stored request and the previous feedback) and the oracle's answer as an action,
-a = (qp - base_qp) / max_delta_qp in [-1, 1].
+The oracle (evaluate.run_oracle, run on training windows by bench/oracle_data.py) searches per
+mini-GOP QP offsets by coordinate descent; every candidate is a real encode. Two ways to learn
+from a record, both measured in BENCHMARKS.md §2.4:
 
-Behaviour cloning fits the actor's deterministic action tanh(mean(s)) to a by weighted least
-squares (the shipped policy acts deterministically), with weight decay and a fixed number of
-epochs chosen by leave-one-source-out cross-validation (`cross_validate`): every fold holds out all
-windows of one source clip, so the score says how the state generalises to unseen content.
+1. Behaviour cloning of the oracle's answers (`demos_from_records`, `fit_actor`): the state the
+   agent would see on the oracle's own trajectory -> a = offset / max_delta_qp. Diagnosis only:
+   the answers are mostly selected noise, and a clone generalises worse than Δ=0
+   (`cross_validate`, leave-one-source-out).
+2. Every candidate as data (`move_samples`, `GainModel`): each candidate moved one mini-GOP's
+   offset from the best answer of its time, so its rate-neutral gain over that parent is a
+   controlled measurement. A concave quadratic J(a | s) = g(s) a - c a^2 fitted to all of them
+   gives a*(s) = g(s) / 2c; `consensus_offset` shrinks it where fits without each source
+   disagree; `distill` fits the actor to it. `train_policy` is the whole recipe.
 """
 
 from __future__ import annotations
