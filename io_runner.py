@@ -207,7 +207,7 @@ class EncodeResult:
             "kbps": kbps,
             "target_kbps": req0.target_kbps,
             "bitrate_error": kbps / req0.target_kbps - 1.0,
-            "psnr_y": 10.0 * math.log10(255.0**2 / max(mse_y, 1e-10)),
+            "psnr_y": 100.0 if mse_y <= 0 else min(100.0, 10.0 * math.log10(255.0**2 / mse_y)),  # PROTOCOL.md cap
             "ssim_y": sum(s.feedback.ssim_y * s.feedback.frame_count for s in steps) / frames,
             "mean_qp": float(np.mean([s.feedback.qp_used for s in steps])),
             "mean_dqp": float(np.mean([s.qp - s.request.base_qp for s in steps])),
@@ -360,6 +360,13 @@ def run_encode(
                     raise EncoderFailure(f"reported an error: {msg.message}", reported=msg.message)
                 if any(s.feedback is None for s in steps.values()):
                     raise EncoderFailure("wrote end.json before the feedback of every mini-GOP")
+                coded = sum(s.feedback.frame_count for s in steps.values() if s.feedback is not None)
+                total = next(iter(steps.values())).request.total_frames if steps else 0
+                if coded != total or msg.mini_gops != len(steps):
+                    raise EncoderFailure(
+                        f"{protocol.end_path(rl_dir)}: status ok, but {coded} of the {total} frames its requests "
+                        f"announced were coded (field 'mini_gops' is {msg.mini_gops}, {len(steps)} were requested)"
+                    )
                 code = proc.wait(10.0)
                 if code not in (0, None):
                     raise EncoderFailure(f"exited with code {code} after end.json")

@@ -483,8 +483,9 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
         res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
         if stop():
             break
-        if not res.ok:
-            raise RuntimeError(f"baseline encode failed: {res.message}")
+        if not res.ok:  # that video cannot be rewarded: left out, the others train
+            log.error("baseline (Δ=0) encode of %s failed, so it is left out of this run: %s", spec.name, res.message)
+            continue
         s = io_runner.baseline_from_result(res)
         s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
         stats.videos[spec.key] = s
@@ -654,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if stop():
         return stop.exit_code
+    specs = [spec for spec in specs if spec.key in baselines.videos]
+    if not specs:
+        log.error("no video has a Δ=0 baseline: nothing to train or evaluate")
+        return 1
     if cfg.make_baseline:
         return 0
 

@@ -17,7 +17,8 @@ requests run one ahead, feedback written in reverse order, every file written tw
 (request FAULT_AT is a symbolic link to a valid request outside rl_io), rqhuge (request FAULT_AT
 is valid JSON over protocol.MAX_FILE_BYTES); in feedback FAULT_AT: fbindex (body mg_index of the
 previous mini-GOP), fbframes (frame_count other than the request's), fblen (2 frame_bits for 4
-frames), gopend (gop_end 1 in the middle of a GOP).
+frames), gopend (gop_end 1 in the middle of a GOP); endearly (end.json status ok after mini-GOP
+FAULT_AT, exit 0).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def main(args: list[str]) -> int:
             time.sleep(3600)
 
     n = 0
-    while n < n_mgs:
+    while n < (FAULT_AT + 1 if fault == "endearly" else n_mgs):
         if fault == "reorder" and n + 1 < n_mgs:  # lookahead of one; feedback in reverse order
             write(protocol.request_path(rl_dir, n), request(n))
             qp0 = wait_reply(n)
@@ -171,6 +172,8 @@ def main(args: list[str]) -> int:
                 fb["gop_end"] = 1
         write(protocol.feedback_path(rl_dir, n), fb)
         n += 1
+    if fault == "endearly":  # a clean-looking end after FAULT_AT + 1 of the mini-GOPs
+        n_mgs = FAULT_AT + 1
     end = protocol.End(status="ok", mini_gops=n_mgs, frames=frames, bits=0, message="fake", session=session)
     write(protocol.end_path(rl_dir), asdict(end))
     return 0

@@ -31,7 +31,7 @@ FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "1"
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_encoder.py'}"
 # Faults at mini-GOP 5 (second GOP of two, 4 mini-GOPs each): the first GOP is complete.
 FAILING = ("kill", "exit", "hang", "badjson", "missing", "nan", "wrongtype", "rqmissing", "session", "rqlink",
-           "rqhuge", "fbindex", "fbframes", "fblen", "gopend")  # fmt: skip
+           "rqhuge", "fbindex", "fbframes", "fblen", "gopend", "endearly")  # fmt: skip
 SURVIVING = ("careless", "reorder", "ok")
 
 
@@ -162,6 +162,7 @@ def test_no_orphans_after_kill_and_hang(faults):
         ("fbframes", r"mg0005_fb.json: field 'frame_count' is 3, its request says 4"),
         ("fblen", r"mg0005_fb.json: field 'frame_bits' has 2 entries for frame_count 4"),
         ("gopend", r"mg0005_fb.json: field 'gop_end' is 1, but its request is mini-GOP 1 of 4"),
+        ("endearly", r"end.json: status ok, but 24 of the 32 frames its requests announced were coded"),
     ],
 )
 def test_malformed_message_names_file_and_field(faults, video, match):
@@ -323,3 +324,14 @@ def test_foreign_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"state_dict": {}}, bad)
     with pytest.raises(checkpoint.CheckpointError, match="is not a checkpoint of format"):
         checkpoint.load(bad)
+
+
+def test_a_failed_baseline_leaves_out_only_that_video(tmp_path):
+    res = run_main(tmp_path, "--encoder", FAKE, *fake_videos(tmp_path, ("exit_baseline", "ok")), "--epochs", "1", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert "baseline (Δ=0) encode of exit_baseline failed, so it is left out of this run" in res.stderr
+    assert "Traceback" not in res.stderr
+    import json
+
+    rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
+    assert [r["video"] for r in rows] == ["ok"]

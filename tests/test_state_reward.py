@@ -128,3 +128,22 @@ def test_encoder_warnings_are_read_from_its_log(tmp_path):
     log.write_text("starting\nbuiltin_encoder: warning: x.avi: the container says 444 frames but 68 decode\n")
     assert main.encoder_warnings(log) == ["x.avi: the container says 444 frames but 68 decode"]
     assert main.encoder_warnings(tmp_path / "missing.log") == []
+
+
+def test_lossless_mini_gops_report_the_protocols_100_db_cap():
+    import numpy as np
+
+    import io_runner
+    from protocol import Feedback, Request
+
+    req = Request(mg_index=0, gop_index=0, mg_in_gop=0, mgs_in_gop=1, gop_frames=4, first_frame=0, frame_count=4,
+                  frame_types=["KEY", "INTER", "INTER", "INTER"], temporal_layers=[0, 2, 1, 2], base_qp=30, qp_min=1,
+                  qp_max=63, fp_bpp=0.1, lookahead_fp_bpp=[], gop_bits_spent=0, gop_bits_budget=1000,
+                  total_bits_spent=0, total_bits_budget=1000, target_kbps=10.0, fps=30.0, width=16, height=16,
+                  total_frames=4)  # fmt: skip
+    fb = Feedback(mg_index=0, gop_index=0, frame_count=4, bits=1000, qp_used=30, frame_qps=[30] * 4,
+                  frame_bits=[250] * 4, mse_y=0.0, mse_u=0.0, mse_v=0.0, psnr_y=100.0, psnr_u=100.0, psnr_v=100.0,
+                  psnr_y_frame_mean=100.0, ssim_y=1.0, gop_end=1)  # fmt: skip
+    step = io_runner.Step(req, np.zeros(1), np.zeros(1), 30, 0.0, feedback=fb)
+    res = io_runner.EncodeResult("v", True, steps=[step], wall_s=1.0)
+    assert res.summary()["psnr_y"] == 100.0  # not 148.13 dB from a 1e-10 floor
