@@ -150,7 +150,8 @@ class RlIoChannel:
             self.watcher.wait(min(deadline - now, 0.05 if dead_since else 0.5))
 
     def write_reply(self, req: Request, qp: int) -> None:
-        reply = protocol.Reply(qp=qp, mg_index=req.mg_index, session=self.session or None)
+        # Echo only the session the encoder sent: one started without --rl-session may reject any other.
+        reply = protocol.Reply(qp=qp, mg_index=req.mg_index, session=req.session or None)
         protocol.write_message(protocol.reply_path(self.rl_dir, req.mg_index), reply)
 
 

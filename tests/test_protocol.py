@@ -189,3 +189,25 @@ def test_tmp_name_is_ignored_by_readers(tmp_path):
     with protocol.DirWatcher(tmp_path) as w:
         assert protocol.read_when_present(tmp_path / "mg0000_qp.json", w, time.monotonic() + 0.1) is None
     assert os.path.exists(tmp_path / "mg0000_qp.json.tmp")
+
+
+def test_reply_echoes_only_the_session_the_encoder_sent(tmp_path):
+    import json
+    from dataclasses import replace
+
+    import io_runner
+
+    req = protocol.Request(mg_index=3, gop_index=0, mg_in_gop=3, mgs_in_gop=4, gop_frames=16, first_frame=12,
+                           frame_count=4, frame_types=["INTER"] * 4, temporal_layers=[0, 2, 1, 2], base_qp=30,
+                           qp_min=1, qp_max=63, fp_bpp=0.1, lookahead_fp_bpp=[], gop_bits_spent=0,
+                           gop_bits_budget=1000, total_bits_spent=0, total_bits_budget=1000, target_kbps=10.0,
+                           fps=30.0, width=16, height=16, total_frames=16)  # fmt: skip
+    channel = io_runner.RlIoChannel(tmp_path / "rl", "agent-session", 1.0)
+    try:
+        channel.write_reply(req, 31)  # the encoder sent no session
+        reply = json.loads(protocol.reply_path(tmp_path / "rl", 3).read_text())
+        assert reply["qp"] == 31 and reply.get("session") is None
+        channel.write_reply(replace(req, mg_index=4, session="enc-1"), 32)
+        assert json.loads(protocol.reply_path(tmp_path / "rl", 4).read_text())["session"] == "enc-1"
+    finally:
+        channel.close()
