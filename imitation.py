@@ -75,11 +75,6 @@ def source_of(window: str) -> str:
     return window.split("_s")[0]
 
 
-def load_demos(paths: Iterable[Path], max_delta_qp: int = 4) -> Demos:
-    """Reads bench/oracle_data.py JSON-lines files into demonstration steps (points with errors skipped)."""
-    return demos_from_records(read_records(paths), max_delta_qp)
-
-
 def demos_from_records(records: list[dict], max_delta_qp: int = 4) -> Demos:
     """The oracle's answers along its own trajectories as demonstration steps."""
     obs, act, src, pt, pos, gains = [], [], [], [], [], []
