@@ -314,7 +314,8 @@ def run_encode(
                 t0 = time.monotonic()
                 log.debug("feedback %s", msg)
                 step = steps[msg.mg_index]
-                protocol.check_feedback_matches(msg, step.request, protocol.feedback_path(rl_dir, msg.mg_index))
+                fb_file = protocol.feedback_path(rl_dir, msg.mg_index)
+                protocol.check_feedback_matches(msg, step.request, fb_file, step.qp)
                 step.feedback = msg
                 req = step.request
                 step.cost = reward_mod.cost(msg, req.gop_bits_budget, req.gop_frames)

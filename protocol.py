@@ -61,6 +61,11 @@ def end_path(rl_dir: Path) -> Path:
     return Path(rl_dir) / END_NAME
 
 
+def is_protocol_name(name: str) -> bool:
+    """True for a protocol file's name or one of its temporaries (the names clearing removes)."""
+    return _PROTOCOL_NAME_RE.match(name) is not None
+
+
 # ----------------------------------------------------------------------------- messages
 
 
@@ -155,6 +160,8 @@ class End:
 _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "qp": (0, 255),
 }
+# Integers must fit a signed 64-bit integer (what any encoder's C side holds); larger ones are malformed.
+INT_LIMIT = 2**63
 
 
 def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
@@ -171,12 +178,17 @@ def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
     if ann == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise bad("must be an integer")
+                value = int(value)
+            else:
+                raise bad("must be an integer")
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise bad("must fit a signed 64-bit integer")
         return value
     if ann == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("must be a number")
+        if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+            raise bad("must fit a signed 64-bit integer")
         if not math.isfinite(value):
             raise bad("must be finite")
         return float(value)
@@ -252,8 +264,9 @@ def _validate_feedback(fb: Feedback, path: Path) -> None:
         raise ProtocolError(f"{path}: field 'bits' is {fb.bits}, the sum of 'frame_bits' is {sum(fb.frame_bits)}")
 
 
-def check_feedback_matches(fb: Feedback, req: Request, path: Path) -> None:
-    """Feedback must describe the mini-GOP its request announced: same index, GOP and frame count.
+def check_feedback_matches(fb: Feedback, req: Request, path: Path, reply_qp: int | None = None) -> None:
+    """Feedback must describe the mini-GOP its request announced: same index, GOP and frame count,
+    the GOP end its request's position implies and, when `reply_qp` is given, `qp_used` = the reply.
 
     Raises ProtocolError naming the file and the first field that disagrees.
     """
@@ -261,6 +274,8 @@ def check_feedback_matches(fb: Feedback, req: Request, path: Path) -> None:
         got, want = getattr(fb, name), getattr(req, name)
         if got != want:
             raise ProtocolError(f"{path}: field '{name}' is {got}, its request says {want}")
+    if reply_qp is not None and fb.qp_used != reply_qp:
+        raise ProtocolError(f"{path}: field 'qp_used' is {fb.qp_used}, the reply was qp {reply_qp}")
     last = req.mg_in_gop == req.mgs_in_gop - 1 or req.first_frame + req.frame_count >= req.total_frames
     if fb.gop_end != int(last):
         raise ProtocolError(
@@ -283,7 +298,13 @@ def parse_feedback(text: str, path: Path) -> Feedback:
 
 
 def parse_end(text: str, path: Path) -> End:
-    return _from_dict(End, _loads(text, path), path)
+    end = _from_dict(End, _loads(text, path), path)
+    if end.status not in ("ok", "error"):
+        raise ProtocolError(f"{path}: field 'status' must be \"ok\" or \"error\" (got {end.status!r})")
+    for name in ("mini_gops", "frames", "bits"):
+        if getattr(end, name) < 0:
+            raise ProtocolError(f"{path}: field '{name}' must be >= 0 (got {getattr(end, name)})")
+    return end
 
 
 def parse_reply(text: str, path: Path, qp_min: int = 0, qp_max: int = 255) -> Reply:
@@ -300,6 +321,8 @@ def _loads(text: str, path: Path) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as exc:
         raise ProtocolError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 100000 nested '[': still under MAX_FILE_BYTES
+        raise ProtocolError(f"{path}: not valid JSON: nested too deeply") from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -443,7 +466,7 @@ def clear_protocol_files(rl_dir: Path) -> int:
     if not rl_dir.is_dir():
         return 0
     for p in rl_dir.iterdir():
-        if _PROTOCOL_NAME_RE.match(p.name):
+        if is_protocol_name(p.name):
             try:
                 p.unlink()  # a link is removed itself, never its target
                 removed += 1

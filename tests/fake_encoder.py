@@ -18,7 +18,12 @@ requests run one ahead, feedback written in reverse order, every file written tw
 is valid JSON over protocol.MAX_FILE_BYTES); in feedback FAULT_AT: fbindex (body mg_index of the
 previous mini-GOP), fbframes (frame_count other than the request's), fblen (2 frame_bits for 4
 frames), gopend (gop_end 1 in the middle of a GOP); endearly (end.json status ok after mini-GOP
-FAULT_AT, exit 0).
+FAULT_AT, exit 0); fbunasked (body mg_index 1000, never requested), fbgop (gop_index other than the
+request's), qpused (qp_used and frame_qps 1 above the reply), rqutf8 (request FAULT_AT: bytes that are
+not UTF-8), gopend0 (gop_end 0 on the last mini-GOP, FAULT_AT + 2); for the conformance kit only
+(the agent accepts these): stray (a leftover temporary and the feedback of a mini-GOP never
+requested), exitcode (exit 1 after end.json status ok), nosession (session "" although one was
+given), inplace (feedback FAULT_AT written in place, in two halves).
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ def main(args: list[str]) -> int:
         )  # fmt: skip
         return asdict(req)
 
+    spent = [0]  # total bits, for end.json
+
     def feedback(n: int, qp: int) -> dict:
         bits = int(gop_budget / mgs_in_gop * 2 ** ((30 - qp) / 6))
         mse = 4.0 * 2 ** ((qp - 30) / 6)
@@ -87,7 +94,8 @@ def main(args: list[str]) -> int:
 
     def write(path: Path, data: dict | str) -> None:
         text = data if isinstance(data, str) else json.dumps(data)
-        if fault == "careless":  # in place, no rename: a reader can see half a file
+        if fault == "careless" or (fault == "inplace" and path.name == f"mg{FAULT_AT:04d}_fb.json"):
+            # in place, no rename: a reader can see half a file
             with open(path, "w") as fh:
                 fh.write(text[: len(text) // 2])
                 fh.flush()
@@ -123,6 +131,8 @@ def main(args: list[str]) -> int:
             print(f"fake encoder: stuck in mini-GOP {n}", file=sys.stderr, flush=True)
             time.sleep(3600)
 
+    if fault == "nosession":
+        session = ""
     n = 0
     while n < (FAULT_AT + 1 if fault == "endearly" else n_mgs):
         if fault == "reorder" and n + 1 < n_mgs:  # lookahead of one; feedback in reverse order
@@ -133,6 +143,7 @@ def main(args: list[str]) -> int:
             write(protocol.feedback_path(rl_dir, n + 1), feedback(n + 1, qp1))
             time.sleep(0.05)
             write(protocol.feedback_path(rl_dir, n), feedback(n, qp0))
+            spent[0] += feedback(n, qp0)["bits"] + feedback(n + 1, qp1)["bits"]
             n += 2
             continue
         rq = request(n)
@@ -140,7 +151,11 @@ def main(args: list[str]) -> int:
             del rq["base_qp"]
         if n == FAULT_AT and fault == "rqhuge":
             rq["padding"] = "x" * protocol.MAX_FILE_BYTES  # an unknown field: only the size is wrong
-        if n == FAULT_AT and fault == "rqlink":
+        if n == FAULT_AT and fault == "rqutf8":  # bytes that are not UTF-8, renamed into place
+            tmp = protocol.request_path(rl_dir, n).with_suffix(".json.tmp")
+            tmp.write_bytes(json.dumps(rq).encode()[:-1] + b',"codec":"\xff\xfe"}')
+            os.replace(tmp, protocol.request_path(rl_dir, n))
+        elif n == FAULT_AT and fault == "rqlink":
             target = Path.cwd() / f"{name}.target.json"
             write(target, rq)
             os.symlink(target, protocol.request_path(rl_dir, n))
@@ -170,13 +185,26 @@ def main(args: list[str]) -> int:
                 fb["frame_bits"] = fb["frame_bits"][:2]
             elif fault == "gopend":  # a GOP end in the middle of a GOP
                 fb["gop_end"] = 1
+            elif fault == "fbunasked":
+                fb["mg_index"] = 1000
+            elif fault == "fbgop":
+                fb["gop_index"] += 1
+            elif fault == "qpused":
+                fb["qp_used"] += 1
+                fb["frame_qps"] = [q + 1 for q in fb["frame_qps"]]
+            elif fault == "stray":
+                (rl_dir / "mg0005_fb.json.tmp").write_text("{}")
+                protocol.write_atomic(protocol.feedback_path(rl_dir, 42), json.dumps(fb))
+        if n == FAULT_AT + 2 and fault == "gopend0":  # no GOP end on the GOP's last mini-GOP
+            fb["gop_end"] = 0
         write(protocol.feedback_path(rl_dir, n), fb)
+        spent[0] += fb["bits"] if isinstance(fb, dict) and isinstance(fb.get("bits"), int) else 0
         n += 1
     if fault == "endearly":  # a clean-looking end after FAULT_AT + 1 of the mini-GOPs
         n_mgs = FAULT_AT + 1
-    end = protocol.End(status="ok", mini_gops=n_mgs, frames=frames, bits=0, message="fake", session=session)
+    end = protocol.End(status="ok", mini_gops=n_mgs, frames=frames, bits=spent[0], message="fake", session=session)
     write(protocol.end_path(rl_dir), asdict(end))
-    return 0
+    return 1 if fault == "exitcode" else 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "1"
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_encoder.py'}"
 # Faults at mini-GOP 5 (second GOP of two, 4 mini-GOPs each): the first GOP is complete.
 FAILING = ("kill", "exit", "hang", "badjson", "missing", "nan", "wrongtype", "rqmissing", "session", "rqlink",
-           "rqhuge", "fbindex", "fbframes", "fblen", "gopend", "endearly")  # fmt: skip
+           "rqhuge", "fbindex", "fbframes", "fblen", "gopend", "endearly", "fbunasked", "fbgop", "qpused", "rqutf8",
+           "gopend0")  # fmt: skip
 SURVIVING = ("careless", "reorder", "ok")
 
 
@@ -163,6 +164,11 @@ def test_no_orphans_after_kill_and_hang(faults):
         ("fblen", r"mg0005_fb.json: field 'frame_bits' has 2 entries for frame_count 4"),
         ("gopend", r"mg0005_fb.json: field 'gop_end' is 1, but its request is mini-GOP 1 of 4"),
         ("endearly", r"end.json: status ok, but 24 of the 32 frames its requests announced were coded"),
+        ("fbunasked", r"mg0005_fb.json: field 'mg_index' is 1000, expected 5"),
+        ("fbgop", r"mg0005_fb.json: field 'gop_index' is 2, its request says 1"),
+        ("qpused", r"mg0005_fb.json: field 'qp_used' is \d+, the reply was qp \d+"),
+        ("rqutf8", r"mg0005_rq.json: not valid UTF-8"),
+        ("gopend0", r"mg0007_fb.json: field 'gop_end' is 0, but its request is mini-GOP 3 of 4"),
     ],
 )
 def test_malformed_message_names_file_and_field(faults, video, match):
