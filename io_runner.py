@@ -290,6 +290,8 @@ def run_encode(
             msg = channel.next_message(next_request, pending, proc.alive, should_stop)
             if isinstance(msg, Request):
                 t0 = time.monotonic()
+                prev_rq = steps[msg.mg_index - 1].request if msg.mg_index else None
+                protocol.check_request_follows(msg, prev_rq, protocol.request_path(rl_dir, msg.mg_index))
                 log.debug("request %s", msg)
                 if msg.mg_in_gop == 0:
                     prev_fb, prev_base_qp = None, None

@@ -285,6 +285,31 @@ def check_feedback_matches(fb: Feedback, req: Request, path: Path, reply_qp: int
         )
 
 
+def check_request_follows(req: Request, prev: Request | None, path: Path) -> None:
+    """Request N must continue request N-1 (`prev`; None for N = 0): the same encode (`total_frames`),
+    the next frames (`first_frame`) and the next position: mini-GOP `mg_in_gop` + 1 of the same GOP, or
+    mini-GOP 0 of GOP `gop_index` + 1 after a GOP's last mini-GOP (the position that ends a GOP).
+
+    Raises ProtocolError naming the file and the first field that disagrees.
+    """
+    if prev is None:
+        want = {"gop_index": 0, "mg_in_gop": 0, "first_frame": 0}
+    else:
+        new_gop = prev.mg_in_gop == prev.mgs_in_gop - 1
+        want = {
+            "total_frames": prev.total_frames,
+            "gop_index": prev.gop_index + new_gop,
+            "mg_in_gop": 0 if new_gop else prev.mg_in_gop + 1,
+            "first_frame": prev.first_frame + prev.frame_count,
+        }
+    for name, value in want.items():
+        if getattr(req, name) != value:
+            after = "it is the first request" if prev is None else (
+                f"after mini-GOP {prev.mg_in_gop} of {prev.mgs_in_gop} in GOP {prev.gop_index}, frames "
+                f"{prev.first_frame}..{prev.first_frame + prev.frame_count - 1} of {prev.total_frames}")  # fmt: skip
+            raise ProtocolError(f"{path}: field '{name}' is {getattr(req, name)}, {value} was due ({after})")
+
+
 def parse_request(text: str, path: Path) -> Request:
     req = _from_dict(Request, _loads(text, path), path)
     _validate_request(req, path)

@@ -20,7 +20,8 @@ previous mini-GOP), fbframes (frame_count other than the request's), fblen (2 fr
 frames), gopend (gop_end 1 in the middle of a GOP); endearly (end.json status ok after mini-GOP
 FAULT_AT, exit 0); fbunasked (body mg_index 1000, never requested), fbgop (gop_index other than the
 request's), qpused (qp_used and frame_qps 1 above the reply), rqutf8 (request FAULT_AT: bytes that are
-not UTF-8), gopend0 (gop_end 0 on the last mini-GOP, FAULT_AT + 2); for the conformance kit only
+not UTF-8), rqgop (request FAULT_AT restarts the GOP: mg_in_gop 0), gopend0 (gop_end 0 on the
+last mini-GOP, FAULT_AT + 2); for the conformance kit only
 (the agent accepts these): stray (a leftover temporary and the feedback of a mini-GOP never
 requested), exitcode (exit 1 after end.json status ok), nosession (session "" although one was
 given), inplace (feedback FAULT_AT written in place, in two halves).
@@ -149,6 +150,8 @@ def main(args: list[str]) -> int:
         rq = request(n)
         if n == FAULT_AT and fault == "rqmissing":
             del rq["base_qp"]
+        if n == FAULT_AT and fault == "rqgop":
+            rq["mg_in_gop"] = 0
         if n == FAULT_AT and fault == "rqhuge":
             rq["padding"] = "x" * protocol.MAX_FILE_BYTES  # an unknown field: only the size is wrong
         if n == FAULT_AT and fault == "rqutf8":  # bytes that are not UTF-8, renamed into place

@@ -32,7 +32,7 @@ FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_encoder.py'}"
 # Faults at mini-GOP 5 (second GOP of two, 4 mini-GOPs each): the first GOP is complete.
 FAILING = ("kill", "exit", "hang", "badjson", "missing", "nan", "wrongtype", "rqmissing", "session", "rqlink",
            "rqhuge", "fbindex", "fbframes", "fblen", "gopend", "endearly", "fbunasked", "fbgop", "qpused", "rqutf8",
-           "gopend0")  # fmt: skip
+           "gopend0", "rqgop")  # fmt: skip
 SURVIVING = ("careless", "reorder", "ok")
 
 
@@ -169,6 +169,7 @@ def test_no_orphans_after_kill_and_hang(faults):
         ("qpused", r"mg0005_fb.json: field 'qp_used' is \d+, the reply was qp \d+"),
         ("rqutf8", r"mg0005_rq.json: not valid UTF-8"),
         ("gopend0", r"mg0007_fb.json: field 'gop_end' is 0, but its request is mini-GOP 3 of 4"),
+        ("rqgop", r"mg0005_rq.json: field 'mg_in_gop' is 0, 1 was due \(after mini-GOP 0 of 4 in GOP 1"),
     ],
 )
 def test_malformed_message_names_file_and_field(faults, video, match):

@@ -27,6 +27,7 @@ FAULTS = {
     "qpused": ("qp_used", "mg0005_fb.json: field 'qp_used' is"),
     "gopend": ("gop_end", "mg0005_fb.json: field 'gop_end' is 1"),
     "gopend0": ("gop_end", "mg0007_fb.json: field 'gop_end' is 0"),
+    "rqgop": ("gop_sequence", "mg0005_rq.json: field 'mg_in_gop' is 0, 1 was due (after mini-GOP 0 of 4 in GOP 1"),
     "endearly": ("end", "end.json: fields 'mini_gops' 6, 'frames' 32: 6 mini-GOPs were requested, 24 of 32"),
     "session": ("session", "mg0005_fb.json: field 'session' is '1234-e1'"),
     "nosession": ("session", "mg0000_rq.json: field 'session' is ''"),
