@@ -30,6 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import checkpoint
 import encoder_proc
 import io_runner
+import log_limit
 import policy
 import protocol
 from config import Config, SACConfig
@@ -547,6 +548,7 @@ def setup_logging(level: int) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     log.handlers[:] = [handler]
     log.propagate = False
+    log_limit.install(log)  # the same error is printed a few times, then counted
     log.setLevel({0: logging.ERROR, 1: logging.INFO, 2: DETAILED, 3: logging.DEBUG}[level])
 
 
@@ -782,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = 1
     finally:
         telemetry.close()
+        log_limit.log_summary(log)
         if report:
             out = Path(cfg.out_dir) / f"report_{cfg.mode}.json"
             out.write_text(json.dumps(report, indent=1))
