@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -36,11 +36,21 @@ class VideoSpec:
 
     name: str  # short label for logs and TensorBoard tags (the input's file stem)
     args: list[str]  # encoder arguments, exactly as the user gave them
+    encoder: list[str] = field(default_factory=list)  # the encoder program and its own flags (main.py sets it)
+
+    @property
+    def video_key(self) -> str:
+        """The video's arguments minus outputs."""
+        return "|".join(strip_output_args(self.args))
 
     @property
     def key(self) -> str:
-        """Canonical key (baseline statistics are stored under it): the arguments minus outputs."""
-        return "|".join(strip_output_args(self.args))
+        """Canonical key (baseline statistics are stored under it): everything that changes the encode.
+
+        The encoder program and its flags (`encoder_key`) and the video's arguments minus outputs;
+        the protocol arguments (rl_io directory, session) differ per run and are not part of it.
+        """
+        return "|".join([encoder_key(self.encoder), self.video_key]) if self.encoder else self.video_key
 
     def flag(self, name: str) -> str | None:
         """The value following flag `name`, or None."""
@@ -165,6 +175,14 @@ def pass1_args(spec: VideoSpec) -> list[str] | None:
         return None
     out = strip_flags(strip_output_args(spec.args), ("--stat-in", "--pass"))
     return out + ["--pass", "1", "--stat-out", stat_in]
+
+
+def encoder_key(command: list[str]) -> str:
+    """The encoder part of a baseline key: the command with this interpreter written as `python`.
+
+    So the built-in encoder's key is the same in every virtual environment.
+    """
+    return "|".join("python" if i == 0 and tok == sys.executable else tok for i, tok in enumerate(command))
 
 
 def encoder_command(encoder: str) -> list[str]:

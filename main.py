@@ -258,7 +258,9 @@ def resolve_videos(cfg: Config, dataset_args: str) -> list[VideoSpec]:
             extra = ["--bitrate", str(kbps)] + (["--frames", str(frames)] if frames else [])
             specs += encoder_proc.dataset_specs(str(bundled_clip(name)), stat_dir, out_dir, extra)
     names = [s.name for s in specs]
+    encoder = encoder_proc.encoder_command(cfg.encoder)
     for spec in specs:
+        spec.encoder = encoder  # part of the baseline key: another encoder or its flags, another baseline
         src = spec.flag("--input")
         if src is not None and not Path(src).exists():
             raise VideoSpecError(f"--videos: input file {src} (video {spec.name}) does not exist")
@@ -480,6 +482,8 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
     missing = [s for s in specs if s.key not in stats.videos or cfg.make_baseline]
     done = 0
     for spec in missing:
+        if not cfg.make_baseline:
+            say_other_baselines(stats, spec, path)
         log.info("baseline (Δ=0) encode of %s", spec.name)
         res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
         if stop():
@@ -488,6 +492,7 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
             log.error("baseline (Δ=0) encode of %s failed, so it is left out of this run: %s", spec.name, res.message)
             continue
         s = io_runner.baseline_from_result(res)
+        s.encoder, s.video = encoder_proc.encoder_key(spec.encoder), spec.video_key
         s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
         stats.videos[spec.key] = s
         log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f, RD slope %s dB per doubling of the rate",
@@ -513,6 +518,20 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
         stats.save(path)
         log.info("baseline statistics written to %s", path)
     return stats
+
+
+def say_other_baselines(stats: BaselineStats, spec: VideoSpec, path: Path) -> None:
+    """Warns when the baseline file holds this video's baseline made with another encoder command."""
+    for key, base in stats.videos.items():
+        if key == spec.video_key:  # a file from before the key held the encoder
+            log.warning("%s: %s has a Δ=0 baseline of this video made without a record of its encoder (an older "
+                        "file): encoding a new one with this encoder (%s)", spec.name, path,
+                        " ".join(spec.encoder))  # fmt: skip
+        elif base.video == spec.video_key:
+            mine = encoder_proc.encoder_key(spec.encoder).replace("|", " ")
+            log.warning("%s: %s has a Δ=0 baseline of this video made with another encoder command (%s); this run "
+                        "uses %s: encoding a new baseline (both are kept)", spec.name, path,
+                        base.encoder.replace("|", " "), mine)  # fmt: skip
 
 
 def encoder_warnings(log_path: Path) -> list[str]:

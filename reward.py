@@ -52,6 +52,8 @@ class VideoBaseline:
     # Local RD slope of the Δ=0 encode, dB of overall PSNR-Y per doubling of the rate (from a second
     # Δ=0 encode slightly above the target); NaN when unknown. See delta_psnr_at_equal_rate.
     psnr_slope: float = math.nan
+    encoder: str = ""  # the encoder command it was made with (encoder_proc.encoder_key), "" in older files
+    video: str = ""  # the video's arguments minus outputs (VideoSpec.video_key), "" in older files
 
     def gop_frames(self, gop_index: int) -> int:
         return sum(m.frame_count for m in self.mini_gops if m.gop_index == gop_index)

@@ -342,3 +342,37 @@ def test_a_failed_baseline_leaves_out_only_that_video(tmp_path):
 
     rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
     assert [r["video"] for r in rows] == ["ok"]
+
+
+def test_baseline_is_keyed_by_the_encoder_command(tmp_path):
+    # The same --videos with another encoder command (here the encoder's own --keyint 8, which its
+    # first occurrence wins over the video's --keyint 16) is another baseline: found missing, said
+    # so, encoded; the first is kept and used again without a new encode.
+    import json
+
+    videos = fake_videos(tmp_path, ("ok",))
+    res = run_main(tmp_path, "--encoder", FAKE, *videos, "--make-baseline", *FAST)
+    assert res.returncode == 0, res.stderr
+    path = tmp_path / "outputs" / "baseline_stats.json"
+    data = json.loads(path.read_text())
+    [(key_a, base_a)] = data["videos"].items()
+    video_key = videos[1]  # the video's arguments (it has no outputs)
+    assert key_a == f"python|{ROOT / 'tests' / 'fake_encoder.py'}|{video_key}"
+    assert base_a["encoder"] == f"python|{ROOT / 'tests' / 'fake_encoder.py'}" and base_a["video"] == video_key
+    # An entry as files made before this key had it: under the video's arguments alone.
+    data["videos"][video_key] = dict(base_a, encoder="", video="")
+    path.write_text(json.dumps(data))
+
+    res = run_main(tmp_path, "--encoder", f"{FAKE} --keyint 8", *videos, "--epochs", "1", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "has a Δ=0 baseline of this video made without a record of its encoder" in res.stderr
+    assert "has a Δ=0 baseline of this video made with another encoder command (python " in res.stderr
+    assert "baseline (Δ=0) encode of ok" in res.stderr
+    rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
+    assert [r["gops"] for r in rows] == [4]  # keyint 8: this encoder's own baseline, not the first one's
+    assert len(json.loads(path.read_text())["videos"]) == 3  # both kept (and the old entry)
+
+    res = run_main(tmp_path, "--encoder", FAKE, *videos, "--epochs", "1", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert "baseline (Δ=0) encode" not in res.stderr and "WARNING" not in res.stderr
