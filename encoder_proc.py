@@ -177,6 +177,17 @@ def pass1_args(spec: VideoSpec) -> list[str] | None:
     return out + ["--pass", "1", "--stat-out", stat_in]
 
 
+def glue_dash_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Rewrites `FLAG --input|x` as `FLAG=--input|x` for each of `flags`, so that argparse keeps the value."""
+    out: list[str] = []
+    for tok in argv:
+        if out and out[-1] in flags:
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def encoder_key(command: list[str]) -> str:
     """The encoder part of a baseline key: the command with this interpreter written as `python`.
 

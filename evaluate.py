@@ -2,6 +2,7 @@
 
     # the report: every clip of a directory (or a glob), 4 target rates, agent / baseline / codec RC
     python evaluate.py --load-checkpoint CKPT --inputs DIR_OR_GLOB [--bitrates 100,200,400,800 | --bpp ...]
+                       [--encoder "YOUR ENCODER" --encoder-args "A|B"]
                        [--codec svtav1] [--frames N] [--oracle] --out DIR
     # the oracle alone (+ the agent when a checkpoint is given): per-mini-GOP QP offsets found by search
     python evaluate.py oracle --inputs DIR_OR_GLOB [--bitrates ...] [--load-checkpoint CKPT] --out DIR
@@ -24,8 +25,15 @@ first pass (`--pass 1`, then `--pass 2 --stat-in`, as main.py's dataset mode doe
             PSNR-Y within the baseline's total bits (a penalty on overshoot, `run_oracle`).
 
 Quality numbers come from the encoder's own --summary-json: overall PSNR-Y from the total luma MSE
-(the headline), the mean of per-frame PSNR-Y, and mean SSIM-Y. Outputs in --out: runs.csv (one
-row per encode), bdrate.csv, minigops.csv (per-mini-GOP QP / bits / budget), oracle.csv,
+(the headline), the mean of per-frame PSNR-Y, and mean SSIM-Y.
+
+`--encoder CMD` evaluates a team's own encoder instead: it is run as main.py runs encoders (pass 1
+with `--pass 1 --stat-out`, then `--pass 2 --stat-in` through the protocol; video flags `--input
+--frames --bitrate`, plus `--encoder-args`), and every number comes from the protocol's feedback
+alone: bits and per-mini-GOP MSE, overall PSNR-Y = 10 log10(255² / frame-weighted mean MSE). The
+codec_rc and codec_crf columns need the built-in encoder's extra modes and are left out (said).
+
+Outputs in --out: runs.csv (one row per encode), bdrate.csv, minigops.csv (per-mini-GOP QP / bits / budget), oracle.csv,
 report.md, summary.json and PNG plots (RD curves per clip; QP per mini-GOP and bits vs budget per
 GOP for one clip).
 
@@ -191,6 +199,13 @@ class EvalSettings:
     input_res: str | None = None  # for .yuv inputs
     encoder_timeout_s: float = 60.0  # seconds without a protocol file before an encoder counts as hung
     device: str = "cpu"
+    encoder: str = ""  # a team's own encoder command (main.py --encoder); "" = the built-in one
+    encoder_args: tuple[str, ...] = ()  # its extra arguments for every encode (codec, GOP, preset flags)
+    rl_args: str = encoder_proc.DEFAULT_RL_ARGS  # protocol arguments, as main.py --encoder-rl-args
+
+    @property
+    def builtin(self) -> bool:
+        return not self.encoder
 
 
 def find_inputs(patterns: Sequence[str]) -> list[Path]:
@@ -300,11 +315,16 @@ class Point:
     settings: EvalSettings
 
     def base_args(self) -> list[str]:
-        """Encoder arguments common to every method (input, codec, layout, frames, target)."""
+        """Encoder arguments common to every method (input, codec, layout, frames, target).
+
+        Another encoder gets the flags main.py's videos have (input, frames, bitrate) and its own.
+        """
         v, s = self.video, self.settings
         args = ["--input", str(v.path)]
         if v.input_res:
             args += ["--input-res", v.input_res]
+        if not s.builtin:
+            return args + ["--frames", str(v.frames), "--bitrate", f"{self.target_kbps:g}", *s.encoder_args]
         args += ["--codec", s.codec, "--frames", str(v.frames), "--keyint", str(s.keyint),
                  "--mini-gop", str(s.mini_gop), "--bitrate", f"{self.target_kbps:g}"]  # fmt: skip
         if s.preset is not None:
@@ -317,6 +337,8 @@ class Point:
 
     def pass2_args(self, tag: str) -> list[str]:
         """Arguments of a two-pass final encode on the shared first pass, writing `tag`.json/.csv."""
+        if not self.settings.builtin:  # main.py's dataset mode: the protocol's feedback is the output
+            return self.base_args() + ["--pass", "2", "--stat-in", str(self.stat_path)]
         return self.base_args() + ["--rc-mode", "1", "--pass", "2", "--stat-in", str(self.stat_path),
                                    "--summary-json", str(self.work / f"{tag}.json"),
                                    "--csv", str(self.work / f"{tag}.csv")]  # fmt: skip
@@ -356,12 +378,20 @@ class Runner:
         point.work.mkdir(parents=True, exist_ok=True)
         summary = point.work / "pass1.json"
         if not (point.stat_path.exists() and summary.exists()):
-            args = point.base_args() + ["--pass", "1", "--stat-out", str(point.stat_path), "--summary-json",
-                                        str(summary)]  # fmt: skip
+            args = point.base_args() + ["--pass", "1", "--stat-out", str(point.stat_path)]
+            if self.settings.builtin:
+                args += ["--summary-json", str(summary)]
             self.count += 1
-            encoder_proc.run_to_completion(encoder_proc.encoder_command("") + args, point.work / "pass1.log",
-                                           point.video.name, timeout_s=3600)  # fmt: skip
+            t0 = time.monotonic()
+            encoder_proc.run_to_completion(self.encoder + args, point.work / "pass1.log", point.video.name,
+                                           timeout_s=3600)  # fmt: skip
+            if not self.settings.builtin:  # its time: the process's wall time
+                summary.write_text(json.dumps({"encode_s": time.monotonic() - t0}))
         return float(json.loads(summary.read_text())["encode_s"])
+
+    @property
+    def encoder(self) -> list[str]:
+        return encoder_proc.encoder_command(self.settings.encoder)
 
     def protocol_encode(
         self, point: Point, method: str, learner: Learner, max_delta_qp: int, rate_tolerance: float, tag: str
@@ -370,14 +400,17 @@ class Runner:
         args = point.pass2_args(tag)
         self.count += 1
         session = f"ev{os.getpid()}-{self.count}"
-        command = encoder_proc.encoder_command("") + args + ["--rl-dir", str(self.rl_dir), "--rl-session", session]
+        command = self.encoder + args + encoder_proc.rl_args(self.settings.rl_args, self.rl_dir, session)
         spec = encoder_proc.VideoSpec(point.video.name, args)
         timeout = self.settings.encoder_timeout_s
         res = io_runner.run_encode(spec, command, self.rl_dir, session, learner, None, max_delta_qp,
                                    rate_tolerance, timeout, point.work / f"{tag}.log")  # fmt: skip
         rec = RunRecord(point.video.name, method, point.target_kbps, ok=res.ok, message=res.message)
-        if res.ok:
+        if res.ok and self.settings.builtin:
             _fill_from_summary(rec, point.work / f"{tag}.json", res.wall_s)
+        if res.ok and not self.settings.builtin:
+            _fill_from_feedback(rec, res)
+        if res.ok:
             rec.minigops = _minigops_from_result(res)
             _gop_counts(rec, rate_tolerance)
             rec.mean_dqp = float(np.mean([m.qp - m.encoder_qp for m in rec.minigops]))
@@ -414,6 +447,24 @@ def _fill_from_summary(rec: RunRecord, path: Path, wall_s: float) -> None:
     rec.agent_s = float(d.get("agent_wait_s") or 0.0)
     rec.encode_s = float(d["encode_s"]) + float(d.get("pass1_s") or 0.0)
     rec.wall_s = wall_s
+
+
+def _fill_from_feedback(rec: RunRecord, res: EncodeResult) -> None:
+    """Quality, rate and time from the protocol's feedback alone (any encoder).
+
+    Overall PSNR-Y from the frame-weighted mean of the mini-GOPs' luma MSE (capped at 100 dB, as
+    the protocol says), rate from their bits at the requests' frame rate; time: the process's wall
+    time less the agent's.
+    """
+    s = res.summary()
+    steps = res.done_steps
+    frames = sum(st.feedback.frame_count for st in steps)
+    rec.frames, rec.width, rec.height = frames, steps[0].request.width, steps[0].request.height
+    rec.bits, rec.kbps = sum(st.feedback.bits for st in steps), s["kbps"]
+    rec.psnr_y, rec.ssim_y = s["psnr_y"], s["ssim_y"]
+    rec.psnr_y_frame_mean = sum(st.feedback.psnr_y_frame_mean * st.feedback.frame_count for st in steps) / frames
+    rec.agent_s = res.agent_s
+    rec.encode_s = rec.wall_s = res.wall_s
 
 
 def _minigops_from_result(res: EncodeResult) -> list[MiniGopRow]:
@@ -730,6 +781,10 @@ def evaluate(
         report.checkpoint, report.checkpoint_epoch = agent.path, agent.epoch
     from learners import ZeroDeltaLearner
 
+    if not settings.builtin and {"codec_rc", "codec_crf"} & set(methods):
+        log.warning("--encoder: codec_rc and codec_crf are left out (they need the built-in encoder's rc-modes 2 and "
+                    "3); agent, baseline and oracle come from the protocol's feedback alone")  # fmt: skip
+        methods = [m for m in methods if m not in ("codec_rc", "codec_crf")]
     for video in videos:
         for target in targets[video.name]:
             point = Point(video, target, out_dir / "work" / video.name / f"{target:g}kbps", settings)
@@ -958,8 +1013,11 @@ def markdown(report: Report, plots: Sequence[str]) -> str:
     out = ["# Evaluation report", ""]
     out += [f"- command: `{report.command}`" if report.command else "- command: (API call)",
             f"- checkpoint: `{report.checkpoint or 'none'}` (epoch {report.checkpoint_epoch})",
-            f"- encoder: built-in, codec {s.codec}, preset {s.preset if s.preset is not None else 'default'}, "
-            f"keyint {s.keyint}, mini-GOP {s.mini_gop}",
+            (f"- encoder: built-in, codec {s.codec}, preset {s.preset if s.preset is not None else 'default'}, "
+             f"keyint {s.keyint}, mini-GOP {s.mini_gop}" if s.builtin else
+             f"- encoder: `{s.encoder}` with `{' '.join(s.encoder_args)}`; every number from the protocol's "
+             "feedback (overall PSNR-Y from the mean luma MSE); codec_rc and codec_crf left out: they need the "
+             "built-in encoder's rc-modes"),
             "- clips: " + ", ".join(f"{v.name} ({v.width}x{v.height}, {v.frames} frames, {v.fps:.2f} fps)"
                                      for v in report.videos),
             f"- {report.encodes} encoder processes in {report.seconds:.0f} s",
@@ -1085,7 +1143,14 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     default_bpp = ",".join(map(str, DEFAULT_BPP))
     g.add_argument("--bpp", type=_floats,
                    help=f"target bits per luma pixel, comma-separated (default {default_bpp})")  # fmt: skip
-    p.add_argument("--codec", choices=("svtav1", "x264"), default="svtav1")
+    p.add_argument("--codec", choices=("svtav1", "x264"), default="svtav1",
+                   help="built-in encoder's codec; with --encoder: which shipped policy answers")  # fmt: skip
+    p.add_argument("--encoder", default="", help="your own encoder command, split like a shell (as main.py "
+                   "--encoder); numbers from the protocol's feedback alone (default: built-in)")  # fmt: skip
+    p.add_argument("--encoder-args", default="", metavar="ARGS",
+                   help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")  # fmt: skip
+    p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
+                   help="protocol arguments, {rl_dir} and {session} filled (as main.py)")  # fmt: skip
     p.add_argument("--preset", type=int, default=None, help="codec speed preset (default: the encoder's)")
     p.add_argument("--frames", type=int, default=0, help="frames to code per clip (0 = all)")
     p.add_argument("--keyint", type=int, default=64, help="GOP length, frames")
@@ -1109,6 +1174,9 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     return p
 
 
+DASH_VALUE_FLAGS = ("--encoder-args", "--encoder-rl-args")  # values that start with '--'
+
+
 def default_policy(codec: str, oracle_mode: bool) -> str:
     """The shipped policy for `codec` when no checkpoint is given ('' in oracle mode or when none ships)."""
     import policy
@@ -1130,13 +1198,15 @@ def main(argv: list[str] | None = None) -> int:
     oracle_mode = bool(argv) and argv[0] == "oracle"
     if oracle_mode:
         argv = argv[1:]
-    ns = build_parser(oracle_mode).parse_args(argv)
+    ns = build_parser(oracle_mode).parse_args(encoder_proc.glue_dash_values(argv, DASH_VALUE_FLAGS))
     from main import setup_logging
 
     setup_logging(ns.log_level)
     settings = EvalSettings(codec=ns.codec, frames=ns.frames, preset=ns.preset, keyint=ns.keyint,
                             mini_gop=ns.mini_gop, input_res=ns.input_res, encoder_timeout_s=ns.encoder_timeout,
-                            device=ns.device)  # fmt: skip
+                            device=ns.device, encoder=ns.encoder,
+                            encoder_args=tuple(t for t in ns.encoder_args.split("|") if t),
+                            rl_args=ns.encoder_rl_args)  # fmt: skip
     try:
         if ns.frames < 0:
             raise ValueError(f"--frames must be >= 0, got {ns.frames}")

@@ -634,16 +634,7 @@ _DASH_VALUE_FLAGS = ("--videos", "--dataset-args", "--encoder-rl-args")
 
 def glue_dash_values(argv: list[str]) -> list[str]:
     """Rewrites `--videos --input|x` as `--videos=--input|x` so that argparse keeps the value."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in _DASH_VALUE_FLAGS and i + 1 < len(argv):
-            out.append(f"{argv[i]}={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
-    return out
+    return encoder_proc.glue_dash_values(argv, _DASH_VALUE_FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -372,19 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def glue_dash_values(argv: list[str]) -> list[str]:
-    """`--videos --input|x` as `--videos=--input|x`, so that argparse keeps a value that starts with '--'."""
-    out: list[str] = []
-    for tok in argv:
-        if out and out[-1] in ("--videos", "--encoder-rl-args"):
-            out[-1] = f"{out[-1]}={tok}"
-        else:
-            out.append(tok)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(glue_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = build_parser().parse_args(encoder_proc.glue_dash_values(argv, ("--videos", "--encoder-rl-args")))
     try:
         if ns.videos:
             spec = encoder_proc.parse_videos_arg(ns.videos)

@@ -271,3 +271,60 @@ def test_rd_plot_rate_axis_labels_are_plain_and_do_not_overlap(lo, hi):
     assert all("times" not in t.get_text() for t in labels)
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), [t.get_text() for t in labels]
+
+
+# ----------------------------------------------------------------------------- a team's own encoder
+
+MODEL = f"{sys.executable} {ROOT / 'tests' / 'model_encoder.py'}"
+
+
+def test_own_encoder_report_from_the_feedback_alone(untrained_checkpoint, tmp_path):
+    targets = [60.0, 120.0, 240.0]
+    out = tmp_path / "report"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "--encoder", MODEL, "--encoder-args", "--keyint|8|--mini-gop|4",
+         "--load-checkpoint", str(untrained_checkpoint), "--inputs", str(CLIP), "--frames", "16",
+         "--bitrates", ",".join(f"{t:g}" for t in targets), "--oracle", "--oracle-steps", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "codec_rc and codec_crf are left out (they need the built-in encoder's rc-modes 2 and 3)" in res.stderr
+    rows = _read_csv(out / "runs.csv")
+    assert sorted({r["method"] for r in rows}) == ["agent", "baseline", "oracle"]
+    for method in ("agent", "baseline", "oracle"):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: float(r["target_kbps"]))
+        assert [float(r["target_kbps"]) for r in mine] == targets and all(r["ok"] == "True" for r in mine)
+        psnr = [float(r["psnr_y"]) for r in mine]
+        assert psnr == sorted(psnr) and all(20 < q < 60 for q in psnr), (method, psnr)
+        assert all(int(r["frames"]) == 16 and int(r["gops"]) == 2 for r in mine)
+    # The model's feedback, summed by hand: 4 mini-GOPs of 4 frames, MSE weighted by frames.
+    base = next(r for r in rows if r["method"] == "baseline" and r["target_kbps"] == "120.0")
+    mgs = [r for r in _read_csv(out / "minigops.csv") if r["method"] == "baseline" and r["target_kbps"] == "120.0"]
+    assert int(base["bits"]) == sum(int(m["bits"]) for m in mgs)
+    assert float(base["kbps"]) == pytest.approx(int(base["bits"]) * 30.0 / 16 / 1000)
+    bd = {(r["metric"], r["pair"]): r for r in _read_csv(out / "bdrate.csv")}
+    assert math.isfinite(float(bd[("psnr_y", "agent vs baseline")]["mean"]))
+    md = (out / "report.md").read_text()
+    assert "every number from the protocol's feedback" in md and "## Oracle" in md
+
+
+def test_feedback_only_numbers_match_the_summary_json_on_the_builtin_encoder(tmp_path):
+    layout = ["--codec", "x264", "--keyint", "16", "--mini-gop", "4"]
+    builtin = ev.EvalSettings(codec="x264", frames=32, keyint=16, mini_gop=4)
+    own = ev.EvalSettings(frames=32, encoder=f"{sys.executable} -m builtin_encoder", encoder_args=tuple(layout))
+    records = []
+    for settings, work in ((builtin, tmp_path / "a"), (own, tmp_path / "b")):
+        video = ev.probe_videos([CLIP], settings)[0]
+        runner = ev.Runner(work, settings)
+        point = ev.Point(video, 150.0, work / "work", settings)
+        runner.first_pass(point)
+        rec, _ = runner.protocol_encode(point, "baseline", learners.ZeroDeltaLearner(), 1, 0.02, "baseline")
+        assert rec.ok, rec.message
+        records.append(rec)
+    assert not (tmp_path / "b" / "work" / "baseline.json").exists()  # no --summary-json: the feedback alone
+    a, b = records
+    assert (b.bits, b.frames, b.width, b.height) == (a.bits, a.frames, a.width, a.height) and b.bits > 0
+    assert b.kbps == pytest.approx(a.kbps, rel=1e-9)
+    assert b.psnr_y == pytest.approx(a.psnr_y, abs=1e-6)
+    assert b.psnr_y_frame_mean == pytest.approx(a.psnr_y_frame_mean, abs=1e-6)
+    assert b.ssim_y == pytest.approx(a.ssim_y, abs=1e-6)
