@@ -285,6 +285,10 @@ class GainFeatures:
 
 
 ALL_FEATURES = GainFeatures()
+# The shipped recipe (make_policy.py's defaults): the key mini-GOP's offset from fp_reuse, one
+# offset for the others, shrunk by the spread of the leave-one-source-out fits (BENCHMARKS.md §2.4.6).
+SHIPPED_FEATURES = GainFeatures(key=("fp_reuse",), inter=())
+SHIPPED_CONSENSUS = 1.0
 
 
 def _columns(obs: np.ndarray, names: tuple[str, ...] | None) -> np.ndarray:

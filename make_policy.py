@@ -54,11 +54,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default="train,static", help="oracle window sets, comma-separated: train, static")
     p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
-    p.add_argument("--consensus", type=float, default=1.0,
+    p.add_argument("--consensus", type=float, default=imitation.SHIPPED_CONSENSUS,
                    help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits")  # fmt: skip
-    p.add_argument("--key-features", default="fp_reuse",
+    p.add_argument("--key-features", default=",".join(imitation.SHIPPED_FEATURES.key or ()),
                    help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none)")
-    p.add_argument("--inter-features", default="",
+    p.add_argument("--inter-features", default=",".join(imitation.SHIPPED_FEATURES.inter or ()),
                    help="the same for the other mini-GOPs (default none: one offset, shrunk by --consensus)")
     ns = p.parse_args()
     try:
