@@ -87,6 +87,9 @@ class Config:
     make_baseline: bool = False
     reward_metric: str = "psnr"  # "psnr" (MSE-based) or "ssim"
     encoder_timeout_s: float = 60.0  # no protocol file for this long = encoder hung
+    # parallel encoders (workers.py)
+    workers: int = 1  # encoders at once; > 1 learns in a thread of its own
+    weights_every: int = 16  # gradient steps between two weight refreshes of the workers' actors
     sac: SACConfig = field(default_factory=SACConfig)
 
     def validate(self) -> None:
@@ -104,6 +107,10 @@ class Config:
             raise ValueError(f"--reward-metric must be psnr or ssim, got {self.reward_metric!r}")
         if self.encoder_timeout_s <= 0:
             raise ValueError("--encoder-timeout must be > 0")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.weights_every < 1:
+            raise ValueError(f"--weights-every must be >= 1, got {self.weights_every}")
         self.sac.validate()
 
     def to_dict(self) -> dict[str, Any]:

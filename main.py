@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ import encoder_proc
 import io_runner
 import policy
 import protocol
+import workers
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
 from io_runner import DETAILED, EncodeResult, Learner, Step
@@ -125,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "no learning (0 = never)")  # fmt: skip
     g.add_argument("--stop-on-encoder-error", action="store_true",
                    help="stop the run when an encode fails (else go on with the next video)")  # fmt: skip
+    g = p.add_argument_group("parallel encoders")
+    g.add_argument("--workers", metavar="N", type=int, default=d.workers,
+                   help="encoders running at once, each in RL_DIR/wK; N > 1 learns in a thread of its own, "
+                   "off the reply path, and is not bit-reproducible")  # fmt: skip
+    g.add_argument("--weights-every", metavar="K", type=int, default=d.weights_every,
+                   help="with --workers N > 1: workers get the actor's new weights every K gradient steps")  # fmt: skip
     g = p.add_argument_group("logging")
     g.add_argument("--log-level", type=int, choices=(0, 1, 2, 3), default=d.log_level,
                    help="0 errors only, 1 important (epoch summaries, progress bar), 2 detailed (per video, "
@@ -206,6 +214,8 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         make_baseline=ns.make_baseline,
         reward_metric=ns.reward_metric,
         encoder_timeout_s=ns.encoder_timeout,
+        workers=ns.workers,
+        weights_every=ns.weights_every,
         sac=sac,
     )
     cfg.validate()
@@ -362,12 +372,16 @@ def run_video(
     rl_args_template: str,
     side_run: bool = False,
     on_feedback: Callable[[Step], None] = lambda step: None,
+    worker: int | None = None,
 ) -> EncodeResult:
-    """One encode of `spec`; a side run (the baseline) writes its outputs under OUT_DIR, not the user's paths."""
-    session = f"{os.getpid()}-{tag}"
+    """One encode of `spec`; a side run (the baseline) writes its outputs under OUT_DIR, not the user's paths.
+
+    `worker` k (with --workers N > 1) talks to its encoder in RL_DIR/wk under a session id of its own.
+    """
+    session = f"{os.getpid()}-{tag}" if worker is None else f"{os.getpid()}-w{worker}-{tag}"
     args = encoder_proc.redirect_outputs(spec.args, Path(cfg.out_dir), tag) if side_run else spec.args
     encoder_proc.make_output_dirs(args)
-    rl_dir = Path(cfg.rl_dir)
+    rl_dir = Path(cfg.rl_dir) / f"w{worker}" if worker is not None else Path(cfg.rl_dir)
     command = (
         encoder_proc.encoder_command(cfg.encoder) + args + encoder_proc.rl_args(rl_args_template, rl_dir, session)
     )
@@ -387,6 +401,43 @@ def run_video(
         stop,
         on_feedback,
     )
+
+
+def run_epoch_on_workers(
+    cfg: Config,
+    specs: list[VideoSpec],
+    learners: list[Learner],
+    baselines: BaselineStats,
+    tag: str,
+    stop: StopFlag,
+    rl_args_template: str,
+    bar: EpochProgress,
+    counters: Counters,
+    stop_on_error: bool,
+) -> tuple[list[tuple[int, EncodeResult] | None], bool]:
+    """One encode of every video, `len(learners)` at once (worker k in RL_DIR/wk, acting with learners[k]).
+
+    Failed encodes are logged as they fail; the other workers go on. Returns (worker, result) in
+    the order of `specs` (None: not started because of a signal, or after a failure with
+    `stop_on_error`) and whether that failure stopped the epoch.
+    """
+    failed = threading.Event()
+    lock = threading.Lock()
+
+    def encode(k: int, spec: VideoSpec) -> tuple[int, EncodeResult]:
+        bar.start_video(spec.name)
+        res = run_video(cfg, spec, learners[k], baselines.videos[spec.key], tag, stop, rl_args_template,
+                        on_feedback=lambda st: bar.step(st, spec.name), worker=k)  # fmt: skip
+        with lock:
+            counters.encodes += 1
+        if not res.ok and not stop():
+            log.error("%s", res.message)
+            if stop_on_error:
+                failed.set()
+        return k, res
+
+    results = workers.run_pool(specs, len(learners), encode, lambda: stop() or failed.is_set())
+    return results, failed.is_set()
 
 
 def run_first_passes(cfg: Config, specs: list[VideoSpec], stop: StopFlag) -> None:
@@ -571,22 +622,25 @@ class EpochProgress:
             dynamic_ncols=True,
             smoothing=0.3 if self.live else 0.0,  # the one line off a terminal: the epoch's mean rate
         )
-        self.bits = 0
-        self.frames = 0
+        self.videos: dict[str, tuple[int, int]] = {}  # video -> (bits, frames) coded so far this epoch
+        self.lock = threading.Lock()  # workers report from their own threads
 
-    def start_video(self) -> None:
-        self.bits, self.frames = 0, 0
+    def start_video(self, video: str = "") -> None:
+        with self.lock:
+            self.videos[video] = (0, 0)
 
-    def step(self, step: Step) -> None:
-        """One mini-GOP coded: advance, and show λ and the bitrate error of the video so far."""
+    def step(self, step: Step, video: str = "") -> None:
+        """One mini-GOP coded: advance, and show λ and the bitrate error of `video` so far."""
         if not self.enabled or step.feedback is None:
             return
-        self.bits += step.feedback.bits
-        self.frames += step.feedback.frame_count
-        req = step.request
-        error = self.bits * req.fps / self.frames / 1000.0 / req.target_kbps - 1.0
-        self.bar.set_postfix_str(f"λ {self.lam():.3f}, bitrate error {100 * error:+.1f}%", refresh=False)
-        self.bar.update(1)
+        with self.lock:
+            bits, frames = self.videos.get(video, (0, 0))
+            bits, frames = bits + step.feedback.bits, frames + step.feedback.frame_count
+            self.videos[video] = (bits, frames)
+            req = step.request
+            error = bits * req.fps / frames / 1000.0 / req.target_kbps - 1.0
+            self.bar.set_postfix_str(f"λ {self.lam():.3f}, bitrate error {100 * error:+.1f}%", refresh=False)
+            self.bar.update(1)
 
     def close(self) -> None:
         """Ends the bar; off a terminal, logs its final state as one line."""
@@ -718,41 +772,70 @@ def main(argv: list[str] | None = None) -> int:
     epoch = start_epoch
     exit_code = 0
     report: list[dict[str, Any]] = []
+    hub: workers.LearnerThread | None = None
+    worker_learners: list[Learner] = []
+    if cfg.workers > 1:
+        hub = workers.LearnerThread(agent, buffer, counters, cfg.weights_every)
+        worker_learners = [hub.worker(k, cfg.seed + 1 + k, learning=cfg.mode == "train") for k in range(cfg.workers)]
+        if cfg.mode == "train":
+            hub.start()
+        log.info("%d workers (each in %s/wK), learning in a thread of its own", cfg.workers, cfg.rl_dir)
+
+    def record(
+        spec: VideoSpec, res: EncodeResult, epoch: int, epoch_rows: list[dict[str, float]], extra: Any = None
+    ) -> None:
+        """One finished encode into the epoch's rows, the report (plus `extra`), TensorBoard and the log."""
+        s = res.summary()
+        base = baselines.videos[spec.key]
+        s["delta_psnr_y"] = s["psnr_y"] - base.psnr_y
+        s["delta_psnr_y_equal_rate"] = delta_psnr_at_equal_rate(s["psnr_y"], s["kbps"], base)
+        s["delta_ssim_y"] = s["ssim_y"] - base.ssim_y
+        s["lambda"] = agent.lam
+        epoch_rows.append(s)
+        report.append({"epoch": epoch, "video": spec.name, **s, **(extra or {})})
+        telemetry.video(spec.name, s, epoch, res, counters)
+        log.log(
+            DETAILED,
+            "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f, at equal rate %s), "
+            "SSIM-Y %.4f, mean QP %.1f, mean ΔQP %+.2f, reward %.4f, λ %.3f",
+            spec.name, s["kbps"], s["target_kbps"], 100 * s["bitrate_error"], s["psnr_y"],
+            s["delta_psnr_y"], signed(s["delta_psnr_y_equal_rate"]), s["ssim_y"], s["mean_qp"], s["mean_dqp"],
+            s["reward_sum"], agent.lam,
+        )  # fmt: skip
+
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             epoch_rows: list[dict[str, float]] = []
             bar = EpochProgress(epoch, cfg.epochs, total_mini_gops, cfg.log_level, lambda: agent.lam)
-            for spec in specs:
-                bar.start_video()
-                with logging_redirect_tqdm(loggers=[log]):
-                    res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop,
-                                    ns.encoder_rl_args, on_feedback=bar.step)  # fmt: skip
-                counters.encodes += 1
-                if stop():
-                    break
-                if not res.ok:
-                    log.error("%s", res.message)
-                    if ns.stop_on_encoder_error:
-                        exit_code = 1
+            if hub is None:  # one encoder: learning between request and reply, exactly reproducible
+                for spec in specs:
+                    bar.start_video()
+                    with logging_redirect_tqdm(loggers=[log]):
+                        res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop,
+                                        ns.encoder_rl_args, on_feedback=bar.step)  # fmt: skip
+                    counters.encodes += 1
+                    if stop():
                         break
-                    continue
-                s = res.summary()
-                base = baselines.videos[spec.key]
-                s["delta_psnr_y"] = s["psnr_y"] - base.psnr_y
-                s["delta_psnr_y_equal_rate"] = delta_psnr_at_equal_rate(s["psnr_y"], s["kbps"], base)
-                s["delta_ssim_y"] = s["ssim_y"] - base.ssim_y
-                s["lambda"] = agent.lam
-                epoch_rows.append(s)
-                report.append({"epoch": epoch, "video": spec.name, **s})
-                telemetry.video(spec.name, s, epoch, res, counters)
-                log.log(
-                    DETAILED,
-                    "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f, at equal rate %s), "
-                    "SSIM-Y %.4f, mean QP %.1f, mean ΔQP %+.2f, reward %.4f, λ %.3f",
-                    spec.name, s["kbps"], s["target_kbps"], 100 * s["bitrate_error"], s["psnr_y"],
-                    s["delta_psnr_y"], signed(s["delta_psnr_y_equal_rate"]), s["ssim_y"], s["mean_qp"], s["mean_dqp"],
-                    s["reward_sum"], agent.lam,
-                )  # fmt: skip
+                    if not res.ok:
+                        log.error("%s", res.message)
+                        if ns.stop_on_encoder_error:
+                            exit_code = 1
+                            break
+                        continue
+                    record(spec, res, epoch, epoch_rows)
+            else:
+                with logging_redirect_tqdm(loggers=[log]):
+                    results, failed = run_epoch_on_workers(
+                        cfg, specs, worker_learners, baselines, f"e{epoch}", stop, ns.encoder_rl_args, bar, counters,
+                        ns.stop_on_encoder_error,
+                    )  # fmt: skip
+                    hub.drain(stop)  # the gradient steps owed to this epoch's GOPs: the replay ratio holds
+                if failed:
+                    exit_code = 1
+                if not stop():
+                    for spec, done in zip(specs, results, strict=True):
+                        if done is not None and done[1].ok:
+                            record(spec, done[1], epoch, epoch_rows, {"worker": done[0]})
             bar.close()
             if stop() or exit_code:
                 break
@@ -771,6 +854,8 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.mode == "train" and (epoch % cfg.ckpt_interval == 0 or epoch == cfg.epochs):
                 save_checkpoint(cfg, checkpoint.epoch_path(Path(cfg.ckpt_dir), epoch), agent, buffer, counters,
                                 epoch, run_dir)  # fmt: skip
+        if hub is not None:
+            hub.stop()  # after its running step: the checkpoint below sees a still agent
         if stop():
             exit_code = stop.exit_code
             if cfg.mode == "train":
@@ -781,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         exit_code = 1
     finally:
+        if hub is not None:
+            hub.stop()
         telemetry.close()
         if report:
             out = Path(cfg.out_dir) / f"report_{cfg.mode}.json"
