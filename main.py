@@ -495,7 +495,9 @@ def signed(x: float, digits: int = 3, sign: str = "+") -> str:
     return "n/a" if math.isnan(x) else f"{x:{sign}.{digits}f}"
 
 
-def rd_slope(cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_template: str) -> float:
+def rd_slope(
+    cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_template: str, worker: int | None = None
+) -> float:
     """The baseline's local RD slope, dB of overall PSNR-Y per doubling of the rate (NaN if unknown).
 
     From a second Δ=0 encode at RD_PROBE x the `--bitrate` of `spec` (same first pass): what a
@@ -511,7 +513,7 @@ def rd_slope(cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_te
     args = list(spec.args)
     args[args.index("--bitrate") + 1] = f"{probe_kbps:g}"
     res = run_video(cfg, VideoSpec(spec.name, args), ZeroDeltaLearner(), None, "baseline_probe", stop,
-                    rl_args_template, side_run=True)  # fmt: skip
+                    rl_args_template, side_run=True, worker=worker)  # fmt: skip
     s = res.summary()
     if not res.ok or not s or s["kbps"] <= base.kbps:
         log.warning("%s: no RD slope (second Δ=0 encode at %.0f kbps: %s): ΔPSNR at equal rate unavailable",
@@ -528,18 +530,19 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
     path = Path(cfg.baseline_stats)
     stats = BaselineStats.load(path) if path.exists() else BaselineStats()
     missing = [s for s in specs if s.key not in stats.videos or cfg.make_baseline]
-    done = 0
-    for spec in missing:
+
+    def baseline(k: int | None, spec: VideoSpec) -> Any:
+        """The Δ=0 encode of `spec` and its RD slope (worker k's rl_io with --workers > 1); None if it failed."""
         log.info("baseline (Δ=0) encode of %s", spec.name)
-        res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
+        res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True,
+                        worker=k)  # fmt: skip
         if stop():
-            break
+            return None
         if not res.ok:  # that video cannot be rewarded: left out, the others train
             log.error("baseline (Δ=0) encode of %s failed, so it is left out of this run: %s", spec.name, res.message)
-            continue
+            return None
         s = io_runner.baseline_from_result(res)
-        s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
-        stats.videos[spec.key] = s
+        s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template, worker=k)
         log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f, RD slope %s dB per doubling of the rate",
                  spec.name, s.kbps, s.psnr_y, s.ssim_y, signed(s.psnr_slope, 2, ""))  # fmt: skip
         for line in encoder_warnings(Path(cfg.out_dir) / "logs" / f"{spec.name}.baseline.log"):
@@ -552,7 +555,21 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
                 "GOPs that no QP offset can bring within budget",
                 spec.name, summary["kbps"], summary["target_kbps"], 100 * summary["bitrate_error"],
             )  # fmt: skip
-        done += 1
+        return s
+
+    if cfg.workers > 1:  # several videos' baselines at once
+        made = workers.run_pool(missing, cfg.workers, baseline, stop)
+    else:
+        made = []
+        for spec in missing:
+            made.append(baseline(None, spec))
+            if stop():
+                break
+    done = 0
+    for spec, s in zip(missing, made, strict=False):  # those finished before a signal too
+        if s is not None:
+            stats.videos[spec.key] = s
+            done += 1
     # Baseline files made before the RD slope existed: add it with one more encode each.
     for spec in specs:
         s = stats.videos.get(spec.key)
