@@ -142,3 +142,22 @@ def test_run_pool_returns_results_in_order_and_stops_taking_work() -> None:
     assert workers.run_pool([1, 2, 3], 2, fn, lambda: len(done) >= 1).count(None) >= 1
     with pytest.raises(ZeroDivisionError):
         workers.run_pool([1, 0], 1, lambda k, x: 1 // x, lambda: False)
+
+
+def test_evaluate_on_two_workers_gives_the_one_worker_report(tmp_path: Path) -> None:
+    import evaluate as ev
+    import policy
+
+    settings = ev.EvalSettings(codec="x264", frames=16, keyint=16, mini_gop=4)
+    videos = ev.probe_videos([CLIP], settings)
+    targets = {videos[0].name: [100.0, 300.0]}
+    agent = ev.load_agent(policy.shipped_policy("x264"))
+    oracle = ev.OracleSettings(max_offset=4, steps=(2,), sweeps=1)
+    reports = [ev.evaluate(videos, targets, tmp_path / f"w{n}", settings, agent, ("agent",), oracle, workers=n)
+               for n in (1, 2)]  # fmt: skip
+    timing = ("encode_s", "agent_s", "wall_s")
+    rows = [[{k: v for k, v in r.row().items() if k not in timing} for r in rep.runs] for rep in reports]
+    assert len(rows[0]) == 6 and rows[0] == rows[1]  # baseline, agent, oracle at 2 targets; same order
+    assert [o.offsets for o in reports[0].oracles] == [o.offsets for o in reports[1].oracles]
+    assert reports[0].encodes == reports[1].encodes
+    assert sorted(p.name for p in (tmp_path / "w2" / "rl_io").iterdir()) == ["w0", "w1"]
