@@ -59,7 +59,7 @@ class Config:
     """One run of main.py. Field names follow the command-line flags (dashes -> underscores)."""
 
     # what to encode
-    rl_dir: str = "./rl_io"
+    rl_dir: str = ""  # "" = main.default_rl_dir(): a new directory on tmpfs, removed at exit
     encoder: str = ""  # "" = the built-in encoder (python -m builtin_encoder)
     videos: list[str] = field(default_factory=list)  # each one '|'-separated encoder command line
     use_dataset: bool = False

@@ -33,7 +33,8 @@ FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "2"
 
 
 def test_two_workers_train_end_to_end_and_resume(tmp_path: Path) -> None:
-    res = run_main(tmp_path, *VIDEOS, "--workers", "2", "--epochs", "2", "--ckpt-interval", "1", *FAST, timeout=240)
+    res = run_main(tmp_path, *VIDEOS, "--workers", "2", "--epochs", "2", "--ckpt-interval", "1", "--rl-dir", "rl_io",
+                   *FAST, timeout=240)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "2 workers" in res.stderr
     rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
