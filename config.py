@@ -90,6 +90,7 @@ class Config:
     # parallel encoders (workers.py)
     workers: int = 1  # encoders at once; > 1 learns in a thread of its own
     weights_every: int = 16  # gradient steps between two weight refreshes of the workers' actors
+    ray: str = ""  # "" = local threads; else the workers are Ray actors: "local", "auto" or "ray://host:port"
     sac: SACConfig = field(default_factory=SACConfig)
 
     def validate(self) -> None:

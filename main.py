@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", metavar="N", type=int, default=d.workers,
                    help="encoders running at once, each in RL_DIR/wK; N > 1 learns in a thread of its own, "
                    "off the reply path, and is not bit-reproducible")  # fmt: skip
+    g.add_argument("--ray", metavar="ADDRESS", default=d.ray,
+                   help="the --workers N as Ray actors on a Ray cluster, the learner here: local (a Ray instance of "
+                   "this run's own), auto (the cluster of `ray start`) or ray://HOST:PORT; inputs, --stat-dir and "
+                   "--out-dir are used by path on every node (default: none, local threads)")  # fmt: skip
     g.add_argument("--weights-every", metavar="K", type=int, default=d.weights_every,
                    help="with --workers N > 1: workers get the actor's new weights every K gradient steps")  # fmt: skip
     g = p.add_argument_group("logging")
@@ -220,6 +224,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         encoder_timeout_s=ns.encoder_timeout,
         workers=ns.workers,
         weights_every=ns.weights_every,
+        ray=ns.ray,
         sac=sac,
     )
     cfg.validate()
@@ -457,6 +462,56 @@ def run_epoch_on_workers(
         return k, res
 
     results = workers.run_pool(specs, len(learners), encode, lambda: stop() or failed.is_set())
+    return results, failed.is_set()
+
+
+def run_epoch_on_ray(
+    cfg: Config,
+    specs: list[VideoSpec],
+    pool: Any,
+    hub: workers.LearnerThread,
+    baselines: BaselineStats,
+    tag: str,
+    stop: StopFlag,
+    bar: EpochProgress,
+    stop_on_error: bool,
+) -> tuple[list[tuple[int, EncodeResult] | None], bool]:
+    """One encode of every video on the Ray actors of `pool` (ray_workers.RayPool); as run_epoch_on_workers.
+
+    Each actor acts with the weights published when its encode starts; its finished GOPs go into the
+    replay buffer, and λ is updated for each, when the encode comes back.
+    """
+    learning = cfg.mode == "train"
+    results: list[tuple[int, EncodeResult] | None] = [None] * len(specs)
+    failed = threading.Event()
+
+    def submit(k: int, i: int) -> dict[str, Any]:
+        random_steps = max(0, cfg.sac.learning_starts - hub.counters.steps) if learning else 0
+        return {"baseline": baselines.videos[specs[i].key], "weights": hub.weights, "random_steps": random_steps,
+                "learning": learning, "tag": tag, "seed": cfg.seed + 1 + k + 1000 * hub.counters.encodes,
+                "lam": hub.agent.lam, "max_delta_qp": cfg.sac.max_delta_qp, "rate_tolerance": cfg.sac.rate_tolerance,
+                "reward_metric": cfg.reward_metric}  # fmt: skip
+
+    def take(k: int, i: int, out: Any) -> None:
+        res, name = out.result, specs[i].name
+        hub.counters.encodes += 1
+        if learning:
+            hub.count_step(len(res.steps))
+            res.lambdas = []
+            for episode, violation in zip(out.episodes, out.violations, strict=True):
+                hub.add_episode(episode)
+                res.lambdas.append(hub.end_gop(violation))
+            logs = hub.take_logs()
+            res.update_logs = [logs] if logs else []
+        for st in res.done_steps:
+            bar.step(st, name)
+        if not res.ok and not stop():
+            log.error("%s", res.message)
+            if stop_on_error:
+                failed.set()
+        results[i] = (k, res)
+
+    pool.run(specs, submit, take, lambda: stop() or failed.is_set())
     return results, failed.is_set()
 
 
@@ -813,12 +868,29 @@ def main(argv: list[str] | None = None) -> int:
     report: list[dict[str, Any]] = []
     hub: workers.LearnerThread | None = None
     worker_learners: list[Learner] = []
-    if cfg.workers > 1:
+    ray_pool = None
+    if cfg.workers > 1 or cfg.ray:
         hub = workers.LearnerThread(agent, buffer, counters, cfg.weights_every)
         worker_learners = [hub.worker(k, cfg.seed + 1 + k, learning=cfg.mode == "train") for k in range(cfg.workers)]
+        if cfg.ray:
+            import ray_workers
+
+            t0 = time.monotonic()
+            try:
+                ray_workers.connect(cfg.ray, cfg.workers)
+                ray_pool = ray_workers.RayPool(cfg.workers, cfg.sac.hidden_sizes, OBS_DIM, cfg.out_dir, cfg.encoder,
+                                               ns.encoder_rl_args, cfg.encoder_timeout_s)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 (any failure to reach or use the cluster)
+                log.error("--ray %s: cannot start the workers: %s", cfg.ray, exc)
+                ray_workers.shutdown()
+                return 1
+            stop.install()  # after ray.init: the run's own handlers for SIGINT/SIGTERM
+            log.info("%d Ray actor(s) on %s ready in %.1f s", cfg.workers, ", ".join(sorted(set(ray_pool.nodes))),
+                     time.monotonic() - t0)  # fmt: skip
+        else:
+            log.info("%d workers (each in %s/wK), learning in a thread of its own", cfg.workers, cfg.rl_dir)
         if cfg.mode == "train":
             hub.start()
-        log.info("%d workers (each in %s/wK), learning in a thread of its own", cfg.workers, cfg.rl_dir)
 
     def record(
         spec: VideoSpec, res: EncodeResult, epoch: int, epoch_rows: list[dict[str, float]], extra: Any = None
@@ -864,10 +936,15 @@ def main(argv: list[str] | None = None) -> int:
                     record(spec, res, epoch, epoch_rows)
             else:
                 with logging_redirect_tqdm(loggers=[log]):
-                    results, failed = run_epoch_on_workers(
-                        cfg, specs, worker_learners, baselines, f"e{epoch}", stop, ns.encoder_rl_args, bar, counters,
-                        ns.stop_on_encoder_error,
-                    )  # fmt: skip
+                    if ray_pool is not None:
+                        results, failed = run_epoch_on_ray(
+                            cfg, specs, ray_pool, hub, baselines, f"e{epoch}", stop, bar, ns.stop_on_encoder_error
+                        )
+                    else:
+                            results, failed = run_epoch_on_workers(
+                            cfg, specs, worker_learners, baselines, f"e{epoch}", stop, ns.encoder_rl_args, bar,
+                            counters, ns.stop_on_encoder_error,
+                        )  # fmt: skip
                     hub.drain(stop)  # the gradient steps owed to this epoch's GOPs: the replay ratio holds
                 if failed:
                     exit_code = 1
@@ -907,6 +984,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if hub is not None:
             hub.stop()
+        if ray_pool is not None:
+            import ray_workers
+
+            ray_pool.close()
+            ray_workers.shutdown()
         telemetry.close()
         if report:
             out = Path(cfg.out_dir) / f"report_{cfg.mode}.json"

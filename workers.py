@@ -106,10 +106,10 @@ class LearnerThread:
             self.counters.gops += 1
             return self.agent.update_lambda(violation)
 
-    def count_step(self) -> int:
-        """Counts one decision taken in train mode; returns the count so far."""
+    def count_step(self, n: int = 1) -> int:
+        """Counts `n` decisions taken in train mode; returns the count so far."""
         with self.lock:
-            self.counters.steps += 1
+            self.counters.steps += n
             return self.counters.steps
 
     def take_logs(self) -> dict[str, float]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -136,6 +137,7 @@ def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: li
         steps = sum(len(r.done_steps) for r in done if r is not None)
         rows.append(Row(codec, clip, "thread", n, encodes, steps, agent.num_updates, wall, before))
         print(f"  {codec} {clip} {n} worker(s): {steps / wall:.1f} transitions/s (load {load()})", file=sys.stderr)
+    shutil.rmtree(rl_base, ignore_errors=True)
     return rows
 
 

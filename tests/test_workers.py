@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,26 @@ def test_evaluate_on_two_workers_gives_the_one_worker_report(tmp_path: Path) -> 
     assert [o.offsets for o in reports[0].oracles] == [o.offsets for o in reports[1].oracles]
     assert reports[0].encodes == reports[1].encodes
     assert sorted(p.name for p in (tmp_path / "w2" / "rl_io").iterdir()) == ["w0", "w1"]
+
+
+def test_ray_local_trains_on_two_actors_and_sigint_leaves_nothing_behind(tmp_path: Path) -> None:
+    # One local Ray instance (its start-up is most of this test's ~30 s): epoch 1 completes on two
+    # actors, then SIGINT in a later epoch must end every encoder, every actor and Ray itself.
+    pytest.importorskip("ray")
+    ready = tmp_path / "checkpoints" / "checkpoint_epoch_1.pt"
+    code, seconds, err = start_and_signal(tmp_path, signal.SIGINT, ready, [
+        *VIDEOS, "--ray", "local", "--workers", "2", "--epochs", "50", "--ckpt-interval", "1", *FAST])  # fmt: skip
+    assert code == 130, err
+    assert "2 Ray actor(s) on" in err and "received SIGINT" in err and "Traceback" not in err
+    assert seconds < 30
+    ck = checkpoint.load(ready)
+    # Both actors' GOPs in the one buffer, at the user's replay ratio (as with local workers).
+    assert ck["replay"]["size"] == 24 and ck["counters"]["gops"] == 6 and ck["agent"]["num_updates"] == 2 * (24 - 4)
+    rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
+    assert {r["worker"] for r in rows if r["epoch"] == 1} == {0, 1}
+    [interrupted] = (tmp_path / "checkpoints").glob("checkpoint_interrupted_epoch_*.pt")
+    assert checkpoint.load(interrupted)["replay"]["size"] % 4 == 0
+    deadline = time.monotonic() + 20  # Ray's own processes exit shortly after ray.shutdown()
+    while procs_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert procs_in(tmp_path) == []
