@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray", metavar="ADDRESS", default=d.ray,
                    help="the --workers N as Ray actors on a Ray cluster, the learner here: local (a Ray instance of "
                    "this run's own), auto (the cluster of `ray start`) or ray://HOST:PORT; inputs, --stat-dir and "
-                   "--out-dir are used by path on every node (default: none, local threads)")  # fmt: skip
+                   "--out-dir are used by path on every node; without it the workers are threads here")  # fmt: skip
     g.add_argument("--weights-every", metavar="K", type=int, default=d.weights_every,
                    help="with --workers N > 1: workers get the actor's new weights every K gradient steps")  # fmt: skip
     g = p.add_argument_group("logging")
