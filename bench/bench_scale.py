@@ -6,13 +6,15 @@
 Per codec x clip: pass 1 and a Δ=0 encode (the baseline) once, then `--encodes` training encodes
 (SAC, default SACConfig: (128, 128), batch 128, `--updates-per-step` gradient steps per transition,
 a buffer pre-filled with random transitions so that learning runs from the first mini-GOP) in
-three ways, each from a fresh agent:
+three ways (four with `--ray N`), each from a fresh agent:
 
   inline, 1 worker   main.py --workers 1: io_runner.run_encode with learners.SacLearner, the
                      gradient steps between a reply and the next request;
   thread, 1 worker   workers.py with one worker: the gradient steps in the learner thread;
   thread, N workers  workers.py with N workers (`--workers`, default 2), each encode in its own
-                     rl_io subdirectory, videos handed out as workers come free.
+                     rl_io subdirectory, videos handed out as workers come free;
+  Ray, N actors      `--ray N`: main.py --ray local --workers N (ray_workers.py) on a local Ray
+                     instance started once before the first case (its start-up time not counted).
 
 Transitions/s = mini-GOPs coded / wall time from the first encoder's start until every encode has
 ended and the learner has done every gradient step owed (the replay ratio holds). The learner's
@@ -83,7 +85,7 @@ def fresh_agent(updates_per_step: int, seed: int = 0):  # noqa: ANN201 (torch ty
 
 
 def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: list[int], updates_per_step: int,
-             work: Path, rl_root: Path) -> list[Row]:  # fmt: skip
+             work: Path, rl_root: Path, ray_workers_n: int = 0) -> list[Row]:  # fmt: skip
     import encoder_proc
     import io_runner
     import workers
@@ -137,8 +139,51 @@ def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: li
         steps = sum(len(r.done_steps) for r in done if r is not None)
         rows.append(Row(codec, clip, "thread", n, encodes, steps, agent.num_updates, wall, before))
         print(f"  {codec} {clip} {n} worker(s): {steps / wall:.1f} transitions/s (load {load()})", file=sys.stderr)
+    if ray_workers_n:
+        rows.append(run_ray(spec, baseline, encodes, ray_workers_n, updates_per_step, work, codec, clip))
     shutil.rmtree(rl_base, ignore_errors=True)
     return rows
+
+
+def run_ray(spec, baseline, encodes: int, n: int, updates_per_step: int, work: Path, codec: str,  # noqa: ANN001
+            clip: str) -> Row:  # fmt: skip
+    """`encodes` encodes on n Ray actors (ray_workers.RayPool, Ray already started), the learner thread here."""
+    import ray_workers
+    import workers
+    from learners import Counters
+    from state import OBS_DIM
+
+    agent, buffer = fresh_agent(updates_per_step)
+    hub = workers.LearnerThread(agent, buffer, Counters())
+    pool = ray_workers.RayPool(n, agent.cfg.hidden_sizes, OBS_DIM, str(work), "", "--rl-dir|{rl_dir}|--rl-session|"
+                               "{session}", 120.0)  # fmt: skip
+    steps = 0
+
+    def submit(k: int, i: int) -> dict:
+        return {"baseline": baseline, "weights": hub.weights, "random_steps": 0, "learning": True, "tag": f"ray{i}",
+                "seed": i, "lam": agent.lam, "max_delta_qp": 4, "rate_tolerance": 0.02, "reward_metric": "psnr"}
+
+    def take(k: int, i: int, out: ray_workers.RemoteEncode) -> None:
+        nonlocal steps
+        if not out.result.ok:
+            raise RuntimeError(out.result.message)
+        steps += len(out.result.done_steps)
+        for episode, violation in zip(out.episodes, out.violations, strict=True):
+            hub.add_episode(episode)
+            hub.end_gop(violation)
+
+    before, t0 = load(), time.monotonic()
+    hub.start()
+    try:
+        pool.run([spec] * encodes, submit, take, lambda: False)
+        hub.drain()
+    finally:
+        hub.stop()
+        pool.close()
+    wall = time.monotonic() - t0
+    print(f"  {codec} {clip} Ray local, {n} actor(s): {steps / wall:.1f} transitions/s (load {load()})",
+          file=sys.stderr)  # fmt: skip
+    return Row(codec, clip, "ray", n, encodes, steps, agent.num_updates, wall, before)
 
 
 def learner_ceiling(seconds: float = 5.0) -> float:
@@ -164,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rl-root", default="/dev/shm" if Path("/dev/shm").is_dir() else ".",
                    help="where the rl_io directories go (default /dev/shm)")  # fmt: skip
     p.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (default 1, as main.py)")
+    p.add_argument("--ray", type=int, default=0, metavar="N",
+                   help="also N Ray actors on a local Ray instance (default 0: no Ray row)")  # fmt: skip
     ns = p.parse_args(argv)
 
     import torch
@@ -174,11 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"`{command}`\n\nmachine: {machine()}\nload average at start: {load()}\n")
     t_start = time.monotonic()
     rows: list[Row] = []
+    if ns.ray:
+        import ray_workers
+
+        t0 = time.monotonic()
+        ray_workers.connect("local", ns.ray)
+        print(f"Ray local instance started in {time.monotonic() - t0:.1f} s\n")
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         for codec in ns.codecs.split(","):
             for clip in ns.clips.split(","):
                 rows += run_case(codec, clip, ns.frames, ns.encodes, counts, ns.updates_per_step, Path(tmp),
-                                 Path(ns.rl_root))  # fmt: skip
+                                 Path(ns.rl_root), ns.ray)  # fmt: skip
     ceiling = learner_ceiling()
 
     print(f"### Transitions/s ({ns.frames} frames per encode, {ns.encodes} encodes per row, "
@@ -190,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
         same = [x for x in rows if x.codec == r.codec and x.clip == r.clip]
         inline = next(x for x in same if x.mode == "inline")
         thread1 = next(x for x in same if x.mode == "thread" and x.workers == 1)
-        learning = "between reply and request" if r.mode == "inline" else "learner thread"
+        learning = {"inline": "between reply and request", "thread": "learner thread",
+                    "ray": "learner thread, Ray actors"}[r.mode]  # fmt: skip
         size = "176x144" if r.clip == "carphone" else "640x272"
         print(f"| {r.codec} | {r.clip} ({size}) | {learning} | {r.workers} | {r.transitions} | {r.updates} | "
               f"{r.wall_s:.2f} | {r.rate:.1f} | {r.rate / inline.rate:.2f}x | {r.rate / thread1.rate:.2f}x | "
               f"{r.load_before} |")  # fmt: skip
+    if ns.ray:
+        import ray_workers
+
+        ray_workers.shutdown()
     best_worker = max(r.rate / r.workers for r in rows if r.mode == "thread")
     slowest_worker = min(r.rate / r.workers for r in rows if r.mode == "thread")
     print(f"\n### The learner's ceiling\n\nSACAgent.update alone, batch 128, (128, 128) networks, CPU, "
