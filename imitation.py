@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from models import Actor
-from protocol import Feedback, Request
+from protocol import Feedback, Request, request_from_dict
 from state import FEATURE_NAMES, OBS_DIM, build_observation
+
+_RECORD = Path("<oracle record>")  # the 'file' named in errors about a stored request
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Demos:
 
 def _messages(steps: list[dict]) -> Iterable[tuple[Request, Feedback, int]]:
     for st in steps:
-        yield Request(**st["request"]), Feedback(**st["feedback"]), int(st["qp"])
+        yield request_from_dict(st["request"], _RECORD), Feedback(**st["feedback"]), int(st["qp"])
 
 
 def observations(steps: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -249,15 +251,61 @@ def move_samples(records: list[dict], overshoot_db: float = 10.0) -> MoveSamples
 # ----------------------------------------------------------------------------- the gain model
 
 
-def gain_features(obs: np.ndarray) -> np.ndarray:
-    """φ(s) for the gain model, (N, 2 * OBS_DIM + 2): [1, key, s, key * s], key = the has_key feature.
+@dataclass(frozen=True)
+class GainFeatures:
+    """Which state features the gain model's slope g(s) may use, for the key mini-GOP and for the others.
+
+    None = every feature of the state. Fewer features generalise better to unseen content when the
+    training clips are few: each extra feature can fit what tells the training sources apart.
+    """
+
+    key: tuple[str, ...] | None = None
+    inter: tuple[str, ...] | None = None
+
+    @staticmethod
+    def parse(key: str, inter: str) -> GainFeatures:
+        """From comma-separated lists ("all" = every feature, "" = none), e.g. ("fp_future_ratio", "")."""
+
+        def one(text: str) -> tuple[str, ...] | None:
+            if text == "all":
+                return None
+            names = tuple(n for n in text.split(",") if n)
+            for n in names:
+                if n not in FEATURE_NAMES:
+                    raise ValueError(f"unknown state feature {n!r}; the state has {', '.join(FEATURE_NAMES)}")
+            return names
+
+        return GainFeatures(one(key), one(inter))
+
+    def describe(self) -> str:
+        def one(names: tuple[str, ...] | None) -> str:
+            return "all" if names is None else ",".join(names) or "none"
+
+        return f"key mini-GOP: {one(self.key)}; others: {one(self.inter)}"
+
+
+ALL_FEATURES = GainFeatures()
+# The shipped recipe (make_policy.py's defaults): the key mini-GOP's offset from fp_reuse, one
+# offset for the others, shrunk by the spread of the leave-one-source-out fits (BENCHMARKS.md §2.4.6).
+SHIPPED_FEATURES = GainFeatures(key=("fp_reuse",), inter=())
+SHIPPED_CONSENSUS = 1.0
+
+
+def _columns(obs: np.ndarray, names: tuple[str, ...] | None) -> np.ndarray:
+    return obs if names is None else obs[:, [FEATURE_NAMES.index(n) for n in names]]
+
+
+def gain_features(obs: np.ndarray, spec: GainFeatures = ALL_FEATURES) -> np.ndarray:
+    """φ(s) for the gain model: [1, key, (1 - key) * s_inter, key * s_key], key = the has_key feature.
 
     The key-frame mini-GOP gets its own coefficients: what its QP does (the key frame is every
-    later frame's reference) differs in kind from an inter mini-GOP's.
+    later frame's reference) differs in kind from an inter mini-GOP's. `spec` picks the features.
+    With every feature this spans the same space as [1, key, s, key * s].
     """
     key = obs[:, FEATURE_NAMES.index("has_key")][:, None]
     ones = np.ones((len(obs), 1), dtype=np.float64)
-    return np.concatenate([ones, key, obs, key * obs], axis=1).astype(np.float64)
+    parts = [ones, key, (1.0 - key) * _columns(obs, spec.inter), key * _columns(obs, spec.key)]
+    return np.concatenate(parts, axis=1).astype(np.float64)
 
 
 @dataclass
@@ -271,12 +319,13 @@ class GainModel:
     step, y = ΔJ / (a_new - a_old) = g(s) - c (a_new + a_old) is linear in (w, c).
     """
 
-    w: np.ndarray  # (2 * OBS_DIM + 2,)
+    w: np.ndarray  # (len(φ),)
     c: float  # curvature, dB / QP^2 (> 0 for a concave model)
+    spec: GainFeatures = ALL_FEATURES
 
     def gain_slope(self, obs: np.ndarray) -> np.ndarray:
         """g(s), dB per QP at a = 0, shape (N,)."""
-        return gain_features(obs) @ self.w
+        return gain_features(obs, self.spec) @ self.w
 
     def best_offset(self, obs: np.ndarray, max_delta_qp: int) -> np.ndarray:
         """a*(s) = g(s) / (2c), clipped to the action range, QP, shape (N,)."""
@@ -288,25 +337,25 @@ class GainModel:
         return self.gain_slope(obs) * a - self.c * a**2
 
 
-def fit_gain_model(m: MoveSamples, ridge: float = 1.0) -> GainModel:
+def fit_gain_model(m: MoveSamples, ridge: float = 1.0, spec: GainFeatures = ALL_FEATURES) -> GainModel:
     """Ridge regression of y = ΔJ / Δa on [φ(s), -(a_new + a_old)]; the two intercepts are not shrunk."""
     da = m.a_new - m.a_old
     y = m.gain_rate / da
-    x = np.concatenate([gain_features(m.obs), -(m.a_new + m.a_old)[:, None]], axis=1)
+    x = np.concatenate([gain_features(m.obs, spec), -(m.a_new + m.a_old)[:, None]], axis=1)
     penalty = np.full(x.shape[1], ridge)
     penalty[[0, 1, -1]] = 1e-6
     coef = np.linalg.solve(x.T @ x + np.diag(penalty), x.T @ y)
-    return GainModel(coef[:-1], float(coef[-1]))
+    return GainModel(coef[:-1], float(coef[-1]), spec)
 
 
-def cross_validate_gain(m: MoveSamples, ridge: float) -> tuple[float, float]:
+def cross_validate_gain(m: MoveSamples, ridge: float, spec: GainFeatures = ALL_FEATURES) -> tuple[float, float]:
     """Leave-one-source-out R² of y = ΔJ / Δa for the gain model and for a model without state (g const)."""
     y = m.gain_rate / (m.a_new - m.a_old)
     pred, pred_const = np.zeros_like(y), np.zeros_like(y)
     for s in range(len(m.sources)):
         test, train = m.source == s, m.source != s
         sub = MoveSamples(m.obs[train], m.a_old[train], m.a_new[train], m.gain_rate[train], m.source[train], m.sources)
-        model = fit_gain_model(sub, ridge)
+        model = fit_gain_model(sub, ridge, spec)
         pred[test] = model.gain_slope(m.obs[test]) - model.c * (m.a_new[test] + m.a_old[test])
         # No state at all: y = g0 - c (a_new + a_old).
         x = np.stack([np.ones(train.sum()), -(sub.a_new + sub.a_old)], axis=1)
@@ -377,7 +426,8 @@ def with_short_gops(obs: np.ndarray) -> np.ndarray:
 
 
 def consensus_offset(
-    moves: MoveSamples, obs: np.ndarray, max_delta_qp: int, ridge: float, k: float = 1.0
+    moves: MoveSamples, obs: np.ndarray, max_delta_qp: int, ridge: float, k: float = 1.0,
+    spec: GainFeatures = ALL_FEATURES,
 ) -> np.ndarray:
     """A cautious a*(s), QP: the gain models fitted without each source in turn must agree.
 
@@ -390,15 +440,39 @@ def consensus_offset(
         keep = moves.source != s
         sub = MoveSamples(moves.obs[keep], moves.a_old[keep], moves.a_new[keep], moves.gain_rate[keep],
                           moves.source[keep], moves.sources)  # fmt: skip
-        fits.append(fit_gain_model(sub, ridge).best_offset(obs, max_delta_qp))
+        fits.append(fit_gain_model(sub, ridge, spec).best_offset(obs, max_delta_qp))
     a = np.stack(fits)
     m, sd = a.mean(axis=0), a.std(axis=0)
     return np.sign(m) * np.maximum(0.0, np.abs(m) - k * sd)
 
 
+def ignoring_unused(
+    obs: np.ndarray, target: np.ndarray, spec: GainFeatures, seed: int = 0, copies: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training set for distilling a*(s) that teaches the actor to ignore the features the gain model did not use.
+
+    The actor sees the whole state; a*(s) depends only on `spec`'s features and has_key. Every
+    other feature is shuffled across the states in `copies` extra copies (same targets), so
+    the actor cannot pick up what those features happen to correlate with in the training clips.
+    Returns (obs, target), (N * (1 + copies), OBS_DIM) and (N * (1 + copies),).
+    """
+    if spec.key is None or spec.inter is None:
+        return obs, target
+    used = {"has_key", *spec.key, *spec.inter}
+    unused = [i for i, name in enumerate(FEATURE_NAMES) if name not in used]
+    rng = np.random.default_rng(seed)
+    out = [obs]
+    for _ in range(copies):
+        o = obs.copy()
+        for i in unused:
+            o[:, i] = o[rng.permutation(len(o)), i]
+        out.append(o)
+    return np.concatenate(out), np.tile(target, 1 + copies)
+
+
 def train_policy(
     records: list[dict], max_delta_qp: int = 4, hidden: tuple[int, ...] = (64, 64), ridge: float = 3.0, seed: int = 0,
-    payback: bool = False, consensus: float = 0.0,
+    payback: bool = False, consensus: float = 0.0, spec: GainFeatures = ALL_FEATURES,
 ) -> tuple[Actor, str]:
     """The whole recipe on oracle records: gain model -> a*(s) -> distilled actor; returns (actor, summary).
 
@@ -409,21 +483,23 @@ def train_policy(
     key frame (BENCHMARKS.md §2.4), so it is off by default.
     """
     moves = move_samples(records)
-    r2, r2_const = cross_validate_gain(moves, ridge)
-    model = fit_gain_model(moves, ridge)
+    r2, r2_const = cross_validate_gain(moves, ridge, spec)
+    model = fit_gain_model(moves, ridge, spec)
     obs = trajectory_observations(records)
     if payback:
         obs = np.concatenate([obs, with_short_gops(obs)])
     if consensus > 0:
-        target = consensus_offset(moves, obs, max_delta_qp, ridge, consensus)
+        target = consensus_offset(moves, obs, max_delta_qp, ridge, consensus, spec)
     else:
         target = model.best_offset(obs, max_delta_qp)
     target = target * (payback_share(obs) if payback else 1.0)
+    fit_obs, fit_target = ignoring_unused(obs, target, spec, seed)
     torch.manual_seed(seed)
     actor = Actor(OBS_DIM, 1, hidden)
-    rms = distill(actor, obs, target, max_delta_qp)
+    rms = distill(actor, fit_obs, fit_target, max_delta_qp)
     key = obs[:, FEATURE_NAMES.index("has_key")] > 0.5
-    summary = (f"gain model on {len(moves)} oracle moves from {len(records)} points ({', '.join(moves.sources)}); "
+    summary = (f"gain model ({spec.describe()}) on {len(moves)} oracle moves from {len(records)} points "
+               f"({', '.join(moves.sources)}); "
                f"leave-one-source-out R² {r2:.3f} (without state {r2_const:.3f}); curvature {model.c:.4f} dB/QP²; "
                f"a* key mini-GOP {target[key].mean():+.2f}±{target[key].std():.2f}, others "
                f"{target[~key].mean():+.2f}±{target[~key].std():.2f} QP; actor fit RMS {rms:.2f} QP")  # fmt: skip

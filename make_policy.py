@@ -9,7 +9,11 @@
    in --data (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
-   training source disagree (imitation.consensus_offset, --consensus k), is the policy.
+   training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
+   default the key mini-GOP's offset depends on fp_reuse (how many later frames of the GOP re-use
+   its content: first-pass statistics, state.gop_reuse) and the other mini-GOPs get one offset
+   (BENCHMARKS.md §2.5 says how these were chosen). The actor is fitted with the unused
+   features shuffled (imitation.ignoring_unused), so it ignores them.
 3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
    trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
    --pattern-out also writes the best fixed per-position pattern (the same model without state)
@@ -50,9 +54,17 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default="train,static", help="oracle window sets, comma-separated: train, static")
     p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
-    p.add_argument("--consensus", type=float, default=1.0,
+    p.add_argument("--consensus", type=float, default=imitation.SHIPPED_CONSENSUS,
                    help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits")  # fmt: skip
+    p.add_argument("--key-features", default=",".join(imitation.SHIPPED_FEATURES.key or ()),
+                   help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none)")
+    p.add_argument("--inter-features", default=",".join(imitation.SHIPPED_FEATURES.inter or ()),
+                   help="the same for the other mini-GOPs (default none: one offset, shrunk by --consensus)")
     ns = p.parse_args()
+    try:
+        spec = imitation.GainFeatures.parse(ns.key_features, ns.inter_features)
+    except ValueError as exc:
+        p.error(str(exc))
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
     out = Path(ns.out or policy.shipped_policy(ns.codec))
@@ -66,7 +78,7 @@ def main() -> int:
     records = [r for r in imitation.read_records([data]) if clips.in_window_set(r["window"], ns.windows)]
     hidden = tuple(int(h) for h in ns.hidden.split(","))
     actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback,
-                                           ns.consensus)  # fmt: skip
+                                           ns.consensus, spec)  # fmt: skip
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)

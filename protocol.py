@@ -23,7 +23,10 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Self
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# Versions this module reads: a version 1 message is a version 2 message without the v2 fields,
+# which take their documented defaults (PROTOCOL.md, "Versions").
+SUPPORTED_VERSIONS = (1, 2)
 
 REQUEST_FMT = "mg{:04d}_rq.json"
 REPLY_FMT = "mg{:04d}_qp.json"
@@ -65,6 +68,24 @@ def end_path(rl_dir: Path) -> Path:
 
 
 @dataclass
+class FirstPass:
+    """Optional first-pass statistics of a request (v2), one entry per frame in every list.
+
+    The frames are this mini-GOP's, in display order, followed by those of the lookahead mini-GOPs
+    (the ones `lookahead_fp_bpp` describes). Costs are mean absolute prediction errors per luma
+    sample of a low-resolution analysis, 8-bit scale; PROTOCOL.md defines each field.
+    """
+
+    intra_cost: list[float]  # error of intra (spatial) prediction
+    inter_cost: list[float]  # error of the best of intra and motion-compensated prediction from the previous frame
+    sr_inter_cost: list[float]  # the same with the frame two back as reference
+    inter_share: list[float]  # share of blocks where motion compensation beats intra, 0..1
+    motion_share: list[float]  # share of blocks motion-compensated with a non-zero vector, 0..1
+    mv_mean: list[float]  # mean |mv_x| + |mv_y| of the motion-compensated blocks, luma pixels
+    noise_sigma: list[float]  # estimated noise standard deviation of the luma, 8-bit scale
+
+
+@dataclass
 class Request:
     """Encoder -> agent, `mg%04d_rq.json`: everything known before mini-GOP `mg_index` is coded.
 
@@ -98,6 +119,10 @@ class Request:
     codec: str = ""  # informational: "svtav1", "x264", ...
     session: str = ""  # echoes the encoder's --rl-session; "" if none
     version: int = PROTOCOL_VERSION
+    # v2: the largest QP of the codec's scale (63 for AV1 / x264-style 0..63 scales, 255 for VP9's
+    # q_index); the agent's action range is defined on a 0..63 scale and stretched to this one.
+    qp_scale_max: int = 63
+    first_pass: FirstPass | None = None  # v2, optional: per-frame first-pass statistics
 
 
 @dataclass
@@ -189,25 +214,40 @@ def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
             raise bad("must be a list")
         inner = ann[len("list[") : -1]
         return [_check_type(path, f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
+    if ann in _NESTED:
+        if not isinstance(value, dict):
+            raise bad("must be a JSON object")
+        return _fields_from_dict(_NESTED[ann], value, path, prefix=f"{name}.")
     raise AssertionError(f"unsupported annotation {annotation}")
 
 
-def _from_dict(cls: type, data: Any, path: Path) -> Any:
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{path}: top level must be a JSON object (got {type(data).__name__})")
+_NESTED: dict[str, type] = {"FirstPass": FirstPass}
+
+
+def _fields_from_dict(cls: type, data: dict, path: Path, prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a JSON object, checking every field's type; unknown keys are ignored."""
     kwargs = {}
     for f in fields(cls):
         has_default = f.default is not MISSING or f.default_factory is not MISSING
         if f.name not in data:
             if has_default:
                 continue
-            raise ProtocolError(f"{path}: missing field '{f.name}'")
-        kwargs[f.name] = _check_type(path, f.name, data[f.name], str(f.type))
-    msg = cls(**kwargs)
-    version = getattr(msg, "version", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"{path}: field 'version' is {version}, this program speaks {PROTOCOL_VERSION}")
-    return msg
+            raise ProtocolError(f"{path}: missing field '{prefix}{f.name}'")
+        kwargs[f.name] = _check_type(path, prefix + f.name, data[f.name], str(f.type))
+    return cls(**kwargs)
+
+
+def _from_dict(cls: type, data: Any, path: Path) -> Any:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{path}: top level must be a JSON object (got {type(data).__name__})")
+    # The version first: a message of an unknown version is refused as such, not for a field.
+    version = data.get("version", PROTOCOL_VERSION)
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+        raise ProtocolError(
+            f"{path}: field 'version' is {version!r}; this program reads versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}"
+        )
+    return _fields_from_dict(cls, data, path)
 
 
 def _validate_request(req: Request, path: Path) -> None:
@@ -231,6 +271,31 @@ def _validate_request(req: Request, path: Path) -> None:
             raise ProtocolError(f"{path}: field '{name}' must be > 0")
     if req.fps <= 0 or req.target_kbps <= 0:
         raise ProtocolError(f"{path}: fields 'fps' and 'target_kbps' must be > 0")
+    if not req.qp_max <= req.qp_scale_max <= 1023:
+        raise ProtocolError(
+            f"{path}: field 'qp_scale_max' is {req.qp_scale_max}; it must be >= qp_max ({req.qp_max}) and <= 1023"
+        )
+    if req.first_pass is not None:
+        _validate_first_pass(req.first_pass, req.frame_count, path)
+
+
+def _validate_first_pass(fp: FirstPass, frame_count: int, path: Path) -> None:
+    """Every list the same length, at least the mini-GOP's frames; values >= 0; shares in [0, 1]."""
+    length = len(fp.intra_cost)
+    if length < frame_count:
+        raise ProtocolError(
+            f"{path}: field 'first_pass.intra_cost' has {length} entries, fewer than frame_count {frame_count}"
+        )
+    for f in fields(FirstPass):
+        values = getattr(fp, f.name)
+        if len(values) != length:
+            raise ProtocolError(
+                f"{path}: field 'first_pass.{f.name}' has {len(values)} entries, 'first_pass.intra_cost' {length}"
+            )
+        top = 1.0 if f.name.endswith("_share") else math.inf
+        for i, v in enumerate(values):
+            if not 0.0 <= v <= top:
+                raise ProtocolError(f"{path}: field 'first_pass.{f.name}[{i}]' is {v}, outside [0, {top}]")
 
 
 def _validate_feedback(fb: Feedback, path: Path) -> None:
@@ -272,6 +337,13 @@ def check_feedback_matches(fb: Feedback, req: Request, path: Path) -> None:
 
 def parse_request(text: str, path: Path) -> Request:
     req = _from_dict(Request, _loads(text, path), path)
+    _validate_request(req, path)
+    return req
+
+
+def request_from_dict(data: dict, path: Path) -> Request:
+    """A Request from an already-decoded JSON object (e.g. one stored in a dataset), fully checked."""
+    req = _from_dict(Request, data, path)
     _validate_request(req, path)
     return req
 

@@ -12,7 +12,7 @@ import numpy as np
 from protocol import Feedback, Request
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "base_qp",  # base QP / 63
+    "base_qp",  # base QP / qp_scale_max
     "qp_span",  # (qp_max - qp_min) / 63
     "log_fp_bpp",  # log2 of this mini-GOP's first-pass bits per pixel, / 8
     "lookahead_ratio",  # log2(mean lookahead fp_bpp / this fp_bpp), / 4; 0 without lookahead
@@ -25,16 +25,101 @@ FEATURE_NAMES: tuple[str, ...] = (
     "has_key",  # 1 if the mini-GOP starts with a key frame
     "prev_bits_ratio",  # log2(previous mini-GOP bits / its share of the GOP budget); 0 at GOP start
     "prev_psnr_y",  # previous mini-GOP PSNR-Y / 50; 0 at GOP start
-    "prev_delta_qp",  # previous (qp_used - base_qp) / 8; 0 at GOP start
+    "prev_delta_qp",  # previous (qp_used - base_qp) / 8 QP units (see qp_unit); 0 at GOP start
+    # From the request's optional first_pass statistics (protocol v2); all 0 without them.
+    "fp_available",  # 1 if the request carries first_pass statistics
+    "fp_intra",  # log2(mean intra cost of this mini-GOP's frames) / 4: texture
+    "fp_inter_ratio",  # log2(mean inter cost / mean intra cost) of this mini-GOP / 4: how predictable it is
+    "fp_future_ratio",  # the same over the lookahead frames: how much later frames reuse the content
+    "fp_sr_ratio",  # log2(mean second-reference cost / mean inter cost) over all frames / 4: decay with distance
+    "fp_motion",  # log2(1 + mean motion-vector length, pixels) / 4 over all frames
+    "fp_noise",  # log2(1 + mean noise sigma) / 4 over all frames
+    "fp_reuse",  # log2(1 + later frames of the GOP that re-use this mini-GOP's content) / 4: gop_reuse
 )
 OBS_DIM = len(FEATURE_NAMES)
 
-_QP_SCALE = 63.0
 _EPS = 1e-6
+# The action's QP unit is defined on a 0..63 scale (AV1 QP, x264 QP); codecs with a finer scale
+# (VP9's q_index, 0..255) stretch it: see qp_unit.
+_REFERENCE_QP_SCALE = 63.0
 
 
 def _log2(x: float) -> float:
     return math.log2(max(x, _EPS))
+
+
+def qp_unit(req: Request) -> float:
+    """Codec QP steps per unit of ΔQP: max(1, qp_scale_max / 63) (1 for AV1 and x264, ~4 for VP9)."""
+    return max(1.0, req.qp_scale_max / _REFERENCE_QP_SCALE)
+
+
+def first_pass_features(req: Request) -> list[float]:
+    """The fp_* features of FEATURE_NAMES from `req.first_pass`; zeros when the request has none.
+
+    Frames are split into this mini-GOP's (the first frame_count entries) and the lookahead's (the
+    rest; this mini-GOP's again when there is no lookahead). The encode's first frame has no
+    reference (its inter cost is its intra cost) and is left out of the ratios.
+    """
+    fp = req.first_pass
+    if fp is None:
+        return [0.0] * 8
+    n = req.frame_count
+    skip = 1 if req.first_frame == 0 else 0  # the encode's first frame: no reference
+
+    def mean(values: list[float], lo: int, hi: int) -> float:
+        part = values[lo:hi]
+        return sum(part) / len(part) if part else 0.0
+
+    own, rest = (skip, n), (n, len(fp.intra_cost)) if len(fp.intra_cost) > n else (skip, n)
+    everything = (skip, len(fp.intra_cost))
+    if own[0] >= own[1]:  # a one-frame first mini-GOP: nothing but the key frame
+        own = (0, n)
+
+    def ratio(num: list[float], den: list[float], span: tuple[int, int]) -> float:
+        return (_log2(mean(num, *span) + _EPS) - _log2(mean(den, *span) + _EPS)) / 4.0
+
+    return [
+        1.0,
+        _log2(mean(fp.intra_cost, 0, n)) / 4.0,
+        ratio(fp.inter_cost, fp.intra_cost, own),
+        ratio(fp.inter_cost, fp.intra_cost, rest),
+        ratio(fp.sr_inter_cost, fp.inter_cost, everything),
+        math.log2(1.0 + mean(fp.mv_mean, *everything)) / 4.0,
+        math.log2(1.0 + mean(fp.noise_sigma, *everything)) / 4.0,
+        math.log2(1.0 + gop_reuse(req)) / 4.0,
+    ]
+
+
+def gop_reuse(req: Request) -> float:
+    """How many later frames of the GOP re-use this mini-GOP's content, on average over its frames.
+
+        S = (1/n) sum_{i in the mini-GOP} sum_{j > i} prod_{k = i+1..j} (1 - r_k)
+
+    r_k = inter_cost / intra_cost of frame k (clipped to 1): the share of frame k that is new,
+    not predicted from the frame before, so the product is the share of frame i's content still
+    in frame j. j runs to the end of the GOP (the next GOP starts with a key frame and references
+    nothing before it). Frames the first_pass lookahead does not reach continue with the mean r of
+    those it does. As in x264's MB-tree: a still camera gives S near the frames left (better
+    quality here pays off in all of them), noise or cuts give S near 0, and so does a GOP about
+    to end. The GOP's frames after this mini-GOP's first are taken as gop_frames - mg_in_gop *
+    frame_count - 1: exact when the GOP's mini-GOPs are of equal length but its last.
+    """
+    fp = req.first_pass
+    if fp is None:
+        return 0.0
+    last = max(0, req.gop_frames - req.mg_in_gop * req.frame_count - 1)  # index of the GOP's last frame
+    new = [min(1.0, inter / max(intra, _EPS)) for inter, intra in zip(fp.inter_cost, fp.intra_cost, strict=True)]
+    seen = new[1 : last + 1]
+    fill = sum(seen) / len(seen) if seen else 1.0
+    total = 0.0
+    for i in range(min(req.frame_count, last + 1)):
+        survive = 1.0
+        for k in range(i + 1, last + 1):
+            survive *= 1.0 - (new[k] if k < len(new) else fill)
+            if survive < 1e-4:  # nothing of frame i left to re-use
+                break
+            total += survive
+    return total / req.frame_count
 
 
 def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int | None) -> np.ndarray:
@@ -57,14 +142,14 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
         share = req.gop_bits_budget / req.mgs_in_gop
         prev_bits_ratio = _log2(prev_fb.bits / share) / 4.0
         prev_psnr = prev_fb.psnr_y / 50.0
-        prev_delta = (prev_fb.qp_used - prev_base_qp) / 8.0
+        prev_delta = (prev_fb.qp_used - prev_base_qp) / qp_unit(req) / 8.0
     else:
         prev_bits_ratio = prev_psnr = prev_delta = 0.0
 
     obs = np.array(
         [
-            req.base_qp / _QP_SCALE,
-            (req.qp_max - req.qp_min) / _QP_SCALE,
+            req.base_qp / req.qp_scale_max,
+            (req.qp_max - req.qp_min) / req.qp_scale_max,
             _log2(req.fp_bpp) / 8.0,
             lookahead_ratio,
             _log2(target_bpp) / 8.0,
@@ -77,6 +162,7 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
             prev_bits_ratio,
             prev_psnr,
             prev_delta,
+            *first_pass_features(req),
         ],
         dtype=np.float32,
     )
@@ -84,6 +170,6 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
 
 
 def action_to_qp(action: float, req: Request, max_delta_qp: int) -> int:
-    """Maps an action in [-1, 1] to the QP answered: base + round(action * max_delta_qp), in range."""
-    delta = int(round(float(np.clip(action, -1.0, 1.0)) * max_delta_qp))
+    """Maps an action in [-1, 1] to the QP answered: base + round(action * max_delta_qp * qp_unit), in range."""
+    delta = int(round(float(np.clip(action, -1.0, 1.0)) * max_delta_qp * qp_unit(req)))
     return int(min(max(req.base_qp + delta, req.qp_min), req.qp_max))

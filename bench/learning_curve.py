@@ -1,9 +1,10 @@
 """Learning curve: held-out BD-rate of the policy vs the encodes its training used.
 
-    python bench/learning_curve.py data/oracle_svtav1.jsonl --codec svtav1 --out /tmp/curve --points 12,24,48
+    python bench/learning_curve.py data/oracle_x264.jsonl --codec x264 --out /tmp/curve --points 18,36,72
 
 For each size n, the first n oracle points (in a seeded shuffle, so every size mixes clips and
-rates) train a policy with the shipped recipe (imitation.train_policy), which is then evaluated
+rates) train a policy with the shipped recipe (imitation.train_policy with make_policy.py's
+defaults: imitation.SHIPPED_FEATURES and SHIPPED_CONSENSUS), which is then evaluated
 on the held-out split (evaluate.py, 4 rates per clip, no codec RC). "Encodes" counts every encode
 behind those n points: pass 1, the Δ=0 encode and every oracle candidate. Prints one Markdown row
 per size.
@@ -38,7 +39,7 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--points", default="12,24,48", help="training set sizes, oracle points")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--windows", default="train", help="window sets of the records used (clips.WINDOW_SETS)")
+    p.add_argument("--windows", default="train,static", help="window sets of the records used (clips.WINDOW_SETS)")
     ns = p.parse_args()
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,8 @@ def main() -> int:
     t0 = time.monotonic()
     for n in (int(x) for x in ns.points.split(",")):
         subset = [records[i] for i in order[:n]]
-        actor, summary = imitation.train_policy(subset)
+        actor, summary = imitation.train_policy(subset, consensus=imitation.SHIPPED_CONSENSUS,
+                                                spec=imitation.SHIPPED_FEATURES)  # fmt: skip
         path = out / f"policy_{n}.pt"
         policy.save(path, actor, ns.codec, 4, 0.02, {"summary": summary, "command": "bench/learning_curve.py"})
         folder = out / f"eval_{n}"

@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rl-dir", help="protocol directory; absent = no agent (the encoder's own base QP)")
     g.add_argument("--rl-timeout", type=float, default=60.0, help="seconds to wait for each reply (default 60)")
     g.add_argument("--rl-session", default="", help="session string echoed in every message (default none)")
-    g.add_argument("--lookahead", type=int, default=4,
-                   help="mini-GOPs of first-pass look-ahead in each request (default 4)")  # fmt: skip
+    g.add_argument("--lookahead", type=int, default=7,
+                   help="mini-GOPs of first-pass look-ahead in each request (default 7: the rest of a "
+                        "64-frame GOP of 8-frame mini-GOPs)")  # fmt: skip
     g.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     return p
 

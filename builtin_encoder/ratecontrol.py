@@ -28,14 +28,14 @@ first-pass bits).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from builtin_encoder.errors import BadInput
 from builtin_encoder.layout import MiniGop
 
 STATS_FORMAT = "builtin_encoder-stats"
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: the first-pass analysis fields (analysis.py)
 CLASSES = ("KEY", "INTER")  # frame classes with their own k and learned scale
 FIRST_CORRECTION_MAX = 10  # largest QP move of pass 1 after its first mini-GOP
 
@@ -80,6 +80,7 @@ class StatHeader:
     mini_gop: int
     pass_no: int  # 1 = first pass at a fixed QP, 2 = the real encode
     preset: int
+    analysed: bool = True  # the frames carry the first-pass analysis (False for version 1 files)
 
 
 @dataclass
@@ -96,6 +97,14 @@ class FrameStat:
     bits: int  # coded size, bits
     luma_var: float  # variance of the luma samples (8-bit scale, squared)
     sad: float  # mean |Y - Y_prev| per luma sample (0 for the first frame)
+    # First-pass analysis (builtin_encoder/analysis.py, FrameAnalysis); 0 where not collected.
+    intra_cost: float = 0.0
+    inter_cost: float = 0.0
+    sr_inter_cost: float = 0.0
+    inter_share: float = 0.0
+    motion_share: float = 0.0
+    mv_mean: float = 0.0
+    noise_sigma: float = 0.0
 
 
 def write_stats(path: Path, header: StatHeader, frames: list[FrameStat]) -> None:
@@ -120,10 +129,13 @@ def read_stats(path: Path) -> tuple[StatHeader, list[FrameStat]]:
         head = json.loads(lines[0]) if lines else None
         if not isinstance(head, dict) or head.get("format") != STATS_FORMAT:
             raise ValueError("first line is not a builtin_encoder stat header")
-        if head.get("version") != STATS_VERSION:
-            raise ValueError(f"version {head.get('version')} (this program reads {STATS_VERSION})")
-        header = StatHeader(**{f.name: head[f.name] for f in fields(StatHeader)})
-        names = [f.name for f in fields(FrameStat)]
+        version = head.get("version")
+        if version not in (1, STATS_VERSION):
+            raise ValueError(f"version {version} (this program reads 1 and {STATS_VERSION})")
+        # Version 1 files have no analysis: read, with analysed=False and the fields at 0.
+        header = StatHeader(**{f.name: head[f.name] for f in fields(StatHeader) if f.name != "analysed"},
+                            analysed=version >= 2 and bool(head.get("analysed", True)))  # fmt: skip
+        names = [f.name for f in fields(FrameStat) if version >= 2 or f.default is MISSING]
         frames = []
         for lineno, line in enumerate(lines[1:], start=2):
             if not line.strip():

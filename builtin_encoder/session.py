@@ -19,13 +19,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 import protocol
+from builtin_encoder.analysis import Analyzer, FrameAnalysis
 from builtin_encoder.codec import Codec, CodecConfig, FrameStats, Measure, YuvFrame
 from builtin_encoder.errors import (
     BadInput,
@@ -83,7 +84,7 @@ class Settings:
     rl_dir: str | None = None
     rl_timeout: float = 60.0  # seconds
     rl_session: str = ""
-    lookahead: int = 4  # mini-GOPs of fp_bpp look-ahead in each request
+    lookahead: int = 7  # mini-GOPs of look-ahead (fp_bpp, first_pass) in each request
     summary_json: str | None = None
     quiet: bool = False
 
@@ -182,6 +183,17 @@ def _content_features(y: np.ndarray, prev_y: np.ndarray | None) -> tuple[float, 
         return var, 0.0
     sad = float(np.abs(y.astype(np.int16) - prev_y.astype(np.int16)).mean(dtype=np.float64))
     return var, sad
+
+
+def _analysis_fields(a: FrameAnalysis) -> dict[str, float]:
+    """A FrameAnalysis as FrameStat keyword arguments, rounded for the stat file."""
+    return {name: round(value, 4) for name, value in asdict(a).items()}
+
+
+def first_pass_message(stats: list[FrameStat], frames: range) -> protocol.FirstPass:
+    """The request's `first_pass` field for display frames `frames`, from pass-1 stats."""
+    names = [f.name for f in fields(protocol.FirstPass)]
+    return protocol.FirstPass(**{name: [getattr(stats[i], name) for i in frames] for name in names})
 
 
 # ----------------------------------------------------------------------------- the agent
@@ -335,13 +347,16 @@ def encode_pass(
     native: dict[str, Any] | None = None,
     measure: Measure = Measure.SSIM,
     keep_frames: bool = False,
+    first_pass: list[FrameStat] | None = None,
 ) -> PassResult:
     """Codes the whole input once: base QP from `rc` (or the agent), stats into CSV / feedback.
 
     With `native` (rc-modes 2/3) the codec chooses every frame's QP itself; the QPs passed to it
     are then ignored, and base_qp is recorded as -1. `measure`: the distortion the codec
     measures per frame; the CSV and the agent's feedback need Measure.SSIM. `keep_frames`: keep
-    the decoded input for the next pass (see pass_frames).
+    the decoded input for the next pass (see pass_frames). `collect_features`: analyse every
+    frame (analysis.py) into the returned stats. `first_pass`: pass-1 stats whose analysis goes
+    into the agent's requests.
     """
     s = job.settings
     if measure < Measure.SSIM and (csv_file is not None or agent is not None):
@@ -353,6 +368,7 @@ def encode_pass(
     if writer is not None:
         writer.writerow(CSV_COLUMNS)
     prev_y: np.ndarray | None = None
+    analyzer = Analyzer() if collect_features else None
     luma, chroma = job.luma, job.luma // 4
     try:
         for mg, frames in _mini_gops(pass_frames(job, keep_frames), job.layout):
@@ -361,7 +377,7 @@ def encode_pass(
             qp = base_qp
             if agent is not None:
                 assert isinstance(rc, RateController)  # pass 1 never talks to the agent
-                qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session))
+                qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass))
             qps = frame_qps(codec, qp, mg)
             try:
                 stats = codec.encode(frames, qps, key_first=mg.key_first)
@@ -380,9 +396,10 @@ def encode_pass(
             for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
                 index = mg.first + pos
                 var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
+                analysis = _analysis_fields(analyzer.add(frame.y)) if analyzer is not None else {}
                 prev_y = frame.y
                 out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
-                                           st.bits, round(var, 3), round(sad, 4)))  # fmt: skip
+                                           st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
                 if writer is not None:
                     writer.writerow([
                         index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp, st.bits,
@@ -406,9 +423,10 @@ def encode_pass(
 
 
 def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: int, gop_budget: int,
-             session: str) -> protocol.Request:  # fmt: skip
+             session: str, first_pass: list[FrameStat] | None) -> protocol.Request:  # fmt: skip
     s = job.settings
     nxt = job.layout[mg.index + 1 : mg.index + 1 + s.lookahead]
+    seen = range(mg.first, (nxt[-1] if nxt else mg).first + (nxt[-1] if nxt else mg).count)
     gop_frames = sum(m.count for m in job.layout if m.gop == mg.gop)
     assert rc.total_budget is not None
     return protocol.Request(
@@ -437,6 +455,8 @@ def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: i
         total_frames=job.frames,
         codec=s.codec,
         session=session,
+        qp_scale_max=codec.qp_max,
+        first_pass=first_pass_message(first_pass, seen) if first_pass else None,
     )
 
 
@@ -488,8 +508,8 @@ def _first_pass(job: Job, totals: Totals, out_path: Path, csv_file: TextIO | Non
                 stat_file: bool = False) -> PassResult:  # fmt: skip
     """Pass 1: the codec's fast preset, a constant QP steered towards the target (FirstPassController).
 
-    Only the bits (and, for a `stat_file`, the content features) are used, so the codec measures
-    no distortion unless a CSV asks for it. Without a `stat_file` (pass 1 in memory) the decoded
+    Only the bits and the content analysis (analysis.py) are used, so the codec measures no
+    distortion unless a CSV asks for it. Without a `stat_file` (pass 1 in memory) the decoded
     frames are kept for the final pass.
     """
     s = job.settings
@@ -499,7 +519,7 @@ def _first_pass(job: Job, totals: Totals, out_path: Path, csv_file: TextIO | Non
     rc = FirstPassController(layout=job.layout, params=params, qp_min=qp_min, qp_max=qp_max, total_budget=budget)
     measure = Measure.SSIM if csv_file is not None else Measure.NONE
     return encode_pass(job, preset=params.first_pass_preset, rc=rc, totals=totals, out_path=out_path,
-                       csv_file=csv_file, collect_features=stat_file, measure=measure,
+                       csv_file=csv_file, collect_features=True, measure=measure,
                        keep_frames=not stat_file)  # fmt: skip
 
 
@@ -512,10 +532,14 @@ def _codec_qp_range(name: str) -> tuple[int, int]:
     return int(cls.qp_min), int(cls.qp_max)
 
 
-def _load_stats(job: Job, path: Path) -> list[FrameStat]:
+def _load_stats(job: Job, path: Path) -> tuple[list[FrameStat], bool]:
+    """(stats, whether they carry the first-pass analysis) of --stat-in file `path`."""
     header, stats = read_stats(path)
     check_stats_match(path, header, job.stat_header(1, 0))
-    return stats
+    if not header.analysed:
+        print(f"builtin_encoder: warning: --stat-in {path} is a version 1 stat file without first-pass analysis: "
+              "requests carry no first_pass field; run --pass 1 again to add it", file=sys.stderr)  # fmt: skip
+    return stats, header.analysed
 
 
 def _quality(job: Job, res: PassResult) -> dict[str, float | None]:
@@ -655,9 +679,10 @@ class Program:
 
             # Pass 2 (or the single command): stats come from --stat-in or from pass 1 run here.
             stats: list[FrameStat] | None = None
+            analysed = True
             pass1_s = 0.0
             if s.stat_in:
-                stats = _load_stats(job, Path(s.stat_in))
+                stats, analysed = _load_stats(job, Path(s.stat_in))
             elif s.rc_mode == 1 or self.agent is not None:
                 p1 = _first_pass(job, Totals(), scratch)
                 stats, pass1_s = p1.frame_stats, p1.seconds
@@ -682,6 +707,7 @@ class Program:
                 agent=self.agent,
                 csv_file=csv_file,
                 collect_features=bool(s.stat_out),
+                first_pass=stats if analysed else None,
             )
             if s.stat_out:
                 _write_stats(Path(s.stat_out), job.stat_header(2, preset), res.frame_stats)

@@ -132,7 +132,7 @@ def test_structure_and_gop_end(encode: dict) -> None:
         assert r.total_frames == FRAMES and (r.width, r.height) == (176, 144)
         assert r.target_kbps == 150.0 and r.fps == pytest.approx(30000 / 1001)
         assert r.qp_min <= r.base_qp <= r.qp_max
-        assert len(r.lookahead_fp_bpp) == min(4, 4 - r.mg_index)
+        assert len(r.lookahead_fp_bpp) == min(7, 4 - r.mg_index)
         assert r.fp_bpp > 0
     # Spending bookkeeping: totals are the sum of earlier feedback; GOP spending restarts per GOP.
     for k, r in enumerate(reqs):
@@ -140,6 +140,26 @@ def test_structure_and_gop_end(encode: dict) -> None:
         assert r.gop_bits_spent == sum(f.bits for f in fbs[:k] if f.gop_index == r.gop_index)
     assert end.status == "ok" and end.session == SESSION
     assert (end.mini_gops, end.frames, end.bits) == (5, FRAMES, sum(f.bits for f in fbs))
+
+
+def test_requests_carry_first_pass_statistics(encode: dict) -> None:
+    """v2 fields: the QP scale, and the first-pass analysis of the mini-GOP and its lookahead frames."""
+    from builtin_encoder.analysis import Analyzer
+
+    source = open_source(bundled_clip("carphone_pristine.mp4")).frames(FRAMES)
+    analyzer = Analyzer()
+    want = [analyzer.add(f.y) for f in source]
+    for r in encode["requests"]:
+        assert r.version == 2 and r.qp_scale_max == r.qp_max
+        fp = r.first_pass
+        assert fp is not None
+        frames = range(r.first_frame, min(r.first_frame + 8 * (1 + len(r.lookahead_fp_bpp)), FRAMES))
+        assert len(fp.intra_cost) == len(frames) >= r.frame_count
+        for name in ("intra_cost", "inter_cost", "inter_share", "mv_mean", "noise_sigma"):
+            assert getattr(fp, name) == pytest.approx([getattr(want[i], name) for i in frames], abs=1e-3)
+    first = encode["requests"][0].first_pass
+    assert first.inter_cost[0] == first.intra_cost[0]  # frame 0 has no reference
+    assert all(inter < intra for inter, intra in zip(first.inter_cost[1:], first.intra_cost[1:], strict=True))
 
 
 def test_agent_qp_is_applied(encode: dict) -> None:

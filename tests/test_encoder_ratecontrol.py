@@ -82,6 +82,26 @@ def test_stat_file_round_trip_and_mismatch(tmp_path: Path) -> None:
         read_stats(tmp_path / "missing.stat")
 
 
+def test_version_1_stat_file_reads_without_analysis(tmp_path: Path) -> None:
+    """A stat file of the previous version (no first-pass analysis) still drives the rate control."""
+    header = StatHeader("x264", 176, 144, 24, 30.0, 16, 8, 1, 8)
+    path = tmp_path / "v1.stat"
+    write_stats(path, header, _synthetic_stats(24, 16))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[0]["version"] = 1
+    del lines[0]["analysed"]
+    v1_fields = ("frame", "mg", "gop", "type", "layer", "base_qp", "qp", "bits", "luma_var", "sad")
+    lines[1:] = [{k: d[k] for k in v1_fields} for d in lines[1:]]
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    h, s = read_stats(path)
+    assert not h.analysed and len(s) == 24 and s[3].bits == _synthetic_stats(24, 16)[3].bits
+    assert s[3].intra_cost == 0.0
+    lines[0]["version"] = 7
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    with pytest.raises(BadInput, match=r"v1\.stat is not a valid stat file: version 7"):
+        read_stats(path)
+
+
 # ----------------------------------------------------------------------------- the closed loop, simulated
 
 
@@ -223,6 +243,8 @@ def test_stat_files_give_the_same_encode(tmp_path: Path) -> None:
     assert h1.preset == CODEC_RC["x264"].first_pass_preset
     assert s1[0].type == "KEY" and s1[32].type == "KEY" and s1[1].type == "INTER"
     assert s1[5].sad > 0 and s1[5].luma_var > 0
+    # Pass 1 analyses every frame (analysis.py): the requests' first_pass field comes from here.
+    assert h1.analysed and all(f.intra_cost > 0 for f in s1) and s1[5].inter_cost < s1[5].intra_cost
     # A pass-2 stat file is a valid --stat-in as well (bits are normalised by each frame's base QP).
     assert _encode(*common, "--stat-in", stat2).returncode == 0
 

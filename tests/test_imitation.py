@@ -77,6 +77,43 @@ def test_gain_model_is_predictive_across_sources_only_when_the_state_matters():
     assert r2 > r2_const + 0.2
 
 
+def test_gain_model_restricted_to_the_feature_that_matters_generalises_across_sources():
+    """Only the key mini-GOP's rate feature drives the gain: a model given just that feature finds it,
+    and its cross-source R² is at least that of the model given every feature."""
+    m, slope, c = _moves(noise=0.02)
+    m.source = np.arange(len(m)) % 3
+    m.sources = ["a", "b", "c"]
+    only = imitation.GainFeatures.parse(FEATURE_NAMES[RATE], "")
+    r2_only, _ = imitation.cross_validate_gain(m, 1.0, only)
+    r2_all, _ = imitation.cross_validate_gain(m, 1.0)
+    assert r2_only >= r2_all - 0.01
+    model = imitation.fit_gain_model(m, 1.0, only)
+    assert len(model.w) == 3  # [1, key, key * s_rate]
+    obs = np.zeros((2, OBS_DIM), dtype=np.float32)
+    obs[:, KEY] = 1.0
+    obs[:, RATE] = [-1.0, 1.0]
+    assert model.best_offset(obs, 4) == pytest.approx(slope * obs[:, RATE] / (2 * c), abs=0.5)
+    with pytest.raises(ValueError, match="unknown state feature 'nope'"):
+        imitation.GainFeatures.parse("nope", "")
+
+
+def test_distillation_set_hides_the_features_the_gain_model_did_not_use():
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (200, OBS_DIM)).astype(np.float32)
+    target = rng.uniform(-4, 4, 200)
+    spec = imitation.GainFeatures.parse(FEATURE_NAMES[RATE], "")
+    fit_obs, fit_target = imitation.ignoring_unused(obs, target, spec, copies=2)
+    assert fit_obs.shape == (600, OBS_DIM) and np.array_equal(fit_target, np.tile(target, 3))
+    assert np.array_equal(fit_obs[:200], obs)
+    for i in (RATE, KEY):  # used features keep their pairing with the targets
+        assert np.array_equal(fit_obs[200:400, i], obs[:, i])
+    other = FEATURE_NAMES.index("prev_psnr_y")
+    assert not np.array_equal(fit_obs[200:400, other], obs[:, other])
+    assert sorted(fit_obs[200:400, other]) == sorted(obs[:, other])  # shuffled, not invented
+    everything = imitation.GainFeatures()
+    assert imitation.ignoring_unused(obs, target, everything)[0] is obs
+
+
 def _step(mg: int, qp: int, base_qp: int = 30) -> dict:
     req = dict(mg_index=mg, gop_index=0, mg_in_gop=mg, mgs_in_gop=2, gop_frames=8, first_frame=4 * mg, frame_count=4,
                frame_types=["KEY" if mg == 0 else "INTER"] + ["INTER"] * 3, temporal_layers=[0, 2, 1, 2],
@@ -189,7 +226,7 @@ def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_pat
 
     records = [record(0.05, 0.1), record(0.1, 0.08), record(0.2, 0.05)]
     actor, summary = imitation.train_policy(records, hidden=(16,))
-    assert "gain model on" in summary
+    assert "gain model (key mini-GOP: all; others: all) on 3 oracle moves" in summary
     path = tmp_path / "p.pt"
     policy.save(path, actor, "svtav1", 4, 0.02, {"summary": summary, "command": "test"})
     pol = policy.load(path)

@@ -52,6 +52,59 @@ def test_feedback_round_trip():
     assert protocol.parse_feedback(protocol.to_json(fb), P) == fb
 
 
+def make_first_pass(frames: int = 12, **over) -> protocol.FirstPass:
+    cols = dict(
+        intra_cost=[9.0] * frames, inter_cost=[3.0] * frames, sr_inter_cost=[4.0] * frames,
+        inter_share=[0.8] * frames, motion_share=[0.5] * frames, mv_mean=[2.0] * frames, noise_sigma=[1.5] * frames,
+    )  # fmt: skip
+    cols.update(over)
+    return protocol.FirstPass(**cols)
+
+
+def test_v2_request_with_first_pass_round_trips():
+    req = make_request(first_pass=make_first_pass(), qp_scale_max=255, qp_max=255)
+    text = protocol.to_json(req)
+    assert '"first_pass":{"intra_cost":[9.0' in text
+    assert protocol.parse_request(text, P) == req
+
+
+def test_v1_request_takes_the_v2_defaults():
+    data = asdict(make_request())
+    for name in ("qp_scale_max", "first_pass"):
+        del data[name]
+    data["version"] = 1
+    req = protocol.parse_request(json.dumps(data), P)
+    assert (req.version, req.qp_scale_max, req.first_pass) == (1, 63, None)
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        (dict(inter_cost=[3.0] * 11), r"'first_pass.inter_cost' has 11 entries, 'first_pass.intra_cost' 12"),
+        (dict(inter_share=[0.8] * 11 + [1.5]), r"'first_pass.inter_share\[11\]' is 1.5, outside \[0, 1.0\]"),
+        (dict(noise_sigma=[-1.0] * 12), r"'first_pass.noise_sigma\[0\]' is -1.0"),
+        (dict(mv_mean=["x"] * 12), r"'first_pass.mv_mean\[0\]' must be a number"),
+    ],
+)
+def test_bad_first_pass_fields_are_named(over, match):
+    req = make_request(first_pass=make_first_pass(**over))
+    with pytest.raises(ProtocolError, match=match):
+        protocol.parse_request(protocol.to_json(req), P)
+
+
+def test_first_pass_shorter_than_the_mini_gop_is_refused():
+    req = make_request(first_pass=make_first_pass(frames=4))
+    with pytest.raises(ProtocolError, match=r"'first_pass.intra_cost' has 4 entries, fewer than frame_count 8"):
+        protocol.parse_request(protocol.to_json(req), P)
+
+
+def test_first_pass_that_is_not_an_object_is_named():
+    data = asdict(make_request())
+    data["first_pass"] = [1, 2]
+    with pytest.raises(ProtocolError, match=r"field 'first_pass' must be a JSON object"):
+        protocol.parse_request(json.dumps(data), P)
+
+
 def test_missing_field_is_named():
     data = asdict(make_request())
     del data["base_qp"]
@@ -67,7 +120,8 @@ def test_missing_field_is_named():
         ("frame_types", ["KEY"], "'frame_types' must have frame_count=8"),
         ("base_qp", 70, "'base_qp' 70 is outside"),
         ("frame_types", ["I"] * 8, "KEY or INTER"),
-        ("version", 2, "'version' is 2"),
+        ("version", 3, "'version' is 3; this program reads versions 1, 2"),
+        ("qp_scale_max", 51, "'qp_scale_max' is 51; it must be >= qp_max"),
     ],
 )
 def test_bad_request_fields_are_named(field, value, match):

@@ -44,6 +44,51 @@ def test_action_to_qp(action, expected):
     assert action_to_qp(action, make_request(), max_delta_qp=8) == expected
 
 
+def test_first_pass_features_tell_still_content_from_unpredictable_content():
+    from test_protocol import make_first_pass
+
+    plain = build_observation(make_request(), None, None)
+    fp = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("fp_")]
+    assert np.all(plain[fp] == 0.0)  # a version 1 request: no first-pass statistics
+    still = make_first_pass(frames=16, inter_cost=[9.0] * 8 + [0.5] * 8)  # the lookahead is a still picture
+    busy = make_first_pass(frames=16, inter_cost=[9.0] * 16)  # nothing is predictable
+    o_still = build_observation(make_request(first_pass=still), None, None)
+    o_busy = build_observation(make_request(first_pass=busy), None, None)
+    future = FEATURE_NAMES.index("fp_future_ratio")
+    assert o_still[FEATURE_NAMES.index("fp_available")] == o_busy[FEATURE_NAMES.index("fp_available")] == 1.0
+    assert o_still[future] == pytest.approx(math.log2(0.5 / 9.0) / 4, abs=1e-4)
+    assert o_busy[future] == pytest.approx(0.0, abs=1e-4)
+    assert o_still[FEATURE_NAMES.index("fp_inter_ratio")] == o_busy[FEATURE_NAMES.index("fp_inter_ratio")]
+
+
+def test_gop_reuse_counts_the_later_frames_of_the_gop_that_reuse_the_content():
+    from test_protocol import make_first_pass
+
+    from state import gop_reuse
+
+    def req(inter: float, mg_in_gop: int, gop_frames: int = 64, frames: int = 40):
+        fp = make_first_pass(frames=frames, inter_cost=[inter] * frames, intra_cost=[10.0] * frames)
+        return make_request(first_pass=fp, mg_in_gop=mg_in_gop, gop_frames=gop_frames, first_frame=8 * mg_in_gop)
+
+    still = gop_reuse(req(0.0, 0))  # nothing new in any frame: frame i is re-used by the 63 - i after it
+    assert still == pytest.approx(sum(63 - i for i in range(8)) / 8)
+    busy = gop_reuse(req(5.0, 0))  # half of each frame is new: sum of 0.5^j
+    assert busy == pytest.approx(1.0, abs=1e-3)
+    assert gop_reuse(req(0.0, 7)) == pytest.approx(3.5)  # the GOP's last mini-GOP: 7, 6, ... 0 frames left
+    assert gop_reuse(req(0.0, 0, gop_frames=4, frames=4)) == pytest.approx(6 / 8)  # a short last GOP: 3+2+1
+    cut = make_first_pass(frames=64, inter_cost=[1.0] + [10.0] + [0.0] * 62, intra_cost=[10.0] * 64)
+    after_cut = gop_reuse(make_request(first_pass=cut, mg_in_gop=0, gop_frames=64, first_frame=0))
+    assert after_cut == pytest.approx(still - 63 / 8)  # a cut at frame 1 ends frame 0's chain, not the others'
+    assert gop_reuse(make_request()) == 0.0  # no first-pass statistics
+
+
+def test_action_range_is_stretched_on_a_finer_qp_scale():
+    req = make_request(qp_min=0, qp_max=255, qp_scale_max=255, base_qp=120)
+    assert action_to_qp(1.0, req, 4) == 120 + round(4 * 255 / 63)
+    assert action_to_qp(-0.5, req, 4) == 120 - round(2 * 255 / 63)
+    assert action_to_qp(1.0, make_request(qp_scale_max=51, qp_max=51), 4) == 35 + 4  # no shrinking below 63
+
+
 def test_action_to_qp_respects_request_range():
     req = make_request(base_qp=60, qp_max=63)
     assert action_to_qp(1.0, req, 8) == 63
