@@ -59,7 +59,7 @@ class Config:
     """One run of main.py. Field names follow the command-line flags (dashes -> underscores)."""
 
     # what to encode
-    rl_dir: str = "./rl_io"
+    rl_dir: str = ""  # "" = main.default_rl_dir(): a new directory on tmpfs, removed at exit
     encoder: str = ""  # "" = the built-in encoder (python -m builtin_encoder)
     videos: list[str] = field(default_factory=list)  # each one '|'-separated encoder command line
     use_dataset: bool = False
@@ -87,6 +87,10 @@ class Config:
     make_baseline: bool = False
     reward_metric: str = "psnr"  # "psnr" (MSE-based) or "ssim"
     encoder_timeout_s: float = 60.0  # no protocol file for this long = encoder hung
+    # parallel encoders (workers.py)
+    workers: int = 1  # encoders at once; > 1 learns in a thread of its own
+    weights_every: int = 16  # gradient steps between two weight refreshes of the workers' actors
+    ray: str = ""  # "" = local threads; else the workers are Ray actors: "local", "auto" or "ray://host:port"
     sac: SACConfig = field(default_factory=SACConfig)
 
     def validate(self) -> None:
@@ -104,6 +108,10 @@ class Config:
             raise ValueError(f"--reward-metric must be psnr or ssim, got {self.reward_metric!r}")
         if self.encoder_timeout_s <= 0:
             raise ValueError("--encoder-timeout must be > 0")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.weights_every < 1:
+            raise ValueError(f"--weights-every must be >= 1, got {self.weights_every}")
         self.sac.validate()
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,8 +52,9 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -365,12 +366,24 @@ class ScriptedLearner(Learner):
 
 
 class Runner:
-    """Runs the encodes of a report; one protocol directory, sessions numbered per encode."""
+    """Runs the encodes of a report, one at a time; one protocol directory, sessions numbered per encode.
 
-    def __init__(self, out_dir: Path, settings: EvalSettings) -> None:
+    With `worker` k (evaluate's --workers N > 1) the directory is OUT/rl_io/wk; `should_stop()`
+    ends a running encode (another worker's failure or Ctrl-C).
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        settings: EvalSettings,
+        worker: int | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.settings = settings
-        self.rl_dir = self.out_dir / "rl_io"
+        self.rl_dir = self.out_dir / "rl_io" / (f"w{worker}" if worker is not None else "")
+        self.session_prefix = f"ev{os.getpid()}" + (f"-w{worker}" if worker is not None else "")
+        self.should_stop = should_stop
         self.count = 0  # encoder processes started
 
     def first_pass(self, point: Point) -> float:
@@ -384,7 +397,7 @@ class Runner:
             self.count += 1
             t0 = time.monotonic()
             encoder_proc.run_to_completion(self.encoder + args, point.work / "pass1.log", point.video.name,
-                                           timeout_s=3600)  # fmt: skip
+                                           timeout_s=3600, should_stop=self.should_stop)  # fmt: skip
             if not self.settings.builtin:  # its time: the process's wall time
                 summary.write_text(json.dumps({"encode_s": time.monotonic() - t0}))
         return float(json.loads(summary.read_text())["encode_s"])
@@ -399,12 +412,13 @@ class Runner:
         """One two-pass encode whose QPs `learner` answers through rl_io (io_runner.run_encode)."""
         args = point.pass2_args(tag)
         self.count += 1
-        session = f"ev{os.getpid()}-{self.count}"
+        session = f"{self.session_prefix}-{self.count}"
         command = self.encoder + args + encoder_proc.rl_args(self.settings.rl_args, self.rl_dir, session)
         spec = encoder_proc.VideoSpec(point.video.name, args)
         timeout = self.settings.encoder_timeout_s
         res = io_runner.run_encode(spec, command, self.rl_dir, session, learner, None, max_delta_qp,
-                                   rate_tolerance, timeout, point.work / f"{tag}.log")  # fmt: skip
+                                   rate_tolerance, timeout, point.work / f"{tag}.log",
+                                   should_stop=self.should_stop)  # fmt: skip
         rec = RunRecord(point.video.name, method, point.target_kbps, ok=res.ok, message=res.message)
         if res.ok and self.settings.builtin:
             _fill_from_summary(rec, point.work / f"{tag}.json", res.wall_s)
@@ -425,7 +439,7 @@ class Runner:
         t0 = time.monotonic()
         try:
             encoder_proc.run_to_completion(encoder_proc.encoder_command("") + args, point.work / f"{tag}.log",
-                                           point.video.name, timeout_s=3600)  # fmt: skip
+                                           point.video.name, timeout_s=3600, should_stop=self.should_stop)  # fmt: skip
         except RuntimeError as exc:
             # e.g. a backend without a native rate control yet: the report says so (the encoder's
             # last line names the cause) and goes on.
@@ -766,61 +780,101 @@ def evaluate(
     agent: AgentBundle | None,
     methods: Sequence[str] = ("agent", "baseline", "codec_rc", "codec_crf"),
     oracle: OracleSettings | None = None,
+    workers: int = 1,
 ) -> Report:
     """Encodes every clip at its targets with each method; returns the measurements (writes no report).
 
     `targets` maps a clip's name to its target rates (kbit/s). The baseline always runs (every
-    comparison is against it); the oracle runs when `oracle` is given.
+    comparison is against it); the oracle runs when `oracle` is given. With `workers` > 1 the
+    (clip, target) points run on that many threads at once, each with its own encoder and rl_io
+    subdirectory; the report is the same (runs in the same order; the same numbers, as every encode
+    is deterministic), only faster.
     """
     t0 = time.monotonic()
     out_dir = Path(out_dir)
-    runner = Runner(out_dir, settings)
     tol = agent.rate_tolerance if agent else 0.02
     report = Report(list(videos), settings, rate_tolerance=tol)
     if agent is not None:
         report.checkpoint, report.checkpoint_epoch = agent.path, agent.epoch
-    from learners import ZeroDeltaLearner
-
     if not settings.builtin and {"codec_rc", "codec_crf"} & set(methods):
         log.warning("--encoder: codec_rc and codec_crf are left out (they need the built-in encoder's rc-modes 2 and "
                     "3); agent, baseline and oracle come from the protocol's feedback alone")  # fmt: skip
         methods = [m for m in methods if m not in ("codec_rc", "codec_crf")]
-    for video in videos:
-        for target in targets[video.name]:
-            point = Point(video, target, out_dir / "work" / video.name / f"{target:g}kbps", settings)
-            pass1_s = runner.first_pass(point)
-            log.info("%s @ %g kbps (%d frames)", video.name, target, video.frames)
-            base, _ = runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, tol, "baseline")
-            if not base.ok:
-                raise RuntimeError(f"baseline encode failed: {base.message}")
-            # "No agent": the wait for the Δ=0 answers is protocol overhead, not encoding.
-            base.encode_s += pass1_s - base.agent_s
-            report.runs.append(base)
-            if "agent" in methods and agent is not None:
-                rec, _ = runner.protocol_encode(point, "agent", agent.learner, agent.max_delta_qp, tol, "agent")
-                rec.encode_s += pass1_s
-                report.runs.append(rec)
-                if not rec.ok:
-                    log.error("%s", rec.message)
-            if "codec_rc" in methods:
-                report.runs.append(runner.plain_encode(point, "codec_rc", ["--rc-mode", "2"], "codec_rc"))
-            if "codec_crf" in methods:
-                lo, hi = CRF_RANGE[settings.codec]
-                crf = min(max(round(float(np.mean([m.qp for m in base.minigops]))), lo), hi)
-                rec = runner.plain_encode(point, "codec_crf", ["--rc-mode", "3", "--crf", str(crf)], "codec_crf")
-                rec.message = rec.message if not rec.ok else f"CRF {crf}"
-                report.runs.append(rec)
-            if oracle is not None:
-                result = run_oracle(runner, point, base, oracle, tol)
-                result.record.encode_s += pass1_s
-                report.oracles.append(result)
-                report.runs.append(result.record)
-            for r in report.runs:
-                if r.video == video.name and r.target_kbps == target:
-                    _log_run(r)
+    points = [Point(v, t, out_dir / "work" / v.name / f"{t:g}kbps", settings) for v in videos for t in targets[v.name]]
+    if workers <= 1:
+        runners = [Runner(out_dir, settings)]
+        done = [_evaluate_point(runners[0], point, agent, methods, oracle, tol) for point in points]
+    else:
+        import workers as pool
+
+        halt = threading.Event()  # a failed point or Ctrl-C ends the other workers' encodes
+        runners = [Runner(out_dir, settings, k, halt.is_set) for k in range(workers)]
+
+        def run(k: int, point: Point) -> tuple[list[RunRecord], OracleResult | None]:
+            try:
+                return _evaluate_point(runners[k], point, agent, methods, oracle, tol)
+            except BaseException:
+                halt.set()
+                raise
+
+        done = pool.run_pool(points, workers, run, halt.is_set, halt)  # type: ignore[assignment]
+    for result in done:
+        assert result is not None  # a point not run means an exception, raised above
+        runs, oracle_result = result
+        report.runs += runs
+        if oracle_result is not None:
+            report.oracles.append(oracle_result)
     report.seconds = time.monotonic() - t0
-    report.encodes = runner.count
+    report.encodes = sum(r.count for r in runners)
     return report
+
+
+_log_lock = threading.Lock()
+
+
+def _evaluate_point(
+    runner: Runner,
+    point: Point,
+    agent: AgentBundle | None,
+    methods: Sequence[str],
+    oracle: OracleSettings | None,
+    tol: float,
+) -> tuple[list[RunRecord], OracleResult | None]:
+    """Every method's encode of one (clip, target) point, in the report's order, and the oracle's result."""
+    from learners import ZeroDeltaLearner
+
+    settings, runs = runner.settings, []
+    pass1_s = runner.first_pass(point)
+    base, _ = runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, tol, "baseline")
+    if not base.ok:
+        raise RuntimeError(f"baseline encode failed: {base.message}")
+    # "No agent": the wait for the Δ=0 answers is protocol overhead, not encoding.
+    base.encode_s += pass1_s - base.agent_s
+    runs.append(base)
+    if "agent" in methods and agent is not None:
+        rec, _ = runner.protocol_encode(point, "agent", agent.learner, agent.max_delta_qp, tol, "agent")
+        rec.encode_s += pass1_s
+        runs.append(rec)
+        if not rec.ok:
+            log.error("%s", rec.message)
+    if "codec_rc" in methods:
+        runs.append(runner.plain_encode(point, "codec_rc", ["--rc-mode", "2"], "codec_rc"))
+    if "codec_crf" in methods:
+        lo, hi = CRF_RANGE[settings.codec]
+        crf = min(max(round(float(np.mean([m.qp for m in base.minigops]))), lo), hi)
+        rec = runner.plain_encode(point, "codec_crf", ["--rc-mode", "3", "--crf", str(crf)], "codec_crf")
+        rec.message = rec.message if not rec.ok else f"CRF {crf}"
+        runs.append(rec)
+    result = None
+    if oracle is not None:
+        result = run_oracle(runner, point, base, oracle, tol)
+        result.record.encode_s += pass1_s
+        runs.append(result.record)
+    with _log_lock:  # one point's lines together, whichever worker ran it
+        log.info("%s @ %g kbps (%d frames)", point.video.name, point.target_kbps, point.video.frames)
+        for r in runs:
+            _log_run(r)
+    return runs, result
 
 
 def _log_run(r: RunRecord) -> None:
@@ -1169,6 +1223,8 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     p.add_argument("--oracle-overshoot-db", type=float, default=OracleSettings.overshoot_db,
                    help="oracle: penalty mu in PSNR-Y - mu * max(0, bits/budget - 1), dB")  # fmt: skip
     p.add_argument("--encoder-timeout", type=float, default=60.0, help="seconds without a protocol file")
+    p.add_argument("--workers", type=int, default=1,
+                   help="(clip, target) points encoded at once, each worker in OUT/rl_io/wK; same report")  # fmt: skip
     p.add_argument("--device", default="cpu", help="where the agent's networks run")
     p.add_argument("--log-level", type=int, choices=(0, 1, 2, 3), default=1)
     return p
@@ -1210,6 +1266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.frames < 0:
             raise ValueError(f"--frames must be >= 0, got {ns.frames}")
+        if ns.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {ns.workers}")
         videos = probe_videos(find_inputs(ns.inputs), settings)
         agent_path = ns.load_checkpoint or default_policy(ns.codec, oracle_mode)
         if not agent_path and not oracle_mode:
@@ -1232,7 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = ("agent",) if ns.skip_codec_rc else ("agent", "codec_rc", "codec_crf")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = evaluate(videos, targets, Path(ns.out), settings, agent, methods, oracle)
+        report = evaluate(videos, targets, Path(ns.out), settings, agent, methods, oracle, ns.workers)
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1

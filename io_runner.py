@@ -1,10 +1,13 @@
 """The RL loop over rl_io: the only module that opens files in the protocol directory.
 
-One `RlIoChannel` per rl_io directory turns files into typed messages and back; `run_encode`
-drives one encoder process through one whole encode: request -> state -> action -> reply ->
-(gradient steps while the encoder codes) -> feedback -> reward/cost -> transition, and at each
-`gop_end == 1` commits the finished episode to the replay buffer and updates λ.
-No module-level state: several runners on several directories can share one learner.
+One `RlIoChannel` per rl_io directory turns files into typed messages and back; one
+`EncodeSession` owns one encoder process and its channel and turns the messages into events
+(Decision -> answer -> Outcome with reward and cost, GOP ends, Finished), checking the protocol on
+the way. `run_encode` drives one session through one whole encode: request -> state -> action ->
+reply -> (gradient steps while the encoder codes) -> feedback -> reward/cost -> transition, and at
+each `gop_end == 1` commits the finished episode to the learner and updates λ. rl_env.EncoderEnv
+and workers.py use the same session. No module-level state: several sessions on several
+directories can share one learner.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class RlIoChannel:
         protocol.write_message(protocol.reply_path(self.rl_dir, req.mg_index), reply)
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- one encode, event by event
 
 
 @dataclass
@@ -171,6 +174,207 @@ class Step:
     next_obs: np.ndarray | None = None
     reward: float = math.nan
     cost: float = math.nan
+
+
+@dataclass
+class Decision:
+    """Event: the encoder asks for mini-GOP `request.mg_index`'s QP; answer with `EncodeSession.answer`."""
+
+    request: Request
+    obs: np.ndarray  # (OBS_DIM,) float32, state.build_observation of the request and the GOP so far
+
+
+@dataclass
+class GopEnd:
+    """A GOP (one episode) just finished: its steps in order and the bits they spent."""
+
+    gop_index: int
+    steps: list[Step]
+    bits: int  # sum of the GOP's feedback bits
+
+
+@dataclass
+class Outcome:
+    """Event: a mini-GOP's feedback arrived; `step` now holds it with its reward (dB) and cost.
+
+    `gop` is set when this mini-GOP ended its GOP.
+    """
+
+    step: Step
+    gop: GopEnd | None = None
+
+
+@dataclass
+class Finished:
+    """Event: the encoder wrote end.json (status ok), coded every announced frame and exited 0."""
+
+    end: End
+
+
+class EncodeSession:
+    """One encoder process and its rl_io directory, turned into events: Decision, Outcome, Finished.
+
+        sess = EncodeSession(spec, command, rl_dir, "s1", timeout_s=60, log_path=log, baseline=base)
+        sess.start()
+        while not isinstance(event := sess.next_event(), Finished):
+            if isinstance(event, Decision):
+                sess.answer(event, action)       # (1,) in [-1, 1]: QP = base QP + round(a * max_delta_qp)
+            # an Outcome carries the step's feedback, reward and cost; at a GOP's end also the GOP
+        sess.close()                             # ends the encoder's process group
+
+    Everything the protocol asks of the agent's side is checked here: indices in order, feedback
+    matching its request, a complete encode before end.json, the exit code. A fault raises
+    EncoderFailure, ProtocolError or OSError; `failure_message(exc)` names the encoder, the video,
+    the exit code and the encoder's last output lines. Feedback for k may come after the request for
+    k + 1 (encoders with lookahead): several Decisions may then precede an Outcome.
+    The constructor makes the channel (protocol.RlDirError for a loose rl_dir) but starts nothing.
+    """
+
+    def __init__(
+        self,
+        spec: VideoSpec,
+        command: list[str],
+        rl_dir: Path,
+        session: str,
+        timeout_s: float,
+        log_path: Path,
+        *,
+        baseline: reward_mod.VideoBaseline | None = None,
+        max_delta_qp: int = 4,
+        reward_metric: str = "psnr",
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.spec, self.command, self.rl_dir = spec, command, Path(rl_dir)
+        self.baseline, self.max_delta_qp, self.reward_metric = baseline, max_delta_qp, reward_metric
+        self.should_stop = should_stop
+        # The channel (and its inotify watch) exists before the encoder starts: no event is missed.
+        self.channel = RlIoChannel(self.rl_dir, session, timeout_s)
+        self.proc = EncoderProcess(command, log_path, spec.name)
+        self.steps: list[Step] = []  # answered mini-GOPs in order; those with feedback are done
+        self.episode: list[Step] = []  # the running GOP's steps with feedback (dropped if the encode fails)
+        self._by_index: dict[int, Step] = {}
+        self._next_request = 0
+        self._asked: Decision | None = None  # read, not answered yet
+        self._gop_bits = 0
+        self._prev_fb: Feedback | None = None  # previous mini-GOP of the same GOP
+        self._prev_base_qp: int | None = None
+        self.finished = False
+
+    def start(self) -> None:
+        """Removes stale protocol files of earlier encodes and starts the encoder."""
+        stale = self.channel.reset()
+        if stale:
+            log.debug("removed %d stale protocol files from %s", stale, self.rl_dir)
+        self.proc.start()
+        log.debug("started encoder pid %d: %s", self.proc.pid, " ".join(self.command))
+
+    @property
+    def pending(self) -> list[int]:
+        """mg_index of the answered mini-GOPs still waiting for feedback, oldest first."""
+        return [s.request.mg_index for s in self.steps if s.feedback is None]
+
+    def next_event(self) -> Decision | Outcome | Finished:
+        """Waits for the encoder's next message and returns it as an event (see the class docstring)."""
+        if self._asked is not None:
+            raise RuntimeError(f"request {self._asked.request.mg_index} is not answered yet")
+        if self.should_stop():
+            raise EncoderFailure("stopped by a signal")
+        msg = self.channel.next_message(self._next_request, self.pending, self.proc.alive, self.should_stop)
+        if isinstance(msg, Request):
+            return self._decision(msg)
+        if isinstance(msg, Feedback):
+            return self._outcome(msg)
+        return self._finished(msg)
+
+    def answer(self, decision: Decision, action: np.ndarray | float) -> Step:
+        """Writes the reply to `decision`; QP = base QP + round(action * max_delta_qp), in the request's range."""
+        if decision is not self._asked:
+            raise RuntimeError(f"request {decision.request.mg_index} is not the one waiting for an answer")
+        req = decision.request
+        act = np.asarray(action, dtype=np.float32).reshape(-1)
+        qp = action_to_qp(float(act[0]), req, self.max_delta_qp)
+        self.channel.write_reply(req, qp)
+        rq_mtime = protocol.request_path(self.rl_dir, req.mg_index).stat().st_mtime_ns
+        step = Step(req, decision.obs, act, qp, max(time.time_ns() - rq_mtime, 0) / 1e9)
+        if req.mg_in_gop > 0 and (prev := self._by_index.get(req.mg_index - 1)) is not None:
+            prev.next_obs = decision.obs
+        self._by_index[req.mg_index] = step
+        self.steps.append(step)
+        self._asked = None
+        log.debug("reply mg %d: qp %d (base %d)", req.mg_index, qp, req.base_qp)
+        return step
+
+    def failure_message(self, exc: BaseException) -> str:
+        """What went wrong, for the user: encoder, video, exit code, `exc`, and the encoder's last output."""
+        code = self.proc.returncode()
+        exit_note = f" (exit code {code})" if code is not None else ""
+        text = f"encoder {encoder_label(self.command)!r} for video {self.spec.name}{exit_note}: {exc}"
+        # The encoder's own error line repeats the message end.json carried: show it once.
+        said = exc.reported if isinstance(exc, EncoderFailure) else ""
+        tail = "\n".join(line for line in self.proc.tail().splitlines() if not (said and said in line))
+        if tail:
+            text += "\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
+        return text
+
+    def close(self) -> None:
+        """Ends the encoder's process group and the directory watch; safe to call twice."""
+        self.proc.stop()
+        self.channel.close()
+
+    # ------------------------------------------------------------------ messages -> events
+
+    def _decision(self, req: Request) -> Decision:
+        log.debug("request %s", req)
+        prev = self._by_index.get(req.mg_index - 1)
+        protocol.check_request_follows(req, prev.request if prev is not None else None,
+                                       protocol.request_path(self.rl_dir, req.mg_index))  # fmt: skip
+        if req.mg_in_gop == 0:
+            self._prev_fb, self._prev_base_qp = None, None
+        self._asked = Decision(req, build_observation(req, self._prev_fb, self._prev_base_qp))
+        self._next_request += 1
+        return self._asked
+
+    def _outcome(self, fb: Feedback) -> Outcome:
+        log.debug("feedback %s", fb)
+        step = self._by_index[fb.mg_index]
+        req = step.request
+        protocol.check_feedback_matches(fb, req, protocol.feedback_path(self.rl_dir, fb.mg_index), step.qp)
+        step.feedback = fb
+        step.cost = reward_mod.cost(fb, req.gop_bits_budget, req.gop_frames)
+        if self.baseline is not None:
+            try:
+                step.reward = reward_mod.reward(fb, self.baseline, self.reward_metric)
+            except ValueError as exc:  # the baseline was made from another encode
+                raise EncoderFailure(f"feedback of mini-GOP {fb.mg_index} does not fit the baseline: {exc}") from None
+        self._gop_bits += fb.bits
+        self.episode.append(step)
+        self._prev_fb, self._prev_base_qp = fb, req.base_qp
+        if not fb.gop_end:
+            return Outcome(step)
+        gop = GopEnd(fb.gop_index, self.episode, self._gop_bits)
+        self.episode, self._gop_bits = [], 0
+        return Outcome(step, gop)
+
+    def _finished(self, end: End) -> Finished:
+        if end.status != "ok":
+            raise EncoderFailure(f"reported an error: {end.message}", reported=end.message)
+        if self.pending:
+            raise EncoderFailure("wrote end.json before the feedback of every mini-GOP")
+        coded = sum(s.feedback.frame_count for s in self.steps if s.feedback is not None)
+        total = self.steps[0].request.total_frames if self.steps else 0
+        if coded != total or end.mini_gops != len(self.steps):
+            raise EncoderFailure(
+                f"{protocol.end_path(self.rl_dir)}: status ok, but {coded} of the {total} frames its requests "
+                f"announced were coded (field 'mini_gops' is {end.mini_gops}, {len(self.steps)} were requested)"
+            )
+        code = self.proc.wait(10.0)
+        if code not in (0, None):
+            raise EncoderFailure(f"exited with code {code} after end.json")
+        self.finished = True
+        return Finished(end)
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 @dataclass
@@ -265,133 +469,79 @@ def run_encode(
     """
     result = EncodeResult(video=spec.name, ok=False)
     try:
-        channel = RlIoChannel(rl_dir, session, timeout_s)
+        sess = EncodeSession(
+            spec, command, rl_dir, session, timeout_s, log_path,
+            baseline=baseline, max_delta_qp=max_delta_qp, reward_metric=reward_metric, should_stop=should_stop,
+        )  # fmt: skip
     except protocol.RlDirError as exc:  # e.g. made group-writable since the start: no encoder is started
         result.message = f"encoder {encoder_label(command)!r} for video {spec.name}: {exc}"
         return result
-    stale = channel.reset()
-    if stale:
-        log.debug("removed %d stale protocol files from %s", stale, rl_dir)
-    proc = EncoderProcess(command, log_path, spec.name)
     t_start = time.monotonic()
-    steps: dict[int, Step] = {}
-    episode: list[Step] = []
-    gop_bits = 0
-    next_request = 0
-    prev_fb: Feedback | None = None
-    prev_base_qp: int | None = None
     try:
-        proc.start()
-        log.debug("started encoder pid %d: %s", proc.pid, " ".join(command))
+        sess.start()
         while True:
-            if should_stop():
-                raise EncoderFailure("stopped by a signal")
-            pending = sorted(k for k, s in steps.items() if s.feedback is None)
-            msg = channel.next_message(next_request, pending, proc.alive, should_stop)
-            if isinstance(msg, Request):
-                t0 = time.monotonic()
-                prev_rq = steps[msg.mg_index - 1].request if msg.mg_index else None
-                protocol.check_request_follows(msg, prev_rq, protocol.request_path(rl_dir, msg.mg_index))
-                log.debug("request %s", msg)
-                if msg.mg_in_gop == 0:
-                    prev_fb, prev_base_qp = None, None
-                obs = build_observation(msg, prev_fb, prev_base_qp)
-                if msg.mg_in_gop > 0 and (prev := steps.get(msg.mg_index - 1)) is not None:
-                    prev.next_obs = obs
-                action = learner.choose(obs)
-                qp = action_to_qp(float(action[0]), msg, max_delta_qp)
-                channel.write_reply(msg, qp)
-                rq_mtime = protocol.request_path(rl_dir, msg.mg_index).stat().st_mtime_ns
-                handshake_s = max(time.time_ns() - rq_mtime, 0) / 1e9
-                steps[msg.mg_index] = Step(msg, obs, action, qp, handshake_s)
-                result.steps.append(steps[msg.mg_index])
-                next_request += 1
-                log.debug("reply mg %d: qp %d (base %d)", msg.mg_index, qp, msg.base_qp)
+            event = sess.next_event()
+            t0 = time.monotonic()
+            if isinstance(event, Decision):
+                sess.answer(event, learner.choose(event.obs))
                 if learner.learning:
                     logs = learner.learn()
                     if logs:
                         result.update_logs.append(logs)
-                result.agent_s += time.monotonic() - t0
-            elif isinstance(msg, Feedback):
-                t0 = time.monotonic()
-                log.debug("feedback %s", msg)
-                step = steps[msg.mg_index]
-                fb_file = protocol.feedback_path(rl_dir, msg.mg_index)
-                protocol.check_feedback_matches(msg, step.request, fb_file, step.qp)
-                step.feedback = msg
-                req = step.request
-                step.cost = reward_mod.cost(msg, req.gop_bits_budget, req.gop_frames)
-                if baseline is not None:
-                    try:
-                        step.reward = reward_mod.reward(msg, baseline, reward_metric)
-                    except ValueError as exc:  # the baseline was made from another encode
-                        raise EncoderFailure(
-                            f"feedback of mini-GOP {msg.mg_index} does not fit the baseline: {exc}"
-                        ) from None
-                gop_bits += msg.bits
-                episode.append(step)
-                prev_fb, prev_base_qp = msg, req.base_qp
-                if msg.gop_end:
-                    violation = reward_mod.gop_violation(gop_bits, req.gop_bits_budget, rate_tolerance)
-                    result.gop_violations.append(violation)
-                    result.gops += 1
-                    # A budget no action can meet: λ is kept (else it winds up to its maximum for nothing).
-                    out_of_reach = violation > 0 and reward_mod.budget_out_of_reach(
-                        req.gop_bits_budget, rate_tolerance, all(s.qp >= s.request.qp_max for s in episode),
-                        baseline.gop_least_bits(msg.gop_index, max_delta_qp, req.qp_max) if baseline else 0.0,
-                    )  # fmt: skip
-                    result.gops_out_of_reach += out_of_reach
-                    if learner.learning:
-                        learner.store_episode(episode)
-                        result.lambdas.append(learner.end_gop(0.0 if out_of_reach else violation))
-                    log.log(
-                        DETAILED,
-                        "%s GOP %d: %d mini-GOPs, bits/budget %.3f%s, cost %.4f%s%s",
-                        spec.name,
-                        msg.gop_index,
-                        len(episode),
-                        gop_bits / req.gop_bits_budget,
-                        f", reward {sum(s.reward for s in episode):.4f}" if baseline is not None else "",
-                        sum(s.cost for s in episode),
-                        f", lambda {result.lambdas[-1]:.3f}" if result.lambdas else "",
-                        " (budget out of reach: λ kept)" if out_of_reach and learner.learning else "",
-                    )
-                    episode, gop_bits = [], 0
-                on_feedback(step)
-                result.agent_s += time.monotonic() - t0
-            else:  # End
-                if msg.status != "ok":
-                    raise EncoderFailure(f"reported an error: {msg.message}", reported=msg.message)
-                if any(s.feedback is None for s in steps.values()):
-                    raise EncoderFailure("wrote end.json before the feedback of every mini-GOP")
-                coded = sum(s.feedback.frame_count for s in steps.values() if s.feedback is not None)
-                total = next(iter(steps.values())).request.total_frames if steps else 0
-                if coded != total or msg.mini_gops != len(steps):
-                    raise EncoderFailure(
-                        f"{protocol.end_path(rl_dir)}: status ok, but {coded} of the {total} frames its requests "
-                        f"announced were coded (field 'mini_gops' is {msg.mini_gops}, {len(steps)} were requested)"
-                    )
-                code = proc.wait(10.0)
-                if code not in (0, None):
-                    raise EncoderFailure(f"exited with code {code} after end.json")
+            elif isinstance(event, Outcome):
+                if event.gop is not None:
+                    _end_gop(spec, event.gop, learner, baseline, max_delta_qp, rate_tolerance, result)
+                on_feedback(event.step)
+            else:  # Finished
                 result.ok = True
                 break
+            result.agent_s += time.monotonic() - t0
     except (EncoderFailure, ProtocolError, OSError) as exc:
-        code = proc.returncode()
-        exit_note = f" (exit code {code})" if code is not None else ""
-        result.message = f"encoder {encoder_label(command)!r} for video {spec.name}{exit_note}: {exc}"
-        # The encoder's own error line repeats the message end.json carried: show it once.
-        said = exc.reported if isinstance(exc, EncoderFailure) else ""
-        tail = "\n".join(line for line in proc.tail().splitlines() if not (said and said in line))
-        if tail:
-            result.message += "\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
-        if episode:
-            log.debug("dropping %d transitions of the unfinished GOP", len(episode))
+        result.message = sess.failure_message(exc)
+        if sess.episode:
+            log.debug("dropping %d transitions of the unfinished GOP", len(sess.episode))
     finally:
-        proc.stop()
-        channel.close()
+        sess.close()
+        result.steps = sess.steps
         result.wall_s = time.monotonic() - t_start
     return result
+
+
+def _end_gop(
+    spec: VideoSpec,
+    gop: GopEnd,
+    learner: Learner,
+    baseline: reward_mod.VideoBaseline | None,
+    max_delta_qp: int,
+    rate_tolerance: float,
+    result: EncodeResult,
+) -> None:
+    """A finished GOP: its rate violation, the episode into the learner, the λ update and the GOP's log line."""
+    req = gop.steps[-1].request
+    violation = reward_mod.gop_violation(gop.bits, req.gop_bits_budget, rate_tolerance)
+    result.gop_violations.append(violation)
+    result.gops += 1
+    # A budget no action can meet: λ is kept (else it winds up to its maximum for nothing).
+    out_of_reach = violation > 0 and reward_mod.budget_out_of_reach(
+        req.gop_bits_budget, rate_tolerance, all(s.qp >= s.request.qp_max for s in gop.steps),
+        baseline.gop_least_bits(gop.gop_index, max_delta_qp, req.qp_max) if baseline else 0.0,
+    )  # fmt: skip
+    result.gops_out_of_reach += out_of_reach
+    if learner.learning:
+        learner.store_episode(gop.steps)
+        result.lambdas.append(learner.end_gop(0.0 if out_of_reach else violation))
+    log.log(
+        DETAILED,
+        "%s GOP %d: %d mini-GOPs, bits/budget %.3f%s, cost %.4f%s%s",
+        spec.name,
+        gop.gop_index,
+        len(gop.steps),
+        gop.bits / req.gop_bits_budget,
+        f", reward {sum(s.reward for s in gop.steps):.4f}" if baseline is not None else "",
+        sum(s.cost for s in gop.steps),
+        f", lambda {result.lambdas[-1]:.3f}" if result.lambdas else "",
+        " (budget out of reach: λ kept)" if out_of_reach and learner.learning else "",
+    )
 
 
 def encoder_label(command: list[str]) -> str:

@@ -10,6 +10,7 @@ One epoch is one encode of every video; one GOP of an encode is one episode.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import math
@@ -17,6 +18,8 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +36,7 @@ import io_runner
 import log_limit
 import policy
 import protocol
+import workers
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
 from io_runner import DETAILED, EncodeResult, Learner, Step
@@ -68,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "against any encoder that speaks the rl_io protocol (PROTOCOL.md).",
     )
     g = p.add_argument_group("videos and encoder")
-    g.add_argument("--rl-dir", metavar="DIR", default=d.rl_dir, help="protocol directory shared with the encoder")
+    g.add_argument("--rl-dir", metavar="DIR", default=d.rl_dir,
+                   help="protocol directory shared with the encoder (default: a new directory in /dev/shm (tmpfs), "
+                   "removed at exit; ./rl_io without /dev/shm)")  # fmt: skip
     g.add_argument("--encoder", metavar="PROGRAM", default=d.encoder,
                    help="encoder command, split like a shell; built-in: python -m builtin_encoder "
                    "(default: built-in)")  # fmt: skip
@@ -126,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "no learning (0 = never)")  # fmt: skip
     g.add_argument("--stop-on-encoder-error", action="store_true",
                    help="stop the run when an encode fails (else go on with the next video)")  # fmt: skip
+    g = p.add_argument_group("parallel encoders")
+    g.add_argument("--workers", metavar="N", type=int, default=d.workers,
+                   help="encoders running at once, each in RL_DIR/wK; N > 1 learns in a thread of its own, "
+                   "off the reply path, and is not bit-reproducible")  # fmt: skip
+    g.add_argument("--ray", metavar="ADDRESS", default=d.ray,
+                   help="the --workers N as Ray actors on a Ray cluster, the learner here: local (a Ray instance of "
+                   "this run's own), auto (the cluster of `ray start`) or ray://HOST:PORT; inputs, --stat-dir and "
+                   "--out-dir are used by path on every node; without it the workers are threads here")  # fmt: skip
+    g.add_argument("--weights-every", metavar="K", type=int, default=d.weights_every,
+                   help="with --workers N > 1: workers get the actor's new weights every K gradient steps")  # fmt: skip
     g = p.add_argument_group("logging")
     g.add_argument("--log-level", type=int, choices=(0, 1, 2, 3), default=d.log_level,
                    help="0 errors only, 1 important (epoch summaries, progress bar), 2 detailed (per video, "
@@ -207,6 +223,9 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         make_baseline=ns.make_baseline,
         reward_metric=ns.reward_metric,
         encoder_timeout_s=ns.encoder_timeout,
+        workers=ns.workers,
+        weights_every=ns.weights_every,
+        ray=ns.ray,
         sac=sac,
     )
     cfg.validate()
@@ -225,6 +244,22 @@ def parse_device(text: str) -> torch.device:
             raise ValueError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
     raise ValueError(f"--device must be cpu, cuda or cuda:N, got {text!r}")
+
+
+TMPFS = Path("/dev/shm")
+
+
+def default_rl_dir() -> Path:
+    """The protocol directory when --rl-dir is not given: DIR/rl_io in a new private directory on tmpfs.
+
+    On tmpfs a handshake costs no disk I/O (bench/bench_loop.py: a reply is written in ~60 µs on
+    tmpfs, ~400 µs on ext4); the directory is removed at exit. Without /dev/shm: ./rl_io.
+    """
+    if TMPFS.is_dir() and os.access(TMPFS, os.W_OK | os.X_OK):
+        top = Path(tempfile.mkdtemp(prefix="rlrc-", dir=TMPFS))  # mode 0700, a fresh name
+        atexit.register(shutil.rmtree, top, True)
+        return top / "rl_io"
+    return Path("./rl_io")
 
 
 def bundled_clip(name: str) -> Path:
@@ -365,12 +400,16 @@ def run_video(
     rl_args_template: str,
     side_run: bool = False,
     on_feedback: Callable[[Step], None] = lambda step: None,
+    worker: int | None = None,
 ) -> EncodeResult:
-    """One encode of `spec`; a side run (the baseline) writes its outputs under OUT_DIR, not the user's paths."""
-    session = f"{os.getpid()}-{tag}"
+    """One encode of `spec`; a side run (the baseline) writes its outputs under OUT_DIR, not the user's paths.
+
+    `worker` k (with --workers N > 1) talks to its encoder in RL_DIR/wk under a session id of its own.
+    """
+    session = f"{os.getpid()}-{tag}" if worker is None else f"{os.getpid()}-w{worker}-{tag}"
     args = encoder_proc.redirect_outputs(spec.args, Path(cfg.out_dir), tag) if side_run else spec.args
     encoder_proc.make_output_dirs(args)
-    rl_dir = Path(cfg.rl_dir)
+    rl_dir = Path(cfg.rl_dir) / f"w{worker}" if worker is not None else Path(cfg.rl_dir)
     command = (
         encoder_proc.encoder_command(cfg.encoder) + args + encoder_proc.rl_args(rl_args_template, rl_dir, session)
     )
@@ -390,6 +429,93 @@ def run_video(
         stop,
         on_feedback,
     )
+
+
+def run_epoch_on_workers(
+    cfg: Config,
+    specs: list[VideoSpec],
+    learners: list[Learner],
+    baselines: BaselineStats,
+    tag: str,
+    stop: StopFlag,
+    rl_args_template: str,
+    bar: EpochProgress,
+    counters: Counters,
+    stop_on_error: bool,
+) -> tuple[list[tuple[int, EncodeResult] | None], bool]:
+    """One encode of every video, `len(learners)` at once (worker k in RL_DIR/wk, acting with learners[k]).
+
+    Failed encodes are logged as they fail; the other workers go on. Returns (worker, result) in
+    the order of `specs` (None: not started because of a signal, or after a failure with
+    `stop_on_error`) and whether that failure stopped the epoch.
+    """
+    failed = threading.Event()
+    lock = threading.Lock()
+
+    def encode(k: int, spec: VideoSpec) -> tuple[int, EncodeResult]:
+        bar.start_video(spec.name)
+        res = run_video(cfg, spec, learners[k], baselines.videos[spec.key], tag, stop, rl_args_template,
+                        on_feedback=lambda st: bar.step(st, spec.name), worker=k)  # fmt: skip
+        with lock:
+            counters.encodes += 1
+        if not res.ok and not stop():
+            log.error("%s", res.message)
+            if stop_on_error:
+                failed.set()
+        return k, res
+
+    results = workers.run_pool(specs, len(learners), encode, lambda: stop() or failed.is_set())
+    return results, failed.is_set()
+
+
+def run_epoch_on_ray(
+    cfg: Config,
+    specs: list[VideoSpec],
+    pool: Any,
+    hub: workers.LearnerThread,
+    baselines: BaselineStats,
+    tag: str,
+    stop: StopFlag,
+    bar: EpochProgress,
+    stop_on_error: bool,
+) -> tuple[list[tuple[int, EncodeResult] | None], bool]:
+    """One encode of every video on the Ray actors of `pool` (ray_workers.RayPool); as run_epoch_on_workers.
+
+    Each actor acts with the weights published when its encode starts; its finished GOPs go into the
+    replay buffer, and λ is updated for each, when the encode comes back.
+    """
+    learning = cfg.mode == "train"
+    results: list[tuple[int, EncodeResult] | None] = [None] * len(specs)
+    failed = threading.Event()
+
+    def submit(k: int, i: int) -> dict[str, Any]:
+        random_steps = max(0, cfg.sac.learning_starts - hub.counters.steps) if learning else 0
+        return {"baseline": baselines.videos[specs[i].key], "weights": hub.weights, "random_steps": random_steps,
+                "learning": learning, "tag": tag, "seed": cfg.seed + 1 + k + 1000 * hub.counters.encodes,
+                "lam": hub.agent.lam, "max_delta_qp": cfg.sac.max_delta_qp, "rate_tolerance": cfg.sac.rate_tolerance,
+                "reward_metric": cfg.reward_metric}  # fmt: skip
+
+    def take(k: int, i: int, out: Any) -> None:
+        res, name = out.result, specs[i].name
+        hub.counters.encodes += 1
+        if learning:
+            hub.count_step(len(res.steps))
+            res.lambdas = []
+            for episode, violation in zip(out.episodes, out.violations, strict=True):
+                hub.add_episode(episode)
+                res.lambdas.append(hub.end_gop(violation))
+            logs = hub.take_logs()
+            res.update_logs = [logs] if logs else []
+        for st in res.done_steps:
+            bar.step(st, name)
+        if not res.ok and not stop():
+            log.error("%s", res.message)
+            if stop_on_error:
+                failed.set()
+        results[i] = (k, res)
+
+    pool.run(specs, submit, take, lambda: stop() or failed.is_set())
+    return results, failed.is_set()
 
 
 def run_first_passes(cfg: Config, specs: list[VideoSpec], stop: StopFlag) -> None:
@@ -447,7 +573,9 @@ def signed(x: float, digits: int = 3, sign: str = "+") -> str:
     return "n/a" if math.isnan(x) else f"{x:{sign}.{digits}f}"
 
 
-def rd_slope(cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_template: str) -> float:
+def rd_slope(
+    cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_template: str, worker: int | None = None
+) -> float:
     """The baseline's local RD slope, dB of overall PSNR-Y per doubling of the rate (NaN if unknown).
 
     From a second Δ=0 encode at RD_PROBE x the `--bitrate` of `spec` (same first pass): what a
@@ -463,7 +591,7 @@ def rd_slope(cfg: Config, spec: VideoSpec, base: Any, stop: StopFlag, rl_args_te
     args = list(spec.args)
     args[args.index("--bitrate") + 1] = f"{probe_kbps:g}"
     res = run_video(cfg, VideoSpec(spec.name, args), ZeroDeltaLearner(), None, "baseline_probe", stop,
-                    rl_args_template, side_run=True)  # fmt: skip
+                    rl_args_template, side_run=True, worker=worker)  # fmt: skip
     s = res.summary()
     if not res.ok or not s or s["kbps"] <= base.kbps:
         log.warning("%s: no RD slope (second Δ=0 encode at %.0f kbps: %s): ΔPSNR at equal rate unavailable",
@@ -480,21 +608,23 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
     path = Path(cfg.baseline_stats)
     stats = BaselineStats.load(path) if path.exists() else BaselineStats()
     missing = [s for s in specs if s.key not in stats.videos or cfg.make_baseline]
-    done = 0
-    for spec in missing:
-        if not cfg.make_baseline:
+    if not cfg.make_baseline:
+        for spec in missing:
             say_other_baselines(stats, spec, path)
+
+    def baseline(k: int | None, spec: VideoSpec) -> Any:
+        """The Δ=0 encode of `spec` and its RD slope (worker k's rl_io with --workers > 1); None if it failed."""
         log.info("baseline (Δ=0) encode of %s", spec.name)
-        res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True)
+        res = run_video(cfg, spec, ZeroDeltaLearner(), None, "baseline", stop, rl_args_template, side_run=True,
+                        worker=k)  # fmt: skip
         if stop():
-            break
+            return None
         if not res.ok:  # that video cannot be rewarded: left out, the others train
             log.error("baseline (Δ=0) encode of %s failed, so it is left out of this run: %s", spec.name, res.message)
-            continue
+            return None
         s = io_runner.baseline_from_result(res)
         s.encoder, s.video = encoder_proc.encoder_key(spec.encoder), spec.video_key
-        s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template)
-        stats.videos[spec.key] = s
+        s.psnr_slope = rd_slope(cfg, spec, s, stop, rl_args_template, worker=k)
         log.info("  %s: %.1f kbps, PSNR-Y %.3f dB, SSIM-Y %.4f, RD slope %s dB per doubling of the rate",
                  spec.name, s.kbps, s.psnr_y, s.ssim_y, signed(s.psnr_slope, 2, ""))  # fmt: skip
         for line in encoder_warnings(Path(cfg.out_dir) / "logs" / f"{spec.name}.baseline.log"):
@@ -507,7 +637,21 @@ def ensure_baselines(cfg: Config, specs: list[VideoSpec], stop: StopFlag, rl_arg
                 "GOPs that no QP offset can bring within budget",
                 spec.name, summary["kbps"], summary["target_kbps"], 100 * summary["bitrate_error"],
             )  # fmt: skip
-        done += 1
+        return s
+
+    if cfg.workers > 1:  # several videos' baselines at once
+        made = workers.run_pool(missing, cfg.workers, baseline, stop)
+    else:
+        made = []
+        for spec in missing:
+            made.append(baseline(None, spec))
+            if stop():
+                break
+    done = 0
+    for spec, s in zip(missing, made, strict=False):  # those finished before a signal too
+        if s is not None:
+            stats.videos[spec.key] = s
+            done += 1
     # Baseline files made before the RD slope existed: add it with one more encode each.
     for spec in specs:
         s = stats.videos.get(spec.key)
@@ -592,22 +736,25 @@ class EpochProgress:
             dynamic_ncols=True,
             smoothing=0.3 if self.live else 0.0,  # the one line off a terminal: the epoch's mean rate
         )
-        self.bits = 0
-        self.frames = 0
+        self.videos: dict[str, tuple[int, int]] = {}  # video -> (bits, frames) coded so far this epoch
+        self.lock = threading.Lock()  # workers report from their own threads
 
-    def start_video(self) -> None:
-        self.bits, self.frames = 0, 0
+    def start_video(self, video: str = "") -> None:
+        with self.lock:
+            self.videos[video] = (0, 0)
 
-    def step(self, step: Step) -> None:
-        """One mini-GOP coded: advance, and show λ and the bitrate error of the video so far."""
+    def step(self, step: Step, video: str = "") -> None:
+        """One mini-GOP coded: advance, and show λ and the bitrate error of `video` so far."""
         if not self.enabled or step.feedback is None:
             return
-        self.bits += step.feedback.bits
-        self.frames += step.feedback.frame_count
-        req = step.request
-        error = self.bits * req.fps / self.frames / 1000.0 / req.target_kbps - 1.0
-        self.bar.set_postfix_str(f"λ {self.lam():.3f}, bitrate error {100 * error:+.1f}%", refresh=False)
-        self.bar.update(1)
+        with self.lock:
+            bits, frames = self.videos.get(video, (0, 0))
+            bits, frames = bits + step.feedback.bits, frames + step.feedback.frame_count
+            self.videos[video] = (bits, frames)
+            req = step.request
+            error = bits * req.fps / frames / 1000.0 / req.target_kbps - 1.0
+            self.bar.set_postfix_str(f"λ {self.lam():.3f}, bitrate error {100 * error:+.1f}%", refresh=False)
+            self.bar.update(1)
 
     def close(self) -> None:
         """Ends the bar; off a terminal, logs its final state as one line."""
@@ -646,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         device = parse_device(cfg.device)
         specs = resolve_videos(cfg, ns.dataset_args)
         ckpt, pol = load_start(cfg, specs, device)
+        if not cfg.rl_dir:
+            cfg.rl_dir = str(default_rl_dir())
         protocol.prepare_rl_dir(Path(cfg.rl_dir))  # created 0700; RlDirError if others may write to it
     except (ValueError, VideoSpecError, checkpoint.CheckpointError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
@@ -730,41 +879,92 @@ def main(argv: list[str] | None = None) -> int:
     epoch = start_epoch
     exit_code = 0
     report: list[dict[str, Any]] = []
+    hub: workers.LearnerThread | None = None
+    worker_learners: list[Learner] = []
+    ray_pool = None
+    if cfg.workers > 1 or cfg.ray:
+        hub = workers.LearnerThread(agent, buffer, counters, cfg.weights_every)
+        worker_learners = [hub.worker(k, cfg.seed + 1 + k, learning=cfg.mode == "train") for k in range(cfg.workers)]
+        if cfg.ray:
+            import ray_workers
+
+            t0 = time.monotonic()
+            try:
+                ray_workers.connect(cfg.ray, cfg.workers)
+                ray_pool = ray_workers.RayPool(cfg.workers, cfg.sac.hidden_sizes, OBS_DIM, cfg.out_dir, cfg.encoder,
+                                               ns.encoder_rl_args, cfg.encoder_timeout_s)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 (any failure to reach or use the cluster)
+                log.error("--ray %s: cannot start the workers: %s", cfg.ray, exc)
+                ray_workers.shutdown()
+                return 1
+            stop.install()  # after ray.init: the run's own handlers for SIGINT/SIGTERM
+            log.info("%d Ray actor(s) on %s ready in %.1f s", cfg.workers, ", ".join(sorted(set(ray_pool.nodes))),
+                     time.monotonic() - t0)  # fmt: skip
+        else:
+            log.info("%d workers (each in %s/wK), learning in a thread of its own", cfg.workers, cfg.rl_dir)
+        if cfg.mode == "train":
+            hub.start()
+
+    def record(
+        spec: VideoSpec, res: EncodeResult, epoch: int, epoch_rows: list[dict[str, float]], extra: Any = None
+    ) -> None:
+        """One finished encode into the epoch's rows, the report (plus `extra`), TensorBoard and the log."""
+        s = res.summary()
+        base = baselines.videos[spec.key]
+        s["delta_psnr_y"] = s["psnr_y"] - base.psnr_y
+        s["delta_psnr_y_equal_rate"] = delta_psnr_at_equal_rate(s["psnr_y"], s["kbps"], base)
+        s["delta_ssim_y"] = s["ssim_y"] - base.ssim_y
+        s["lambda"] = agent.lam
+        epoch_rows.append(s)
+        report.append({"epoch": epoch, "video": spec.name, **s, **(extra or {})})
+        telemetry.video(spec.name, s, epoch, res, counters)
+        log.log(
+            DETAILED,
+            "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f, at equal rate %s), "
+            "SSIM-Y %.4f, mean QP %.1f, mean ΔQP %+.2f, reward %.4f, λ %.3f",
+            spec.name, s["kbps"], s["target_kbps"], 100 * s["bitrate_error"], s["psnr_y"],
+            s["delta_psnr_y"], signed(s["delta_psnr_y_equal_rate"]), s["ssim_y"], s["mean_qp"], s["mean_dqp"],
+            s["reward_sum"], agent.lam,
+        )  # fmt: skip
+
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             epoch_rows: list[dict[str, float]] = []
             bar = EpochProgress(epoch, cfg.epochs, total_mini_gops, cfg.log_level, lambda: agent.lam)
-            for spec in specs:
-                bar.start_video()
-                with logging_redirect_tqdm(loggers=[log]):
-                    res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop,
-                                    ns.encoder_rl_args, on_feedback=bar.step)  # fmt: skip
-                counters.encodes += 1
-                if stop():
-                    break
-                if not res.ok:
-                    log.error("%s", res.message)
-                    if ns.stop_on_encoder_error:
-                        exit_code = 1
+            if hub is None:  # one encoder: learning between request and reply, exactly reproducible
+                for spec in specs:
+                    bar.start_video()
+                    with logging_redirect_tqdm(loggers=[log]):
+                        res = run_video(cfg, spec, learner, baselines.videos[spec.key], f"e{epoch}", stop,
+                                        ns.encoder_rl_args, on_feedback=bar.step)  # fmt: skip
+                    counters.encodes += 1
+                    if stop():
                         break
-                    continue
-                s = res.summary()
-                base = baselines.videos[spec.key]
-                s["delta_psnr_y"] = s["psnr_y"] - base.psnr_y
-                s["delta_psnr_y_equal_rate"] = delta_psnr_at_equal_rate(s["psnr_y"], s["kbps"], base)
-                s["delta_ssim_y"] = s["ssim_y"] - base.ssim_y
-                s["lambda"] = agent.lam
-                epoch_rows.append(s)
-                report.append({"epoch": epoch, "video": spec.name, **s})
-                telemetry.video(spec.name, s, epoch, res, counters)
-                log.log(
-                    DETAILED,
-                    "%s: %.1f kbps (target %.0f, error %+.2f%%), PSNR-Y %.3f dB (Δ %+.3f, at equal rate %s), "
-                    "SSIM-Y %.4f, mean QP %.1f, mean ΔQP %+.2f, reward %.4f, λ %.3f",
-                    spec.name, s["kbps"], s["target_kbps"], 100 * s["bitrate_error"], s["psnr_y"],
-                    s["delta_psnr_y"], signed(s["delta_psnr_y_equal_rate"]), s["ssim_y"], s["mean_qp"], s["mean_dqp"],
-                    s["reward_sum"], agent.lam,
-                )  # fmt: skip
+                    if not res.ok:
+                        log.error("%s", res.message)
+                        if ns.stop_on_encoder_error:
+                            exit_code = 1
+                            break
+                        continue
+                    record(spec, res, epoch, epoch_rows)
+            else:
+                with logging_redirect_tqdm(loggers=[log]):
+                    if ray_pool is not None:
+                        results, failed = run_epoch_on_ray(
+                            cfg, specs, ray_pool, hub, baselines, f"e{epoch}", stop, bar, ns.stop_on_encoder_error
+                        )
+                    else:
+                            results, failed = run_epoch_on_workers(
+                            cfg, specs, worker_learners, baselines, f"e{epoch}", stop, ns.encoder_rl_args, bar,
+                            counters, ns.stop_on_encoder_error,
+                        )  # fmt: skip
+                    hub.drain(stop)  # the gradient steps owed to this epoch's GOPs: the replay ratio holds
+                if failed:
+                    exit_code = 1
+                if not stop():
+                    for spec, done in zip(specs, results, strict=True):
+                        if done is not None and done[1].ok:
+                            record(spec, done[1], epoch, epoch_rows, {"worker": done[0]})
             bar.close()
             if stop() or exit_code:
                 break
@@ -783,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.mode == "train" and (epoch % cfg.ckpt_interval == 0 or epoch == cfg.epochs):
                 save_checkpoint(cfg, checkpoint.epoch_path(Path(cfg.ckpt_dir), epoch), agent, buffer, counters,
                                 epoch, run_dir)  # fmt: skip
+        if hub is not None:
+            hub.stop()  # after its running step: the checkpoint below sees a still agent
         if stop():
             exit_code = stop.exit_code
             if cfg.mode == "train":
@@ -793,6 +995,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         exit_code = 1
     finally:
+        if hub is not None:
+            hub.stop()
+        if ray_pool is not None:
+            import ray_workers
+
+            ray_pool.close()
+            ray_workers.shutdown()
         telemetry.close()
         log_limit.log_summary(log)
         if report:

@@ -17,9 +17,9 @@ Reward: `reward.reward(...)` (dB, PSNR metric) against the video's Δ=0 baseline
 `cost_lambda * cost` (a fixed multiplier, for plain RL algorithms; 0 by default). The cost
 (`reward.cost`, GOP-budget units) and the unpenalised reward are in `info`.
 
-Built on the project's pieces: `io_runner.RlIoChannel` (waiting, parsing, replies),
-`encoder_proc.EncoderProcess` (process group), `state.build_observation` / `action_to_qp`, and
-`reward`. The baseline, when not given, is one Δ=0 encode through `io_runner.run_encode`.
+Built on `io_runner.EncodeSession` (the encoder process, waiting, parsing, validation, replies,
+observations, reward and cost), the same session that main.py's loop and its workers use. The
+baseline, when not given, is one Δ=0 encode through `io_runner.run_encode`.
 
 Limitation: a step needs the reward of its own mini-GOP, so the encoder must use the protocol's
 simple order (feedback N before request N+1, as the built-in encoder does). An encoder with
@@ -46,9 +46,9 @@ import io_runner
 import protocol
 import reward as reward_mod
 from encoder_proc import EncoderProcess, VideoSpec
-from io_runner import EncoderFailure, Learner, RlIoChannel
-from protocol import End, Feedback, ProtocolError, Request
-from state import OBS_DIM, action_to_qp, build_observation
+from io_runner import Decision, EncoderFailure, EncodeSession, Finished, Learner, Outcome, Step
+from protocol import ProtocolError, Request
+from state import OBS_DIM
 
 ACT_DIM = 1
 OBS_LIMIT = 4.0  # build_observation clips every feature to [-4, 4]
@@ -134,15 +134,9 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
         self._tag = f"{os.getpid()}-env{next(_instances)}"
         self.encodes = 0  # encodes started by reset (the baseline encode not counted)
 
-        # State of the running encode (None / empty between encodes).
-        self._proc: EncoderProcess | None = None
-        self._channel: RlIoChannel | None = None
-        self._next_request = 0  # mg_index of the next request to read
-        self._request: Request | None = None  # read, not yet answered
-        self._obs: np.ndarray | None = None  # observation of self._request
-        self._prev_fb: Feedback | None = None  # previous mini-GOP of the same GOP
-        self._prev_base_qp: int | None = None
-        self._gop_bits = 0
+        # The running encode (None between encodes) and its request read but not yet answered.
+        self._session: EncodeSession | None = None
+        self._decision: Decision | None = None
 
         try:
             self.baseline = baseline if baseline is not None else self._run_baseline()
@@ -163,27 +157,27 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
         new one.
         """
         super().reset(seed=seed)
-        restart = seed is not None or bool((options or {}).get("restart", False)) or self._proc is None
+        restart = seed is not None or bool((options or {}).get("restart", False)) or self._session is None
         if restart:
             self._start_encode()
         fresh = restart
         while True:
-            if self._request is None:
-                msg = self._next_message(expect_feedback=False)
-                if isinstance(msg, End):
+            if self._decision is None:
+                event = self._next_event(expect_feedback=False)
+                if isinstance(event, Finished):
                     if fresh:
-                        raise EncoderFailure(self._describe("ended without a single request"))
+                        raise self._failure(EncoderFailure("ended without a single request"))
                     self._start_encode()
                     fresh = True
                     continue
-                self._take_request(msg)
-            req = self._request
-            assert req is not None
+                assert isinstance(event, Decision)  # _next_event refuses feedback that nobody asked for
+                self._decision = event
+            req = self._decision.request
             if req.mg_in_gop == 0:
-                return self._obs_copy(), self._request_info(req)
+                return self._decision.obs.copy(), self._request_info(req)
             # Mid-GOP (the previous episode was cut short): finish that GOP at Δ = 0.
             self._answer(0.0)
-            self._await_feedback(req)
+            self._next_event(expect_feedback=True)
             fresh = False
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -196,23 +190,21 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
         bits, psnr_y (dB), ssim_y, mse_y, reward (unpenalised), cost; at the GOP's end also
         gop_bits and gop_bits_ratio (GOP bits / GOP budget).
         """
-        req = self._request
-        if req is None or self._proc is None:
+        decision = self._decision
+        if decision is None or self._session is None:
             raise RuntimeError("step() before reset(), or after the episode ended: call reset()")
         a = float(np.asarray(action, dtype=np.float32).reshape(-1)[0])
         if not math.isfinite(a):
             raise ValueError(f"action must be finite, got {action!r}")
-        qp = self._answer(a)
-        last_obs = self._obs
-        assert last_obs is not None
-        fb = self._await_feedback(req)
-
-        quality = reward_mod.reward(fb, self.baseline, self.reward_metric)
-        cost = reward_mod.cost(fb, req.gop_bits_budget, req.gop_frames)
+        step = self._answer(a)
+        outcome = self._next_event(expect_feedback=True)
+        assert isinstance(outcome, Outcome)
+        fb, req = outcome.step.feedback, decision.request
+        assert fb is not None
         info: dict[str, Any] = {
-            "qp": qp,
+            "qp": step.qp,
             "base_qp": req.base_qp,
-            "delta_qp": qp - req.base_qp,
+            "delta_qp": step.qp - req.base_qp,
             "mg_index": fb.mg_index,
             "gop_index": fb.gop_index,
             "frame_count": fb.frame_count,
@@ -220,24 +212,26 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
             "psnr_y": fb.psnr_y,
             "ssim_y": fb.ssim_y,
             "mse_y": fb.mse_y,
-            "reward": quality,
-            "cost": cost,
+            "reward": step.reward,
+            "cost": step.cost,
         }
-        terminated = bool(fb.gop_end)
-        if terminated:
-            info["gop_bits"] = self._gop_bits
-            info["gop_bits_ratio"] = self._gop_bits / req.gop_bits_budget
-            self._gop_bits = 0
-            obs = last_obs.copy()
+        terminated = outcome.gop is not None
+        if outcome.gop is not None:
+            info["gop_bits"] = outcome.gop.bits
+            info["gop_bits_ratio"] = outcome.gop.bits / req.gop_bits_budget
+            obs = decision.obs.copy()
         else:
-            msg = self._next_message(expect_feedback=False)
-            if isinstance(msg, End):
-                raise EncoderFailure(self._describe(f"wrote end.json after mini-GOP {fb.mg_index} without gop_end"))
-            if msg.mg_in_gop == 0:
-                raise EncoderFailure(self._describe(f"started GOP {msg.gop_index} without gop_end on the last one"))
-            self._take_request(msg)
-            obs = self._obs_copy()
-        return obs, float(quality - self.cost_lambda * cost), terminated, False, info
+            event = self._next_event(expect_feedback=False)
+            if isinstance(event, Finished):
+                raise self._failure(EncoderFailure(f"wrote end.json after mini-GOP {fb.mg_index} without gop_end"))
+            assert isinstance(event, Decision)
+            if event.request.mg_in_gop == 0:
+                raise self._failure(
+                    EncoderFailure(f"started GOP {event.request.gop_index} without gop_end on the last one")
+                )
+            self._decision = event
+            obs = event.obs.copy()
+        return obs, float(step.reward - self.cost_lambda * step.cost), terminated, False, info
 
     def close(self) -> None:
         """Ends the encoder's process group and removes the temporary directory; safe to call twice."""
@@ -248,6 +242,11 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
         super().close()
 
     # ------------------------------------------------------------------ the encode
+
+    @property
+    def _proc(self) -> EncoderProcess | None:
+        """The running encoder, or None between encodes."""
+        return self._session.proc if self._session is not None else None
 
     def _command(self, args: list[str], session: str) -> list[str]:
         rl = encoder_proc.rl_args(self.rl_args_template, self.rl_dir, session)
@@ -280,98 +279,62 @@ class EncoderEnv(gym.Env[np.ndarray, np.ndarray]):
         self.encodes += 1
         session = f"{self._tag}-{self.encodes}"
         encoder_proc.make_output_dirs(self.video.args)
-        # The channel (and its inotify watch) exists before the encoder starts: no event is missed.
-        self._channel = RlIoChannel(self.rl_dir, session, self.timeout_s)
-        self._channel.reset()
-        log_path = self.log_dir / f"{self.video.name}.env{self.encodes}.log"
-        self._proc = EncoderProcess(self._command(self.video.args, session), log_path, self.video.name)
-        self._proc.start()
-        self._next_request = 0
-        self._request, self._obs = None, None
-        self._prev_fb, self._prev_base_qp, self._gop_bits = None, None, 0
+        self._session = EncodeSession(
+            self.video,
+            self._command(self.video.args, session),
+            self.rl_dir,
+            session,
+            self.timeout_s,
+            self.log_dir / f"{self.video.name}.env{self.encodes}.log",
+            baseline=self.baseline,
+            max_delta_qp=self.max_delta_qp,
+            reward_metric=self.reward_metric,
+        )
+        self._session.start()
 
     def _stop_encode(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        self._request, self._obs = None, None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self._decision = None
 
-    def _describe(self, what: str) -> str:
-        """An error message naming the encoder, the video, the exit code and the encoder's last output."""
-        proc = self._proc
-        command = proc.command[0] if proc is not None else self.encoder or "builtin_encoder"
-        code = proc.returncode() if proc is not None else None
-        text = f"encoder {command!r} for video {self.video.name}{f' (exit code {code})' if code is not None else ''}: "
-        text += what
-        tail = proc.tail() if proc is not None else ""
-        if tail:
-            text += "\n  last encoder output:\n    " + "\n    ".join(tail.splitlines())
-        return text
+    def _failure(self, exc: BaseException) -> EncoderFailure:
+        """Ends the encode; an EncoderFailure naming the encoder, the video, the exit code and its last output."""
+        assert self._session is not None
+        message = self._session.failure_message(exc)
+        self._stop_encode()
+        return EncoderFailure(message)
 
-    def _next_message(self, expect_feedback: bool) -> Request | Feedback | End:
-        """The next protocol message; encoder faults raise EncoderFailure and end the encode.
+    def _next_event(self, expect_feedback: bool) -> Decision | Outcome | Finished:
+        """The session's next event; encoder faults raise EncoderFailure and end the encode.
 
-        With expect_feedback, only the feedback of the request just answered (or an error end) may
-        come; otherwise only the next request or end.json.
+        With expect_feedback, only the feedback of the request just answered may come; otherwise
+        only the next request or the end of the encode.
         """
-        assert self._proc is not None and self._channel is not None
-        pending = [self._next_request - 1] if expect_feedback else []
+        assert self._session is not None
         try:
-            msg = self._channel.next_message(self._next_request, pending, self._proc.alive)
-            if isinstance(msg, End):
-                if msg.status != "ok":
-                    raise EncoderFailure(f"reported an error: {msg.message}")
-                if expect_feedback:
-                    raise EncoderFailure(f"wrote end.json before the feedback of mini-GOP {pending[0]}")
-                code = self._proc.wait(10.0)
-                if code not in (0, None):
-                    raise EncoderFailure(f"exited with code {code} after end.json")
-            elif isinstance(msg, Request) and expect_feedback:
-                raise EncoderFailure(
-                    f"wrote request {msg.mg_index} before the feedback of mini-GOP {pending[0]}: EncoderEnv needs "
-                    "the protocol's simple order (feedback N before request N+1); use main.py for lookahead encoders"
-                )
-            return msg
+            event = self._session.next_event()
         except (EncoderFailure, ProtocolError, OSError) as exc:
-            message = self._describe(str(exc))
-            self._stop_encode()
-            raise EncoderFailure(message) from exc
+            raise self._failure(exc) from exc
+        if isinstance(event, Decision) and expect_feedback:
+            raise self._failure(
+                EncoderFailure(
+                    f"wrote request {event.request.mg_index} before the feedback of mini-GOP "
+                    f"{event.request.mg_index - 1}: EncoderEnv needs the protocol's simple order (feedback N "
+                    "before request N+1); use main.py for lookahead encoders"
+                )
+            )
+        return event
 
-    def _take_request(self, req: Request | Feedback) -> None:
-        assert isinstance(req, Request)  # the channel returns only what was asked for
-        if req.mg_in_gop == 0:
-            self._prev_fb, self._prev_base_qp, self._gop_bits = None, None, 0
-        self._request = req
-        self._obs = build_observation(req, self._prev_fb, self._prev_base_qp)
-        self._next_request = req.mg_index + 1
-
-    def _answer(self, action: float) -> int:
-        """Writes the reply to the current request; returns the QP answered."""
-        req = self._request
-        assert req is not None and self._channel is not None
-        qp = action_to_qp(action, req, self.max_delta_qp)
+    def _answer(self, action: float) -> Step:
+        """Writes the reply to the current request; returns its step."""
+        assert self._decision is not None and self._session is not None
+        decision, self._decision = self._decision, None
         try:
-            self._channel.write_reply(req, qp)
+            return self._session.answer(decision, action)
         except OSError as exc:
-            message = self._describe(f"cannot write the reply to mini-GOP {req.mg_index}: {exc}")
-            self._stop_encode()
-            raise EncoderFailure(message) from exc
-        self._request = None
-        return qp
-
-    def _await_feedback(self, req: Request) -> Feedback:
-        msg = self._next_message(expect_feedback=True)
-        assert isinstance(msg, Feedback)
-        self._prev_fb, self._prev_base_qp = msg, req.base_qp
-        self._gop_bits += msg.bits
-        return msg
-
-    def _obs_copy(self) -> np.ndarray:
-        assert self._obs is not None
-        return self._obs.copy()
+            what = f"cannot write the reply to mini-GOP {decision.request.mg_index}: {exc}"
+            raise self._failure(OSError(what)) from exc
 
     @staticmethod
     def _request_info(req: Request) -> dict[str, Any]:

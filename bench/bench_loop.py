@@ -11,7 +11,10 @@ pass, stochastic), and every answer is followed by SACAgent.train_step (one grad
 times, on the encoder's side, every wait for a reply: request renamed into place -> reply read.
 
 A third set of encodes runs main.py's infer mode (deterministic act, no learning), to separate the
-forward pass from the learning that follows each reply.
+forward pass from the learning that follows each reply. A fourth trains as `main.py --workers N`
+does (workers.py): the same SAC steps, but in the learner thread, never between a reply and the
+next request; its `--repeats` encodes run on `--workers` workers at once (default 1), each in its
+own rl_io subdirectory.
 
 Tables (Markdown):
   1. the real loop: handshake p50/p99 as io_runner measures it (request mtime -> reply renamed,
@@ -180,10 +183,10 @@ class LoopRow:
     encode_ms_per_mg: float  # encoder's final-pass wall time per mini-GOP, ms
 
 
-def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str) -> list[LoopRow]:
-    """Pass 1, the Δ=0 encode, then `repeats` SAC train and `repeats` SAC infer encodes of one codec x clip.
+def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str, workers: int = 1) -> list[LoopRow]:
+    """Pass 1, the Δ=0 encode, then `repeats` SAC train, infer and learner-thread train encodes of one codec x clip.
 
-    Returns one row each for Δ=0, infer and train.
+    Returns one row each for Δ=0, infer, train and train with the learner thread (on `workers` workers).
     """
     import encoder_proc
     import io_runner
@@ -210,7 +213,9 @@ def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str) ->
             learn_times.append(time.perf_counter() - t0)
             return logs
 
-    def encode(learner: io_runner.Learner, baseline: object, run: str) -> tuple[io_runner.EncodeResult, dict, list]:
+    def encode(
+        learner: io_runner.Learner, baseline: object, run: str, rl_dir: Path = rl_dir
+    ) -> tuple[io_runner.EncodeResult, dict, list]:
         session = f"bench-{tag}-{run}"
         shim_out, summary = work / f"{tag}.{run}.waits.json", work / f"{tag}.{run}.summary.json"
         command = ([sys.executable, __file__, "--encoder-shim", str(shim_out)] + args
@@ -230,11 +235,26 @@ def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str) ->
     # main.py --mode infer: the deterministic forward pass answers, nothing is learned.
     infer_runs = [encode(TimedSacLearner(agent, buffer, Counters(), learning=False), baseline, f"infer{i}")
                   for i in range(repeats)]  # fmt: skip
+    # main.py --workers N: the gradient steps in the learner thread (workers.py), the same replay ratio.
+    import workers as pool
+
+    agent2, buffer2 = make_agent()
+    hub = pool.LearnerThread(agent2, buffer2, Counters())
+    learners = [hub.worker(k, k) for k in range(workers)]
+    hub.start()
+    try:
+        thread_runs = pool.run_pool(list(range(repeats)), workers,
+                                    lambda k, i: encode(learners[k], baseline, f"thread{i}", rl_dir / f"w{k}"),
+                                    lambda: False)  # fmt: skip
+        hub.drain()
+    finally:
+        hub.stop()
     name = f"{c.codec} {Path(c.clip).stem} ({label})"
     return [
         _row(f"{name} Δ=0, no policy", runs, []),
         _row(f"{name} SAC infer: act (deterministic)", infer_runs, []),
         _row(f"{name} SAC train: act + train_step", sac_runs, learn_times),
+        _row(f"{name} SAC train, learner thread, {workers} worker(s): act", [r for r in thread_runs if r], []),
     ]
 
 
@@ -358,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-trips", type=int, default=1000, help="bare inotify round trips (default 1000)")
     p.add_argument("--poll-round-trips", type=int, default=200, help="bare sleep-poll round trips (default 200)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (default 0: torch's own)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="workers at once for the learner-thread train encodes (default 1)")  # fmt: skip
     ns = p.parse_args(argv)
 
     import torch
@@ -381,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     for clip in ns.clips.split(","):
                         file, kbps = CLIPS[clip]
                         rows += run_config(Config(codec, file, kbps, ns.frames), ns.repeats, work, Path(rl_tmp),
-                                           fs_label(root).split()[-1])  # fmt: skip
+                                           fs_label(root).split()[-1], ns.workers)  # fmt: skip
                         print(f"  done {codec} {clip} in {root} ({time.monotonic() - t_start:.0f} s, "
                               f"load {load()})", file=sys.stderr)  # fmt: skip
                 request_text = protocol.request_path(Path(rl_tmp), 1).read_text()

@@ -97,7 +97,7 @@ def faults(tmp_path_factory):
     t0 = time.monotonic()
     res = run_main(
         tmp, "--encoder", FAKE, *fake_videos(tmp, FAILING + SURVIVING), "--epochs", "1", "--encoder-timeout", "2",
-        "--save-replay-buffer", *FAST,
+        "--save-replay-buffer", "--rl-dir", "rl_io", *FAST,
     )  # fmt: skip
     return tmp, res, time.monotonic() - t0
 
