@@ -283,6 +283,11 @@ def _validate_request(req: Request, path: Path) -> None:
             raise ProtocolError(f"{path}: field '{name}' must be > 0")
     if req.fps <= 0 or req.target_kbps <= 0:
         raise ProtocolError(f"{path}: fields 'fps' and 'target_kbps' must be > 0")
+    if req.fp_bpp <= 0 or any(v <= 0 for v in req.lookahead_fp_bpp):
+        raise ProtocolError(
+            f"{path}: fields 'fp_bpp' and 'lookahead_fp_bpp' must be > 0 (got {req.fp_bpp}, {req.lookahead_fp_bpp}): "
+            "an encoder without a first pass estimates them from its own coding of earlier frames"
+        )
     if not req.qp_max <= req.qp_scale_max <= 1023:
         raise ProtocolError(
             f"{path}: field 'qp_scale_max' is {req.qp_scale_max}; it must be >= qp_max ({req.qp_max}) and <= 1023"

@@ -117,6 +117,8 @@ def test_missing_field_is_named():
     [
         ("base_qp", "35", "'base_qp' must be an integer"),
         ("fp_bpp", "high", "'fp_bpp' must be a number"),
+        ("fp_bpp", 0, "'fp_bpp' and 'lookahead_fp_bpp' must be > 0"),
+        ("lookahead_fp_bpp", [0.07, 0.0], "'fp_bpp' and 'lookahead_fp_bpp' must be > 0"),
         ("frame_types", ["KEY"], "'frame_types' must have frame_count=8"),
         ("base_qp", 70, "'base_qp' 70 is outside"),
         ("frame_types", ["I"] * 8, "KEY or INTER"),
