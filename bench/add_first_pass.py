@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
 from builtin_encoder.analysis import Analyzer  # noqa: E402
-from builtin_encoder.session import _analysis_fields  # noqa: E402
+from builtin_encoder.session import analysis_fields  # noqa: E402
 from builtin_encoder.source import open_source  # noqa: E402
 
 QP_SCALE_MAX = {"svtav1": 63, "x264": 51}
@@ -38,7 +38,7 @@ def windows_by_name() -> dict[str, clips.Window]:
 def analyse(win: clips.Window) -> list[dict[str, float]]:
     """Per-frame first-pass analysis of a window, as the encoder's stat file holds it."""
     analyzer = Analyzer()
-    return [_analysis_fields(analyzer.add(f.y)) for f in open_source(clips.materialise(win)).frames()]
+    return [analysis_fields(analyzer.add(f.y)) for f in open_source(clips.materialise(win)).frames()]
 
 
 def add_fields(request: dict, frames: list[dict[str, float]], codec: str, fp_bpp: list[float], lookahead: int) -> None:

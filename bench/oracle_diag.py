@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import clips  # noqa: E402
 import imitation  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
+from state import FEATURE_NAMES  # noqa: E402
 
 
 def position_pattern_cv(demos: imitation.Demos, max_delta_qp: int) -> np.ndarray:
@@ -101,6 +102,17 @@ def main() -> int:
     print(f"\nEvery candidate as data (imitation.GainModel, {len(moves)} moves): leave-one-source-out R² of the "
           f"rate-neutral gain per QP of a move {r2:.3f} with the state, {r2_const:.3f} without (position, curvature "
           "only).")
+    old = ",".join(n for n in FEATURE_NAMES if not n.startswith("fp_"))
+    specs = [("", "", "none"), (old, old, "the 14 features before first-pass statistics, on both"),
+             ("all", "all", "all features on both"), ("fp_future_ratio", "", "key: fp_future_ratio; others: none"),
+             ("fp_reuse", "", "key: fp_reuse; others: none (the shipped recipe)"),
+             ("fp_reuse", "fp_reuse", "key: fp_reuse; others: fp_reuse"),
+             ("fp_future_ratio,log_target_bpp", "", "key: fp_future_ratio, log_target_bpp; others: none")]
+    print("\nWhich features the gain model's slope g(s) may use (imitation.GainFeatures), the same R², ridge 3:\n")
+    print("| features of g(s) | R² |\n|---|---|")
+    for key, inter, label in specs:
+        r2_spec, _ = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures.parse(key, inter))
+        print(f"| {label} | {r2_spec:.3f} |")
     return 0
 
 

@@ -185,7 +185,7 @@ def _content_features(y: np.ndarray, prev_y: np.ndarray | None) -> tuple[float, 
     return var, sad
 
 
-def _analysis_fields(a: FrameAnalysis) -> dict[str, float]:
+def analysis_fields(a: FrameAnalysis) -> dict[str, float]:
     """A FrameAnalysis as FrameStat keyword arguments, rounded for the stat file."""
     return {name: round(value, 4) for name, value in asdict(a).items()}
 
@@ -396,7 +396,7 @@ def encode_pass(
             for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
                 index = mg.first + pos
                 var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
-                analysis = _analysis_fields(analyzer.add(frame.y)) if analyzer is not None else {}
+                analysis = analysis_fields(analyzer.add(frame.y)) if analyzer is not None else {}
                 prev_y = frame.y
                 out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
                                            st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
