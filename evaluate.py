@@ -1197,7 +1197,7 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     default_bpp = ",".join(map(str, DEFAULT_BPP))
     g.add_argument("--bpp", type=_floats,
                    help=f"target bits per luma pixel, comma-separated (default {default_bpp})")  # fmt: skip
-    p.add_argument("--codec", choices=("svtav1", "x264"), default="svtav1",
+    p.add_argument("--codec", choices=("svtav1", "x264", "vp9"), default="svtav1",
                    help="built-in encoder's codec; with --encoder: which shipped policy answers")  # fmt: skip
     p.add_argument("--encoder", default="", help="your own encoder command, split like a shell (as main.py "
                    "--encoder); numbers from the protocol's feedback alone (default: built-in)")  # fmt: skip

@@ -43,7 +43,7 @@ POSITIONS = 8  # mini-GOPs per GOP in the demonstrations (keyint 64, mini-GOP 8)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264"))
+    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
     p.add_argument("--data", default=None, help="demonstrations file (default data/oracle_CODEC.jsonl)")
     p.add_argument("--out", default=None, help="policy file (default policies/CODEC.pt)")
     p.add_argument("--pattern-out", default=None, help="also write the best fixed pattern as a policy here")

@@ -102,7 +102,7 @@ def print_oracle_table(folder: Path, frames: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="work and report folder")
-    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264"))
+    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
     p.add_argument("--policy", action="append", default=[],
                    help="NAME=PATH of a policy or checkpoint (repeatable; default: agent=policies/CODEC.pt)")
     p.add_argument("--splits", default="heldout", help="comma-separated: heldout, train")

@@ -35,7 +35,7 @@ from bench.machine_info import machine  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264"))
+    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
     p.add_argument("--out", required=True)
     p.add_argument("--points", default="12,24,48", help="training set sizes, oracle points")
     p.add_argument("--seed", type=int, default=0)

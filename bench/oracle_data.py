@@ -78,7 +78,7 @@ def run_point(job: dict) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264"))
+    p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
     p.add_argument("--out", required=True, help="JSON-lines file (appended; existing points are skipped)")
     p.add_argument("--work", default="/tmp/rlrc_oracle", help="scratch folder for encodes")
     p.add_argument("--jobs", type=int, default=2, help="points searched in parallel")

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-res", help="WIDTHxHEIGHT of a raw .yuv input")
     g.add_argument("--frames", type=int, default=0, help="frames to code (default 0 = all)")
     g.add_argument("--fps", type=float, default=None, help="frame rate (default: from the file, else 30)")
-    g.add_argument("--o", dest="out", help="output bitstream (.ivf for svtav1, .264 for x264)")
+    g.add_argument("--o", dest="out", help="output bitstream (.ivf for svtav1 and vp9, .264 for x264)")
     g.add_argument("--csv", help="per-frame CSV: frame, mini_gop, gop, type, layer, base_qp, qp, bits, "
                    "psnr_y/u/v, ssim_y")  # fmt: skip
     g.add_argument("--summary-json", help="write the final summary (rate, error, PSNR, SSIM, fps) as JSON here")
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--codec", choices=CODECS, default="svtav1", help="codec backend (default svtav1)")
     g.add_argument("--preset", type=int, default=None,
                    help=f"speed preset, higher = faster (default svtav1 {DEFAULT_PRESET['svtav1']} of -2..13, "
-                        f"x264 {DEFAULT_PRESET['x264']} of 0..9 = placebo..ultrafast)")  # fmt: skip
+                        f"x264 {DEFAULT_PRESET['x264']} of 0..9 = placebo..ultrafast, "
+                        f"vp9 {DEFAULT_PRESET['vp9']} of 0..5 = libvpx --cpu-used, good quality)")  # fmt: skip
     g.add_argument("--keyint", type=int, default=64, help="GOP length in frames, a multiple of --mini-gop (default 64)")
     g.add_argument("--mini-gop", type=int, default=8, help="mini-GOP length in frames (default 8)")
     g.add_argument("--threads", type=int, default=0,
@@ -86,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("rate control")
     g.add_argument("--rc-mode", type=int, choices=(0, 1, 2, 3), default=1, help="see below (default 1)")
     g.add_argument("--bitrate", type=float, default=None, help="target bitrate, kbit/s (rc-mode 1 and 2)")
-    g.add_argument("--qp", type=int, default=None, help="base QP of rc-mode 0")
-    g.add_argument("--crf", type=int, default=None, help="CRF of rc-mode 3")
+    g.add_argument("--qp", type=int, default=None, help="base QP of rc-mode 0 (vp9: q_index 0..255)")
+    g.add_argument("--crf", type=int, default=None, help="CRF of rc-mode 3 (vp9: a q_index, 0..255)")
     g.add_argument("--pass", dest="pass_no", type=int, choices=(1, 2), default=0,
                    help="1 = first pass only (needs --stat-out), 2 = final pass (uses --stat-in)")  # fmt: skip
     g.add_argument("--stat-in", help="pass-1 statistics to use (default: run pass 1 in memory first)")

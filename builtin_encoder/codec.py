@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+import av
 import numpy as np
 
 
@@ -94,3 +95,9 @@ class Codec(Protocol):
     def close(self) -> None:
         """Flushes the codec, finishes the bitstream file and frees the codec."""
         ...
+
+
+def decoded_plane(picture: av.VideoFrame, plane: int, shape: tuple[int, int]) -> np.ndarray:
+    """Plane `plane` of a decoded picture as a (h, w) uint8 view (no copy; rows padded to line_size)."""
+    p = picture.planes[plane]
+    return np.frombuffer(p, dtype=np.uint8).reshape(-1, p.line_size)[: shape[0], : shape[1]]

@@ -41,10 +41,8 @@ import importlib.util
 import math
 import os
 import re
-import struct
 import sys
 import threading
-from fractions import Fraction
 from pathlib import Path
 from typing import Self
 
@@ -52,7 +50,8 @@ import av
 import numpy as np
 
 from builtin_encoder import metrics
-from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame
+from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame, decoded_plane
+from builtin_encoder.ivf import IvfWriter, fps_fraction
 
 SUPPORTED_VERSION = (4, 1)  # major, minor of the SVT-AV1 library these ctypes declarations describe
 REFERENCE_BASE_QP = 35  # base QP at which layer_qp_offsets() is evaluated when none is given
@@ -274,49 +273,6 @@ def _error_text(code: int) -> str:
 # ----------------------------------------------------------------------------- IVF output
 
 
-class IvfWriter:
-    """Writes an IVF file: 32-byte header ("DKIF", fourcc), then per frame 12 bytes + payload.
-
-    The header's frame count is written again by `close()`, once it is known.
-    """
-
-    def __init__(self, path: Path, fourcc: bytes, width: int, height: int, rate: int, scale: int) -> None:
-        self.path = Path(path)
-        self.frames = 0
-        self._fourcc, self._width, self._height, self._rate, self._scale = fourcc, width, height, rate, scale
-        self._f = open(self.path, "wb")  # noqa: SIM115 - kept open across calls, closed in close()
-        self._f.write(self._header())
-
-    def _header(self) -> bytes:
-        # signature, version 0, header size, fourcc, width, height, timebase rate/scale, frames, unused
-        return struct.pack(
-            "<4sHH4sHHIII4x",
-            b"DKIF",
-            0,
-            32,
-            self._fourcc,
-            self._width,
-            self._height,
-            self._rate,
-            self._scale,
-            self.frames,
-        )
-
-    def write_frame(self, data: bytes, pts: int) -> None:
-        """Appends one frame (one AV1 temporal unit) with presentation time `pts` (timebase units)."""
-        self._f.write(struct.pack("<IQ", len(data), pts))
-        self._f.write(data)
-        self.frames += 1
-
-    def close(self) -> None:
-        """Rewrites the header with the final frame count and closes the file. Idempotent."""
-        if self._f.closed:
-            return
-        self._f.seek(0)
-        self._f.write(self._header())
-        self._f.close()
-
-
 # ----------------------------------------------------------------------------- the backend
 
 
@@ -328,13 +284,6 @@ def _lp_for_threads(threads: int) -> int:
         if threads <= max_cores:
             return lp
     return 6
-
-
-def _fps_fraction(fps: float) -> Fraction:
-    """Frame rate as a small fraction (29.97002997 -> 30000/1001, 25.0 -> 25/1)."""
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be > 0, got {fps}")
-    return Fraction(fps).limit_denominator(1001)
 
 
 class SvtAv1Codec:
@@ -396,7 +345,7 @@ class SvtAv1Codec:
             self._check(self._lib.svt_av1_enc_set_parameter(self._handle, self._config), "svt_av1_enc_set_parameter")
             self._check(self._lib.svt_av1_enc_init(self._handle), "svt_av1_enc_init")
             self._initialized = True
-            fps = _fps_fraction(cfg.fps)
+            fps = fps_fraction(cfg.fps)
             # IVF timebase = 1/fps, so the pts of a frame is its display index.
             self._ivf = IvfWriter(self.out_path, b"AV01", cfg.width, cfg.height, fps.numerator, fps.denominator)
         except BaseException:
@@ -415,7 +364,7 @@ class SvtAv1Codec:
     def _parameters(self) -> dict[str, str]:
         """SVT parameters by name (the names of SvtAv1EncApp's --svtav1-params)."""
         cfg = self.cfg
-        fps = _fps_fraction(cfg.fps)
+        fps = fps_fraction(cfg.fps)
         params = {
             "preset": str(cfg.preset),
             "width": str(cfg.width),
@@ -616,7 +565,7 @@ class SvtAv1Codec:
             decoded = self._decoder.decode(av.Packet(data))
             if len(decoded) != 1:
                 raise SvtAv1Error(f"frame {index}: libdav1d returned {len(decoded)} pictures for one packet")
-            y, u, v = (_plane_view(decoded[0], i, src.shape) for i, src in enumerate((frame.y, frame.u, frame.v)))
+            y, u, v = (decoded_plane(decoded[0], i, src.shape) for i, src in enumerate((frame.y, frame.u, frame.v)))
             sse_y, sse_u, sse_v = metrics.sse(frame.y, y), metrics.sse(frame.u, u), metrics.sse(frame.v, v)
             if self.cfg.measure >= Measure.SSIM:
                 ssim_y = metrics.ssim(frame.y, y)
@@ -631,12 +580,6 @@ class SvtAv1Codec:
             sse_v=sse_v,
             ssim_y=ssim_y,
         )
-
-
-def _plane_view(picture: av.VideoFrame, plane: int, shape: tuple[int, int]) -> np.ndarray:
-    """Plane `plane` of a decoded picture as a (h, w) uint8 view (no copy; rows padded to line_size)."""
-    p = picture.planes[plane]
-    return np.frombuffer(p, dtype=np.uint8).reshape(-1, p.line_size)[: shape[0], : shape[1]]
 
 
 # ----------------------------------------------------------------------------- QP structure

@@ -28,16 +28,17 @@ first-pass bits).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from builtin_encoder.errors import BadInput
 from builtin_encoder.layout import MiniGop
+from builtin_encoder.vp9_qindex import qstep_level
 
 STATS_FORMAT = "builtin_encoder-stats"
 STATS_VERSION = 2  # 2: the first-pass analysis fields (analysis.py)
 CLASSES = ("KEY", "INTER")  # frame classes with their own k and learned scale
-FIRST_CORRECTION_MAX = 10  # largest QP move of pass 1 after its first mini-GOP
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class CodecRcParams:
     first_pass_qp: int  # base QP of pass 1; also the reference QP of the fp_bpp features
     first_pass_preset: int  # fast preset used for pass 1
     max_step: int  # largest change of the encoder's base QP between consecutive mini-GOPs
+    first_correction_max: int = 10  # largest QP move of pass 1 after its first mini-GOP
+    # The QP's position on the model's exponent scale: bits ~ 2^(-level(q) / k). The identity for
+    # codecs whose QP is already logarithmic in the quantiser step (H.264, AV1); VP9's q_index is not.
+    level: Callable[[float], float] = float
 
 
 # k measured once with constant-QP encodes of the bundled clips (carphone 120 frames, bikes 128,
@@ -56,11 +61,23 @@ class CodecRcParams:
 # neighbouring QPs 6-8 apart:
 #   x264 (QP 14..44):     inter 4.5-7.6 (typ. 6), key 6.5-9 (typ. 7.5)
 #   SVT-AV1 (QP 24..62):  inter 7-11.7 (typ. 9), key 9.6-14 (typ. 11)
+#   VP9 (q_index 40..240, in 6*log2(qstep) units; carphone and bikes, 24 frames, preset 5):
+#                         inter 4.4-11.6 (typ. 5.5), key 6.5-8.6 (typ. 7.5)
 # Model error from k only matters between the first-pass QP and the operating QP: the learned
 # class scales absorb the rest.
 CODEC_RC: dict[str, CodecRcParams] = {
     "svtav1": CodecRcParams(k_key=11.0, k_inter=8.5, first_pass_qp=40, first_pass_preset=13, max_step=3),
     "x264": CodecRcParams(k_key=7.5, k_inter=6.0, first_pass_qp=30, first_pass_preset=8, max_step=2),
+    # VP9: QPs are q_index 0..255, the exponent uses 6*log2(AC quantiser step) (vp9_qindex.qstep_level).
+    "vp9": CodecRcParams(
+        k_key=7.5,
+        k_inter=5.5,
+        first_pass_qp=120,
+        first_pass_preset=5,
+        max_step=8,
+        first_correction_max=40,
+        level=qstep_level,
+    ),  # fmt: skip
 }
 
 
@@ -240,15 +257,16 @@ class RateController:
         """Frame i's modelled bits at base QP 0, before the class scale: b_i * 2^(q_i / k_c)."""
         assert self.stats is not None
         f = self.stats[i]
-        return max(f.bits, 1) * 2.0 ** (f.base_qp / self._k[self._cls(i)])
+        return max(f.bits, 1) * 2.0 ** (self.params.level(f.base_qp) / self._k[self._cls(i)])
 
     def _predict(self, frames: range, qp: float) -> float:
         """Predicted bits of `frames` (consecutive) coded at base QP `qp` (real-valued)."""
         if self.stats is None:
             return 0.0
         a, b = frames.start, frames.stop
+        level = self.params.level(qp)
         return sum(
-            self.scale(c) * (self._suffix[c][a] - self._suffix[c][b]) * 2.0 ** (-qp / self._k[c]) for c in CLASSES
+            self.scale(c) * (self._suffix[c][a] - self._suffix[c][b]) * 2.0 ** (-level / self._k[c]) for c in CLASSES
         )
 
     def predict(self, mg: MiniGop, qp: float) -> float:
@@ -274,7 +292,7 @@ class RateController:
         """First-pass bits per luma pixel of `mg` (mean over its frames) at the first-pass QP."""
         if self.stats is None:
             return 0.0
-        q1 = self.params.first_pass_qp
+        q1 = self.params.level(self.params.first_pass_qp)
         bits = [self._unit(i) * 2.0 ** (-q1 / self._k[self._cls(i)]) for i in mg.frames]
         return sum(bits) / len(bits) / self.luma_pixels
 
@@ -341,7 +359,7 @@ class RateController:
         for i, b in zip(mg.frames, frame_bits, strict=True):
             c = self._cls(i)
             actual[c] += b
-            pred[c] += self._unit(i) * 2.0 ** (-used_base_qp / self._k[c])
+            pred[c] += self._unit(i) * 2.0 ** (-self.params.level(used_base_qp) / self._k[c])
         for c in CLASSES:
             if pred[c] > 0:
                 d = self._decay[c]
@@ -357,7 +375,7 @@ class FirstPassController:
     at QP 30 left -50 %..+100 % per-mini-GOP prediction errors at the final QP ~45, one at QP 40
     within about +-15 %). So, when the target bitrate is known, pass 1 starts at the codec's
     default first-pass QP and then, before each mini-GOP, moves (by at most `max_step`, or
-    FIRST_CORRECTION_MAX for the first correction) to the constant QP that would spend the whole
+    params.first_correction_max for the first correction) to the constant QP that would spend the whole
     budget if the rest of the clip were like the part seen so far (extrapolated per frame class).
     Without a target the QP stays at the default. The stat file records each frame's base QP, so
     pass 2 does not care which QPs pass 1 used.
@@ -384,11 +402,12 @@ class FirstPassController:
     def _predict_all(self, qp: float) -> float:
         """Predicted bits of the whole clip at base QP `qp`, each class scaled up from what was seen."""
         total = 0.0
+        level = self.params.level(qp)
         for c in CLASSES:
             seen = self._count_seen[c] or self._count_seen["INTER" if c == "KEY" else "KEY"]
             unit = self._unit_seen[c] if self._count_seen[c] else self._unit_seen["INTER" if c == "KEY" else "KEY"]
             if seen:
-                total += unit / seen * self._count_total[c] * 2.0 ** (-qp / self._k[c])
+                total += unit / seen * self._count_total[c] * 2.0 ** (-level / self._k[c])
         return total
 
     def base_qp(self, mg: MiniGop) -> int:
@@ -405,7 +424,7 @@ class FirstPassController:
         for pos, b in enumerate(frame_bits):
             c = frame_class(mg, pos)
             self._count_seen[c] += 1
-            self._unit_seen[c] += max(b, 1) * 2.0 ** (used_base_qp / self._k[c])
+            self._unit_seen[c] += max(b, 1) * 2.0 ** (self.params.level(used_base_qp) / self._k[c])
         if self.total_budget is None:
             return
         lo, hi = float(self.qp_min), float(self.qp_max)
@@ -418,7 +437,7 @@ class FirstPassController:
         target = round((lo + hi) / 2)
         # The first estimate rests on one mini-GOP (and its key frame): allow a big move, not an
         # unbounded one (bikes at 1000 kbit/s would jump from 40 to 2 with SVT-AV1).
-        step = self.params.max_step if self._corrected else FIRST_CORRECTION_MAX
+        step = self.params.max_step if self._corrected else self.params.first_correction_max
         self._qp = min(max(target, self._qp - step, self.qp_min), self._qp + step, self.qp_max)
         self._corrected = True
 

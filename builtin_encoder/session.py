@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 import protocol
-from builtin_encoder.analysis import Analyzer, FrameAnalysis
+from builtin_encoder.analysis import Analyzer, FrameAnalysis, noise_sigma
 from builtin_encoder.codec import Codec, CodecConfig, FrameStats, Measure, YuvFrame
 from builtin_encoder.errors import (
     BadInput,
@@ -50,8 +50,8 @@ from builtin_encoder.ratecontrol import (
 )
 from builtin_encoder.source import FrameSource, frame_bytes_420, open_source
 
-CODECS = ("svtav1", "x264")
-DEFAULT_PRESET = {"svtav1": 10, "x264": 7}  # x264: 7 = veryfast
+CODECS = ("svtav1", "x264", "vp9")
+DEFAULT_PRESET = {"svtav1": 10, "x264": 7, "vp9": 5}  # x264: 7 = veryfast; vp9: libvpx --cpu-used 5
 X264_DEFAULT_THREADS = 1  # what --threads 0 means for x264 (see Job.codec_config)
 KEEP_FRAMES_BYTES = 512 * 2**20  # decoded input the in-memory pass 1 keeps for the final pass, at most
 CSV_COLUMNS = [
@@ -112,16 +112,20 @@ class Totals:
             self.psnr_y_frames += psnr_from_mse(s.sse_y / luma)
 
 
-def open_codec(name: str, cfg: CodecConfig, out_path: Path, native: dict[str, Any] | None = None) -> Codec:
+def open_codec(name: str, cfg: CodecConfig, out_path: Path, native: dict[str, Any] | None = None,
+               inputs: dict[str, Any] | None = None) -> Codec:  # fmt: skip
     """Creates the backend `name` writing to `out_path`; any failure is a CodecFailure (exit 5).
 
     `native` holds the keyword options that switch a backend to its own rate control (rc-modes
     2 and 3, e.g. {"crf": 30}); a backend without such an option is refused with a clear error.
+    `inputs`: what a backend needs besides the frames (vp9: libvpx's first-pass statistics).
     """
     if name == "svtav1":
         from builtin_encoder.codec_svtav1 import SvtAv1Codec as cls
     elif name == "x264":
         from builtin_encoder.codec_x264 import X264Codec as cls  # type: ignore[assignment]
+    elif name == "vp9":
+        from builtin_encoder.codec_vp9 import Vp9Codec as cls  # type: ignore[assignment]
     else:
         raise BadInput(f"--codec must be one of {', '.join(CODECS)} (got {name!r})")
     native = native or {}
@@ -131,7 +135,7 @@ def open_codec(name: str, cfg: CodecConfig, out_path: Path, native: dict[str, An
             raise BadInput(f"--codec {name}: this backend has no native rate-control option {key!r} yet "
                            "(needed for --rc-mode 2/3)")  # fmt: skip
     try:
-        return cls(cfg, out_path, **native)
+        return cls(cfg, out_path, **native, **(inputs or {}))
     except EncoderError:  # e.g. Interrupted by SIGTERM while the codec started
         raise
     except OSError as exc:  # the output file cannot be created
@@ -174,6 +178,36 @@ def frame_qps(codec: Codec, base_qp: int, mg: MiniGop) -> list[int]:
             q = base_qp + offsets[codec.temporal_layer(pos)]
         qps.append(min(max(q, codec.qp_min), codec.qp_max))
     return qps
+
+
+def codec_inputs(job: Job) -> dict[str, Any]:
+    """What the backend needs besides the frames. vp9: libvpx's external rate control lives in
+    libvpx's second pass, so libvpx's own first pass runs once per job (~1000 fps at 176x144) and
+    every encode of the job opens libvpx's second pass on its statistics. It always runs at the
+    first-pass preset, so that pass 2 from a stat file sees the same statistics as pass 1 did."""
+    if job.settings.codec != "vp9":
+        return {}
+    if job.vpx_first_pass is None:
+        from builtin_encoder.codec_vp9 import libvpx_first_pass
+
+        try:
+            cfg = job.codec_config(CODEC_RC["vp9"].first_pass_preset, Measure.NONE)
+            job.vpx_first_pass = libvpx_first_pass(cfg, pass_frames(job, keep=True))
+        except EncoderError:
+            raise
+        except Exception as exc:
+            raise CodecFailure(f"libvpx's first pass failed: {exc}") from exc
+    return {"twopass_stats": job.vpx_first_pass}
+
+
+def codec_analysis(codec: Codec, index: int, frame: YuvFrame) -> FrameAnalysis | None:
+    """Frame `index`'s first-pass statistics from the codec's own first pass (vp9: libvpx's), if it has one."""
+    first_pass = getattr(codec, "first_pass", None)
+    if not first_pass or index >= len(first_pass):
+        return None
+    from builtin_encoder.codec_vp9 import frame_analysis
+
+    return frame_analysis(first_pass[index], noise_sigma(frame.y))
 
 
 def _content_features(y: np.ndarray, prev_y: np.ndarray | None) -> tuple[float, float]:
@@ -283,6 +317,7 @@ class Job:
     fps: float
     layout: list[MiniGop]
     kept: list[YuvFrame] | None = None  # the input frames as the in-memory pass 1 decoded them (see pass_frames)
+    vpx_first_pass: bytes | None = None  # vp9: libvpx's first-pass statistics of the input (codec_inputs)
 
     @property
     def luma(self) -> int:
@@ -362,7 +397,8 @@ def encode_pass(
     if measure < Measure.SSIM and (csv_file is not None or agent is not None):
         raise ValueError("the CSV and the agent's feedback need every distortion measure (Measure.SSIM)")
     t0 = time.monotonic()
-    codec = open_codec(s.codec, job.codec_config(preset, measure), out_path, native)
+    inputs = codec_inputs(job)
+    codec = open_codec(s.codec, job.codec_config(preset, measure), out_path, native, inputs)
     out_stats: list[FrameStat] = []
     writer = csv.writer(csv_file) if csv_file is not None else None
     if writer is not None:
@@ -396,7 +432,9 @@ def encode_pass(
             for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
                 index = mg.first + pos
                 var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
-                analysis = analysis_fields(analyzer.add(frame.y)) if analyzer is not None else {}
+                analysis = {}
+                if collect_features:
+                    analysis = analysis_fields(codec_analysis(codec, index, frame) or analyzer.add(frame.y))
                 prev_y = frame.y
                 out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
                                            st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
@@ -527,6 +565,10 @@ def _codec_qp_range(name: str) -> tuple[int, int]:
     """The QP range of backend `name`, read from its class without starting a codec."""
     if name == "svtav1":
         from builtin_encoder.codec_svtav1 import SvtAv1Codec as cls
+    elif name == "vp9":
+        from builtin_encoder.vp9_qindex import QP_MAX, QP_MIN
+
+        return QP_MIN, QP_MAX
     else:
         from builtin_encoder.codec_x264 import X264Codec as cls  # type: ignore[assignment]
     return int(cls.qp_min), int(cls.qp_max)
@@ -656,7 +698,7 @@ class Program:
         params = CODEC_RC[s.codec]
         preset = s.preset if s.preset is not None else DEFAULT_PRESET[s.codec]
         out_path = Path(s.out) if s.out else None
-        ext = ".ivf" if s.codec == "svtav1" else ".264"
+        ext = ".264" if s.codec == "x264" else ".ivf"
         with tempfile.TemporaryDirectory(prefix="builtin_encoder.") as tmp, _open_csv(s.csv) as csv_file:
             scratch = Path(tmp) / f"pass1{ext}"
             if s.pass_no == 1:

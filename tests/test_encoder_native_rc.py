@@ -27,7 +27,7 @@ def run(tmp_path: Path, codec: str, *extra: str) -> dict:
     return json.loads(summary.read_text())
 
 
-@pytest.mark.parametrize("codec", ["svtav1", "x264"])
+@pytest.mark.parametrize("codec", ["svtav1", "x264", "vp9"])
 def test_codec_rate_control_and_crf(tmp_path: Path, codec: str) -> None:
     own = run(tmp_path, codec, "--rc-mode", "2", "--bitrate", "200")
     assert own["status"] == "ok" and own["frames"] == 32 and own["rc_mode"] == 2

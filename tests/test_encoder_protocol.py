@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -32,6 +33,12 @@ SESSION = "e2e-session"
 
 def expected_frame_qps(codec: str, qp: int, key_first: bool, count: int) -> tuple[list[int], list[int]]:
     """(frame QPs, temporal layers) the backend prescribes for a mini-GOP at base QP `qp`."""
+    if codec == "vp9":
+        from builtin_encoder.codec_vp9 import KEY_STEP_RATIO
+        from builtin_encoder.vp9_qindex import q_for_level, qstep_level
+
+        key = q_for_level(qstep_level(qp) - 6 * math.log2(KEY_STEP_RATIO))
+        return [key if pos == 0 and key_first else qp for pos in range(count)], [0] * count
     if codec == "x264":
         from builtin_encoder.codec_x264 import KEY_QP_OFFSET, QP_MAX, QP_MIN
 
@@ -61,7 +68,7 @@ def decode(path: Path, codec: str) -> list[tuple[np.ndarray, np.ndarray, np.ndar
     return out
 
 
-@pytest.fixture(scope="module", params=["svtav1", "x264"])
+@pytest.fixture(scope="module", params=["svtav1", "x264", "vp9"])
 def encode(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     codec = request.param
     tmp = tmp_path_factory.mktemp(f"e2e_{codec}")
@@ -146,9 +153,11 @@ def test_requests_carry_first_pass_statistics(encode: dict) -> None:
     """v2 fields: the QP scale, and the first-pass analysis of the mini-GOP and its lookahead frames."""
     from builtin_encoder.analysis import Analyzer
 
-    source = open_source(bundled_clip("carphone_pristine.mp4")).frames(FRAMES)
+    source = list(open_source(bundled_clip("carphone_pristine.mp4")).frames(FRAMES))
     analyzer = Analyzer()
     want = [analyzer.add(f.y) for f in source]
+    if encode["codec"] == "vp9":  # libvpx's own first pass, as its external rate control receives it
+        want = _libvpx_analysis(source, [w.noise_sigma for w in want])
     for r in encode["requests"]:
         assert r.version == 2 and r.qp_scale_max == r.qp_max
         fp = r.first_pass
@@ -160,6 +169,17 @@ def test_requests_carry_first_pass_statistics(encode: dict) -> None:
     first = encode["requests"][0].first_pass
     assert first.inter_cost[0] == first.intra_cost[0]  # frame 0 has no reference
     assert all(inter < intra for inter, intra in zip(first.inter_cost[1:], first.intra_cost[1:], strict=True))
+
+
+def _libvpx_analysis(source: list, noise: list[float]) -> list:
+    from builtin_encoder.codec import CodecConfig, Measure
+    from builtin_encoder.codec_vp9 import Vp9Codec, frame_analysis, libvpx_first_pass
+    from builtin_encoder.ratecontrol import CODEC_RC
+
+    cfg = CodecConfig(176, 144, 30000 / 1001, KEYINT, MINI_GOP, CODEC_RC["vp9"].first_pass_preset, 0, Measure.NONE)
+    with Vp9Codec(cfg, Path(os.devnull), twopass_stats=libvpx_first_pass(cfg, source)) as codec:
+        codec.encode(source[:1], [100], key_first=True)
+        return [frame_analysis(f, n) for f, n in zip(codec.first_pass, noise, strict=True)]
 
 
 def test_agent_qp_is_applied(encode: dict) -> None:

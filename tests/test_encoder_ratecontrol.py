@@ -209,6 +209,10 @@ def _encode(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[
         ("x264", "carphone_pristine.mp4", 400),
         ("x264", "bikes.mp4", 150),
         ("x264", "bikes.mp4", 600),
+        ("vp9", "carphone_pristine.mp4", 100),
+        ("vp9", "carphone_pristine.mp4", 400),
+        ("vp9", "bikes.mp4", 150),
+        ("vp9", "bikes.mp4", 600),
     ],
 )
 def test_two_pass_bitrate_accuracy(tmp_path: Path, codec: str, clip: str, kbps: int) -> None:
