@@ -82,7 +82,7 @@ BD_PAIRS = (
     ("baseline", "codec_crf"),
     ("oracle", "baseline"),
 )
-CRF_RANGE = {"svtav1": (1, 63), "x264": (0, 51)}  # the codecs' CRF scales (SVT-AV1's matches its QP scale)
+CRF_RANGE = {"svtav1": (1, 63), "x264": (0, 51), "vp9": (0, 255)}  # CRF scales (SVT-AV1: its QP; vp9: q_index)
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".y4m", ".yuv")
 DEFAULT_BPP = (0.04, 0.08, 0.16, 0.32)  # bits per luma pixel: 8x span, factor 2 apart
 

@@ -84,6 +84,21 @@ def print_policy_table(split: str, results: dict[str, Path]) -> None:
               f"{s['agent']['gops_over_tol_pct']:.0f}% ({base_over:.0f}%) |")  # fmt: skip
 
 
+def print_codec_rc_table(split: str, results: dict[str, Path]) -> None:
+    """BD-rates against the codec's own rate control (codec_rc: e.g. libvpx's 2-pass VBR), per clip."""
+    print(f"\n## {split}: BD-rate vs the codec's own rate control (codec_rc), overall PSNR-Y (%)")
+    first = next(iter(results.values()))
+    videos = json.loads((first / "summary.json").read_text())["videos"]
+    print("| pair | " + " | ".join(videos) + " | mean |")
+    print("|---|" + "---|" * (len(videos) + 1))
+    for name, folder in results.items():
+        rows = bd_rows(folder, "psnr_y")
+        for pair, label in (("baseline vs codec_rc", "Δ=0 vs codec_rc"), ("agent vs codec_rc", f"{name} vs codec_rc")):
+            if pair in rows and (pair != "baseline vs codec_rc" or folder == first):
+                print(f"| {label} | " + " | ".join(f"{rows[pair][v]:+.2f}" for v in videos)
+                      + f" | **{rows[pair]['mean']:+.2f}** |")  # fmt: skip
+
+
 def print_oracle_table(folder: Path, frames: int) -> None:
     s = json.loads((folder / "summary.json").read_text())
     oracle = bd_rows(folder, "psnr_y")
@@ -135,6 +150,8 @@ def main() -> int:
         print(f"- {name}: {path}")
     for split, results in tables.items():
         print_policy_table(split, results)
+        if ns.codec_rc:
+            print_codec_rc_table(split, results)
     if ns.oracle:
         print_oracle_table(oracle_folder, ns.oracle_frames)
     return 0

@@ -16,9 +16,11 @@ import av
 import av.sidedata.sidedata
 import numpy as np
 import pytest
-from vp9_header import (
+
+from tests.vp9_header import (
     Vp9HeaderError,
     base_q_indices,
+    decoder_q_indices,
     parse_frame_header,
     parse_packet,
     read_ivf,
@@ -47,19 +49,6 @@ def encode_ivf(path: Path, options: dict[str, str], frames: int = 10, pix_fmt: s
             rgb[..., 2] = ((xx ^ yy) + 8 * i) % 256
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
-
-
-def decoder_q_indices(path: Path) -> list[tuple[bool, int]]:
-    """(key frame, base_q_idx) of each decoded frame, as FFmpeg's VP9 decoder reports them."""
-    out = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.options = {"export_side_data": "venc_params"}
-        for frame in container.decode(stream):
-            params = frame.side_data.get(av.sidedata.sidedata.Type.VIDEO_ENC_PARAMS)
-            assert params is not None, "FFmpeg's VP9 decoder exported no encoding parameters"
-            out.append((frame.key_frame, params.qp))
-    return out
 
 
 @pytest.mark.parametrize("quantizer", [20, 62])

@@ -327,3 +327,18 @@ def base_q_indices(path: str | Path) -> list[int]:
             if header.show_frame and not header.show_existing_frame and header.base_q_idx is not None:
                 out.append(header.base_q_idx)
     return out
+
+
+def decoder_q_indices(path: Path) -> list[tuple[bool, int]]:
+    """(key frame, base_q_idx) of each decoded frame, as FFmpeg's VP9 decoder reports them."""
+    import av  # only this helper needs PyAV
+
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"export_side_data": "venc_params"}
+        for frame in container.decode(stream):
+            params = frame.side_data.get(av.sidedata.sidedata.Type.VIDEO_ENC_PARAMS)
+            assert params is not None, "FFmpeg's VP9 decoder exported no encoding parameters"
+            out.append((frame.key_frame, params.qp))
+    return out
