@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -105,19 +106,28 @@ def test_version_1_stat_file_reads_without_analysis(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the closed loop, simulated
 
 
-def _true_bits(stat: FrameStat, qp: int, scale: float, k: float, rng: random.Random) -> int:
+def _true_bits(stat: FrameStat, qp: int, scale: float, k: float, rng: random.Random,
+               level: Callable[[float], float] = float) -> int:  # fmt: skip
     """A 'codec' that differs from the model: another k, another scale, and noise."""
-    return max(1, int(stat.bits * scale * 2.0 ** (-(qp - stat.base_qp) / k) * rng.lognormvariate(0, 0.15)))
+    exponent = -(level(qp) - level(stat.base_qp)) / k
+    return max(1, int(stat.bits * scale * 2.0**exponent * rng.lognormvariate(0, 0.15)))
 
 
-@pytest.mark.parametrize(("codec", "bpf"), [("svtav1", 1500), ("svtav1", 20000), ("x264", 3000), ("x264", 30000)])
+@pytest.mark.parametrize(
+    ("codec", "bpf"),
+    [("svtav1", 1500), ("svtav1", 20000), ("x264", 3000), ("x264", 30000), ("vp9", 1500), ("vp9", 30000)],
+)
 def test_closed_loop_hits_the_budget(codec: str, bpf: int) -> None:
+    """The model on VP9's q_index scale (0..255, exponent 6*log2 of the quantiser step) as well."""
     n, keyint = 240, 64
     params = CODEC_RC[codec]
     stats = _synthetic_stats(n, keyint)
+    qp_max = 255 if codec == "vp9" else 63
+    if codec == "vp9":  # the synthetic pass 1 ran at q_index 140 instead of QP 35
+        stats = [dataclasses.replace(f, base_qp=140, qp=140) for f in stats]
     layout = build_layout(n, keyint, 8)
     budget = bpf * n
-    rc = RateController(layout=layout, params=params, qp_min=1, qp_max=63, total_budget=budget, stats=stats,
+    rc = RateController(layout=layout, params=params, qp_min=1, qp_max=qp_max, total_budget=budget, stats=stats,
                         luma_pixels=176 * 144)  # fmt: skip
     rng = random.Random(7)
     qps, gop_budgets = [], {}
@@ -127,7 +137,7 @@ def test_closed_loop_hits_the_budget(codec: str, bpf: int) -> None:
         qp = rc.base_qp(mg)
         assert rc.base_qp(mg) == qp  # asking twice gives the same answer
         qps.append(qp)
-        bits = [_true_bits(stats[i], qp, 0.7, params.k_inter * 0.85, rng) for i in mg.frames]
+        bits = [_true_bits(stats[i], qp, 0.7, params.k_inter * 0.85, rng, params.level) for i in mg.frames]
         rc.update(mg, bits, qp)
     assert abs(rc.total_spent / budget - 1) < 0.02, (rc.total_spent / budget, qps)
     assert all(abs(a - b) <= params.max_step for a, b in zip(qps, qps[1:], strict=False))
