@@ -2,6 +2,7 @@
 
     python make_policy.py --codec svtav1            # about 35 min on 2 cores (72 oracle searches)
     python make_policy.py --codec x264              # about 25 min
+    python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
 
 1. Demonstrations (bench/oracle_data.py): on every training window (clips.training_windows() and
    clips.static_windows(), the slowed / frozen copies; TRAIN sources only) at 3 target rates

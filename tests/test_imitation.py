@@ -177,7 +177,7 @@ def test_policy_trained_on_other_features_is_refused_with_a_clear_message(tmp_pa
     assert policy.read_file(tmp_path / "junk.pt") is None  # not a policy: main.py then reads it as a checkpoint
 
 
-@pytest.mark.parametrize("codec", ["svtav1", "x264"])
+@pytest.mark.parametrize("codec", ["svtav1", "x264", "vp9"])
 def test_shipped_policy_loads_with_this_code(codec):
     path = policy.shipped_policy(codec)
     assert path.is_file(), f"{path} is missing: README promises it (python make_policy.py --codec {codec})"
