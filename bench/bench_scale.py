@@ -85,7 +85,7 @@ def fresh_agent(updates_per_step: int, seed: int = 0):  # noqa: ANN201 (torch ty
 
 
 def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: list[int], updates_per_step: int,
-             work: Path, rl_root: Path, ray_workers_n: int = 0) -> list[Row]:  # fmt: skip
+             work: Path, rl_root: Path, ray_workers_n: int = 0, encoder_threads: int = 0) -> list[Row]:  # fmt: skip
     import encoder_proc
     import io_runner
     import workers
@@ -97,6 +97,8 @@ def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: li
     stat = work / f"{tag}.stat"
     args = ["--input", str(bundled_clip(file)), "--codec", codec, "--frames", str(frames), "--bitrate", str(kbps),
             "--pass", "2", "--stat-in", str(stat), "--quiet"]  # fmt: skip
+    if encoder_threads:
+        args += ["--threads", str(encoder_threads)]
     spec = encoder_proc.VideoSpec(tag, args)
     p1 = encoder_proc.pass1_args(spec)
     if p1 is not None:
@@ -211,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (default 1, as main.py)")
     p.add_argument("--ray", type=int, default=0, metavar="N",
                    help="also N Ray actors on a local Ray instance (default 0: no Ray row)")  # fmt: skip
+    p.add_argument("--encoder-threads", type=int, default=0, metavar="T",
+                   help="the built-in encoder's --threads for every encode (default 0: the codec's choice; "
+                        "SVT-AV1 then uses every core, so N workers on C cores want T = C / N)")  # fmt: skip
     ns = p.parse_args(argv)
 
     import torch
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         for codec in ns.codecs.split(","):
             for clip in ns.clips.split(","):
                 rows += run_case(codec, clip, ns.frames, ns.encodes, counts, ns.updates_per_step, Path(tmp),
-                                 Path(ns.rl_root), ns.ray)  # fmt: skip
+                                 Path(ns.rl_root), ns.ray, ns.encoder_threads)  # fmt: skip
     ceiling = learner_ceiling()
 
     print(f"### Transitions/s ({ns.frames} frames per encode, {ns.encodes} encodes per row, "
