@@ -225,6 +225,9 @@ def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
         if not isinstance(value, list):
             raise bad("must be a list")
         inner = ann[len("list[") : -1]
+        ok = _SCALAR_OK.get(inner)
+        if ok is not None and all(map(ok, value)):  # fast path: every entry already valid (the usual case)
+            return [float(v) for v in value] if inner == "float" else list(value)
         return [_check_type(path, f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
     if ann in _NESTED:
         if not isinstance(value, dict):
@@ -234,6 +237,19 @@ def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
 
 
 _NESTED: dict[str, type] = {"FirstPass": FirstPass}
+
+
+def _int_ok(v: Any) -> bool:
+    return type(v) is int and -INT_LIMIT <= v < INT_LIMIT
+
+
+def _float_ok(v: Any) -> bool:
+    return (type(v) is float and math.isfinite(v)) or _int_ok(v)
+
+
+# Entries of a list that _check_type would accept unchanged (bool is not int here, as above);
+# anything else goes through _check_type one by one, which names the first bad entry.
+_SCALAR_OK: dict[str, Any] = {"int": _int_ok, "float": _float_ok, "str": lambda v: type(v) is str}
 
 
 def _fields_from_dict(cls: type, data: dict, path: Path, prefix: str = "") -> Any:
@@ -310,9 +326,9 @@ def _validate_first_pass(fp: FirstPass, frame_count: int, path: Path) -> None:
                 f"{path}: field 'first_pass.{f.name}' has {len(values)} entries, 'first_pass.intra_cost' {length}"
             )
         top = 1.0 if f.name.endswith("_share") else math.inf
-        for i, v in enumerate(values):
-            if not 0.0 <= v <= top:
-                raise ProtocolError(f"{path}: field 'first_pass.{f.name}[{i}]' is {v}, outside [0, {top}]")
+        if values and (min(values) < 0.0 or max(values) > top):  # values are finite: checked on parsing
+            i, v = next((i, v) for i, v in enumerate(values) if not 0.0 <= v <= top)
+            raise ProtocolError(f"{path}: field 'first_pass.{f.name}[{i}]' is {v}, outside [0, {top}]")
 
 
 def _validate_feedback(fb: Feedback, path: Path) -> None:

@@ -92,6 +92,35 @@ def test_bad_first_pass_fields_are_named(over, match):
         protocol.parse_request(protocol.to_json(req), P)
 
 
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("frame_bits", [100] * 7 + [True], r"'frame_bits\[7\]' must be an integer"),
+        ("frame_bits", [100] * 7 + [2**63], r"'frame_bits\[7\]' must fit a signed 64-bit integer"),
+        ("frame_bits", [100] * 7 + [1.5], r"'frame_bits\[7\]' must be an integer"),
+        ("frame_qps", [30] * 3 + ["30"] + [30] * 4, r"'frame_qps\[3\]' must be an integer"),
+    ],
+)
+def test_a_bad_list_entry_is_named_by_its_index(field, value, match):
+    data = asdict(make_feedback())
+    data[field] = value
+    with pytest.raises(ProtocolError, match=match):
+        protocol.parse_feedback(json.dumps(data), P)
+
+
+def test_list_entries_are_typed_as_declared():
+    """Integer-valued floats in an int list become ints, ints in a float list become floats (fast or slow path)."""
+    data = asdict(make_feedback())
+    data["frame_bits"] = [float(b) for b in data["frame_bits"]]
+    fb = protocol.parse_feedback(json.dumps(data), P)
+    assert fb.frame_bits == make_feedback().frame_bits and all(type(b) is int for b in fb.frame_bits)
+    req = make_request(first_pass=make_first_pass())
+    data = asdict(req)
+    data["first_pass"]["intra_cost"] = [int(v) for v in data["first_pass"]["intra_cost"]]
+    parsed = protocol.parse_request(json.dumps(data), P)
+    assert all(type(v) is float for v in parsed.first_pass.intra_cost)
+
+
 def test_first_pass_shorter_than_the_mini_gop_is_refused():
     req = make_request(first_pass=make_first_pass(frames=4))
     with pytest.raises(ProtocolError, match=r"'first_pass.intra_cost' has 4 entries, fewer than frame_count 8"):
