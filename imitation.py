@@ -482,6 +482,9 @@ def train_policy(
     accuracy, but on the held-out split it lost the gain of raising the QP of a short last GOP's
     key frame (BENCHMARKS.md §2.4), so it is off by default.
     """
+    # One order whatever the file's: oracle_data.py --jobs N appends points as they finish, and the
+    # fit (the shuffled copies of ignoring_unused, float sums) depends on the order of the rows.
+    records = sorted(records, key=lambda r: (r["window"], r["bpp"]))
     moves = move_samples(records)
     r2, r2_const = cross_validate_gain(moves, ridge, spec)
     model = fit_gain_model(moves, ridge, spec)

@@ -235,6 +235,30 @@ def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_pat
     assert float(pol.act(obs[0])[0]) * 4 > 0.5
 
 
+def test_train_policy_does_not_depend_on_the_order_of_the_records():
+    """oracle_data.py --jobs 2 writes points in the order they finish: the same points must give the same policy."""
+
+    def record(window: str, bpp: float, gain: float, qp: int) -> dict:
+        return {
+            "window": window, "bpp": bpp,
+            "baseline": {"psnr_y": 38.0, "bits": 10000},
+            "oracle": {"psnr_y": 38.0 + gain, "bits": 10000, "offsets": [3, 0]},
+            "baseline_steps": [_step(0, qp, qp), _step(1, qp, qp)],
+            "oracle_steps": [_step(0, qp + 3, qp), _step(1, qp, qp)],
+            "candidates": [{"offsets": [3, 0], "psnr_y": 38.0 + gain, "bits": 10000},
+                           {"offsets": [0, 3], "psnr_y": 37.9 + gain / 2, "bits": 10100},
+                           {"offsets": [0, -3], "psnr_y": 37.95, "bits": 9900}],
+        }  # fmt: skip
+
+    points = [("a", 0.05), ("b", 0.1), ("a", 0.2), ("c", 0.07), ("b", 0.3)]
+    records = [record(f"{src}_s1_f0-8", bpp, 0.02 * i + bpp, 24 + 3 * i) for i, (src, bpp) in enumerate(points)]
+    spec = imitation.SHIPPED_FEATURES  # unused features shuffled: the row order would matter
+    one, _ = imitation.train_policy(records, hidden=(16,), spec=spec, consensus=1.0)
+    other, _ = imitation.train_policy(records[::-1], hidden=(16,), spec=spec, consensus=1.0)
+    for a, b in zip(one.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_consensus_offset_acts_only_where_the_sources_agree():
     m, slope, c = _moves(n=4000, noise=0.002)
     m.source = np.arange(len(m)) % 4
