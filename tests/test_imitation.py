@@ -194,6 +194,8 @@ def test_training_and_held_out_splits_share_no_source():
     held = {w.source for w in clips.heldout_windows()}
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
     assert not train & held
+    photos = {w.source for w in clips.pan_windows()} | {w.cut_to for w in clips.pan_windows() if w.cut_to}
+    assert photos <= set(clips.DEBIAN_IMAGES) and not photos & held  # still photos, no held-out clip
 
 
 def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
@@ -210,6 +212,26 @@ def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
     assert 0.3 < d_copy < 2.0 and d_next > d_copy
     first = clips.materialise(win, cache=tmp_path).stat().st_mtime_ns
     assert clips.materialise(win, cache=tmp_path).stat().st_mtime_ns == first  # written once, then reused
+
+
+def test_pan_window_moves_the_camera_over_the_photo_and_cuts():
+    import clips
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(16, 236, (3, 200, 300), dtype=np.uint8)
+    other = np.full((3, 200, 300), 90, dtype=np.uint8)
+    win = clips.Pan("astronaut.png", 12, step=(3, 1), size=(64, 48), noise=0.0, cut_to="chelsea.png", cut_at=8)
+    frames = list(clips.pan_frames(win, photo, other))
+    assert len(frames) == 12 and frames[0].y.shape == (48, 64) and frames[0].u.shape == (24, 32)
+    for n in (0, 5):  # frame n shows the photo from (3n, n): the camera moved, the content did not
+        assert np.array_equal(frames[n].y, photo[0, n : n + 48, 3 * n : 3 * n + 64])
+    assert np.all(frames[8].y == 90) and np.all(frames[11].u == 90)  # after the cut: the other photo
+    still = list(clips.pan_frames(clips.Pan("astronaut.png", 3, size=(64, 48), noise=1.0), photo))
+    d = np.abs(still[0].y.astype(int) - still[1].y.astype(int))
+    assert 0.3 < d.mean() < 2.0  # a still shot: only the sensor noise changes
+    assert imitation.source_of(win.name) == "astronaut"  # the photo is the source in leave-one-source-out fits
+    with pytest.raises(clips.ClipError, match="too small"):
+        list(clips.pan_frames(clips.Pan("gravel.png", 80, step=(3, 0), size=(64, 48)), photo))
 
 
 def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_path):
