@@ -238,17 +238,14 @@ def materialise(win: Window | Pan, cache: Path = DEFAULT_CACHE) -> Path:
     if isinstance(win, Pan):
         second = _photo_yuv444(clip_path(win.cut_to, cache)) if win.cut_to else None
         frames = list(pan_frames(win, _photo_yuv444(clip_path(win.source, cache)), second))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".part")
-        write_y4m(iter(frames), tmp, win.size[0], win.size[1], 30, 1)
-        tmp.replace(out)
-        return out
-    src = open_source(clip_path(win.source, cache))
-    if win.start + win.source_frames > src.frame_count:
-        raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs "
-                        f"{win.start + win.source_frames}")  # fmt: skip
-    frames = list(_window_frames(win, src.frames()))
-    fps = Fraction(src.fps or 30.0).limit_denominator(1001)
+        fps = Fraction(30)
+    else:
+        src = open_source(clip_path(win.source, cache))
+        if win.start + win.source_frames > src.frame_count:
+            raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs "
+                            f"{win.start + win.source_frames}")  # fmt: skip
+        frames = list(_window_frames(win, src.frames()))
+        fps = Fraction(src.fps or 30.0).limit_denominator(1001)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
     write_y4m(iter(frames), tmp, frames[0].y.shape[1], frames[0].y.shape[0], fps.numerator, fps.denominator)
