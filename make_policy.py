@@ -54,7 +54,7 @@ def main() -> int:
     p.add_argument("--max-delta-qp", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default="train,static",
-                   help="oracle window sets, comma-separated: train, static, natural, pan (clips.WINDOW_SETS)")
+                   help="oracle window sets, comma-separated: train, static, natural, screen, pan (clips.WINDOW_SETS)")
     p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
     p.add_argument("--consensus", type=float, default=imitation.SHIPPED_CONSENSUS,
                    help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits")  # fmt: skip

@@ -193,13 +193,14 @@ def test_training_and_held_out_splits_share_no_source():
     import clips
 
     train = {w.source for w in clips.training_windows() + clips.static_windows()}
-    more = {w.source for w in clips.natural_windows()}
+    more_windows = clips.natural_windows() + clips.screen_windows()
+    more = {w.source for w in more_windows}
     held = {w.source for w in clips.heldout_windows()}
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
     assert more == set(clips.MORE_TRAIN_SOURCES)
     assert not (train | more) & held
     # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
-    assert {imitation.source_of(w.name) for w in clips.natural_windows()} == {Path(s).stem for s in more}
+    assert {imitation.source_of(w.name) for w in more_windows} == {Path(s).stem for s in more}
     photos = {w.source for w in clips.pan_windows()} | {w.cut_to for w in clips.pan_windows() if w.cut_to}
     assert photos <= set(clips.DEBIAN_IMAGES) and not photos & held  # still photos, no held-out clip
 
