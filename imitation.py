@@ -285,10 +285,30 @@ class GainFeatures:
 
 
 ALL_FEATURES = GainFeatures()
-# The shipped recipe (make_policy.py's defaults): the key mini-GOP's offset from fp_reuse, one
-# offset for the others, shrunk by the spread of the leave-one-source-out fits (BENCHMARKS.md §2.4.6).
+# The shipped features: the key mini-GOP's offset from fp_reuse, one offset for the others
+# (BENCHMARKS.md §2.4.6).
 SHIPPED_FEATURES = GainFeatures(key=("fp_reuse",), inter=())
-SHIPPED_CONSENSUS = 1.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a codec's shipped policy is made: make_policy.py's defaults for that codec.
+
+    windows: the oracle window sets it is fitted on (clips.WINDOW_SETS, comma-separated);
+    consensus: k of consensus_offset, how far offsets shrink where the leave-one-source-out fits
+    disagree (0 = the full model's a*(s)). BENCHMARKS.md §2.4.8 says how each was chosen.
+    """
+
+    windows: str
+    consensus: float
+    features: GainFeatures = SHIPPED_FEATURES
+
+
+SHIPPED_RECIPES = {
+    "svtav1": Recipe("train,static,natural", 1.0),
+    "x264": Recipe("train,static,natural", 2.0),
+    "vp9": Recipe("train,static", 1.0),
+}
 
 
 def _columns(obs: np.ndarray, names: tuple[str, ...] | None) -> np.ndarray:

@@ -53,11 +53,13 @@ def main() -> int:
     p.add_argument("--hidden", default="64,64", help="actor layer widths")
     p.add_argument("--max-delta-qp", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--windows", default="train,static",
-                   help="oracle window sets, comma-separated: train, static, natural, screen, pan (clips.WINDOW_SETS)")
+    p.add_argument("--windows", default=None,
+                   help="oracle window sets, comma-separated: train, static, natural, screen, pan (clips.WINDOW_SETS); "
+                        "default: the codec's shipped recipe (imitation.SHIPPED_RECIPES)")
     p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
-    p.add_argument("--consensus", type=float, default=imitation.SHIPPED_CONSENSUS,
-                   help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits")  # fmt: skip
+    p.add_argument("--consensus", type=float, default=None,
+                   help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits; "
+                        "default: the codec's shipped recipe")  # fmt: skip
     p.add_argument("--key-features", default=",".join(imitation.SHIPPED_FEATURES.key or ()),
                    help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none)")
     p.add_argument("--inter-features", default=",".join(imitation.SHIPPED_FEATURES.inter or ()),
@@ -67,6 +69,12 @@ def main() -> int:
         spec = imitation.GainFeatures.parse(ns.key_features, ns.inter_features)
     except ValueError as exc:
         p.error(str(exc))
+    recipe = imitation.SHIPPED_RECIPES[ns.codec]
+    ns.windows = ns.windows or recipe.windows
+    ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
+    for name in ns.windows.split(","):
+        if name not in clips.WINDOW_SETS:
+            p.error(f"--windows: unknown window set {name!r}; there are {', '.join(clips.WINDOW_SETS)}")
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
     out = Path(ns.out or policy.shipped_policy(ns.codec))
@@ -82,7 +90,8 @@ def main() -> int:
     actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback,
                                            ns.consensus, spec)  # fmt: skip
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
-                  "data": str(data), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+                  "data": str(data), "date": time.strftime("%Y-%m-%d"), "windows": ns.windows,
+                  "consensus": str(ns.consensus), "features": spec.describe()}  # fmt: skip
     policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)
     print(f"{out}: {summary}")
     if ns.pattern_out:

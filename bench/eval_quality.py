@@ -6,9 +6,10 @@
         --policy pattern=/tmp/pattern.pt --policy sac=checkpoints/checkpoint_epoch_20.pt
 
 Splits (clips.py): the shipped policies are trained on windows of carphone, carphone_distorted,
-bikes and cockatoo (TRAIN_SOURCES). The held-out split is whole clips never seen in training:
-bigbuckbunny (640x360, 132 frames), cityCC0 (360x202, 190 frames) and realshort (320x240, 36
-frames) (HELDOUT_SOURCES, scaled as in clips.heldout_windows()). `--splits train` adds the old
+bikes and cockatoo (TRAIN_SOURCES; make_policy.py --windows may add MORE_TRAIN_SOURCES). The
+held-out split is eight whole clips never seen in training: bigbuckbunny (640x360, 132 frames),
+cityCC0 (360x202, 190), realshort (320x240, 36) and OpenCV's Megamind, tree, vtest, box and cup
+(HELDOUT_SOURCES, scaled as in clips.heldout_windows()). `--splits train` adds the old
 bundled pair (carphone, bikes frames 0-119): clips the policies were trained on, for contrast.
 
 Each clip is encoded at 4 targets (evaluate.py's default 0.04-0.32 bit per luma pixel) with every

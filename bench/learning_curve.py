@@ -4,7 +4,7 @@
 
 For each size n, the first n oracle points (in a seeded shuffle, so every size mixes clips and
 rates) train a policy with the shipped recipe (imitation.train_policy with make_policy.py's
-defaults: imitation.SHIPPED_FEATURES and SHIPPED_CONSENSUS), which is then evaluated
+defaults: imitation.SHIPPED_RECIPES[codec]), which is then evaluated
 on the held-out split (evaluate.py, 4 rates per clip, no codec RC). "Encodes" counts every encode
 behind those n points: pass 1, the Δ=0 encode and every oracle candidate. Prints one Markdown row
 per size.
@@ -39,8 +39,10 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--points", default="12,24,48", help="training set sizes, oracle points")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--windows", default="train,static", help="window sets of the records used (clips.WINDOW_SETS)")
+    p.add_argument("--windows", default=None,
+                   help="window sets of the records used (clips.WINDOW_SETS); default: the codec's shipped recipe")
     ns = p.parse_args()
+    ns.windows = ns.windows or imitation.SHIPPED_RECIPES[ns.codec].windows
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     records = [r for r in imitation.read_records(ns.files) if clips.in_window_set(r["window"], ns.windows)]
@@ -50,8 +52,8 @@ def main() -> int:
     t0 = time.monotonic()
     for n in (int(x) for x in ns.points.split(",")):
         subset = [records[i] for i in order[:n]]
-        actor, summary = imitation.train_policy(subset, consensus=imitation.SHIPPED_CONSENSUS,
-                                                spec=imitation.SHIPPED_FEATURES)  # fmt: skip
+        recipe = imitation.SHIPPED_RECIPES[ns.codec]
+        actor, summary = imitation.train_policy(subset, consensus=recipe.consensus, spec=recipe.features)
         path = out / f"policy_{n}.pt"
         policy.save(path, actor, ns.codec, 4, 0.02, {"summary": summary, "command": "bench/learning_curve.py"})
         folder = out / f"eval_{n}"

@@ -189,6 +189,19 @@ def test_shipped_policy_loads_with_this_code(codec):
     assert -1.0 <= float(pol.act(obs)[0]) <= 1.0
 
 
+@pytest.mark.parametrize("codec", ["svtav1", "x264", "vp9"])
+def test_shipped_policy_was_made_with_its_codecs_recipe(codec):
+    """make_policy.py --codec C (no other flag) must reproduce policies/C.pt: its recipe is the file's."""
+    recipe = imitation.SHIPPED_RECIPES[codec]
+    prov = policy.load(policy.shipped_policy(codec)).provenance
+    if "windows" not in prov:  # made before files recorded their recipe: with that day's defaults
+        assert codec == "vp9" and "--windows" not in prov["command"] and "--consensus" not in prov["command"]
+        assert (recipe.windows, recipe.consensus) == ("train,static", 1.0)
+        return
+    assert prov["windows"] == recipe.windows and float(prov["consensus"]) == recipe.consensus
+    assert prov["features"] == recipe.features.describe()
+
+
 def test_training_and_held_out_splits_share_no_source():
     import clips
 
