@@ -1,13 +1,17 @@
 """Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
 
-    python make_policy.py --codec svtav1            # about 35 min on 2 cores (72 oracle searches)
-    python make_policy.py --codec x264              # about 25 min
+    python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
+    python make_policy.py --codec x264              # about 15 min (102)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
 
-1. Demonstrations (bench/oracle_data.py): on every training window (clips.training_windows() and
-   clips.static_windows(), the slowed / frozen copies; TRAIN sources only) at 3 target rates
-   each, the Δ=0 encode and the oracle's coordinate descent, every candidate a real encode. Kept
-   in --data (reused when present: delete it to start over).
+Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
+--windows and --consensus; the policy file records what it was made with.
+
+1. Demonstrations (bench/oracle_data.py): on every training window of the recipe's window sets
+   (clips.WINDOW_SETS: `train` = clips.training_windows(), `static` = their slowed / frozen copies,
+   `natural` = more camera sources; never a held-out source) at 3 target rates each, the Δ=0
+   encode and the oracle's coordinate descent, every candidate a real encode. Kept in --data
+   (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
    training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
