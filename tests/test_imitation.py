@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +202,16 @@ def test_shipped_policy_was_made_with_its_codecs_recipe(codec):
         return
     assert prov["windows"] == recipe.windows and float(prov["consensus"]) == recipe.consensus
     assert prov["features"] == recipe.features.describe()
+
+
+def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
+    data = tmp_path / "oracle.jsonl"
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, str(root / "make_policy.py"), "--codec", "x264", "--windows", "train,heldout",
+                          "--data", str(data), "--out", str(tmp_path / "p.pt")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "unknown window set 'heldout'" in res.stderr
+    assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
 
 
 def test_training_and_held_out_splits_share_no_source():
