@@ -306,7 +306,7 @@ class Recipe:
 
 SHIPPED_RECIPES = {
     "svtav1": Recipe("train,static,natural", 1.0),
-    "x264": Recipe("train,static,natural", 2.0),
+    "x264": Recipe("train,static", 2.0),
     "vp9": Recipe("train,static", 1.0),
 }
 

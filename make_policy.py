@@ -39,6 +39,7 @@ import torch
 import clips
 import imitation
 import policy
+from bench import oracle_data
 from models import Actor
 from state import FEATURE_NAMES, OBS_DIM
 
@@ -89,7 +90,13 @@ def main() -> int:
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
-    records = [r for r in imitation.read_records([data]) if clips.in_window_set(r["window"], ns.windows)]
+    # Exactly the window sets' points: not a point of the same window at another rate, searched
+    # before a set's list changed (the rates are drawn along the list: bench/oracle_data.py).
+    wanted = oracle_data.point_keys(ns.codec, ns.windows)
+    records = [r for r in imitation.read_records([data]) if r["key"] in wanted]
+    if not records:
+        print(f"make_policy.py: no oracle points of {ns.windows} in {data}", file=sys.stderr)
+        return 1
     hidden = tuple(int(h) for h in ns.hidden.split(","))
     actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback,
                                            ns.consensus, spec)  # fmt: skip

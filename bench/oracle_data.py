@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -36,13 +37,43 @@ from learners import ZeroDeltaLearner  # noqa: E402
 
 
 def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, windows: str = "train") -> list[dict]:
-    """(window, target kbps) pairs; rates drawn per window from a seeded log-uniform distribution."""
+    """(window, target kbps) pairs; rates drawn per window from a seeded log-uniform distribution.
+
+    The draws follow the set's window list: adding or removing a window changes the rates of every
+    window after it, so points searched before such an edit are no longer this set's
+    (make_policy.py fits only the set's points: point_keys).
+    """
     rng = np.random.default_rng(seed)
     out = []
     for win in clips.WINDOW_SETS[windows]():
         for bpp in np.exp(rng.uniform(math.log(bpp_min), math.log(bpp_max), size=rates)):
             out.append({"window": win, "bpp": float(bpp), "codec": codec})
     return out
+
+
+def default_rates(windows: str) -> int:
+    """Target rates per window: 2 for pan (many synthetic windows), else 3."""
+    return 2 if windows == "pan" else 3
+
+
+def point_key(codec: str, window_name: str, bpp: float) -> str:
+    """A point's key in the records ("codec/window/bpp"): how a finished point is found again."""
+    return f"{codec}/{window_name}/{bpp:.5f}"
+
+
+def point_keys(codec: str, windows: str, seed: int = 0, bpp_min: float = 0.02, bpp_max: float = 0.4) -> set[str]:
+    """The keys of every point of the comma-separated window sets, with this script's default rates."""
+    return {point_key(codec, pt["window"].name, pt["bpp"])
+            for name in windows.split(",")
+            for pt in points(codec, default_rates(name), bpp_min, bpp_max, seed, name)}  # fmt: skip
+
+
+def finished_keys(out: Path) -> set[str]:
+    """Keys of the points with a record in `out`; a point whose record is an error is not finished."""
+    if not out.exists():
+        return set()
+    recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return {r["key"] for r in recs if "error" not in r}
 
 
 def step_record(step) -> dict:
@@ -52,6 +83,9 @@ def step_record(step) -> dict:
 def run_point(job: dict) -> dict:
     """Baseline + oracle for one point; returns the JSON record."""
     win, codec, work = job["window"], job["codec"], Path(job["work"])
+    # A fresh folder: pass-1 statistics left by another run (another window once at this place in
+    # a set's list) would be reused and refused by the encoder.
+    shutil.rmtree(work, ignore_errors=True)
     path = clips.materialise(win)
     settings = evaluate.EvalSettings(codec=codec)
     video = evaluate.probe_videos([path], settings)[0]
@@ -94,17 +128,16 @@ def main() -> int:
                         "pan: clips.pan_windows() (camera motion over still photos)")  # fmt: skip
     ns = p.parse_args()
     if ns.rates is None:
-        ns.rates = 2 if ns.windows == "pan" else 3
+        ns.rates = default_rates(ns.windows)
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.exists():
-        done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
+    done = finished_keys(out)
     jobs = []
-    for i, pt in enumerate(points(ns.codec, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed, ns.windows)):
-        key = f"{ns.codec}/{pt['window'].name}/{pt['bpp']:.5f}"
+    for pt in points(ns.codec, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed, ns.windows):
+        key = point_key(ns.codec, pt["window"].name, pt["bpp"])
         if key not in done:
-            jobs.append({**pt, "key": key, "work": str(Path(ns.work) / ns.codec / ns.windows / f"p{i:03d}")})
+            work = Path(ns.work) / ns.codec / pt["window"].name / f"{pt['bpp']:.5f}"
+            jobs.append({**pt, "key": key, "work": str(work)})
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files

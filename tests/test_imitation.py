@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import clips
 import evaluate
 import imitation
 import policy
@@ -215,8 +217,6 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
 
 
 def test_training_and_held_out_splits_share_no_source():
-    import clips
-
     train = {w.source for w in clips.training_windows() + clips.static_windows()}
     more_windows = clips.natural_windows() + clips.screen_windows()
     more = {w.source for w in more_windows}
@@ -231,7 +231,6 @@ def test_training_and_held_out_splits_share_no_source():
 
 
 def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
-    import clips
     from builtin_encoder.source import open_source
 
     win = clips.Window("carphone_pristine.mp4", 5, 12, scale=2, crop=(64, 48), repeat=4, noise=1.0)
@@ -247,8 +246,6 @@ def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
 
 
 def test_pan_window_moves_the_camera_over_the_photo_and_cuts():
-    import clips
-
     rng = np.random.default_rng(0)
     photo = rng.integers(16, 236, (3, 200, 300), dtype=np.uint8)
     other = np.full((3, 200, 300), 90, dtype=np.uint8)
@@ -327,3 +324,18 @@ def test_consensus_offset_acts_only_where_the_sources_agree():
     full = imitation.fit_gain_model(m, 1.0).best_offset(obs, 4)[0]
     cautious = imitation.consensus_offset(m, obs, 4, ridge=1.0)[0]
     assert abs(cautious) < abs(full) - 0.3
+
+
+def test_oracle_points_are_keyed_by_window_and_rate_and_errors_are_searched_again(tmp_path):
+    from bench import oracle_data
+
+    keys = {name: oracle_data.point_keys("x264", name) for name in ("natural", "screen")}
+    assert len(keys["natural"]) == 3 * len(clips.natural_windows()) and len(keys["screen"]) == 9
+    assert not keys["natural"] & keys["screen"]
+    assert oracle_data.point_keys("x264", "natural,screen") == keys["natural"] | keys["screen"]
+    # A failed point (its record an error) is not finished: the next run searches it again.
+    out = tmp_path / "oracle.jsonl"
+    good, bad = sorted(keys["screen"])[:2]
+    out.write_text(json.dumps({"key": good, "window": "w"}) + "\n" + json.dumps({"key": bad, "error": "x"}) + "\n")
+    assert oracle_data.finished_keys(out) == {good}
+    assert oracle_data.finished_keys(tmp_path / "missing.jsonl") == set()
