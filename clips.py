@@ -350,6 +350,3 @@ WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_w
                "screen": screen_windows}  # fmt: skip
 
 
-def in_window_set(window_name: str, sets: str) -> bool:
-    """Whether a window name belongs to one of the comma-separated WINDOW_SETS `sets` (e.g. "train,static")."""
-    return any(window_name in {w.name for w in WINDOW_SETS[name]()} for name in sets.split(","))

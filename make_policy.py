@@ -65,16 +65,21 @@ def main() -> int:
     p.add_argument("--consensus", type=float, default=None,
                    help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits; "
                         "default: the codec's shipped recipe")  # fmt: skip
-    p.add_argument("--key-features", default=",".join(imitation.SHIPPED_FEATURES.key or ()),
-                   help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none)")
-    p.add_argument("--inter-features", default=",".join(imitation.SHIPPED_FEATURES.inter or ()),
-                   help="the same for the other mini-GOPs (default none: one offset, shrunk by --consensus)")
+    p.add_argument("--key-features", default=None,
+                   help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none); "
+                        "default: the codec's shipped recipe (fp_reuse)")
+    p.add_argument("--inter-features", default=None,
+                   help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     ns = p.parse_args()
+    recipe = imitation.SHIPPED_RECIPES[ns.codec]
+    if ns.key_features is None:
+        ns.key_features = ",".join(recipe.features.key or ())
+    if ns.inter_features is None:
+        ns.inter_features = ",".join(recipe.features.inter or ())
     try:
         spec = imitation.GainFeatures.parse(ns.key_features, ns.inter_features)
     except ValueError as exc:
         p.error(str(exc))
-    recipe = imitation.SHIPPED_RECIPES[ns.codec]
     ns.windows = ns.windows or recipe.windows
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
     for name in ns.windows.split(","):
@@ -90,10 +95,7 @@ def main() -> int:
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
-    # Exactly the window sets' points: not a point of the same window at another rate, searched
-    # before a set's list changed (the rates are drawn along the list: bench/oracle_data.py).
-    wanted = oracle_data.point_keys(ns.codec, ns.windows)
-    records = [r for r in imitation.read_records([data]) if r["key"] in wanted]
+    records = oracle_data.of_window_sets(imitation.read_records([data]), ns.windows)
     if not records:
         print(f"make_policy.py: no oracle points of {ns.windows} in {data}", file=sys.stderr)
         return 1

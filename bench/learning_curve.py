@@ -25,9 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import clips  # noqa: E402
 import imitation  # noqa: E402
 import policy  # noqa: E402
+from bench import oracle_data  # noqa: E402
 from bench.eval_quality import make_heldout  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 
@@ -42,17 +42,17 @@ def main() -> int:
     p.add_argument("--windows", default=None,
                    help="window sets of the records used (clips.WINDOW_SETS); default: the codec's shipped recipe")
     ns = p.parse_args()
-    ns.windows = ns.windows or imitation.SHIPPED_RECIPES[ns.codec].windows
+    recipe = imitation.SHIPPED_RECIPES[ns.codec]
+    ns.windows = ns.windows or recipe.windows
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = [r for r in imitation.read_records(ns.files) if clips.in_window_set(r["window"], ns.windows)]
+    records = oracle_data.of_window_sets(imitation.read_records(ns.files), ns.windows)
     order = np.random.default_rng(ns.seed).permutation(len(records))
     heldout = make_heldout(out)
     rows = []
     t0 = time.monotonic()
     for n in (int(x) for x in ns.points.split(",")):
         subset = [records[i] for i in order[:n]]
-        recipe = imitation.SHIPPED_RECIPES[ns.codec]
         actor, summary = imitation.train_policy(subset, consensus=recipe.consensus, spec=recipe.features)
         path = out / f"policy_{n}.pt"
         policy.save(path, actor, ns.codec, 4, 0.02, {"summary": summary, "command": "bench/learning_curve.py"})

@@ -68,6 +68,13 @@ def point_keys(codec: str, windows: str, seed: int = 0, bpp_min: float = 0.02, b
             for pt in points(codec, default_rates(name), bpp_min, bpp_max, seed, name)}  # fmt: skip
 
 
+def of_window_sets(records: list[dict], windows: str) -> list[dict]:
+    """The records of the comma-separated window sets' points (each record's own codec): not a
+    point of the same window at another rate, searched before a set's list changed."""
+    keys = {codec: point_keys(codec, windows) for codec in {r["codec"] for r in records}}
+    return [r for r in records if r["key"] in keys[r["codec"]]]
+
+
 def finished_keys(out: Path) -> set[str]:
     """Keys of the points with a record in `out`; a point whose record is an error is not finished."""
     if not out.exists():

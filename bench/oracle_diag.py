@@ -22,8 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import clips  # noqa: E402
 import imitation  # noqa: E402
+from bench import oracle_data  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 from state import FEATURE_NAMES  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> int:
     p.add_argument("--hidden", default="64,64")
     p.add_argument("--windows", default="train,static", help="window sets of the records used (clips.WINDOW_SETS)")
     ns = p.parse_args()
-    records = [r for r in imitation.read_records(ns.files) if clips.in_window_set(r["window"], ns.windows)]
+    records = oracle_data.of_window_sets(imitation.read_records(ns.files), ns.windows)
     demos = imitation.demos_from_records(records, ns.max_delta_qp)
     md = ns.max_delta_qp
     true_qp = demos.action * md

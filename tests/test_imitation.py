@@ -339,3 +339,9 @@ def test_oracle_points_are_keyed_by_window_and_rate_and_errors_are_searched_agai
     out.write_text(json.dumps({"key": good, "window": "w"}) + "\n" + json.dumps({"key": bad, "error": "x"}) + "\n")
     assert oracle_data.finished_keys(out) == {good}
     assert oracle_data.finished_keys(tmp_path / "missing.jsonl") == set()
+    # Fits take exactly the sets' points: the same window at a rate the set does not draw is left out.
+    window = clips.screen_windows()[0].name
+    ours = [{"key": k, "codec": "x264"} for k in sorted(keys["screen"]) if f"/{window}/" in k]
+    other_rate = {"key": oracle_data.point_key("x264", window, 0.12345), "codec": "x264"}
+    assert oracle_data.of_window_sets(ours + [other_rate], "screen") == ours
+    assert oracle_data.of_window_sets(ours, "natural") == []
