@@ -132,7 +132,9 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
     p.add_argument("--windows", default="train", choices=sorted(clips.WINDOW_SETS),
                    help="train: clips.training_windows(); static: clips.static_windows() (slow / still); "
-                        "pan: clips.pan_windows() (camera motion over still photos)")  # fmt: skip
+                        "pan: clips.pan_windows() (camera motion over still photos); natural: more camera "
+                        "sources (clips.natural_windows()); screen: a screen recording "
+                        "(clips.screen_windows())")  # fmt: skip
     ns = p.parse_args()
     if ns.rates is None:
         ns.rates = default_rates(ns.windows)
