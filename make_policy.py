@@ -10,7 +10,8 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
 1. Demonstrations (bench/oracle_data.py): on every training window of the recipe's window sets
    (clips.WINDOW_SETS: `train` = clips.training_windows(), `static` = their slowed / frozen copies,
    `natural` = more camera sources; never a held-out source) at 3 target rates each, the Δ=0
-   encode and the oracle's coordinate descent, every candidate a real encode. Kept in --data
+   encode and the oracle's coordinate descent, every candidate a real encode; with --key-sweeps,
+   also every offset of the key mini-GOP alone on those sets (6 other rates each). Kept in --data
    (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
@@ -61,6 +62,9 @@ def main() -> int:
     p.add_argument("--windows", default=None,
                    help="oracle window sets, comma-separated: train, static, natural, screen, pan (clips.WINDOW_SETS); "
                         "default: the codec's shipped recipe (imitation.SHIPPED_RECIPES)")
+    p.add_argument("--key-sweeps", default=None,
+                   help="window sets whose key mini-GOP is also swept alone (oracle_data.py --search key: 6 rates, "
+                        "8 encodes each), comma-separated; default: the codec's shipped recipe (none)")
     p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
     p.add_argument("--consensus", type=float, default=None,
                    help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits; "
@@ -81,21 +85,25 @@ def main() -> int:
     except ValueError as exc:
         p.error(str(exc))
     ns.windows = ns.windows or recipe.windows
+    ns.key_sweeps = recipe.key_sweeps if ns.key_sweeps is None else ns.key_sweeps
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
-    for name in ns.windows.split(","):
-        if name not in clips.WINDOW_SETS:
-            p.error(f"--windows: unknown window set {name!r}; there are {', '.join(clips.WINDOW_SETS)}")
+    for flag, sets in (("--windows", ns.windows), ("--key-sweeps", ns.key_sweeps)):
+        for name in filter(None, sets.split(",")):
+            if name not in clips.WINDOW_SETS:
+                p.error(f"{flag}: unknown window set {name!r}; there are {', '.join(clips.WINDOW_SETS)}")
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
     out = Path(ns.out or policy.shipped_policy(ns.codec))
-    windows = ns.windows.split(",")
-    for name in windows:
+    searches = [(name, "oracle") for name in ns.windows.split(",")]
+    searches += [(name, "key") for name in filter(None, ns.key_sweeps.split(","))]
+    for name, search in searches:
         cmd = [sys.executable, str(ROOT / "bench" / "oracle_data.py"), "--codec", ns.codec, "--out", str(data),
-               "--jobs", str(ns.jobs), "--windows", name]  # fmt: skip
+               "--jobs", str(ns.jobs), "--windows", name, "--search", search]  # fmt: skip
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
-    records = oracle_data.of_window_sets(imitation.read_records([data]), ns.windows)
+    every = imitation.read_records([data])
+    records = oracle_data.of_window_sets(every, ns.windows) + oracle_data.of_window_sets(every, ns.key_sweeps, "key")
     if not records:
         print(f"make_policy.py: no oracle points of {ns.windows} in {data}", file=sys.stderr)
         return 1
@@ -104,7 +112,7 @@ def main() -> int:
                                            ns.consensus, spec)  # fmt: skip
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d"), "windows": ns.windows,
-                  "consensus": str(ns.consensus), "features": spec.describe()}  # fmt: skip
+                  "key_sweeps": ns.key_sweeps, "consensus": str(ns.consensus), "features": spec.describe()}  # fmt: skip
     policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)
     print(f"{out}: {summary}")
     if ns.pattern_out:

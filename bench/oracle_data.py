@@ -7,7 +7,8 @@ augmented ones: one GOP each, TRAIN sources only; --windows pan: camera motion o
 clips.pan_windows()) and a few
 target rates drawn log-uniformly in [--bpp-min, --bpp-max] bits per luma pixel, it runs the Δ=0
 baseline and evaluate.run_oracle (coordinate descent over per-mini-GOP offsets, every candidate a
-real encode through the protocol), and appends one JSON line per point: the baseline's and the
+real encode through the protocol; with --search key, `key_sweep`: every offset of the key mini-GOP
+alone, at 6 rates per window drawn with seed 10), and appends one JSON line per point: the baseline's and the
 best encode's requests and feedback (so any state can be rebuilt offline), the oracle's offsets,
 and every candidate tried (offsets, PSNR-Y, bits). Points already in --out are skipped, so an
 interrupted run resumes. `imitation.py` turns the file into a policy; `bench/oracle_diag.py`
@@ -23,7 +24,7 @@ import multiprocessing as mp
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,27 +52,37 @@ def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, wi
     return out
 
 
-def default_rates(windows: str) -> int:
-    """Target rates per window: 2 for pan (many synthetic windows), else 3."""
+def default_rates(windows: str, search: str = "oracle") -> int:
+    """Target rates per window: 6 for a key sweep (8 encodes a point), 2 for pan (many synthetic windows), else 3."""
+    if search == "key":
+        return 6
     return 2 if windows == "pan" else 3
 
 
-def point_key(codec: str, window_name: str, bpp: float) -> str:
-    """A point's key in the records ("codec/window/bpp"): how a finished point is found again."""
-    return f"{codec}/{window_name}/{bpp:.5f}"
+def default_seed(search: str = "oracle") -> int:
+    """The seed of the rate draws: a key sweep draws other rates (10) than the oracle's points (0)."""
+    return 10 if search == "key" else 0
 
 
-def point_keys(codec: str, windows: str, seed: int = 0, bpp_min: float = 0.02, bpp_max: float = 0.4) -> set[str]:
-    """The keys of every point of the comma-separated window sets, with this script's default rates."""
-    return {point_key(codec, pt["window"].name, pt["bpp"])
-            for name in windows.split(",")
-            for pt in points(codec, default_rates(name), bpp_min, bpp_max, seed, name)}  # fmt: skip
+def point_key(codec: str, window_name: str, bpp: float, search: str = "oracle") -> str:
+    """A point's key in the records ("codec/window/bpp", "codec/window/bpp/key" for a key sweep):
+    how a finished point is found again."""
+    return f"{codec}/{window_name}/{bpp:.5f}" + ("" if search == "oracle" else f"/{search}")
 
 
-def of_window_sets(records: list[dict], windows: str) -> list[dict]:
-    """The records of the comma-separated window sets' points (each record's own codec): not a
-    point of the same window at another rate, searched before a set's list changed."""
-    keys = {codec: point_keys(codec, windows) for codec in {r["codec"] for r in records}}
+def point_keys(codec: str, windows: str, search: str = "oracle", bpp_min: float = 0.02, bpp_max: float = 0.4
+               ) -> set[str]:  # fmt: skip
+    """The keys of every point of the comma-separated window sets, with this script's default rates and seed."""
+    seed = default_seed(search)
+    return {point_key(codec, pt["window"].name, pt["bpp"], search)
+            for name in windows.split(",") if name
+            for pt in points(codec, default_rates(name, search), bpp_min, bpp_max, seed, name)}  # fmt: skip
+
+
+def of_window_sets(records: list[dict], windows: str, search: str = "oracle") -> list[dict]:
+    """The records of the comma-separated window sets' points searched by `search` (each record's own
+    codec): not a point of the same window at another rate, searched before a set's list changed."""
+    keys = {codec: point_keys(codec, windows, search) for codec in {r["codec"] for r in records}}
     return [r for r in records if r["key"] in keys[r["codec"]]]
 
 
@@ -104,7 +115,10 @@ def run_point(job: dict) -> dict:
     base, base_res = runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, 0.02, "baseline")
     if not base.ok:
         return {"key": job["key"], "error": base.message}
-    oracle = evaluate.run_oracle(runner, point, base, evaluate.OracleSettings())
+    if job.get("search") == "key":
+        oracle = key_sweep(runner, point, base)
+    else:
+        oracle = evaluate.run_oracle(runner, point, base, evaluate.OracleSettings())
     best_steps = oracle.best_steps or base_res.done_steps
     return {
         "key": job["key"], "window": win.name, "codec": codec, "bpp": job["bpp"], "target_kbps": kbps,
@@ -114,8 +128,36 @@ def run_point(job: dict) -> dict:
                    "offsets": oracle.offsets, "encodes": oracle.encodes},
         "baseline_steps": [step_record(s) for s in base_res.done_steps],
         "oracle_steps": [step_record(s) for s in best_steps],
-        "candidates": oracle.candidates, "seconds": time.monotonic() - t0,
+        "candidates": oracle.candidates, "seconds": time.monotonic() - t0, "search": job.get("search", "oracle"),
     }  # fmt: skip
+
+
+def key_sweep(runner: evaluate.Runner, point: evaluate.Point, base: evaluate.RunRecord) -> evaluate.OracleResult:
+    """Every offset of the key mini-GOP (the GOP's first) in [-max_offset, max_offset], the others 0.
+
+    The decision the shipped policies make: a cheaper and evenly spread sample of it than the
+    oracle's coordinate descent (2 x max_offset encodes per point). The result has the oracle's
+    form: the best candidate by the same objective, every candidate as tried.
+    """
+    cfg = evaluate.OracleSettings()
+    n, budget = len(base.minigops), base.bits
+
+    def score(rec: evaluate.RunRecord) -> float:
+        return rec.psnr_y - cfg.overshoot_db * max(0.0, rec.bits / budget - 1.0)
+
+    best, best_offsets, best_steps, candidates = base, [0] * n, [], []
+    for value in [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]:
+        cand = [value] + [0] * (n - 1)
+        rec, res = runner.protocol_encode(point, "oracle", evaluate.ScriptedLearner(cand, cfg.max_offset),
+                                          cfg.max_offset, 0.02, "key_sweep")  # fmt: skip
+        if not rec.ok:
+            raise RuntimeError(f"key sweep encode failed: {rec.message}")
+        candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "ssim_y": rec.ssim_y, "bits": rec.bits})
+        if score(rec) > score(best):
+            best, best_offsets, best_steps = rec, cand, res.done_steps
+    return evaluate.OracleResult(point.video.name, point.target_kbps, budget, base.psnr_y, best_offsets,
+                                 replace(best, method="oracle"), len(candidates), int(best is not base), 0.0,
+                                 best_steps, candidates)  # fmt: skip
 
 
 def main() -> int:
@@ -125,28 +167,33 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/rlrc_oracle", help="scratch folder for encodes")
     p.add_argument("--jobs", type=int, default=2, help="points searched in parallel")
     p.add_argument("--rates", type=int, default=None,
-                   help="target rates per window (default 3 for train and static, 2 for pan)")  # fmt: skip
+                   help="target rates per window (default 3; 2 for pan; 6 with --search key)")  # fmt: skip
     p.add_argument("--bpp-min", type=float, default=0.02)
     p.add_argument("--bpp-max", type=float, default=0.4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed of the rate draws (default 0; 10 with --search key)")
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
     p.add_argument("--windows", default="train", choices=sorted(clips.WINDOW_SETS),
                    help="train: clips.training_windows(); static: clips.static_windows() (slow / still); "
                         "pan: clips.pan_windows() (camera motion over still photos); natural: more camera "
                         "sources (clips.natural_windows()); screen: a screen recording "
                         "(clips.screen_windows())")  # fmt: skip
+    p.add_argument("--search", default="oracle", choices=("oracle", "key"),
+                   help="oracle: coordinate descent over every mini-GOP (evaluate.run_oracle); key: every offset "
+                        "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip
     ns = p.parse_args()
     if ns.rates is None:
-        ns.rates = default_rates(ns.windows)
+        ns.rates = default_rates(ns.windows, ns.search)
+    if ns.seed is None:
+        ns.seed = default_seed(ns.search)
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = finished_keys(out)
     jobs = []
     for pt in points(ns.codec, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed, ns.windows):
-        key = point_key(ns.codec, pt["window"].name, pt["bpp"])
+        key = point_key(ns.codec, pt["window"].name, pt["bpp"], ns.search)
         if key not in done:
-            work = Path(ns.work) / ns.codec / pt["window"].name / f"{pt['bpp']:.5f}"
-            jobs.append({**pt, "key": key, "work": str(work)})
+            work = Path(ns.work) / ns.codec / ns.search / pt["window"].name / f"{pt['bpp']:.5f}"
+            jobs.append({**pt, "key": key, "work": str(work), "search": ns.search})
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files

@@ -204,6 +204,7 @@ def test_shipped_policy_was_made_with_its_codecs_recipe(codec):
         return
     assert prov["windows"] == recipe.windows and float(prov["consensus"]) == recipe.consensus
     assert prov["features"] == recipe.features.describe()
+    assert prov.get("key_sweeps", "") == recipe.key_sweeps  # files made before sweeps existed had none
 
 
 def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
@@ -213,6 +214,11 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
                           "--data", str(data), "--out", str(tmp_path / "p.pt")],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2 and "unknown window set 'heldout'" in res.stderr
+    res = subprocess.run([sys.executable, str(root / "make_policy.py"), "--codec", "x264", "--key-sweeps", "trian",
+                          "--data", str(data), "--out", str(tmp_path / "p.pt")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "--key-sweeps: unknown window set 'trian'" in res.stderr
+    assert not data.exists()
     assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
 
 
@@ -345,3 +351,29 @@ def test_oracle_points_are_keyed_by_window_and_rate_and_errors_are_searched_agai
     other_rate = {"key": oracle_data.point_key("x264", window, 0.12345), "codec": "x264"}
     assert oracle_data.of_window_sets(ours + [other_rate], "screen") == ours
     assert oracle_data.of_window_sets(ours, "natural") == []
+    # Key sweeps: 6 other rates per window, their own keys; one set's sweeps are not its oracle points.
+    sweeps = oracle_data.point_keys("x264", "screen", "key")
+    assert len(sweeps) == 6 * len(clips.screen_windows()) and all(k.endswith("/key") for k in sweeps)
+    assert not {k.removesuffix("/key") for k in sweeps} & keys["screen"]
+    swept = [{"key": k, "codec": "x264"} for k in sorted(sweeps)]
+    assert oracle_data.of_window_sets(ours + swept, "screen") == ours
+    assert oracle_data.of_window_sets(ours + swept, "screen", "key") == swept
+    assert oracle_data.of_window_sets(ours + swept, "", "key") == []
+
+
+def test_key_sweep_encodes_every_offset_of_the_key_mini_gop_alone(tmp_path):
+    """bench/oracle_data.py --search key on a real x264 encode: 8 candidates, only the key mini-GOP moved."""
+    from bench import oracle_data
+
+    win = clips.Window("carphone_pristine.mp4", 0, 16, scale=2)  # 88x72, 16 frames: 2 mini-GOPs
+    job = {"window": win, "codec": "x264", "bpp": 0.1, "key": "k", "work": str(tmp_path / "w"), "search": "key"}
+    rec = oracle_data.run_point(job)
+    assert rec["search"] == "key" and len(rec["baseline_steps"]) == 2
+    offsets = [c["offsets"] for c in rec["candidates"]]
+    assert offsets == [[v, 0] for v in (-4, -3, -2, -1, 1, 2, 3, 4)]
+    assert rec["oracle"]["offsets"] in offsets + [[0, 0]]
+    best = max(rec["candidates"], key=lambda c: c["psnr_y"] - 10.0 * max(0.0, c["bits"] / rec["baseline"]["bits"] - 1))
+    if rec["oracle"]["offsets"] != [0, 0]:
+        assert rec["oracle"]["offsets"] == best["offsets"]
+    # Distinct encodes: the key mini-GOP's QP changes the stream.
+    assert len({c["bits"] for c in rec["candidates"]}) > 4
