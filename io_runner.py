@@ -124,7 +124,6 @@ class RlIoChannel:
         fb_path = protocol.feedback_path(self.rl_dir, pending[0]) if pending else None
         rq_path = protocol.request_path(self.rl_dir, next_request)
         end_path = protocol.end_path(self.rl_dir)
-        names = [p.name for p in (fb_path, rq_path, end_path) if p is not None]  # the events worth waking for
         dead_since: float | None = None
         while True:
             if fb_path is not None and (fb := self._read_feedback(fb_path, pending[0])) is not None:
@@ -151,7 +150,7 @@ class RlIoChannel:
             if now >= deadline:
                 waiting = f"{fb_path.name} or {rq_path.name}" if fb_path else rq_path.name
                 raise EncoderFailure(f"no protocol file for {self.timeout_s:.0f} s (waiting for {waiting})")
-            self.watcher.wait(min(deadline - now, 0.05 if dead_since else 0.5), names)
+            self.watcher.wait(min(deadline - now, 0.05 if dead_since else 0.5))
 
     def write_reply(self, req: Request, qp: int) -> None:
         # Echo only the session the encoder sent: one started without --rl-session may reject any other.

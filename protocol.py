@@ -19,7 +19,6 @@ import select
 import stat
 import struct
 import time
-from collections.abc import Collection
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Self
@@ -599,8 +598,6 @@ def clear_protocol_files(rl_dir: Path) -> int:
 _IN_MOVED_TO = 0x00000080
 _IN_CLOSE_WRITE = 0x00000008
 _IN_CREATE = 0x00000100
-_IN_Q_OVERFLOW = 0x00004000
-_EVENT_HEAD = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 
@@ -638,41 +635,23 @@ class DirWatcher:
     def uses_inotify(self) -> bool:
         return self._fd >= 0
 
-    def wait(self, timeout_s: float, names: Collection[str] | None = None) -> None:
-        """Returns after an event in the directory or after `timeout_s` seconds.
-
-        With `names`, only an event for one of those file names (or an overflowed event queue) ends
-        the wait: the peer's temporary files and this side's own writes no longer wake the caller
-        (a message written with a temporary file and a rename raises three events, one of which is
-        for its final name).
-        """
+    def wait(self, timeout_s: float) -> None:
+        """Returns after an event in the directory or after `timeout_s` seconds."""
         if self._fd < 0:
             time.sleep(min(self.poll_interval_s, max(timeout_s, 0.0)))
             return
-        deadline = time.monotonic() + max(timeout_s, 0.0)
-        wanted = None if names is None else {n.encode() for n in names}
-        while True:
-            ready, _, _ = select.select([self._fd], [], [], max(deadline - time.monotonic(), 0.0))
-            if not ready:
-                return
-            if self._drain(wanted) or time.monotonic() >= deadline:
-                return
+        ready, _, _ = select.select([self._fd], [], [], max(timeout_s, 0.0))
+        if ready:
+            self._drain()
 
-    def _drain(self, wanted: set[bytes] | None = None) -> bool:
-        """Reads every queued event; True if one is for a name in `wanted` (any event if None)."""
-        hit = False
+    def _drain(self) -> None:
         try:
             while True:
                 buf = os.read(self._fd, 65536)
-                pos = 0
-                while pos + _EVENT_HEAD.size <= len(buf):
-                    _wd, mask, _cookie, length = _EVENT_HEAD.unpack_from(buf, pos)
-                    name = buf[pos + _EVENT_HEAD.size : pos + _EVENT_HEAD.size + length].rstrip(b"\0")
-                    pos += _EVENT_HEAD.size + length
-                    if wanted is None or mask & _IN_Q_OVERFLOW or name in wanted:
-                        hit = True
+                if len(buf) < struct.calcsize("iIII"):
+                    return
         except BlockingIOError:
-            return hit
+            return
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -701,4 +680,4 @@ def read_when_present(path: Path, watcher: DirWatcher, deadline: float, alive: A
         if now >= deadline or (alive is not None and not alive()):
             return None
         # Wake at least every 0.2 s to notice a dead peer even without a file event.
-        watcher.wait(min(deadline - now, 0.2), (path.name,))
+        watcher.wait(min(deadline - now, 0.2))
