@@ -90,6 +90,7 @@ class Config:
     # parallel encoders (workers.py)
     workers: int = 1  # encoders at once; > 1 learns in a thread of its own
     weights_every: int = 16  # gradient steps between two weight refreshes of the workers' actors
+    learner: str = "process"  # with workers > 1: the gradient steps in a "process" or a "thread" of their own
     ray: str = ""  # "" = local threads; else the workers are Ray actors: "local", "auto" or "ray://host:port"
     sac: SACConfig = field(default_factory=SACConfig)
 
@@ -112,6 +113,8 @@ class Config:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.weights_every < 1:
             raise ValueError(f"--weights-every must be >= 1, got {self.weights_every}")
+        if self.learner not in ("thread", "process"):
+            raise ValueError(f"--learner must be thread or process, got {self.learner!r}")
         self.sac.validate()
 
     def to_dict(self) -> dict[str, Any]:

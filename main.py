@@ -40,6 +40,7 @@ import workers
 from config import Config, SACConfig
 from encoder_proc import VideoSpec, VideoSpecError
 from io_runner import DETAILED, EncodeResult, Learner, Step
+from learner_process import LearnerProcess
 from learners import ACT_DIM, Counters, SacLearner, ZeroDeltaLearner
 from replay import ReplayBuffer
 from reward import BaselineStats, delta_psnr_at_equal_rate
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--out-dir are used by path on every node; without it the workers are threads here")  # fmt: skip
     g.add_argument("--weights-every", metavar="K", type=int, default=d.weights_every,
                    help="with --workers N > 1: workers get the actor's new weights every K gradient steps")  # fmt: skip
+    g.add_argument("--learner", choices=("thread", "process"), default=d.learner,
+                   help="with --workers N > 1 or --ray: SAC's gradient steps in a thread of this process, or in a "
+                   "process of their own (learner_process.py: no GIL shared with the workers' replies)")  # fmt: skip
     g = p.add_argument_group("logging")
     g.add_argument("--log-level", type=int, choices=(0, 1, 2, 3), default=d.log_level,
                    help="0 errors only, 1 important (epoch summaries, progress bar), 2 detailed (per video, "
@@ -225,6 +229,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         encoder_timeout_s=ns.encoder_timeout,
         workers=ns.workers,
         weights_every=ns.weights_every,
+        learner=ns.learner,
         ray=ns.ray,
         sac=sac,
     )
@@ -472,7 +477,7 @@ def run_epoch_on_ray(
     cfg: Config,
     specs: list[VideoSpec],
     pool: Any,
-    hub: workers.LearnerThread,
+    hub: workers.LearnerThread | LearnerProcess,
     baselines: BaselineStats,
     tag: str,
     stop: StopFlag,
@@ -879,11 +884,12 @@ def main(argv: list[str] | None = None) -> int:
     epoch = start_epoch
     exit_code = 0
     report: list[dict[str, Any]] = []
-    hub: workers.LearnerThread | None = None
+    hub: workers.LearnerThread | LearnerProcess | None = None
     worker_learners: list[Learner] = []
     ray_pool = None
     if cfg.workers > 1 or cfg.ray:
-        hub = workers.LearnerThread(agent, buffer, counters, cfg.weights_every)
+        hub_class = LearnerProcess if cfg.learner == "process" else workers.LearnerThread
+        hub = hub_class(agent, buffer, counters, cfg.weights_every)
         worker_learners = [hub.worker(k, cfg.seed + 1 + k, learning=cfg.mode == "train") for k in range(cfg.workers)]
         if cfg.ray:
             import ray_workers
@@ -901,9 +907,16 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%d Ray actor(s) on %s ready in %.1f s", cfg.workers, ", ".join(sorted(set(ray_pool.nodes))),
                      time.monotonic() - t0)  # fmt: skip
         else:
-            log.info("%d workers (each in %s/wK), learning in a thread of its own", cfg.workers, cfg.rl_dir)
+            log.info("%d workers (each in %s/wK), learning in a %s of its own", cfg.workers, cfg.rl_dir, cfg.learner)
         if cfg.mode == "train":
-            hub.start()
+            try:
+                hub.start()
+            except RuntimeError as exc:  # the learner process could not start
+                log.error("%s", exc)
+                if ray_pool is not None:
+                    ray_pool.close()
+                    ray_workers.shutdown()
+                return 1
 
     def record(
         spec: VideoSpec, res: EncodeResult, epoch: int, epoch_rows: list[dict[str, float]], extra: Any = None

@@ -12,9 +12,9 @@ times, on the encoder's side, every wait for a reply: request renamed into place
 
 A third set of encodes runs main.py's infer mode (deterministic act, no learning), to separate the
 forward pass from the learning that follows each reply. A fourth trains as `main.py --workers N`
-does (workers.py): the same SAC steps, but in the learner thread, never between a reply and the
-next request; its `--repeats` encodes run on `--workers` workers at once (default 1), each in its
-own rl_io subdirectory.
+does (workers.py), a fifth as `--learner process` does (learner_process.py): the same SAC steps,
+in a learner thread or process, never between a reply and the next request; their `--repeats`
+encodes run on `--workers` workers at once (default 1), each in its own rl_io subdirectory.
 
 Tables (Markdown):
   1. the real loop: handshake p50/p99 as io_runner measures it (request mtime -> reply renamed,
@@ -184,9 +184,9 @@ class LoopRow:
 
 
 def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str, workers: int = 1) -> list[LoopRow]:
-    """Pass 1, the Δ=0 encode, then `repeats` SAC train, infer and learner-thread train encodes of one codec x clip.
+    """Pass 1, the Δ=0 encode, then `repeats` SAC train, infer, learner-thread and learner-process train encodes.
 
-    Returns one row each for Δ=0, infer, train and train with the learner thread (on `workers` workers).
+    Returns one row each for Δ=0, infer, train, and train with the learner thread and process (on `workers` workers).
     """
     import encoder_proc
     import io_runner
@@ -235,27 +235,33 @@ def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str, wo
     # main.py --mode infer: the deterministic forward pass answers, nothing is learned.
     infer_runs = [encode(TimedSacLearner(agent, buffer, Counters(), learning=False), baseline, f"infer{i}")
                   for i in range(repeats)]  # fmt: skip
-    # main.py --workers N: the gradient steps in the learner thread (workers.py), the same replay ratio.
+    # main.py --workers N [--learner process]: the gradient steps in the learner thread (workers.py) or
+    # process (learner_process.py), the same replay ratio.
     import workers as pool
+    from learner_process import LearnerProcess
 
-    agent2, buffer2 = make_agent()
-    hub = pool.LearnerThread(agent2, buffer2, Counters())
-    learners = [hub.worker(k, k) for k in range(workers)]
-    hub.start()
-    try:
-        thread_runs = pool.run_pool(list(range(repeats)), workers,
-                                    lambda k, i: encode(learners[k], baseline, f"thread{i}", rl_dir / f"w{k}"),
-                                    lambda: False)  # fmt: skip
-        hub.drain()
-    finally:
-        hub.stop()
+    hub_runs = {}
+    for kind, hub_class in (("thread", pool.LearnerThread), ("process", LearnerProcess)):
+        agent2, buffer2 = make_agent()
+        hub = hub_class(agent2, buffer2, Counters())
+        learners = [hub.worker(k, k) for k in range(workers)]
+        hub.start()
+        try:
+            def one(k: int, i: int, kind: str = kind, learners: list = learners) -> tuple:
+                return encode(learners[k], baseline, f"{kind}{i}", rl_dir / f"w{k}")
+
+            hub_runs[kind] = pool.run_pool(list(range(repeats)), workers, one, lambda: False)
+            hub.drain()
+        finally:
+            hub.stop()
     name = f"{c.codec} {Path(c.clip).stem} ({label})"
     return [
         _row(f"{name} Δ=0, no policy", runs, []),
         _row(f"{name} SAC infer: act (deterministic)", infer_runs, []),
         _row(f"{name} SAC train: act + train_step", sac_runs, learn_times),
-        _row(f"{name} SAC train, learner thread, {workers} worker(s): act", [r for r in thread_runs if r], []),
-    ]
+        *[_row(f"{name} SAC train, learner {kind}, {workers} worker(s): act", [r for r in done if r], [])
+          for kind, done in hub_runs.items()],
+    ]  # fmt: skip
 
 
 def _row(name: str, runs: list, learn_times: list[float]) -> LoopRow:

@@ -19,6 +19,7 @@ from test_faults import FAKE, error_for, fake_videos, procs_in, run_main, start_
 import checkpoint
 import workers
 from config import SACConfig
+from learner_process import LearnerProcess
 from learners import Counters
 from main import bundled_clip
 from replay import ReplayBuffer
@@ -33,11 +34,12 @@ FAST = ["--learning-starts", "6", "--batch-size", "8", "--updates-per-step", "2"
         "--no-tensorboard", "--save-replay-buffer"]  # fmt: skip
 
 
-def test_two_workers_train_end_to_end_and_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("learner", ["thread", "process"])
+def test_two_workers_train_end_to_end_and_resume(tmp_path: Path, learner: str) -> None:
     res = run_main(tmp_path, *VIDEOS, "--workers", "2", "--epochs", "2", "--ckpt-interval", "1", "--rl-dir", "rl_io",
-                   *FAST, timeout=240)  # fmt: skip
+                   "--learner", learner, *FAST, timeout=240)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert "2 workers" in res.stderr
+    assert f"2 workers (each in rl_io/wK), learning in a {learner} of its own" in res.stderr
     rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
     assert len(rows) == 6 and all(r["gops"] == 2 for r in rows)
     assert {r["worker"] for r in rows} == {0, 1}  # both workers coded videos
@@ -50,7 +52,8 @@ def test_two_workers_train_end_to_end_and_resume(tmp_path: Path) -> None:
     assert ck["agent"]["num_updates"] == 2 * (48 - 4)
     # Resumable from its checkpoints: epoch 2 again from epoch 1's checkpoint.
     res = run_main(tmp_path, *VIDEOS, "--workers", "2", "--epochs", "2", "--load-checkpoint",
-                   "checkpoints/checkpoint_epoch_1.pt", "--ckpt-dir", "ck2", *FAST, timeout=240)  # fmt: skip
+                   "checkpoints/checkpoint_epoch_1.pt", "--ckpt-dir", "ck2", "--learner", learner, *FAST,
+                   timeout=240)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "resumed from checkpoints/checkpoint_epoch_1.pt (epoch 1, 24 transitions" in res.stderr
     again = checkpoint.load(tmp_path / "ck2" / "checkpoint_epoch_2.pt")
@@ -70,17 +73,23 @@ def test_a_killed_encoder_ends_only_its_workers_encode(tmp_path: Path) -> None:
     assert procs_in(tmp_path) == []
 
 
-def test_sigint_with_two_workers_ends_every_encoder_and_checkpoints(tmp_path: Path) -> None:
+@pytest.mark.parametrize("learner", ["thread", "process"])
+def test_sigint_with_two_workers_ends_every_encoder_and_checkpoints(tmp_path: Path, learner: str) -> None:
     long = f"--input|{CLIP}|--codec|x264|--frames|96|--keyint|16|--mini-gop|4"
     videos = [v for rate in (150, 200) for v in ("--videos", f"{long}|--bitrate|{rate}|--o|out/c{rate}.264")]
     # Both workers' encoders are running once both training logs exist.
     ready = tmp_path / "outputs" / "logs" / "carphone_pristine_1.e1.log"
-    code, seconds, err = start_and_signal(tmp_path, signal.SIGINT, ready,
-                                          [*videos, "--workers", "2", "--epochs", "3", *FAST])  # fmt: skip
+    args = [*videos, "--workers", "2", "--epochs", "3", "--learner", learner, *FAST]
+    code, seconds, err = start_and_signal(tmp_path, signal.SIGINT, ready, args)
     assert code == 130, err
     assert seconds < 10
     assert "received SIGINT" in err and "Traceback" not in err
-    assert procs_in(tmp_path) == []
+    # Encoders and the learner process (same working directory). multiprocessing's resource tracker
+    # (started with the learner process) sees main.py's exit on its pipe and ends a moment later.
+    deadline = time.monotonic() + 3.0
+    while (left := procs_in(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
     [ck_path] = (tmp_path / "checkpoints").glob("checkpoint_interrupted_epoch_*.pt")
     ck = checkpoint.load(ck_path)
     assert ck["epoch"] == int(ck_path.stem.rsplit("_", 1)[1]) - 1
@@ -108,9 +117,11 @@ def fake_gop(rng: np.random.Generator, n: int) -> list:
     return steps
 
 
-def test_learner_thread_keeps_the_replay_ratio_and_publishes_weights() -> None:
+@pytest.mark.parametrize("hub_class", [workers.LearnerThread, LearnerProcess])
+def test_learner_keeps_the_replay_ratio_and_publishes_weights(hub_class) -> None:
+    """The learner thread and the learner process: the same steps owed, the same weights published."""
     agent = small_agent(updates_per_step=3)
-    hub = workers.LearnerThread(agent, ReplayBuffer(100, OBS_DIM, 1), Counters(), weights_every=5)
+    hub = hub_class(agent, ReplayBuffer(100, OBS_DIM, 1), Counters(), weights_every=5)
     learners = [hub.worker(k, seed=k) for k in range(2)]
     hub.start()
     try:
@@ -123,6 +134,7 @@ def test_learner_thread_keeps_the_replay_ratio_and_publishes_weights() -> None:
         hub.stop()
     assert agent.num_updates == 3 * (24 - 0)  # ready (4 transitions) from the first GOP on
     assert hub.counters.gops == 6 and len(hub.buffer) == 24
+    assert agent.lam == pytest.approx(min(0.1 * 6 * agent.cfg.lambda_lr + agent.cfg.lambda_init, agent.cfg.lambda_max))
     assert hub.weights.version == 70  # the last multiple of 5
     obs = np.zeros(OBS_DIM, np.float32)
     learners[0].learning = False
