@@ -10,8 +10,9 @@ three ways (four with `--ray N`), each from a fresh agent:
 
   inline, 1 worker   main.py --workers 1: io_runner.run_encode with learners.SacLearner, the
                      gradient steps between a reply and the next request;
-  thread, 1 worker   workers.py with one worker: the gradient steps in the learner thread;
-  thread, N workers  workers.py with N workers (`--workers`, default 2), each encode in its own
+  learner, 1 worker  workers.py with one worker: the gradient steps in the learner process
+                     (learner_process.py, main.py's default) or thread (`--learner thread`);
+  learner, N workers the same with N workers (`--workers`, default 2), each encode in its own
                      rl_io subdirectory, videos handed out as workers come free;
   Ray, N actors      `--ray N`: main.py --ray local --workers N (ray_workers.py) on a local Ray
                      instance started once before the first case (its start-up time not counted).
@@ -85,10 +86,12 @@ def fresh_agent(updates_per_step: int, seed: int = 0):  # noqa: ANN201 (torch ty
 
 
 def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: list[int], updates_per_step: int,
-             work: Path, rl_root: Path, ray_workers_n: int = 0, encoder_threads: int = 0) -> list[Row]:  # fmt: skip
+             work: Path, rl_root: Path, ray_workers_n: int = 0, encoder_threads: int = 0,
+             learner_kind: str = "process") -> list[Row]:  # fmt: skip
     import encoder_proc
     import io_runner
     import workers
+    from learner_process import LearnerProcess
     from learners import Counters, SacLearner, ZeroDeltaLearner
     from main import bundled_clip
 
@@ -125,10 +128,10 @@ def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: li
     rows.append(Row(codec, clip, "inline", 1, encodes, steps, agent.num_updates, wall, before))
     for n in worker_counts:
         agent, buffer = fresh_agent(updates_per_step)
-        hub = workers.LearnerThread(agent, buffer, Counters())
+        hub = (LearnerProcess if learner_kind == "process" else workers.LearnerThread)(agent, buffer, Counters())
         learners = [hub.worker(k, k) for k in range(n)]
+        hub.start()  # before the clock: a learner process's start-up (importing torch) is not throughput
         before, t0 = load(), time.monotonic()
-        hub.start()
         try:
             done = workers.run_pool(list(range(encodes)), n,
                                     lambda k, i, n=n, learners=learners: encode(
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--updates-per-step", type=int, default=1, help="replay ratio: gradient steps per transition")
     p.add_argument("--rl-root", default="/dev/shm" if Path("/dev/shm").is_dir() else ".",
                    help="where the rl_io directories go (default /dev/shm)")  # fmt: skip
+    p.add_argument("--learner", choices=("process", "thread"), default="process",
+                   help="the worker rows' learner: learner_process.py (main.py's default) or workers.py's thread")
     p.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (default 1, as main.py)")
     p.add_argument("--ray", type=int, default=0, metavar="N",
                    help="also N Ray actors on a local Ray instance (default 0: no Ray row)")  # fmt: skip
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for codec in ns.codecs.split(","):
             for clip in ns.clips.split(","):
                 rows += run_case(codec, clip, ns.frames, ns.encodes, counts, ns.updates_per_step, Path(tmp),
-                                 Path(ns.rl_root), ns.ray, ns.encoder_threads)  # fmt: skip
+                                 Path(ns.rl_root), ns.ray, ns.encoder_threads, ns.learner)  # fmt: skip
     ceiling = learner_ceiling()
 
     print(f"### Transitions/s ({ns.frames} frames per encode, {ns.encodes} encodes per row, "
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         same = [x for x in rows if x.codec == r.codec and x.clip == r.clip]
         inline = next(x for x in same if x.mode == "inline")
         thread1 = next(x for x in same if x.mode == "thread" and x.workers == 1)
-        learning = {"inline": "between reply and request", "thread": "learner thread",
+        learning = {"inline": "between reply and request", "thread": f"learner {ns.learner}",
                     "ray": "learner thread, Ray actors"}[r.mode]  # fmt: skip
         size = "176x144" if r.clip == "carphone" else "640x272"
         print(f"| {r.codec} | {r.clip} ({size}) | {learning} | {r.workers} | {r.transitions} | {r.updates} | "
