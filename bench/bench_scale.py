@@ -138,9 +138,9 @@ def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: li
                                         learners[k], baseline, rl_base / f"n{n}w{k}", f"n{n}e{i}"),
                                     lambda: False)  # fmt: skip
             hub.drain()
+            wall = time.monotonic() - t0  # every step owed is done; ending the learner is not throughput
         finally:
             hub.stop()
-        wall = time.monotonic() - t0
         steps = sum(len(r.done_steps) for r in done if r is not None)
         rows.append(Row(codec, clip, "thread", n, encodes, steps, agent.num_updates, wall, before))
         print(f"  {codec} {clip} {n} worker(s): {steps / wall:.1f} transitions/s (load {load()})", file=sys.stderr)
@@ -159,7 +159,7 @@ def run_ray(spec, baseline, encodes: int, n: int, updates_per_step: int, work: P
     from state import OBS_DIM
 
     agent, buffer = fresh_agent(updates_per_step)
-    hub = workers.LearnerThread(agent, buffer, Counters())
+    hub = workers.LearnerThread(agent, buffer, Counters())  # the Ray rows keep §3.1's thread
     pool = ray_workers.RayPool(n, agent.cfg.hidden_sizes, OBS_DIM, str(work), "", "--rl-dir|{rl_dir}|--rl-session|"
                                "{session}", 120.0)  # fmt: skip
     steps = 0
@@ -182,10 +182,10 @@ def run_ray(spec, baseline, encodes: int, n: int, updates_per_step: int, work: P
     try:
         pool.run([spec] * encodes, submit, take, lambda: False)
         hub.drain()
+        wall = time.monotonic() - t0
     finally:
         hub.stop()
         pool.close()
-    wall = time.monotonic() - t0
     print(f"  {codec} {clip} Ray local, {n} actor(s): {steps / wall:.1f} transitions/s (load {load()})",
           file=sys.stderr)  # fmt: skip
     return Row(codec, clip, "ray", n, encodes, steps, agent.num_updates, wall, before)
