@@ -48,7 +48,7 @@ from io_runner import Step
 from learners import Counters
 from replay import ReplayBuffer
 from sac_agent import SACAgent
-from workers import LEARNER_NICE, Weights, WorkerLearner
+from workers import LEARNER_NICE, LearnerHub, Weights, WorkerLearner
 
 log = logging.getLogger("rlrc")
 
@@ -72,7 +72,7 @@ class _Init:
     torch_threads: int
 
 
-class LearnerProcess:
+class LearnerProcess(LearnerHub):
     """The replay buffer, λ and SAC's gradient steps, with the steps done in a child process.
 
     Args:
@@ -83,11 +83,8 @@ class LearnerProcess:
     """
 
     def __init__(self, agent: SACAgent, buffer: ReplayBuffer, counters: Counters, weights_every: int = 16) -> None:
-        if weights_every < 1:
-            raise ValueError(f"weights_every must be >= 1, got {weights_every}")
-        self.agent, self.buffer, self.counters = agent, buffer, counters
-        self.weights_every = weights_every
-        self.lock = threading.Lock()  # buffer, counters, λ, logs and the inbox
+        super().__init__(agent, buffer, counters, weights_every)
+        # self.lock: also the buffer, λ and the inbox
         self.error: str | None = None
         self._ctx = mp.get_context("spawn")  # a fresh interpreter: no lock or thread state inherited
         self._names = [k for k, _ in agent.actor.state_dict().items()]
@@ -101,8 +98,6 @@ class LearnerProcess:
         self._outbox: Any = self._ctx.Queue()
         self._proc: Any = None
         self._reader: threading.Thread | None = None
-        self._log_sums: dict[str, float] = {}
-        self._log_count = 0
         self._state: bytes | None = None  # the child's last answer to sync/snapshot
         self._state_ready = threading.Event()
         self._ready = threading.Event()
@@ -112,7 +107,7 @@ class LearnerProcess:
 
     def worker(self, index: int, seed: int, learning: bool = True) -> WorkerLearner:
         """The `io_runner.Learner` of worker `index`: its own actor copy and random generators from `seed`."""
-        return WorkerLearner(self, index, seed, learning)  # type: ignore[arg-type]
+        return WorkerLearner(self, index, seed, learning)
 
     @property
     def weights(self) -> Weights:
@@ -157,21 +152,6 @@ class LearnerProcess:
             lam = self.agent.update_lambda(violation)
             self._inbox.put(("lam", lam))
             return lam
-
-    def count_step(self, n: int = 1) -> int:
-        """Counts `n` decisions taken in train mode; returns the count so far."""
-        with self.lock:
-            self.counters.steps += n
-            return self.counters.steps
-
-    def take_logs(self) -> dict[str, float]:
-        """The mean of the child's update logs received since the last call ({} if none)."""
-        with self.lock:
-            if not self._log_count:
-                return {}
-            logs = {k: v / self._log_count for k, v in self._log_sums.items()}
-            self._log_sums, self._log_count = {}, 0
-            return logs
 
     # ------------------------------------------------------------------ the process
 
@@ -265,11 +245,8 @@ class LearnerProcess:
                 if kind == "closed":
                     return
                 if kind == "logs":
-                    sums, count = payload
                     with self.lock:
-                        for k, v in sums.items():
-                            self._log_sums[k] = self._log_sums.get(k, 0.0) + v
-                        self._log_count += count
+                        self._add_logs(*payload)
                 elif kind == "state":
                     self._state = payload
                     self._state_ready.set()

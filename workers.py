@@ -57,7 +57,52 @@ class Weights:
     actor: dict[str, torch.Tensor]
 
 
-class LearnerThread:
+class LearnerHub:
+    """What every learner hub (LearnerThread, learner_process.LearnerProcess) shares: the progress
+    counters and the update logs, behind one lock that the workers' threads take, and the interface
+    its WorkerLearners use (agent, weights, add_episode, end_gop)."""
+
+    agent: SACAgent
+    weights: Weights  # the actor's last published weights (a property in LearnerProcess)
+
+    def __init__(self, agent: SACAgent, buffer: ReplayBuffer, counters: Counters, weights_every: int) -> None:
+        if weights_every < 1:
+            raise ValueError(f"weights_every must be >= 1, got {weights_every}")
+        self.agent, self.buffer, self.counters = agent, buffer, counters
+        self.weights_every = weights_every
+        self.lock = threading.Lock()  # the counters, the logs and each hub's own shared fields
+        self._log_sums: dict[str, float] = {}
+        self._log_count = 0
+
+    def count_step(self, n: int = 1) -> int:
+        """Counts `n` decisions taken in train mode; returns the count so far."""
+        with self.lock:
+            self.counters.steps += n
+            return self.counters.steps
+
+    def take_logs(self) -> dict[str, float]:
+        """The mean of the update logs since the last call ({} if no step was done since)."""
+        with self.lock:
+            if not self._log_count:
+                return {}
+            logs = {k: v / self._log_count for k, v in self._log_sums.items()}
+            self._log_sums, self._log_count = {}, 0
+            return logs
+
+    def add_episode(self, steps: list[Step]) -> None:
+        raise NotImplementedError
+
+    def end_gop(self, violation: float) -> float:
+        raise NotImplementedError
+
+    def _add_logs(self, sums: dict[str, float], count: int) -> None:
+        """Adds `count` steps' summed update logs (call with the lock held)."""
+        for k, v in sums.items():
+            self._log_sums[k] = self._log_sums.get(k, 0.0) + v
+        self._log_count += count
+
+
+class LearnerThread(LearnerHub):
     """The replay buffer, λ and SAC's gradient steps behind a lock, with the steps done in a thread of their own.
 
     Args:
@@ -68,18 +113,13 @@ class LearnerThread:
     """
 
     def __init__(self, agent: SACAgent, buffer: ReplayBuffer, counters: Counters, weights_every: int = 16) -> None:
-        if weights_every < 1:
-            raise ValueError(f"weights_every must be >= 1, got {weights_every}")
-        self.agent, self.buffer, self.counters = agent, buffer, counters
-        self.weights_every = weights_every
-        self.lock = threading.Lock()  # buffer, counters, λ and the fields below; never held during a step
+        super().__init__(agent, buffer, counters, weights_every)
+        # self.lock: also the buffer, λ and the fields below; never held during a step
         self.changed = threading.Condition(self.lock)
         self.owed = 0  # gradient steps owed to the transitions stored so far
         self.busy = False  # a gradient step is running outside the lock
         self.error: BaseException | None = None
         self._stopping = False
-        self._log_sums: dict[str, float] = {}
-        self._log_count = 0
         self.weights = self._snapshot()
         self._thread: threading.Thread | None = None
 
@@ -105,21 +145,6 @@ class LearnerThread:
         with self.lock:
             self.counters.gops += 1
             return self.agent.update_lambda(violation)
-
-    def count_step(self, n: int = 1) -> int:
-        """Counts `n` decisions taken in train mode; returns the count so far."""
-        with self.lock:
-            self.counters.steps += n
-            return self.counters.steps
-
-    def take_logs(self) -> dict[str, float]:
-        """The mean of the update logs since the last call ({} if no step was done since)."""
-        with self.lock:
-            if not self._log_count:
-                return {}
-            logs = {k: v / self._log_count for k, v in self._log_sums.items()}
-            self._log_sums, self._log_count = {}, 0
-            return logs
 
     # ------------------------------------------------------------------ the thread
 
@@ -170,9 +195,7 @@ class LearnerThread:
                 publish = self.agent.num_updates % self.weights_every == 0
                 weights = self._snapshot() if publish else None
                 with self.lock:
-                    for k, v in logs.items():
-                        self._log_sums[k] = self._log_sums.get(k, 0.0) + v
-                    self._log_count += 1
+                    self._add_logs(logs, 1)
                     if weights is not None:
                         self.weights = weights
                     self.busy = False
@@ -200,7 +223,7 @@ class WorkerLearner(Learner):
     logs since its last call, for TensorBoard.
     """
 
-    def __init__(self, hub: LearnerThread, index: int, seed: int, learning: bool) -> None:
+    def __init__(self, hub: LearnerHub, index: int, seed: int, learning: bool) -> None:
         self.hub, self.index, self.learning = hub, index, learning
         cfg = hub.agent.cfg
         self.actor = Actor(hub.agent.obs_dim, hub.agent.act_dim, tuple(cfg.hidden_sizes)).requires_grad_(False)
