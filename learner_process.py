@@ -161,11 +161,9 @@ class LearnerProcess(LearnerHub):
         Raises RuntimeError if it fails to start."""
         init = _Init(self.agent.obs_dim, self.agent.act_dim, self.agent.cfg, str(self.agent.device),
                      _pack(self.agent.state_dict()), self.buffer.capacity, _pack(self.buffer.state_dict()),
-                     self.weights_every,
-                     torch.get_num_threads())  # fmt: skip
-        self._proc = self._ctx.Process(target=_serve, args=(init, self._inbox, self._outbox, self._seq, self._version,
-                                                                   self._flat),
-                                       name="rlrc-learner", daemon=True)  # fmt: skip
+                     self.weights_every, torch.get_num_threads())  # fmt: skip
+        args = (init, self._inbox, self._outbox, self._seq, self._version, self._flat)
+        self._proc = self._ctx.Process(target=_serve, args=args, name="rlrc-learner", daemon=True)
         self._proc.start()
         self._reader = threading.Thread(target=self._read, name="learner-reader", daemon=True)
         self._reader.start()
