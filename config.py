@@ -88,9 +88,9 @@ class Config:
     reward_metric: str = "psnr"  # "psnr" (MSE-based) or "ssim"
     encoder_timeout_s: float = 60.0  # no protocol file for this long = encoder hung
     # parallel encoders (workers.py)
-    workers: int = 1  # encoders at once; > 1 learns in a thread of its own
+    workers: int = 1  # encoders at once; > 1 learns off the reply path (see learner)
     weights_every: int = 16  # gradient steps between two weight refreshes of the workers' actors
-    learner: str = "process"  # with workers > 1: the gradient steps in a "process" or a "thread" of their own
+    learner: str = "process"  # with workers > 1 or ray: the gradient steps in a "process" or a "thread" of their own
     ray: str = ""  # "" = local threads; else the workers are Ray actors: "local", "auto" or "ray://host:port"
     sac: SACConfig = field(default_factory=SACConfig)
 

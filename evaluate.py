@@ -606,6 +606,11 @@ class OracleResult:
         }  # fmt: skip
 
 
+def oracle_objective(rec: RunRecord, budget_bits: int, cfg: OracleSettings) -> float:
+    """J = PSNR-Y overall - overshoot_db * max(0, bits / budget - 1): what the oracle maximises (dB)."""
+    return rec.psnr_y - cfg.overshoot_db * max(0.0, rec.bits / budget_bits - 1.0)
+
+
 def run_oracle(
     runner: Runner, point: Point, baseline: RunRecord, cfg: OracleSettings, rate_tolerance: float = 0.02
 ) -> OracleResult:
@@ -626,7 +631,7 @@ def run_oracle(
     budget = baseline.bits
 
     def score(rec: RunRecord) -> float:
-        return rec.psnr_y - cfg.overshoot_db * max(0.0, rec.bits / budget - 1.0)
+        return oracle_objective(rec, budget, cfg)
 
     offsets = [0] * n
     best, best_score = baseline, score(baseline)

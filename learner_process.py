@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from io_runner import Step
-from learners import Counters
+from learners import Counters, transitions
 from replay import ReplayBuffer
 from sac_agent import SACAgent
 from workers import LEARNER_NICE, LearnerHub, Weights, WorkerLearner
@@ -134,11 +134,7 @@ class LearnerProcess(LearnerHub):
 
     def add_episode(self, steps: list[Step]) -> None:
         """Stores a finished GOP's transitions here and in the child, which owes them gradient steps."""
-        rows = []
-        for i, st in enumerate(steps):
-            done = i == len(steps) - 1
-            next_obs = st.obs if done or st.next_obs is None else st.next_obs
-            rows.append((st.obs, st.action, st.reward, st.cost, next_obs, float(done)))
+        rows = transitions(steps)
         arrays = tuple(np.asarray([r[j] for r in rows], dtype=np.float32) for j in range(6))
         with self.lock:
             for r in rows:

@@ -27,6 +27,19 @@ class Counters:
     encodes: int = 0
 
 
+def transitions(steps: list[Step]) -> list[tuple]:
+    """A finished GOP's steps as replay rows (obs, action, reward, cost, next_obs, done).
+
+    The GOP is one episode: its last step is terminal (done = 1, next_obs = its own obs, unused).
+    """
+    rows = []
+    for i, st in enumerate(steps):
+        done = i == len(steps) - 1
+        next_obs = st.obs if done or st.next_obs is None else st.next_obs
+        rows.append((st.obs, st.action, st.reward, st.cost, next_obs, float(done)))
+    return rows
+
+
 class SacLearner(Learner):
     """Connects run_encode to the SAC agent and the replay buffer."""
 
@@ -45,10 +58,8 @@ class SacLearner(Learner):
         return self.agent.train_step(self.buffer)
 
     def store_episode(self, steps: list[Step]) -> None:
-        for i, st in enumerate(steps):
-            done = i == len(steps) - 1
-            next_obs = st.obs if done or st.next_obs is None else st.next_obs
-            self.buffer.add(st.obs, st.action, st.reward, st.cost, next_obs, float(done))
+        for row in transitions(steps):
+            self.buffer.add(*row)
 
     def end_gop(self, violation: float) -> float:
         self.counters.gops += 1

@@ -477,7 +477,7 @@ def run_epoch_on_ray(
     cfg: Config,
     specs: list[VideoSpec],
     pool: Any,
-    hub: workers.LearnerThread | LearnerProcess,
+    hub: workers.LearnerHub,
     baselines: BaselineStats,
     tag: str,
     stop: StopFlag,
@@ -884,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     epoch = start_epoch
     exit_code = 0
     report: list[dict[str, Any]] = []
-    hub: workers.LearnerThread | LearnerProcess | None = None
+    hub: workers.LearnerHub | None = None
     worker_learners: list[Learner] = []
     ray_pool = None
     if cfg.workers > 1 or cfg.ray:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from io_runner import Learner, Step
-from learners import Counters
+from learners import Counters, transitions
 from models import Actor
 from replay import ReplayBuffer
 from sac_agent import SACAgent
@@ -132,10 +132,8 @@ class LearnerThread(LearnerHub):
     def add_episode(self, steps: list[Step]) -> None:
         """Stores a finished GOP's transitions; each owes updates_per_step gradient steps once the buffer is ready."""
         with self.lock:
-            for i, st in enumerate(steps):
-                done = i == len(steps) - 1
-                next_obs = st.obs if done or st.next_obs is None else st.next_obs
-                self.buffer.add(st.obs, st.action, st.reward, st.cost, next_obs, float(done))
+            for row in transitions(steps):
+                self.buffer.add(*row)
             if self.agent.ready(self.buffer):
                 self.owed += self.agent.cfg.updates_per_step * len(steps)
                 self.changed.notify_all()

@@ -141,10 +141,6 @@ def key_sweep(runner: evaluate.Runner, point: evaluate.Point, base: evaluate.Run
     """
     cfg = evaluate.OracleSettings()
     n, budget = len(base.minigops), base.bits
-
-    def score(rec: evaluate.RunRecord) -> float:
-        return rec.psnr_y - cfg.overshoot_db * max(0.0, rec.bits / budget - 1.0)
-
     best, best_offsets, best_steps, candidates = base, [0] * n, [], []
     for value in [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]:
         cand = [value] + [0] * (n - 1)
@@ -153,7 +149,7 @@ def key_sweep(runner: evaluate.Runner, point: evaluate.Point, base: evaluate.Run
         if not rec.ok:
             raise RuntimeError(f"key sweep encode failed: {rec.message}")
         candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "ssim_y": rec.ssim_y, "bits": rec.bits})
-        if score(rec) > score(best):
+        if evaluate.oracle_objective(rec, budget, cfg) > evaluate.oracle_objective(best, budget, cfg):
             best, best_offsets, best_steps = rec, cand, res.done_steps
     return evaluate.OracleResult(point.video.name, point.target_kbps, budget, base.psnr_y, best_offsets,
                                  replace(best, method="oracle"), len(candidates), int(best is not base), 0.0,
