@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from io_runner import Learner, Step
+from models import NumpyActor
 from replay import ReplayBuffer
 from sac_agent import SACAgent
 
@@ -45,10 +46,15 @@ class SacLearner(Learner):
 
     def __init__(self, agent: SACAgent, buffer: ReplayBuffer, counters: Counters, learning: bool) -> None:
         self.agent, self.buffer, self.counters, self.learning = agent, buffer, counters, learning
+        self._numpy_actor: NumpyActor | None = None
 
     def choose(self, obs: np.ndarray) -> np.ndarray:
         if not self.learning:
-            return self.agent.act(obs, deterministic=True)
+            # Nothing learns while this learner acts: a numpy copy of the actor, taken at the first
+            # request, answers in ~10 µs against ~60 µs through torch (it sits on the reply path).
+            if self._numpy_actor is None:
+                self._numpy_actor = NumpyActor(self.agent.actor)
+            return self._numpy_actor.deterministic(obs)
         self.counters.steps += 1
         if self.counters.steps <= self.agent.cfg.learning_starts:
             return self.agent.random_action()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -106,3 +107,41 @@ class QNetwork(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """obs (B, obs_dim), action (B, act_dim) -> Q (B, 1)."""
         return self.net(torch.cat([obs, action], dim=-1))
+
+
+class NumpyActor:
+    """A frozen copy of an Actor's weights that acts on one observation in numpy.
+
+    Acting sits on the encoder's reply path: one observation through torch costs ~70 µs of
+    dispatch for a few thousand multiply-adds, through numpy ~8 µs (bench/bench_loop.py, table 3).
+    Same maths as Actor.forward/sample; float32 results agree with torch's within ~1e-7, not bit
+    for bit, so the bit-exact `--workers 1` training path keeps acting through torch.
+    """
+
+    def __init__(self, actor: Actor) -> None:
+        linears = [m for m in actor.net if isinstance(m, nn.Linear)]
+        # (in, out) weights and (out,) biases, float32, C-contiguous: h @ w + b per layer.
+        self.layers = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy())
+                       for m in linears]  # fmt: skip
+        self.act_dim = actor.act_dim
+
+    def mean_log_std(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """obs (obs_dim,) -> (mean, log_std), each (act_dim,), pre-tanh, log_std clamped as in Actor."""
+        h = np.asarray(obs, dtype=np.float32).reshape(-1)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                np.maximum(h, 0.0, out=h)  # ReLU
+        mean, log_std = h[: self.act_dim], h[self.act_dim :]
+        return mean, np.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+    def deterministic(self, obs: np.ndarray) -> np.ndarray:
+        """tanh(mean): the deterministic action (act_dim,) in [-1, 1], float32."""
+        mean, _ = self.mean_log_std(obs)
+        return np.tanh(mean).astype(np.float32)
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """tanh(mean + std * eps), eps ~ N(0, 1) from `rng`: an exploring action (act_dim,), float32."""
+        mean, log_std = self.mean_log_std(obs)
+        eps = rng.standard_normal(self.act_dim).astype(np.float32)
+        return np.tanh(mean + np.exp(log_std) * eps).astype(np.float32)

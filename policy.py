@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from io_runner import Learner
-from models import Actor
+from models import Actor, NumpyActor
 from state import FEATURE_NAMES, OBS_DIM
 
 POLICY_FORMAT = "rlrc-policy"
@@ -50,16 +50,21 @@ class Policy:
     rate_tolerance: float
     provenance: dict[str, str] = field(default_factory=dict)
     path: str = ""
+    _numpy: NumpyActor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
         return actor_hidden_sizes(self.actor)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """Deterministic action (1,) in [-1, 1] for one observation (OBS_DIM,)."""
-        with torch.no_grad():
-            mean, _ = self.actor(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1))
-        return torch.tanh(mean)[0].numpy().astype(np.float32)
+        """Deterministic action (1,) in [-1, 1] for one observation (OBS_DIM,), float32.
+
+        Computed in numpy (`models.NumpyActor`: it answers on the encoder's reply path); equal to
+        tanh(actor(obs).mean) through torch within ~1e-7.
+        """
+        if self._numpy is None:
+            self._numpy = NumpyActor(self.actor)
+        return self._numpy.deterministic(obs)
 
 
 def actor_hidden_sizes(actor: Actor) -> tuple[int, ...]:

@@ -37,6 +37,7 @@ import encoder_proc
 import io_runner
 from encoder_proc import VideoSpec
 from io_runner import EncodeResult, Learner, Step
+from models import Actor, NumpyActor
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 # Encoder flags whose values are files: made absolute before a spec travels to another process or node.
@@ -99,25 +100,23 @@ class RemoteEncode:
 class _Collecting(Learner):
     """An actor's learner: acts with given weights, keeps finished GOPs for the driver, learns nothing here."""
 
-    def __init__(self, actor: torch.nn.Module | None, random_steps: int, learning: bool, seed: int,
+    def __init__(self, actor: NumpyActor | None, random_steps: int, learning: bool, seed: int,
                  lam: float) -> None:  # fmt: skip
         self.actor, self.random_steps, self.learning, self.lam = actor, random_steps, learning, lam
-        self.generator = torch.Generator().manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
         self.episodes: list[list[Step]] = []
         self.violations: list[float] = []
 
     def choose(self, obs: np.ndarray) -> np.ndarray:
+        # numpy, not torch: acting sits on the encoder's reply path (models.NumpyActor)
         if self.actor is None:  # Δ = 0
             return np.zeros(1, dtype=np.float32)
-        o = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1)
-        with torch.no_grad():
-            if not self.learning:
-                return torch.tanh(self.actor(o)[0])[0].numpy().astype(np.float32)
-            if self.random_steps > 0:
-                self.random_steps -= 1
-                return self.np_rng.uniform(-1.0, 1.0, size=1).astype(np.float32)
-            return self.actor.sample(o, self.generator)[0][0].numpy().astype(np.float32)
+        if not self.learning:
+            return self.actor.deterministic(obs)
+        if self.random_steps > 0:
+            self.random_steps -= 1
+            return self.np_rng.uniform(-1.0, 1.0, size=1).astype(np.float32)
+        return self.actor.sample(obs, self.np_rng)
 
     def learn(self) -> dict[str, float]:
         return {}
@@ -135,11 +134,10 @@ class EncodeActorImpl:
 
     def __init__(self, index: int, hidden_sizes: tuple[int, ...], obs_dim: int, out_dir: str,
                  encoder: str, rl_args_template: str, timeout_s: float) -> None:  # fmt: skip
-        from models import Actor
-
         torch.set_num_threads(1)
         self.index = index
         self.actor = Actor(obs_dim, 1, hidden_sizes).requires_grad_(False)
+        self.numpy_actor = NumpyActor(self.actor)  # rebuilt from each weights version
         self.version = -1
         self.out_dir, self.encoder, self.template, self.timeout_s = Path(out_dir), encoder, rl_args_template, timeout_s
         self.top = Path(tempfile.mkdtemp(prefix="rlrc-ray-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
@@ -156,8 +154,9 @@ class EncodeActorImpl:
         if weights is not None:
             if weights.version != self.version:
                 self.actor.load_state_dict(weights.actor)
+                self.numpy_actor = NumpyActor(self.actor)
                 self.version = weights.version
-            actor = self.actor
+            actor = self.numpy_actor
         learner = _Collecting(actor, random_steps, learning, seed, lam)
         rl_dir = self.top / "rl_io"
         session = f"{os.getpid()}-r{self.index}-{tag}"

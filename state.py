@@ -108,18 +108,21 @@ def gop_reuse(req: Request) -> float:
     if fp is None:
         return 0.0
     last = max(0, req.gop_frames - req.mg_in_gop * req.frame_count - 1)  # index of the GOP's last frame
-    new = [min(1.0, inter / max(intra, _EPS)) for inter, intra in zip(fp.inter_cost, fp.intra_cost, strict=True)]
+    new = np.minimum(1.0, np.asarray(fp.inter_cost) / np.maximum(np.asarray(fp.intra_cost), _EPS))  # in [0, 1]
     seen = new[1 : last + 1]
-    fill = sum(seen) / len(seen) if seen else 1.0
-    total = 0.0
-    for i in range(min(req.frame_count, last + 1)):
-        survive = 1.0
-        for k in range(i + 1, last + 1):
-            survive *= 1.0 - (new[k] if k < len(new) else fill)
-            if survive < 1e-4:  # nothing of frame i left to re-use
-                break
-            total += survive
-    return total / req.frame_count
+    fill = float(np.cumsum(seen)[-1]) / len(seen) if len(seen) else 1.0
+    keep = np.full(last + 1, 1.0 - fill)  # 1 - r_k for frames 0..last
+    reached = min(len(new), last + 1)
+    keep[:reached] = 1.0 - new[:reached]
+    # survive[i, t] = prod_{k = i+1..i+1+t} (1 - r_k), one row per frame i of the mini-GOP; columns
+    # past the GOP's end multiply in a 0. Products only fall, so "counted" stops each row at its
+    # first value under 1e-4 (nothing of frame i left to re-use). Sums and products run in the
+    # formula's order (cumsum/cumprod are sequential), so S is the same float as a Python loop's.
+    rows = min(req.frame_count, last + 1)
+    k = np.arange(rows)[:, None] + 1 + np.arange(last)[None, :]  # (rows, last)
+    survive = np.cumprod(np.concatenate([keep, np.zeros(rows + 1)])[k], axis=1)
+    counted = survive >= 1e-4
+    return float(np.cumsum(survive[counted])[-1]) / req.frame_count if counted.any() else 0.0
 
 
 def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int | None) -> np.ndarray:

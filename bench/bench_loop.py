@@ -302,6 +302,7 @@ def breakdown(request_text: str, root: Path, n: int = 1000) -> list[tuple[str, n
 
     import protocol
     from io_runner import RlIoChannel
+    from models import NumpyActor
     from state import action_to_qp, build_observation
 
     agent, buffer = make_agent()
@@ -314,12 +315,16 @@ def breakdown(request_text: str, root: Path, n: int = 1000) -> list[tuple[str, n
         for i in range(n + 100):
             protocol.write_atomic(protocol.request_path(d, i), request_text)
         obs = build_observation(req, None, None)
+        fast, rng = NumpyActor(agent.actor), np.random.default_rng(0)
         pieces: list[tuple[str, Callable[[], object]]] = [
             ("read request file", lambda: next(files).read_text(encoding="utf-8")),
             ("protocol.parse_request (JSON + validation)", lambda: protocol.parse_request(request_text, d)),
             ("build_observation", lambda: build_observation(req, None, None)),
             ("SACAgent.act (forward pass, sampled)", lambda: agent.act(obs)),
             ("SACAgent.act (deterministic)", lambda: agent.act(obs, deterministic=True)),
+            # what --workers N > 1, infer and evaluation act with (models.NumpyActor)
+            ("NumpyActor.sample (workers)", lambda: fast.sample(obs, rng)),
+            ("NumpyActor.deterministic (infer, evaluate)", lambda: fast.deterministic(obs)),
             ("action_to_qp + write_reply (new file: tmp + rename)",
              lambda: channel.write_reply(next(reqs), action_to_qp(0.3, req, 4))),
             ("stat request mtime", lambda: protocol.request_path(d, 1).stat().st_mtime_ns),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -331,3 +332,20 @@ def test_runner_survives_inconsistent_sequences(script):
             assert gop < bad_gop or (gop == bad_gop and whole), (script, gop)
     if result.ok:
         assert len(learner.episodes) == script.gops
+
+
+@FAST
+@given(value=json_values)
+def test_fast_json_path_reads_what_the_json_module_reads(value):
+    # protocol._loads parses with orjson and falls back to the json module: on any text the result,
+    # or the error message, must be the json module's (huge integers stay exact, NaN is refused).
+    text = json.dumps(value)
+    try:
+        expected = json.loads(text, parse_constant=protocol._reject_constant)
+    except ValueError as exc:
+        with pytest.raises(ProtocolError, match="not valid JSON") as got:
+            protocol._loads(text, P)
+        assert str(exc) in str(got.value)
+        return
+    got = protocol._loads(text, P)
+    assert got == expected and json.dumps(got) == json.dumps(expected)  # same types: 1 stays int, 1.0 float

@@ -17,7 +17,7 @@ from torch.distributions import Independent, Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
 from config import SACConfig
-from models import LOG_STD_MAX, LOG_STD_MIN, Actor, QNetwork, tanh_log_det_jacobian
+from models import LOG_STD_MAX, LOG_STD_MIN, Actor, NumpyActor, QNetwork, tanh_log_det_jacobian
 from replay import ReplayBuffer
 from reward import gop_violation
 from sac_agent import AGENT_FORMAT_VERSION, AgentStateError, SACAgent, polyak_update
@@ -431,3 +431,28 @@ def test_large_lambda_lowers_a_costly_action():
     # argmax of -(a - 0.5)^2 - lambda * a is 0.5 - lambda / 2, i.e. -1 once lambda >= 3
     assert free > 0.2
     assert constrained < free - 0.8 and constrained < -0.5
+
+
+def test_numpy_actor_acts_as_the_torch_actor():
+    torch.manual_seed(5)
+    actor = Actor(7, 2, (16, 16))
+    with torch.no_grad():
+        actor.net[-1].bias[2:] = torch.tensor([9.0, -9.0])  # log_std far outside its clamp range
+    fast = NumpyActor(actor)
+    obs = np.random.default_rng(1).normal(size=(50, 7)).astype(np.float32)
+    with torch.no_grad():
+        mean, log_std = actor(torch.as_tensor(obs))
+    got = np.stack([fast.mean_log_std(o)[0] for o in obs]), np.stack([fast.mean_log_std(o)[1] for o in obs])
+    np.testing.assert_allclose(got[0], mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(got[1], log_std.numpy(), atol=1e-6)
+    assert got[1].max() == LOG_STD_MAX and got[1].min() == LOG_STD_MIN
+    det = np.stack([fast.deterministic(o) for o in obs])
+    assert det.dtype == np.float32 and np.allclose(det, torch.tanh(mean).numpy(), atol=1e-6)
+    # sample = tanh(mean + std * eps) with eps drawn from the generator it is given
+    for k in range(5):
+        eps = np.random.default_rng(k).standard_normal(2).astype(np.float32)
+        want = np.tanh(mean[k].numpy() + np.exp(log_std[k].numpy()) * eps)
+        np.testing.assert_allclose(fast.sample(obs[k], np.random.default_rng(k)), want, atol=1e-6)
+    fresh = np.random.default_rng(3)
+    draws = np.stack([fast.sample(obs[0], fresh) for _ in range(200)])
+    assert np.all(np.abs(draws) <= 1.0) and draws.std(axis=0).min() > 0  # it explores
