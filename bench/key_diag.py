@@ -103,7 +103,7 @@ def cmd_offsets(args: argparse.Namespace, work: Path) -> None:
 def cmd_reuse(args: argparse.Namespace, work: Path) -> None:
     names = state.FEATURE_NAMES
     head = " | ".join(SHOWN)
-    print(f"| clip | GOP | frames | {head} | r_k > 0.5 at frame | r_k along the GOP (min / median / max) |")
+    print(f"| clip | GOP | frames (seen) | {head} | r_k > 0.5 at frame | r_k along the GOP (min / median / max) |")
     print("|---|---:|---:|" + "---:|" * len(SHOWN) + "---|---|")
     for win in clips.heldout_windows():
         video = evaluate.probe_videos([clips.materialise(win)], evaluate.EvalSettings(codec=args.codec))[0]
@@ -119,7 +119,8 @@ def cmd_reuse(args: argparse.Namespace, work: Path) -> None:
             cuts = ", ".join(str(int(i) + 1) for i in np.flatnonzero(along > 0.5)) or "none"
             feats = " | ".join(f"{obs[names.index(n)]:+.2f}" for n in SHOWN)
             spread = f"{along.min():.2f} / {np.median(along):.2f} / {along.max():.2f}" if along.size else "-"
-            print(f"| {win.source} | {req.gop_index} | {req.gop_frames} | {feats} | {cuts} | {spread} |")
+            seen = min(len(r), req.gop_frames)  # frames of the GOP the key request's first pass reaches
+            print(f"| {win.source} | {req.gop_index} | {req.gop_frames} ({seen}) | {feats} | {cuts} | {spread} |")
 
 
 def records(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
