@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import json
 import math
 import os
@@ -197,11 +198,9 @@ def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
     def bad(why: str) -> ProtocolError:
         return ProtocolError(f"{path}: field '{name}' {why} (got {value!r})")
 
-    ann = annotation.replace(" ", "")
-    if ann.endswith("|None"):
-        if value is None:
-            return None
-        ann = ann[: -len("|None")]
+    nullable, ann = _annotation(annotation)
+    if nullable and value is None:
+        return None
     if ann == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -259,16 +258,29 @@ def _float_ok(v: Any) -> bool:
 _SCALAR_OK: dict[str, Any] = {"int": _int_ok, "float": _float_ok, "str": lambda v: type(v) is str}
 
 
+@functools.cache
+def _annotation(annotation: str) -> tuple[bool, str]:
+    """'int | None' -> (True, 'int'); 'list[float]' -> (False, 'list[float]'). Cached: parsing runs per reply."""
+    ann = annotation.replace(" ", "")
+    return (True, ann[: -len("|None")]) if ann.endswith("|None") else (False, ann)
+
+
+@functools.cache
+def _field_plan(cls: type) -> tuple[tuple[str, str, bool], ...]:
+    """(name, annotation, has a default) of each field of dataclass `cls`, computed once per class."""
+    return tuple((f.name, str(f.type), f.default is not MISSING or f.default_factory is not MISSING)
+                 for f in fields(cls))  # fmt: skip
+
+
 def _fields_from_dict(cls: type, data: dict, path: Path, prefix: str = "") -> Any:
     """Builds dataclass `cls` from a JSON object, checking every field's type; unknown keys are ignored."""
     kwargs = {}
-    for f in fields(cls):
-        has_default = f.default is not MISSING or f.default_factory is not MISSING
-        if f.name not in data:
+    for name, annotation, has_default in _field_plan(cls):
+        if name not in data:
             if has_default:
                 continue
-            raise ProtocolError(f"{path}: missing field '{prefix}{f.name}'")
-        kwargs[f.name] = _check_type(path, prefix + f.name, data[f.name], str(f.type))
+            raise ProtocolError(f"{path}: missing field '{prefix}{name}'")
+        kwargs[name] = _check_type(path, prefix + name, data[name], annotation)
     return cls(**kwargs)
 
 
@@ -535,6 +547,8 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, mode)
     try:
+        # os.fdopen fstat()s the descriptor before the write: on Linux >= 6.13 that is what gives the
+        # file a fine-grained mtime (not the last timer tick), which the agent's handshake figures use.
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode("utf-8"))
         os.replace(tmp, path)
