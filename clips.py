@@ -58,6 +58,17 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     # grainy 1906 film of a car race, 218x160 (python-nbsphinx-doc; public domain, Wikimedia Commons).
     "Shepard_Calais_1906_FrenchGP.ogv": ("python-nbsphinx-doc",
                                          "usr/share/doc/python-nbsphinx/html/www/wikimediacommons/Shepard_Calais_1906_FrenchGP.ogv"),
+    # The test split (2026-12-05): example media of other packages, found in Debian's Contents index.
+    # A coin and a pen on a table, fixed camera, 568x320 (node-opencv, Expat);
+    "motion.mov": ("node-opencv", "usr/share/doc/node-opencv/examples/files/motion.mov"),
+    # a Lego robot under a slowly moving light, 560x320 (python3-hug-doc, MIT);
+    "hug-movie.mp4": ("python3-hug-doc", "usr/share/doc/python3-hug/examples/streaming_movie_server/movie.mp4"),
+    # a webcam talking head, 160x120, 15 fps, MJPEG (kphotoalbum, GPL-2+);
+    "kphotoalbum-movie.avi": ("kphotoalbum", "usr/share/kphotoalbum/demo/movie.avi"),
+    # rendered scenes: a room with glass objects and a plane, 256x256, MJPEG; dice on black, 320x240,
+    # MPEG-1 (gem-doc, GPL-2+).
+    "anim-1.mov": ("gem-doc", "usr/share/gem/examples/data/anim-1.mov"),
+    "alea.mpg": ("gem-doc", "usr/share/gem/examples/data/alea.mpg"),
 }
 # Still photographs (python3-skimage's data folder, BSD-3-Clause): camera motion over them makes
 # training content of other textures (clips.pan_windows()).
@@ -76,6 +87,10 @@ MORE_TRAIN_SOURCES = ("balle-jbart.mp4", "balle1-vp9.avi", "movie-hello.mp4", "V
                       "Shepard_Calais_1906_FrenchGP.ogv")  # fmt: skip
 HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4", "Megamind.avi", "tree.avi", "vtest.avi",
                    "box.mp4", "cup.mp4")  # fmt: skip
+# Every recipe choice (features, window sets, consensus k) was made on the held-out split, so its
+# figures are optimistic. The test split is for an unbiased figure: evaluated once per shipped
+# policy (BENCHMARKS.md §2.4.12), nothing chosen on it.
+TEST_SOURCES = ("motion.mov", "hug-movie.mp4", "kphotoalbum-movie.avi", "anim-1.mov", "alea.mpg")
 
 
 class ClipError(RuntimeError):
@@ -313,6 +328,17 @@ def heldout_windows() -> list[Window]:
         Window("vtest.avi", 0, 128, scale=2),  # 384x288
         Window("box.mp4", 0, 128, scale=2),  # 320x240
         Window("cup.mp4", 0, 128, scale=2),  # 320x240
+    ]
+
+
+def test_windows() -> list[Window]:
+    """The test split: the TEST clips from their first frame, at most 190 frames (GOP 64: full and short GOPs)."""
+    return [
+        Window("motion.mov", 0, 190),  # 568x320: 64 + 64 + 62
+        Window("hug-movie.mp4", 0, 166),  # 560x320: 64 + 64 + 38
+        Window("kphotoalbum-movie.avi", 0, 68),  # 160x120: 64 + 4
+        Window("anim-1.mov", 0, 91),  # 256x256: 64 + 27
+        Window("alea.mpg", 0, 162),  # 320x240: 64 + 64 + 34
     ]
 
 

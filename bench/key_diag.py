@@ -4,9 +4,10 @@
     python bench/key_diag.py reuse --codec x264                           # ~30 s: Δ=0 on the held-out split
     python bench/key_diag.py features --codec x264 --sweeps data/keysweep_x264.jsonl   # ~1 min
     python bench/key_diag.py sweeps --codec x264 --sweeps data/keysweep_x264.jsonl     # seconds
+    python bench/key_diag.py propagate --codec x264 --sweeps data/keysweep_x264.jsonl  # ~3 min
 
 The shipped policies make one decision per GOP that matters: the offset of its key mini-GOP
-(BENCHMARKS.md §2.4.9). Four views of that decision (§2.4.10 has their figures):
+(BENCHMARKS.md §2.4.9). Five views of that decision (§2.4.10 and §2.4.11 have their figures):
 
 - `offsets`: one held-out clip (clips.heldout_windows(), by source name prefix) at 0.04-0.32
   bit/pixel, the Δ=0 baseline and scripted offsets on the key mini-GOPs of its GOPs (all other
@@ -19,6 +20,13 @@ The shipped policies make one decision per GOP that matters: the offset of its k
   the oracle records of --sets plus the key sweeps, with fp_reuse and each other feature added to it.
 - `sweeps`: per training window of the key sweeps, the rate-neutral best key offset at each rate
   (gain = ΔPSNR-Y − window slope × log2 rate ratio, imitation.window_slopes) beside its features.
+- `propagate`: x264's MB-tree on the first pass's blocks instead of frame means: each block of
+  frame t hands (intra + propagated) × (1 − inter/intra) to the blocks of frame t−1 its motion
+  vector points at (area-weighted), from the GOP's last frame back to its key frame; the figure is
+  P = log2(Σ(intra + propagated) / Σ intra) over the key frame's blocks (intra floored at +1 so
+  flat blocks do not divide by 0). Printed for every held-out GOP and training window, then the
+  leave-one-source-out R² of the gain model with P as a key-mini-GOP feature (in the unused
+  `qp_span` column), beside `fp_reuse`.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import clips  # noqa: E402
 import evaluate  # noqa: E402
 import imitation  # noqa: E402
 import state  # noqa: E402
+from builtin_encoder import analysis  # noqa: E402
+from builtin_encoder.source import open_source  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
 # name -> offsets of the key mini-GOPs of GOPs 0, 1, 2, ... (missing GOPs: 0)
@@ -167,9 +177,82 @@ def cmd_sweeps(args: argparse.Namespace, work: Path) -> None:
         print(f"| {w} | {shown} | {' '.join(f'{b:+d}' for _, b in sorted(best[w]))} |")
 
 
+def block_costs(path: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame of the clip: (intra, inter, dy, dx) per half-resolution block, as analysis.Analyzer measures them."""
+    out, prev = [], None
+    for frame in open_source(path).frames():
+        lo = analysis.downscale(frame.y)
+        intra = analysis.intra_costs(lo)
+        if prev is None:
+            inter, dy, dx = intra, np.zeros(intra.shape, int), np.zeros(intra.shape, int)
+        else:
+            inter, dy, dx = analysis.motion_vectors(lo, prev, analysis.SEARCH)
+        out.append((intra, np.minimum(inter, intra), dy, dx))
+        prev = lo
+    return out
+
+
+def key_propagation(gop: list[tuple[np.ndarray, ...]], floor: float = 1.0) -> float:
+    """P = log2(Σ(intra + propagated) / Σ intra) of the GOP's first frame (module docstring): MB-tree on blocks."""
+    bh, bw = gop[0][0].shape
+    prop = np.zeros((bh, bw))
+    for intra, inter, dy, dx in reversed(gop[1:]):  # frame t hands its cost to frame t - 1
+        amount = (intra + floor + prop) * (1.0 - (inter + floor) / (intra + floor))
+        ys = np.arange(bh)[:, None] * analysis.BLOCK + dy  # where each block's prediction comes from
+        xs = np.arange(bw)[None, :] * analysis.BLOCK + dx
+        by, bx = ys // analysis.BLOCK, xs // analysis.BLOCK
+        fy, fx = (ys - by * analysis.BLOCK) / analysis.BLOCK, (xs - bx * analysis.BLOCK) / analysis.BLOCK
+        prop = np.zeros((bh, bw))
+        for ty, wy in ((by, 1 - fy), (by + 1, fy)):
+            for tx, wx in ((bx, 1 - fx), (bx + 1, fx)):
+                part = wy * wx * amount
+                ok = (ty >= 0) & (ty < bh) & (tx >= 0) & (tx < bw) & (part > 0)
+                np.add.at(prop, (ty[ok], tx[ok]), part[ok])
+    intra0 = gop[0][0] + floor
+    return float(np.log2((intra0 + prop).sum() / intra0.sum()))
+
+
+def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
+    gop = 8 * args.mgs_per_gop
+    print("| held-out clip | P per GOP (frames) |\n|---|---|")
+    for win in clips.heldout_windows():
+        costs = block_costs(clips.materialise(win))
+        gops = [costs[g : g + gop] for g in range(0, len(costs), gop)]
+        print(f"| {win.source} | {', '.join(f'{key_propagation(c):.2f} ({len(c)})' for c in gops)} |")
+    oracle, sweeps = records(args)
+    recs = oracle + sweeps
+    windows = {w.name: w for s in args.sets.split(",") for w in clips.WINDOW_SETS[s]()}
+    names = sorted({r["window"] for r in recs})
+    prop = {name: key_propagation(block_costs(clips.materialise(windows[name]))[:gop]) for name in names}
+    print("\n| training window | P |\n|---|---:|")
+    for name in sorted(prop):
+        print(f"| {name} | {prop[name]:.2f} |")
+    # One window at a time: window_slopes groups by window, so the moves are the same as from all records at once.
+    col = state.FEATURE_NAMES.index("qp_span")  # constant in every state: free for P
+    parts, sources = [], []
+    for name in sorted(prop):
+        m = imitation.move_samples([r for r in recs if r["window"] == name])
+        m.obs[:, col] = prop[name] / 4.0
+        src = imitation.source_of(name)
+        sources += [src] if src not in sources else []
+        parts.append((m, sources.index(src)))
+    moves = imitation.MoveSamples(
+        np.concatenate([m.obs for m, _ in parts]), np.concatenate([m.a_old for m, _ in parts]),
+        np.concatenate([m.a_new for m, _ in parts]), np.concatenate([m.gain_rate for m, _ in parts]),
+        np.concatenate([np.full(len(m), s) for m, s in parts]), sources,
+    )  # fmt: skip
+    print(f"\n{args.codec}, sets {args.sets}: {len(oracle)} oracle points + {len(sweeps)} key sweeps, "
+          f"{len(moves)} moves from {len(sources)} sources\n")  # fmt: skip
+    print("| key mini-GOP features | LOSO R² | (no state) |\n|---|---:|---:|")
+    for key in [(), ("fp_reuse",), ("qp_span",), ("fp_reuse", "qp_span")]:
+        r2, r2_none = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=key, inter=()))
+        shown = " + ".join(k.replace("qp_span", "P") for k in key) or "none"
+        print(f"| {shown} | {r2:.3f} | ({r2_none:.3f}) |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("view", choices=("offsets", "reuse", "features", "sweeps"))
+    p.add_argument("view", choices=("offsets", "reuse", "features", "sweeps", "propagate"))
     p.add_argument("--codec", default="x264", choices=("x264", "svtav1"))
     p.add_argument("--clip", default="bigbuckbunny", help="offsets: held-out source (name prefix)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="offsets: 'name=o0,o1,...;name=...'")
@@ -179,9 +262,9 @@ def main() -> int:
     p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps: key-sweep records")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="key_diag_") as tmp:
-        {"offsets": cmd_offsets, "reuse": cmd_reuse, "features": cmd_features, "sweeps": cmd_sweeps}[args.view](
-            args, Path(tmp)
-        )
+        views = {"offsets": cmd_offsets, "reuse": cmd_reuse, "features": cmd_features, "sweeps": cmd_sweeps,
+                 "propagate": cmd_propagate}  # fmt: skip
+        views[args.view](args, Path(tmp))
     return 0
 
 

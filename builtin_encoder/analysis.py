@@ -65,23 +65,28 @@ def intra_costs(lo: np.ndarray) -> np.ndarray:
     return np.abs(blocks - blocks.mean(axis=(1, 3), keepdims=True)).mean(axis=(1, 3))
 
 
-def motion_search(cur: np.ndarray, ref: np.ndarray, search: int) -> tuple[np.ndarray, np.ndarray]:
+def motion_vectors(cur: np.ndarray, ref: np.ndarray, search: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exhaustive block search of `cur` in `ref` (edge-extended) over +-`search` pixels.
 
-    Returns (error, length) per block: the best vector's mean absolute error (without the vector
-    penalty), float32, and its L1 length in half-resolution pixels.
+    Returns (error, dy, dx) per block: the best vector's mean absolute error (without the vector
+    penalty), float32, and the vector in half-resolution pixels, int.
     """
     pad = np.pad(ref, search, mode="edge")
     h, w = cur.shape
-    side = 2 * search + 1
-    sums = np.empty((side * side, h // BLOCK, w // BLOCK), np.int32)
-    lengths = np.empty(side * side, np.float32)
-    for k, (dy, dx) in enumerate((dy, dx) for dy in range(-search, search + 1) for dx in range(-search, search + 1)):
+    vectors = np.array([(dy, dx) for dy in range(-search, search + 1) for dx in range(-search, search + 1)])
+    sums = np.empty((len(vectors), h // BLOCK, w // BLOCK), np.int32)
+    for k, (dy, dx) in enumerate(vectors):
         sums[k] = _block_sums(np.abs(cur - pad[search + dy : search + dy + h, search + dx : search + dx + w]))
-        lengths[k] = abs(dx) + abs(dy)
+    lengths = np.abs(vectors).sum(axis=1).astype(np.float32)
     err = sums.astype(np.float32) / (BLOCK * BLOCK)
     best = np.argmin(err + MV_PENALTY * lengths[:, None, None], axis=0)
-    return np.take_along_axis(err, best[None], axis=0)[0], lengths[best]
+    return np.take_along_axis(err, best[None], axis=0)[0], vectors[best, 0], vectors[best, 1]
+
+
+def motion_search(cur: np.ndarray, ref: np.ndarray, search: int) -> tuple[np.ndarray, np.ndarray]:
+    """motion_vectors' (error, L1 length of the vector in half-resolution pixels, float32) per block."""
+    err, dy, dx = motion_vectors(cur, ref, search)
+    return err, (np.abs(dy) + np.abs(dx)).astype(np.float32)
 
 
 def noise_sigma(y: np.ndarray) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from builtin_encoder.analysis import Analyzer, noise_sigma
+from builtin_encoder.analysis import Analyzer, downscale, motion_search, motion_vectors, noise_sigma
 
 
 def textured(h: int = 144, w: int = 176, seed: int = 0) -> np.ndarray:
@@ -48,3 +48,13 @@ def test_noise_estimate_on_a_flat_noisy_frame(sigma):
     rng = np.random.default_rng(2)
     y = np.clip(128 + rng.normal(0, sigma, (288, 352)), 0, 255).astype(np.uint8)
     assert noise_sigma(y) == pytest.approx(sigma, rel=0.15)
+
+
+def test_motion_vectors_point_where_each_block_comes_from():
+    ref = downscale(textured().astype(np.uint8))
+    cur = np.roll(ref, (2, -1), axis=(0, 1))  # cur[y, x] = ref[y - 2, x + 1]
+    err, dy, dx = motion_vectors(cur, ref, 3)
+    inner = (slice(1, -1), slice(1, -1))  # blocks whose source lies inside the frame
+    assert (dy[inner] == -2).all() and (dx[inner] == 1).all() and (err[inner] == 0).all()
+    err2, length = motion_search(cur, ref, 3)  # the same search, the vector as its L1 length
+    assert np.array_equal(err, err2) and np.array_equal(length, np.abs(dy) + np.abs(dx))

@@ -222,7 +222,7 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
     assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
 
 
-def test_training_and_held_out_splits_share_no_source():
+def test_training_held_out_and_test_splits_share_no_source():
     train = {w.source for w in clips.training_windows() + clips.static_windows()}
     more_windows = clips.natural_windows() + clips.screen_windows()
     more = {w.source for w in more_windows}
@@ -230,6 +230,8 @@ def test_training_and_held_out_splits_share_no_source():
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
     assert more == set(clips.MORE_TRAIN_SOURCES)
     assert not (train | more) & held
+    test = {w.source for w in clips.test_windows()}
+    assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
     # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
     assert {imitation.source_of(w.name) for w in more_windows} == {Path(s).stem for s in more}
     photos = {w.source for w in clips.pan_windows()} | {w.cut_to for w in clips.pan_windows() if w.cut_to}
