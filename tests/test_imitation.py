@@ -379,3 +379,27 @@ def test_key_sweep_encodes_every_offset_of_the_key_mini_gop_alone(tmp_path):
         assert rec["oracle"]["offsets"] == best["offsets"]
     # Distinct encodes: the key mini-GOP's QP changes the stream.
     assert len({c["bits"] for c in rec["candidates"]}) > 4
+
+
+def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
+    from bench import loso_value
+
+    def sweep(bpp: float, base_bits: int) -> dict:
+        # the key offset a costs (a - 2)^2 / 100 dB against a = 2; bits fall 1% per QP
+        return {
+            "window": "clip_s1_f0-8", "bpp": bpp, "baseline": {"psnr_y": 38.0, "bits": base_bits},
+            "baseline_steps": [_step(0, 30), _step(1, 30)],
+            "candidates": [{"offsets": [a, 0], "psnr_y": 38.0 + (4 - (a - 2) ** 2) / 100,
+                            "bits": base_bits * (1 - a / 100)} for a in range(-4, 5) if a != 0],
+        }  # fmt: skip
+
+    sweeps = [sweep(0.05, 10000), sweep(0.2, 40000)]  # two rates 2 doublings apart: the window's RD slope
+    slope = imitation.window_slopes(sweeps)["clip_s1_f0-8"]
+    assert slope == pytest.approx(0.0)  # both Δ=0 encodes at PSNR-Y 38.0
+    obs, values, windows = loso_value.sweep_table(sweeps)
+    assert obs.shape == (2, OBS_DIM) and windows == ["clip_s1_f0-8"] * 2
+    expected = [(4 - (a - 2) ** 2) / 100 for a in range(-4, 5)]  # slope 0: the PSNR-Y change itself
+    assert values[0] == pytest.approx(expected) and int(np.argmax(values[0])) - 4 == 2
+    assert loso_value.as_rate(np.array([0.0, 1.0]), np.array([2.0, 2.0])) == pytest.approx([0.0, 100 * (2**-0.5 - 1)])
+    with pytest.raises(SystemExit, match="unknown option 'k'"):
+        loso_value.parse_variants("x:k=2", loso_value.Variant("base", 2.0, ("fp_reuse",)))

@@ -1,0 +1,167 @@
+"""What a recipe's key-frame decision is worth on a training source it was not fitted on, read off real encodes.
+
+    python bench/loso_value.py --codec x264 --sweeps data/keysweep_x264.jsonl            # seconds
+    python bench/loso_value.py --codec x264 --sweeps data/keysweep_x264.jsonl --variants "k=1:consensus=1;no state:key="
+
+The held-out split chose every recipe so far (BENCHMARKS.md §2.4), so its figures are optimistic,
+and the test split may be looked at only once per shipped policy. This script judges a recipe on
+the training content alone, by nested leave-one-source-out: for each training source i, the
+recipe (gain model, consensus over the remaining sources, imitation.consensus_offset) is fitted
+on the oracle records of every other source, and its answer for the key mini-GOP of each of
+source i's key sweeps is looked up in that sweep, where every key offset -4..+4 was really
+encoded (bench/oracle_data.py --search key: the other mini-GOPs at 0, as the shipped policies
+leave them within ±1):
+
+    value(point) = ΔPSNR-Y(a) - slope * log2(bits(a) / bits(0)),   a = round(a*(s)),
+
+dB at equal rate, with the window's own RD slope from its sweeps' Δ=0 encodes (dB per doubling
+of bits); as a rate, 100 * (2^(-value / slope) - 1) % (negative = fewer bits for the same
+PSNR-Y). Beside it: the best offset of each sweep (the sweep's oracle, an upper bound) and the
+best constant key offset fitted without source i (what position alone says).
+
+A variant is "name:option=value,..." with options consensus (k), key (comma-separated state
+features of g(s) on the key mini-GOP; empty = none), ridge, clamp (1 = clip the state features
+g(s) uses to the range seen in the fitting sources before predicting: no extrapolation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import imitation  # noqa: E402
+from bench import oracle_data  # noqa: E402
+from state import FEATURE_NAMES  # noqa: E402
+
+MAX_DELTA_QP = 4
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    consensus: float
+    key: tuple[str, ...]
+    ridge: float = 3.0
+    clamp: bool = False
+
+
+def parse_variants(text: str, base: Variant) -> list[Variant]:
+    """'name:consensus=1,key=fp_reuse;name2:key=' -> variants of `base` (';' between variants, '+' between features)."""
+    out = [base]
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        name, _, opts = item.partition(":")
+        v = replace(base, name=name.strip())
+        for opt in filter(None, opts.split(",")):
+            k, _, val = opt.partition("=")
+            if k == "consensus":
+                v = replace(v, consensus=float(val))
+            elif k == "key":
+                v = replace(v, key=tuple(filter(None, val.split("+"))))
+            elif k == "ridge":
+                v = replace(v, ridge=float(val))
+            elif k == "clamp":
+                v = replace(v, clamp=val == "1")
+            else:
+                raise SystemExit(f"--variants: unknown option {k!r} in {item!r} (consensus, key, ridge, clamp)")
+        out.append(v)
+    return out
+
+
+def sweep_table(sweeps: list[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Key-mini-GOP states (P, OBS_DIM), value of each offset -4..+4 (P, 9), dB at equal rate, and the windows."""
+    slopes = imitation.window_slopes(sweeps)
+    obs, values, windows = [], [], []
+    for r in sweeps:
+        b = r["baseline"]
+        v = np.full(2 * MAX_DELTA_QP + 1, np.nan)
+        v[MAX_DELTA_QP] = 0.0
+        for c in r["candidates"]:
+            a = c["offsets"][0]
+            v[a + MAX_DELTA_QP] = c["psnr_y"] - b["psnr_y"] - slopes[r["window"]] * math.log2(c["bits"] / b["bits"])
+        obs.append(imitation.observations(r["baseline_steps"])[0][0])
+        values.append(v)
+        windows.append(r["window"])
+    return np.asarray(obs), np.asarray(values), windows
+
+
+def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.ndarray:
+    """The recipe's key offset, QP (rounded as the encoder applies it), for states obs, fitted on fit_records."""
+    moves = imitation.move_samples(fit_records)
+    spec = imitation.GainFeatures(key=variant.key, inter=())
+    if variant.clamp and variant.key:
+        cols = [FEATURE_NAMES.index(n) for n in variant.key]
+        key_rows = moves.obs[:, FEATURE_NAMES.index("has_key")] > 0.5
+        lo, hi = moves.obs[key_rows][:, cols].min(axis=0), moves.obs[key_rows][:, cols].max(axis=0)
+        obs = obs.copy()
+        obs[:, cols] = np.clip(obs[:, cols], lo, hi)
+    if variant.consensus > 0:
+        a = imitation.consensus_offset(moves, obs, MAX_DELTA_QP, variant.ridge, variant.consensus, spec)
+    else:
+        a = imitation.fit_gain_model(moves, variant.ridge, spec).best_offset(obs, MAX_DELTA_QP)
+    return np.clip(np.round(a), -MAX_DELTA_QP, MAX_DELTA_QP).astype(int)
+
+
+def as_rate(value_db: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """dB at equal rate -> % rate at equal PSNR-Y (negative = fewer bits)."""
+    return 100.0 * (np.power(2.0, -value_db / slope) - 1.0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--codec", default="x264", choices=("svtav1", "x264", "vp9"))
+    p.add_argument("--oracle", type=Path, default=None, help="oracle records (default data/oracle_CODEC.jsonl)")
+    p.add_argument("--sweeps", type=Path, required=True, help="key-sweep records (bench/oracle_data.py --search key)")
+    p.add_argument("--windows", default=None, help="window sets (default: the codec's shipped recipe)")
+    p.add_argument("--variants", default="", help="more recipes to compare (module docstring)")
+    ns = p.parse_args()
+    recipe = imitation.SHIPPED_RECIPES[ns.codec]
+    windows = ns.windows or recipe.windows
+    oracle = oracle_data.of_window_sets(imitation.read_records([ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"]),
+                                        windows)  # fmt: skip
+    sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), windows, "key")
+    if not oracle or not sweeps:
+        raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")
+    shipped = Variant(f"shipped (key: {','.join(recipe.features.key or ())}, k = {recipe.consensus:g})",
+                      recipe.consensus, tuple(recipe.features.key or ()))  # fmt: skip
+    variants = parse_variants(ns.variants, shipped) + [Variant("no state (one key offset)", 0.0, ())]
+    obs, values, wins = sweep_table(sweeps)
+    slopes = imitation.window_slopes(sweeps)
+    slope = np.array([slopes[w] for w in wins])
+    source = np.array([imitation.source_of(w) for w in wins])
+    sources = sorted(set(source))
+    answers = {v.name: np.zeros(len(wins), int) for v in variants}
+    for s in sources:
+        fit = [r for r in oracle if imitation.source_of(r["window"]) != s]
+        test = source == s
+        for v in variants:
+            answers[v.name][test] = answer(v, fit, obs[test])
+    best = np.nanmax(values, axis=1)
+    print(f"{ns.codec}, window sets {windows}: {len(oracle)} oracle points fit, {len(sweeps)} key sweeps judge, "
+          f"{len(sources)} sources; value of the key decision on the left-out source, dB at equal rate "
+          f"(mean over its sweep points) and as rate %")  # fmt: skip
+    print("\n| recipe | " + " | ".join(sources) + " | mean over points, dB | as rate % | points worse than Δ=0 |")
+    print("|---|" + "---:|" * (len(sources) + 3))
+    rows = [(v.name, values[np.arange(len(wins)), answers[v.name] + MAX_DELTA_QP]) for v in variants]
+    rows.append(("each sweep's best offset (upper bound)", best))
+    for name, val in rows:
+        val = np.nan_to_num(val, nan=0.0)
+        per = " | ".join(f"{val[source == s].mean():+.3f}" for s in sources)
+        worse = int((val < -1e-9).sum())
+        print(f"| {name} | {per} | **{val.mean():+.4f}** | {as_rate(val, slope).mean():+.2f} | {worse} of {len(val)} |")
+    print("\n| recipe | key offsets answered (-4..+4: count) |\n|---|---|")
+    for v in variants:
+        counts = np.bincount(answers[v.name] + MAX_DELTA_QP, minlength=2 * MAX_DELTA_QP + 1)
+        print(f"| {v.name} | " + ", ".join(f"{a - MAX_DELTA_QP:+d}: {n}" for a, n in enumerate(counts) if n) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
