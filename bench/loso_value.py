@@ -51,6 +51,7 @@ class Variant:
     key: tuple[str, ...]
     ridge: float = 3.0
     clamp: bool = False
+    gate: bool = False
 
 
 def parse_variants(text: str, base: Variant) -> list[Variant]:
@@ -67,10 +68,10 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
                 v = replace(v, key=tuple(filter(None, val.split("+"))))
             elif k == "ridge":
                 v = replace(v, ridge=float(val))
-            elif k == "clamp":
-                v = replace(v, clamp=val == "1")
+            elif k in ("clamp", "gate"):
+                v = replace(v, **{k: val == "1"})
             else:
-                raise SystemExit(f"--variants: unknown option {k!r} in {item!r} (consensus, key, ridge, clamp)")
+                raise SystemExit(f"--variants: unknown option {k!r} in {item!r} (consensus, key, ridge, clamp, gate)")
         out.append(v)
     return out
 
@@ -96,16 +97,19 @@ def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.nda
     """The recipe's key offset, QP (rounded as the encoder applies it), for states obs, fitted on fit_records."""
     moves = imitation.move_samples(fit_records)
     spec = imitation.GainFeatures(key=variant.key, inter=())
-    if variant.clamp and variant.key:
+    inside = np.ones(len(obs), bool)
+    if (variant.clamp or variant.gate) and variant.key:
         cols = [FEATURE_NAMES.index(n) for n in variant.key]
         key_rows = moves.obs[:, FEATURE_NAMES.index("has_key")] > 0.5
         lo, hi = moves.obs[key_rows][:, cols].min(axis=0), moves.obs[key_rows][:, cols].max(axis=0)
+        inside = ((obs[:, cols] >= lo) & (obs[:, cols] <= hi)).all(axis=1)
         obs = obs.copy()
-        obs[:, cols] = np.clip(obs[:, cols], lo, hi)
+        obs[:, cols] = np.clip(obs[:, cols], lo, hi) if variant.clamp else obs[:, cols]
     if variant.consensus > 0:
         a = imitation.consensus_offset(moves, obs, MAX_DELTA_QP, variant.ridge, variant.consensus, spec)
     else:
         a = imitation.fit_gain_model(moves, variant.ridge, spec).best_offset(obs, MAX_DELTA_QP)
+    a = np.where(inside | ~variant.gate, a, 0.0)
     return np.clip(np.round(a), -MAX_DELTA_QP, MAX_DELTA_QP).astype(int)
 
 
