@@ -1,7 +1,7 @@
 """Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
 
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
-    python make_policy.py --codec x264              # about 10 min (72)
+    python make_policy.py --codec x264              # about 17 min (102, then 4.5 min of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
 
 Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
@@ -16,10 +16,11 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
    training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
-   default the key mini-GOP's offset depends on fp_reuse (how many later frames of the GOP re-use
-   its content: first-pass statistics, state.gop_reuse) and the other mini-GOPs get one offset
-   (BENCHMARKS.md §2.5 says how these were chosen). The actor is fitted with the unused
-   features shuffled (imitation.ignoring_unused), so it ignores them.
+   default the key mini-GOP's offset depends on one first-pass feature (SVT-AV1 and VP9:
+   fp_reuse, how many later frames of the GOP re-use its content, state.gop_reuse; x264:
+   fp_inter_ratio, how well the mini-GOP's own frames predict each other) and the other
+   mini-GOPs get one offset (BENCHMARKS.md §2.4.6 and §2.4.13 say how these were chosen). The
+   actor is fitted with the unused features shuffled (imitation.ignoring_unused), so it ignores them.
 3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
    trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
    --pattern-out also writes the best fixed per-position pattern (the same model without state)
