@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import imitation  # noqa: E402
 import policy  # noqa: E402
 from bench import oracle_data  # noqa: E402
-from bench.eval_quality import make_heldout  # noqa: E402
+from bench.eval_quality import make_split  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     records = oracle_data.of_window_sets(imitation.read_records(ns.files), ns.windows)
     order = np.random.default_rng(ns.seed).permutation(len(records))
-    heldout = make_heldout(out)
+    heldout = make_split(out, "heldout")
     rows = []
     t0 = time.monotonic()
     for n in (int(x) for x in ns.points.split(",")):

@@ -63,3 +63,12 @@ def test_help_runs_and_names_every_flag():
     for flag in readme_flags():
         assert flag in res.stdout
     assert "(default: [])" not in res.stdout and "(default: )" not in res.stdout
+
+
+def test_every_bench_script_imports_and_shows_its_help():
+    """A renamed helper (eval_quality.make_heldout) once broke learning_curve.py's import unseen: run each --help."""
+    scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "machine_info.py"))
+    assert len(scripts) >= 10
+    for script in scripts:
+        res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "usage" in res.stdout.lower(), f"{script.name}: {res.stderr[-500:]}"
