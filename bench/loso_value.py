@@ -9,8 +9,8 @@ the training content alone, by nested leave-one-source-out: for each training so
 recipe (gain model, consensus over the remaining sources, imitation.consensus_offset) is fitted
 on the oracle records of every other source, and its answer for the key mini-GOP of each of
 source i's key sweeps is looked up in that sweep, where every key offset -4..+4 was really
-encoded (bench/oracle_data.py --search key: the other mini-GOPs at 0, as the shipped policies
-leave them within ±1):
+encoded (bench/oracle_data.py --search key: the other mini-GOPs at 0, where the shipped policies
+leave them):
 
     value(point) = ΔPSNR-Y(a) - slope * log2(bits(a) / bits(0)),   a = round(a*(s)),
 
