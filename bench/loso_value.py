@@ -124,12 +124,14 @@ def main() -> int:
     p.add_argument("--oracle", type=Path, default=None, help="oracle records (default data/oracle_CODEC.jsonl)")
     p.add_argument("--sweeps", type=Path, required=True, help="key-sweep records (bench/oracle_data.py --search key)")
     p.add_argument("--windows", default=None, help="window sets (default: the codec's shipped recipe)")
+    p.add_argument("--oracle-seed", type=int, default=None,
+                   help="the oracle records' draw of rates (oracle_data.py --seed; default: the shipped draw)")
     p.add_argument("--variants", default="", help="more recipes to compare (module docstring)")
     ns = p.parse_args()
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
     windows = ns.windows or recipe.windows
     oracle = oracle_data.of_window_sets(imitation.read_records([ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"]),
-                                        windows)  # fmt: skip
+                                        windows, seed=ns.oracle_seed)  # fmt: skip
     sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), windows, "key")
     if not oracle or not sweeps:
         raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")

@@ -70,19 +70,21 @@ def point_key(codec: str, window_name: str, bpp: float, search: str = "oracle") 
     return f"{codec}/{window_name}/{bpp:.5f}" + ("" if search == "oracle" else f"/{search}")
 
 
-def point_keys(codec: str, windows: str, search: str = "oracle", bpp_min: float = 0.02, bpp_max: float = 0.4
-               ) -> set[str]:  # fmt: skip
-    """The keys of every point of the comma-separated window sets, with this script's default rates and seed."""
-    seed = default_seed(search)
+def point_keys(codec: str, windows: str, search: str = "oracle", bpp_min: float = 0.02, bpp_max: float = 0.4,
+               seed: int | None = None) -> set[str]:  # fmt: skip
+    """The keys of every point of the comma-separated window sets, with this script's default rates and
+    seed (or `seed`: another draw of the rates)."""
+    seed = default_seed(search) if seed is None else seed
     return {point_key(codec, pt["window"].name, pt["bpp"], search)
             for name in windows.split(",") if name
             for pt in points(codec, default_rates(name, search), bpp_min, bpp_max, seed, name)}  # fmt: skip
 
 
-def of_window_sets(records: list[dict], windows: str, search: str = "oracle") -> list[dict]:
+def of_window_sets(records: list[dict], windows: str, search: str = "oracle", seed: int | None = None) -> list[dict]:
     """The records of the comma-separated window sets' points searched by `search` (each record's own
-    codec): not a point of the same window at another rate, searched before a set's list changed."""
-    keys = {codec: point_keys(codec, windows, search) for codec in {r["codec"] for r in records}}
+    codec; rates of the default draw, or of `seed`'s): not a point of the same window at another
+    rate, searched before a set's list changed."""
+    keys = {codec: point_keys(codec, windows, search, seed=seed) for codec in {r["codec"] for r in records}}
     return [r for r in records if r["key"] in keys[r["codec"]]]
 
 
