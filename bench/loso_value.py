@@ -76,9 +76,11 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
     return out
 
 
-def sweep_table(sweeps: list[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Key-mini-GOP states (P, OBS_DIM), value of each offset -4..+4 (P, 9), dB at equal rate, and the windows."""
-    slopes = imitation.window_slopes(sweeps)
+def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Key-mini-GOP states (P, OBS_DIM), value of each offset -4..+4 (P, 9), dB at equal rate, and the windows.
+
+    slopes: each window's RD slope, dB per doubling of bits (imitation.window_slopes of the sweeps).
+    """
     obs, values, windows = [], [], []
     for r in sweeps:
         b = r["baseline"]
@@ -103,8 +105,9 @@ def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.nda
         key_rows = moves.obs[:, FEATURE_NAMES.index("has_key")] > 0.5
         lo, hi = moves.obs[key_rows][:, cols].min(axis=0), moves.obs[key_rows][:, cols].max(axis=0)
         inside = ((obs[:, cols] >= lo) & (obs[:, cols] <= hi)).all(axis=1)
-        obs = obs.copy()
-        obs[:, cols] = np.clip(obs[:, cols], lo, hi) if variant.clamp else obs[:, cols]
+        if variant.clamp:
+            obs = obs.copy()
+            obs[:, cols] = np.clip(obs[:, cols], lo, hi)
     if variant.consensus > 0:
         a = imitation.consensus_offset(moves, obs, MAX_DELTA_QP, variant.ridge, variant.consensus, spec)
     else:
@@ -138,8 +141,8 @@ def main() -> int:
     shipped = Variant(f"shipped (key: {','.join(recipe.features.key or ())}, k = {recipe.consensus:g})",
                       recipe.consensus, tuple(recipe.features.key or ()))  # fmt: skip
     variants = parse_variants(ns.variants, shipped) + [Variant("no state (one key offset)", 0.0, ())]
-    obs, values, wins = sweep_table(sweeps)
     slopes = imitation.window_slopes(sweeps)
+    obs, values, wins = sweep_table(sweeps, slopes)
     slope = np.array([slopes[w] for w in wins])
     source = np.array([imitation.source_of(w) for w in wins])
     sources = sorted(set(source))

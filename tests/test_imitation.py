@@ -396,7 +396,7 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
     sweeps = [sweep(0.05, 10000), sweep(0.2, 40000)]  # two rates 2 doublings apart: the window's RD slope
     slope = imitation.window_slopes(sweeps)["clip_s1_f0-8"]
     assert slope == pytest.approx(0.0)  # both Δ=0 encodes at PSNR-Y 38.0
-    obs, values, windows = loso_value.sweep_table(sweeps)
+    obs, values, windows = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
     assert obs.shape == (2, OBS_DIM) and windows == ["clip_s1_f0-8"] * 2
     expected = [(4 - (a - 2) ** 2) / 100 for a in range(-4, 5)]  # slope 0: the PSNR-Y change itself
     assert values[0] == pytest.approx(expected) and int(np.argmax(values[0])) - 4 == 2
