@@ -61,7 +61,8 @@ def main() -> int:
     p.add_argument("--max-delta-qp", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default=None,
-                   help="oracle window sets, comma-separated: train, static, natural, screen, pan (clips.WINDOW_SETS); "
+                   help="oracle window sets, comma-separated: train, static, natural, tail, screen, pan, extra "
+                        "(clips.WINDOW_SETS); "
                         "default: the codec's shipped recipe (imitation.SHIPPED_RECIPES)")
     p.add_argument("--key-sweeps", default=None,
                    help="window sets whose key mini-GOP is also swept alone (oracle_data.py --search key: 6 rates, "

@@ -32,7 +32,6 @@ The shipped policies make one decision per GOP that matters: the offset of its k
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import loso_value  # noqa: E402
 import oracle_data  # noqa: E402
 
 import clips  # noqa: E402
@@ -157,18 +157,14 @@ def cmd_sweeps(args: argparse.Namespace, work: Path) -> None:
     _, sweeps = records(args)
     if not sweeps:
         raise SystemExit("--sweeps: no key-sweep records of these sets")
-    slopes = imitation.window_slopes(sweeps)
+    obs, values, windows = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
     names = state.FEATURE_NAMES
     best: dict[str, list[tuple[float, int]]] = {}
     feats: dict[str, np.ndarray] = {}
-    for r in sweeps:
-        obs, _ = imitation.observations(r["baseline_steps"])
-        feats[r["window"]] = obs[0]
-        b = r["baseline"]
-        gains = {0: 0.0}
-        for c in r["candidates"]:
-            gains[c["offsets"][0]] = c["psnr_y"] - b["psnr_y"] - slopes[r["window"]] * math.log2(c["bits"] / b["bits"])
-        best.setdefault(r["window"], []).append((r["bpp"], max(gains, key=gains.get)))
+    for r, o, v, w in zip(sweeps, obs, values, windows, strict=True):
+        feats[w] = o
+        a = int(np.nanargmax(v)) - loso_value.MAX_DELTA_QP
+        best.setdefault(w, []).append((r["bpp"], a if v[a + loso_value.MAX_DELTA_QP] > 0 else 0))  # ties: 0
     print("| training window | fp_reuse | fp_inter_ratio | fp_motion | best key offset, rates ascending |")
     print("|---|---:|---:|---:|---|")
     for w in sorted(best):

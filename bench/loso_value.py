@@ -76,6 +76,14 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
     return out
 
 
+def swept_minigop(sweep: dict) -> int:
+    """The mini-GOP a key sweep moved: the one whose offset is not 0 in its candidates (0 for a one-GOP window)."""
+    moved = {i for c in sweep["candidates"] for i, a in enumerate(c["offsets"]) if a != 0}
+    if len(moved) != 1:
+        raise ValueError(f"{sweep['key']}: a key sweep moves one mini-GOP, this one moves {sorted(moved)}")
+    return moved.pop()
+
+
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Key-mini-GOP states (P, OBS_DIM), value of each offset -4..+4 (P, 9), dB at equal rate, and the windows.
 
@@ -84,12 +92,13 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
     obs, values, windows = [], [], []
     for r in sweeps:
         b = r["baseline"]
+        key = swept_minigop(r)
         v = np.full(2 * MAX_DELTA_QP + 1, np.nan)
         v[MAX_DELTA_QP] = 0.0
         for c in r["candidates"]:
-            a = c["offsets"][0]
+            a = c["offsets"][key]
             v[a + MAX_DELTA_QP] = c["psnr_y"] - b["psnr_y"] - slopes[r["window"]] * math.log2(c["bits"] / b["bits"])
-        obs.append(imitation.observations(r["baseline_steps"])[0][0])
+        obs.append(imitation.observations(r["baseline_steps"])[0][key])
         values.append(v)
         windows.append(r["window"])
     return np.asarray(obs), np.asarray(values), windows
@@ -127,6 +136,8 @@ def main() -> int:
     p.add_argument("--oracle", type=Path, default=None, help="oracle records (default data/oracle_CODEC.jsonl)")
     p.add_argument("--sweeps", type=Path, required=True, help="key-sweep records (bench/oracle_data.py --search key)")
     p.add_argument("--windows", default=None, help="window sets (default: the codec's shipped recipe)")
+    p.add_argument("--judge", default=None,
+                   help="window sets whose key sweeps judge (default: --windows); e.g. tail: the short last GOPs")
     p.add_argument("--oracle-seed", type=int, default=None,
                    help="the oracle records' draw of rates (oracle_data.py --seed; default: the shipped draw)")
     p.add_argument("--variants", default="", help="more recipes to compare (module docstring)")
@@ -135,7 +146,7 @@ def main() -> int:
     windows = ns.windows or recipe.windows
     oracle = oracle_data.of_window_sets(imitation.read_records([ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"]),
                                         windows, seed=ns.oracle_seed)  # fmt: skip
-    sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), windows, "key")
+    sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), ns.judge or windows, "key")
     if not oracle or not sweeps:
         raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")
     shipped = Variant(f"shipped (key: {','.join(recipe.features.key or ())}, k = {recipe.consensus:g})",
@@ -153,7 +164,8 @@ def main() -> int:
         for v in variants:
             answers[v.name][test] = answer(v, fit, obs[test])
     best = np.nanmax(values, axis=1)
-    print(f"{ns.codec}, window sets {windows}: {len(oracle)} oracle points fit, {len(sweeps)} key sweeps judge, "
+    print(f"{ns.codec}, window sets {windows}: {len(oracle)} oracle points fit, {len(sweeps)} key sweeps of "
+          f"{ns.judge or windows} judge, "
           f"{len(sources)} sources; value of the key decision on the left-out source, dB at equal rate "
           f"(mean over its sweep points) and as rate %")  # fmt: skip
     print("\n| recipe | " + " | ".join(sources) + " | mean over points, dB | as rate % | points worse than Δ=0 |")

@@ -135,17 +135,21 @@ def run_point(job: dict) -> dict:
 
 
 def key_sweep(runner: evaluate.Runner, point: evaluate.Point, base: evaluate.RunRecord) -> evaluate.OracleResult:
-    """Every offset of the key mini-GOP (the GOP's first) in [-max_offset, max_offset], the others 0.
+    """Every offset of the last GOP's key mini-GOP in [-max_offset, max_offset], the others 0.
 
     The decision the shipped policies make: a cheaper and evenly spread sample of it than the
-    oracle's coordinate descent (2 x max_offset encodes per point). The result has the oracle's
-    form: the best candidate by the same objective, every candidate as tried.
+    oracle's coordinate descent (2 x max_offset encodes per point). In a one-GOP window that is the
+    first mini-GOP; in a `tail` window (a full GOP then a short one) the short GOP's key mini-GOP.
+    The result has the oracle's form: the best candidate by the same objective, every candidate as tried.
     """
     cfg = evaluate.OracleSettings()
     n, budget = len(base.minigops), base.bits
+    last_gop = max(m.gop for m in base.minigops)
+    key = min(i for i, m in enumerate(base.minigops) if m.gop == last_gop)
     best, best_offsets, best_steps, candidates = base, [0] * n, [], []
     for value in [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]:
-        cand = [value] + [0] * (n - 1)
+        cand = [0] * n
+        cand[key] = value
         rec, res = runner.protocol_encode(point, "oracle", evaluate.ScriptedLearner(cand, cfg.max_offset),
                                           cfg.max_offset, 0.02, "key_sweep")  # fmt: skip
         if not rec.ok:
@@ -174,7 +178,8 @@ def main() -> int:
                    help="train: clips.training_windows(); static: clips.static_windows() (slow / still); "
                         "pan: clips.pan_windows() (camera motion over still photos); natural: more camera "
                         "sources (clips.natural_windows()); screen: a screen recording "
-                        "(clips.screen_windows())")  # fmt: skip
+                        "(clips.screen_windows()); extra: three other kinds (clips.extra_windows()); tail: a full GOP "
+                        "then a short one (clips.tail_windows(); --search key moves the short GOP's key)")  # fmt: skip
     p.add_argument("--search", default="oracle", choices=("oracle", "key"),
                    help="oracle: coordinate descent over every mini-GOP (evaluate.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip

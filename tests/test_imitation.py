@@ -230,6 +230,7 @@ def test_training_held_out_and_test_splits_share_no_source():
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
     assert more == set(clips.MORE_TRAIN_SOURCES)
     assert not (train | more) & held
+    assert {w.source for w in clips.tail_windows()} <= train | more
     test = {w.source for w in clips.test_windows()}
     assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
     # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
@@ -381,6 +382,21 @@ def test_key_sweep_encodes_every_offset_of_the_key_mini_gop_alone(tmp_path):
     assert len({c["bits"] for c in rec["candidates"]}) > 4
 
 
+def test_key_sweep_of_a_tail_window_moves_the_short_gops_key_mini_gop(tmp_path):
+    """A `tail` window (a full GOP, then a short one): the sweep moves the last GOP's key mini-GOP alone."""
+    from bench import loso_value, oracle_data
+
+    win = clips.Window("carphone_pristine.mp4", 0, 68, scale=2)  # GOP 64: 8 mini-GOPs, then one of 4 frames
+    job = {"window": win, "codec": "x264", "bpp": 0.1, "key": "k", "work": str(tmp_path / "w"), "search": "key"}
+    rec = oracle_data.run_point(job)
+    assert len(rec["baseline_steps"]) == 9 and rec["baseline_steps"][8]["request"]["mg_in_gop"] == 0
+    assert [c["offsets"] for c in rec["candidates"]] == [[0] * 8 + [v] for v in (-4, -3, -2, -1, 1, 2, 3, 4)]
+    assert loso_value.swept_minigop(rec) == 8
+    obs, values, _ = loso_value.sweep_table([rec], {win.name: 5.0})
+    assert obs[0][OBS_DIM - 1] == pytest.approx(imitation.observations(rec["baseline_steps"])[0][8][OBS_DIM - 1])
+    assert values[0][4] == 0.0 and np.isfinite(values[0]).all()
+
+
 def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
     from bench import loso_value
 
@@ -401,5 +417,10 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
     expected = [(4 - (a - 2) ** 2) / 100 for a in range(-4, 5)]  # slope 0: the PSNR-Y change itself
     assert values[0] == pytest.approx(expected) and int(np.argmax(values[0])) - 4 == 2
     assert loso_value.as_rate(np.array([0.0, 1.0]), np.array([2.0, 2.0])) == pytest.approx([0.0, 100 * (2**-0.5 - 1)])
+    # the moved mini-GOP is read off the candidates: here the second, as in a tail window's sweep
+    moved = [{**c, "offsets": c["offsets"][::-1]} for c in sweeps[0]["candidates"]]
+    assert loso_value.swept_minigop({**sweeps[0], "candidates": moved}) == 1
+    with pytest.raises(ValueError, match="moves one mini-GOP"):
+        loso_value.swept_minigop({**sweeps[0], "key": "k", "candidates": moved + sweeps[0]["candidates"]})
     with pytest.raises(SystemExit, match="unknown option 'k'"):
         loso_value.parse_variants("x:k=2", loso_value.Variant("base", 2.0, ("fp_reuse",)))
