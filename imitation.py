@@ -191,6 +191,21 @@ class MoveSamples:
     def __len__(self) -> int:
         return len(self.gain_rate)
 
+    def subset(self, rows: np.ndarray) -> MoveSamples:
+        """The rows selected by a boolean mask or an index array (the source list is kept)."""
+        return MoveSamples(self.obs[rows], self.a_old[rows], self.a_new[rows], self.gain_rate[rows], self.source[rows],
+                           self.sources)  # fmt: skip
+
+    @staticmethod
+    def concat(parts: list[MoveSamples]) -> MoveSamples:
+        """One set from several: source indices are renumbered into one list of source names."""
+        sources = list(dict.fromkeys(name for m in parts for name in m.sources))
+        remap = [np.array([sources.index(name) for name in m.sources], dtype=int) for m in parts]
+        return MoveSamples(np.concatenate([m.obs for m in parts]), np.concatenate([m.a_old for m in parts]),
+                           np.concatenate([m.a_new for m in parts]), np.concatenate([m.gain_rate for m in parts]),
+                           np.concatenate([r[m.source.astype(int)] for m, r in zip(parts, remap, strict=True)]),
+                           sources)  # fmt: skip
+
 
 def window_slopes(records: list[dict]) -> dict[str, float]:
     """dB of overall PSNR-Y per doubling of bits, per window: least squares over its Δ=0 encodes."""
@@ -378,7 +393,7 @@ def cross_validate_gain(m: MoveSamples, ridge: float, spec: GainFeatures = ALL_F
     pred, pred_const = np.zeros_like(y), np.zeros_like(y)
     for s in range(len(m.sources)):
         test, train = m.source == s, m.source != s
-        sub = MoveSamples(m.obs[train], m.a_old[train], m.a_new[train], m.gain_rate[train], m.source[train], m.sources)
+        sub = m.subset(train)
         model = fit_gain_model(sub, ridge, spec)
         pred[test] = model.gain_slope(m.obs[test]) - model.c * (m.a_new[test] + m.a_old[test])
         # No state at all: y = g0 - c (a_new + a_old).
@@ -461,10 +476,7 @@ def consensus_offset(
     """
     fits = []
     for s in range(len(moves.sources)):
-        keep = moves.source != s
-        sub = MoveSamples(moves.obs[keep], moves.a_old[keep], moves.a_new[keep], moves.gain_rate[keep],
-                          moves.source[keep], moves.sources)  # fmt: skip
-        fits.append(fit_gain_model(sub, ridge, spec).best_offset(obs, max_delta_qp))
+        fits.append(fit_gain_model(moves.subset(moves.source != s), ridge, spec).best_offset(obs, max_delta_qp))
     a = np.stack(fits)
     m, sd = a.mean(axis=0), a.std(axis=0)
     return np.sign(m) * np.maximum(0.0, np.abs(m) - k * sd)

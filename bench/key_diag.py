@@ -225,18 +225,13 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
         print(f"| {name} | {prop[name]:.2f} |")
     # One window at a time: window_slopes groups by window, so the moves are the same as from all records at once.
     col = state.FEATURE_NAMES.index("qp_span")  # constant in every state: free for P
-    parts, sources = [], []
+    parts = []
     for name in sorted(prop):
         m = imitation.move_samples([r for r in recs if r["window"] == name])
         m.obs[:, col] = prop[name] / 4.0
-        src = imitation.source_of(name)
-        sources += [src] if src not in sources else []
-        parts.append((m, sources.index(src)))
-    moves = imitation.MoveSamples(
-        np.concatenate([m.obs for m, _ in parts]), np.concatenate([m.a_old for m, _ in parts]),
-        np.concatenate([m.a_new for m, _ in parts]), np.concatenate([m.gain_rate for m, _ in parts]),
-        np.concatenate([np.full(len(m), s) for m, s in parts]), sources,
-    )  # fmt: skip
+        parts.append(m)
+    moves = imitation.MoveSamples.concat(parts)
+    sources = moves.sources
     print(f"\n{args.codec}, sets {args.sets}: {len(oracle)} oracle points + {len(sweeps)} key sweeps, "
           f"{len(moves)} moves from {len(sources)} sources\n")  # fmt: skip
     print("| key mini-GOP features | LOSO R² | (no state) |\n|---|---:|---:|")

@@ -424,3 +424,16 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
         loso_value.swept_minigop({**sweeps[0], "key": "k", "candidates": moved + sweeps[0]["candidates"]})
     with pytest.raises(SystemExit, match="unknown option 'k'"):
         loso_value.parse_variants("x:k=2", loso_value.Variant("base", 2.0, ("fp_reuse",)))
+
+
+def test_move_samples_concat_keeps_each_rows_source_and_subset_keeps_the_source_list():
+    def moves(names: list[str], src: list[int]) -> imitation.MoveSamples:
+        n = len(src)
+        return imitation.MoveSamples(np.zeros((n, OBS_DIM), np.float32), np.zeros(n), np.ones(n),
+                                     np.arange(n, dtype=float), np.array(src), names)  # fmt: skip
+
+    both = imitation.MoveSamples.concat([moves(["a"], [0, 0]), moves(["b", "a"], [0, 1, 0])])
+    assert both.sources == ["a", "b"] and [both.sources[i] for i in both.source] == ["a", "a", "b", "a", "b"]
+    assert list(both.gain_rate) == [0, 1, 0, 1, 2]
+    sub = both.subset(both.source == 1)
+    assert sub.sources == ["a", "b"] and len(sub) == 2 and list(sub.gain_rate) == [0, 2]
