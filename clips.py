@@ -409,8 +409,23 @@ def tail_windows(gop: int = 64) -> list[Window]:
     ]  # fmt: skip
 
 
+def two_gop_windows(gop: int = 64) -> list[Window]:
+    """Two full GOPs of the five camera sources long enough (carphone has 120 frames): key sweeps of
+    these move the second GOP's key mini-GOP, whose rate control has a history (BENCHMARKS.md §2.4.14)."""
+    return [
+        Window("bikes.mp4", 0, 2 * gop, scale=2), Window("bikes.mp4", 120, 2 * gop, scale=2),
+        Window("bikes.mp4", 60, 2 * gop, crop=(256, 192)),
+        Window("cockatoo.mp4", 0, 2 * gop, scale=4), Window("cockatoo.mp4", 140, 2 * gop, scale=4),
+        Window("cockatoo.mp4", 80, 2 * gop, scale=2, crop=(288, 224)),
+        Window("balle-jbart.mp4", 100, 2 * gop, scale=2),
+        Window("balle1-vp9.avi", 0, 2 * gop), Window("balle1-vp9.avi", 150, 2 * gop),
+        Window("Shepard_Calais_1906_FrenchGP.ogv", 0, 2 * gop),
+        Window("Shepard_Calais_1906_FrenchGP.ogv", 150, 2 * gop),
+    ]  # fmt: skip
+
+
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows,
-               "tail": tail_windows}  # fmt: skip
+               "tail": tail_windows, "two": two_gop_windows}  # fmt: skip
 
 
