@@ -16,8 +16,10 @@ leave them):
 
 dB at equal rate, with the window's own RD slope from its sweeps' Δ=0 encodes (dB per doubling
 of bits); as a rate, 100 * (2^(-value / slope) - 1) % (negative = fewer bits for the same
-PSNR-Y). Beside it: the best offset of each sweep (the sweep's oracle, an upper bound) and the
-best constant key offset fitted without source i (what position alone says).
+PSNR-Y). Beside it: the best offset of each sweep (the sweep's oracle, an upper bound with
+selected noise in it), each window's one best offset at all its rates (what a policy that knew
+the content but not the rate could get, selected in-sample too) and the best constant key offset
+fitted without source i (what position alone says).
 
 A variant is "name:option=value,..." with options consensus (k), key (comma-separated state
 features of g(s) on the key mini-GOP; empty = none), ridge, clamp (1 = clip the state features
@@ -164,6 +166,11 @@ def main() -> int:
         for v in variants:
             answers[v.name][test] = answer(v, fit, obs[test])
     best = np.nanmax(values, axis=1)
+    # What knowing the content (not the rate) is worth: each window's one best offset at all its rates.
+    window_best = np.zeros(len(wins))
+    for w in set(wins):
+        rows = np.array(wins) == w
+        window_best[rows] = values[rows, int(np.nanargmax(np.nanmean(values[rows], axis=0)))]
     print(f"{ns.codec}, window sets {windows}: {len(oracle)} oracle points fit, {len(sweeps)} key sweeps of "
           f"{ns.judge or windows} judge, "
           f"{len(sources)} sources; value of the key decision on the left-out source, dB at equal rate "
@@ -171,6 +178,7 @@ def main() -> int:
     print("\n| recipe | " + " | ".join(sources) + " | mean over points, dB | as rate % | points worse than Δ=0 |")
     print("|---|" + "---:|" * (len(sources) + 3))
     rows = [(v.name, values[np.arange(len(wins)), answers[v.name] + MAX_DELTA_QP]) for v in variants]
+    rows.append(("each window's best offset at all its rates (content known)", window_best))
     rows.append(("each sweep's best offset (upper bound)", best))
     for name, val in rows:
         val = np.nan_to_num(val, nan=0.0)
