@@ -1,7 +1,7 @@
 """Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
 
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
-    python make_policy.py --codec x264              # about 17 min (102, then 4.5 min of fit)
+    python make_policy.py --codec x264              # about 25 min (141 oracle searches, then 7 min of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
 
 Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
@@ -9,10 +9,10 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
 
 1. Demonstrations (bench/oracle_data.py): on every training window of the recipe's window sets
    (clips.WINDOW_SETS: `train` = clips.training_windows(), `static` = their slowed / frozen copies,
-   `natural` = more camera sources; never a held-out source) at 3 target rates each, the Δ=0
-   encode and the oracle's coordinate descent, every candidate a real encode; with --key-sweeps,
-   also every offset of the key mini-GOP alone on those sets (6 other rates each). Kept in --data
-   (reused when present: delete it to start over).
+   `natural` = more camera sources, `tail` = a full GOP then a short one; never a held-out source)
+   at 3 target rates each, the Δ=0 encode and the oracle's coordinate descent, every candidate a
+   real encode; with --key-sweeps, also every offset of the key mini-GOP alone on those sets (6
+   other rates each). Kept in --data (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
    training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
