@@ -300,7 +300,7 @@ def _row(name: str, runs: list, learn_times: list[float]) -> LoopRow:
 # ----------------------------------------------------------------------------- pieces of a handshake
 
 
-def breakdown(request_text: str, root: Path, n: int = 1000) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def breakdown(request_text: str, root: Path, n: int = 1000) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """Each agent-side piece of a handshake, timed `n` times in-process on one real request (s).
 
     File pieces run in a directory under `root` and, as in the real loop, write a new file name
@@ -358,7 +358,8 @@ def breakdown(request_text: str, root: Path, n: int = 1000) -> list[tuple[str, n
             t0 = time.perf_counter()
             agent.train_step(buffer)
             times[i] = time.perf_counter() - t0
-        out.append(("SACAgent.train_step (1 update, batch 128; runs after the reply)", times, times))
+        # not timed after idle: off the reply path, it runs back to back with the learner's other updates
+        out.append(("SACAgent.train_step (1 update, batch 128; runs after the reply)", times, None))
         channel.close()
     return out
 
@@ -408,6 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1,
                    help="workers at once for the learner-thread train encodes (default 1)")  # fmt: skip
     ns = p.parse_args(argv)
+    from builtin_encoder.session import CODECS
+
+    for name in ns.clips.split(","):
+        if name not in CLIPS:
+            p.error(f"--clips: unknown clip {name!r}; there are {', '.join(CLIPS)}")
+    for name in ns.codecs.split(","):
+        if name not in CODECS:
+            p.error(f"--codecs: unknown codec {name!r}; there are {', '.join(CODECS)}")
 
     import torch
 
@@ -462,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = [breakdown(request_text, root) for root in roots]
     for i, (name, _, _) in enumerate(tables[0]):
         cells = [f"{1e6 * np.percentile(t[i][1], 50):.1f} / {1e6 * np.percentile(t[i][1], 99):.1f}, "
-                 f"{1e6 * np.percentile(t[i][2], 50):.1f}" for t in tables]  # fmt: skip
+                 + (f"{1e6 * np.percentile(t[i][2], 50):.1f}" if t[i][2] is not None else "–") for t in tables]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
     print(f"\nload average at end: {load()}; total {time.monotonic() - t_start:.0f} s")

@@ -72,3 +72,12 @@ def test_every_bench_script_imports_and_shows_its_help():
     for script in scripts:
         res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0 and "usage" in res.stdout.lower(), f"{script.name}: {res.stderr[-500:]}"
+
+
+def test_bench_loop_refuses_an_unknown_clip_or_codec_before_any_encode():
+    cases = ((["--clips", "qcif"], "--clips: unknown clip 'qcif'"), (["--codecs", "av2"], "unknown codec 'av2'"))
+    for args, named in cases:
+        res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_loop.py"), *args], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr
+        assert "machine:" not in res.stdout  # nothing ran
