@@ -424,6 +424,14 @@ def two_gop_windows(gop: int = 64) -> list[Window]:
     ]  # fmt: skip
 
 
+def window_sets_error(flag: str, sets: str) -> str | None:
+    """The message for the first unknown name in a comma-separated list of window sets, or None."""
+    for name in filter(None, sets.split(",")):
+        if name not in WINDOW_SETS:
+            return f"{flag}: unknown window set {name!r}; there are {', '.join(WINDOW_SETS)}"
+    return None
+
+
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows,
                "tail": tail_windows, "two": two_gop_windows}  # fmt: skip

@@ -90,9 +90,8 @@ def main() -> int:
     ns.key_sweeps = recipe.key_sweeps if ns.key_sweeps is None else ns.key_sweeps
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
     for flag, sets in (("--windows", ns.windows), ("--key-sweeps", ns.key_sweeps)):
-        for name in filter(None, sets.split(",")):
-            if name not in clips.WINDOW_SETS:
-                p.error(f"{flag}: unknown window set {name!r}; there are {', '.join(clips.WINDOW_SETS)}")
+        if error := clips.window_sets_error(flag, sets):
+            p.error(error)
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
     out = Path(ns.out or policy.shipped_policy(ns.codec))

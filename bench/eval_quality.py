@@ -132,6 +132,10 @@ def main() -> int:
     splits = ns.splits.split(",")
     if not set(splits) <= {"heldout", "test", "train"}:
         p.error(f"--splits: unknown split in {ns.splits!r} (heldout, test, train)")
+    for item in ns.policy:
+        name, sep, path = item.partition("=")
+        if not (name and sep and Path(path).is_file()):
+            p.error(f"--policy {item!r}: want NAME=PATH of an existing policy or checkpoint file")
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     policies = dict(x.split("=", 1) for x in ns.policy) or {"agent": str(policy.shipped_policy(ns.codec))}

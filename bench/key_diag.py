@@ -252,6 +252,11 @@ def main() -> int:
     p.add_argument("--oracle", type=Path, default=None, help="features: oracle records (data/oracle_CODEC.jsonl)")
     p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps: key-sweep records")
     args = p.parse_args()
+    if error := clips.window_sets_error("--sets", args.sets):
+        p.error(error)
+    for flag, path in (("--oracle", args.oracle), ("--sweeps", args.sweeps)):
+        if path is not None and not path.is_file():
+            p.error(f"{flag}: {path} is not a file (bench/oracle_data.py writes it)")
     with tempfile.TemporaryDirectory(prefix="key_diag_") as tmp:
         views = {"offsets": cmd_offsets, "reuse": cmd_reuse, "features": cmd_features, "sweeps": cmd_sweeps,
                  "propagate": cmd_propagate}  # fmt: skip

@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import clips  # noqa: E402
 import imitation  # noqa: E402
 import policy  # noqa: E402
 from bench import oracle_data  # noqa: E402
@@ -44,6 +45,11 @@ def main() -> int:
     ns = p.parse_args()
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
     ns.windows = ns.windows or recipe.windows
+    if error := clips.window_sets_error("--windows", ns.windows):
+        p.error(error)
+    for path in ns.files:
+        if not path.is_file():
+            p.error(f"{path} is not a file (bench/oracle_data.py writes it)")
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     records = oracle_data.of_window_sets(imitation.read_records(ns.files), ns.windows)

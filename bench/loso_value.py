@@ -39,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import clips  # noqa: E402
 import imitation  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from state import FEATURE_NAMES  # noqa: E402
@@ -68,6 +69,8 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
                 v = replace(v, consensus=float(val))
             elif k == "key":
                 v = replace(v, key=tuple(filter(None, val.split("+"))))
+                if unknown := [f for f in v.key if f not in FEATURE_NAMES]:
+                    raise SystemExit(f"--variants: unknown state feature {unknown[0]!r} in {item!r}")
             elif k == "ridge":
                 v = replace(v, ridge=float(val))
             elif k in ("clamp", "gate"):
@@ -146,8 +149,14 @@ def main() -> int:
     ns = p.parse_args()
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
     windows = ns.windows or recipe.windows
-    oracle = oracle_data.of_window_sets(imitation.read_records([ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"]),
-                                        windows, seed=ns.oracle_seed)  # fmt: skip
+    for flag, sets in (("--windows", windows), ("--judge", ns.judge or "")):
+        if error := clips.window_sets_error(flag, sets):
+            p.error(error)
+    oracle_path = ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"
+    for flag, path in (("--sweeps", ns.sweeps), ("--oracle", oracle_path)):
+        if not path.is_file():
+            p.error(f"{flag}: {path} is not a file (bench/oracle_data.py writes it)")
+    oracle = oracle_data.of_window_sets(imitation.read_records([oracle_path]), windows, seed=ns.oracle_seed)
     sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), ns.judge or windows, "key")
     if not oracle or not sweeps:
         raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")

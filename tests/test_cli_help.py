@@ -81,3 +81,21 @@ def test_bench_loop_refuses_an_unknown_clip_or_codec_before_any_encode():
                              text=True, timeout=120)  # fmt: skip
         assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr
         assert "machine:" not in res.stdout  # nothing ran
+
+
+def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path):
+    """Unknown window sets, missing record files and malformed --policy: exit 2, the flag named, no traceback."""
+    missing = str(tmp_path / "missing.jsonl")
+    cases = [
+        (["bench/loso_value.py", "--sweeps", missing], "--sweeps:"),
+        (["bench/loso_value.py", "--sweeps", missing, "--judge", "nope"], "--judge: unknown window set 'nope'"),
+        (["bench/key_diag.py", "sweeps", "--sets", "train,nope"], "--sets: unknown window set 'nope'"),
+        (["bench/learning_curve.py", missing, "--out", str(tmp_path / "lc")], "is not a file"),
+        (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--policy", "agent"], "--policy 'agent'"),
+        (["make_policy.py", "--windows", "train,nope", "--out", str(tmp_path / "p.pt")], "unknown window set 'nope'"),
+    ]
+    for args, named in cases:
+        res = subprocess.run([sys.executable, str(ROOT / args[0]), *args[1:]], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr, (args, res.stderr[-300:])
+    assert not (tmp_path / "lc").exists() and not (tmp_path / "eq").exists()  # refused before any work
