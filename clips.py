@@ -157,18 +157,29 @@ class Window:
     # like a fixed camera, made from the TRAIN sources. repeat=frames makes one still frame.
     repeat: int = 1
     noise: float = 0.0
+    # A jump cut (training only; with repeat 1): (at, to) = from the window's frame `at` on, the
+    # source's frames from `to` on.
+    jump: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
         stem = Path(self.source).stem
         crop = f"_c{self.crop[0]}x{self.crop[1]}" if self.crop else ""
         slow = f"_r{self.repeat}n{self.noise:g}" if self.repeat > 1 or self.noise else ""
-        return f"{stem}_s{self.scale}{crop}{slow}_f{self.start}-{self.start + self.frames}"
+        cut = f"_j{self.jump[0]}to{self.jump[1]}" if self.jump else ""
+        return f"{stem}_s{self.scale}{crop}{slow}{cut}_f{self.start}-{self.start + self.frames}"
 
     @property
     def source_frames(self) -> int:
-        """Frames read from the source: [start, start + source_frames)."""
+        """Frames read from the source without a jump: [start, start + source_frames)."""
         return -(-self.frames // self.repeat)
+
+    def source_indices(self) -> list[int]:
+        """The source frames the window reads, in order (each shown `repeat` times)."""
+        if self.jump is None:
+            return list(range(self.start, self.start + self.source_frames))
+        at, to = self.jump
+        return list(range(self.start, self.start + at)) + list(range(to, to + self.frames - at))
 
 
 def _downscale(plane: np.ndarray, k: int) -> np.ndarray:
@@ -201,8 +212,17 @@ def _slowed(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
             n += 1
 
 
+def _picked(indices: list[int], frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
+    """The source frames at `indices`, in that order, from one pass over the source."""
+    wanted = set(indices)
+    kept = {i: f for i, f in enumerate(islice(frames, max(indices) + 1)) if i in wanted}
+    return (kept[i] for i in indices)
+
+
 def _window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
-    for f in _slowed(win, islice(frames, win.start, win.start + win.source_frames)):
+    source = islice(frames, win.start, win.start + win.source_frames) if win.jump is None else _picked(
+        win.source_indices(), frames)
+    for f in _slowed(win, source):
         y = _downscale(f.y, win.scale)
         h, w = _even(y.shape[0]), _even(y.shape[1])
         y0 = x0 = 0
@@ -281,9 +301,9 @@ def materialise(win: Window | Pan, cache: Path = DEFAULT_CACHE) -> Path:
         fps = Fraction(30)
     else:
         src = open_source(clip_path(win.source, cache))
-        if win.start + win.source_frames > src.frame_count:
+        if max(win.source_indices()) >= src.frame_count:
             raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs "
-                            f"{win.start + win.source_frames}")  # fmt: skip
+                            f"{max(win.source_indices()) + 1}")  # fmt: skip
         frames = list(_window_frames(win, src.frames()))
         fps = Fraction(src.fps or 30.0).limit_denominator(1001)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -424,6 +444,25 @@ def two_gop_windows(gop: int = 64) -> list[Window]:
     ]  # fmt: skip
 
 
+def cut_windows(gop: int = 64) -> list[Window]:
+    """One GOP with a jump cut at frame 1 to 40, of the seven camera sources of `train` and `natural`.
+
+    Content cuts where the GOP does not (held-out Megamind cuts one frame after its key frame); a
+    cut ends what the key frame serves. The other window sets have no cut (BENCHMARKS.md §2.4.15)."""
+    return [
+        Window("carphone_pristine.mp4", 0, gop, jump=(1, 50)), Window("carphone_pristine.mp4", 70, gop, jump=(20, 0)),
+        Window("carphone_distorted.mp4", 0, gop, jump=(3, 50)),
+        Window("bikes.mp4", 0, gop, scale=2, jump=(1, 150)), Window("bikes.mp4", 100, gop, scale=2, jump=(8, 10)),
+        Window("bikes.mp4", 180, gop, crop=(256, 192), jump=(40, 20)),
+        Window("cockatoo.mp4", 0, gop, scale=4, jump=(3, 150)),
+        Window("cockatoo.mp4", 200, gop, scale=4, jump=(20, 50)),
+        Window("cockatoo.mp4", 100, gop, scale=2, crop=(288, 224), jump=(1, 200)),
+        Window("balle-jbart.mp4", 0, gop, scale=2, jump=(8, 150)), Window("balle1-vp9.avi", 0, gop, jump=(1, 200)),
+        Window("Shepard_Calais_1906_FrenchGP.ogv", 0, gop, jump=(3, 150)),
+        Window("Shepard_Calais_1906_FrenchGP.ogv", 200, gop, jump=(40, 50)),
+    ]  # fmt: skip
+
+
 def window_sets_error(flag: str, sets: str) -> str | None:
     """The message for the first unknown name in a comma-separated list of window sets, or None."""
     for name in filter(None, sets.split(",")):
@@ -434,6 +473,7 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows,
-               "tail": tail_windows, "two": two_gop_windows}  # fmt: skip
+               "tail": tail_windows, "two": two_gop_windows,
+               "cut": cut_windows}  # fmt: skip
 
 

@@ -230,7 +230,7 @@ def test_training_held_out_and_test_splits_share_no_source():
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
     assert more == set(clips.MORE_TRAIN_SOURCES)
     assert not (train | more) & held
-    assert {w.source for w in clips.tail_windows()} <= train | more
+    assert {w.source for w in clips.tail_windows() + clips.two_gop_windows() + clips.cut_windows()} <= train | more
     test = {w.source for w in clips.test_windows()}
     assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
     # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
@@ -252,6 +252,22 @@ def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
     assert 0.3 < d_copy < 2.0 and d_next > d_copy
     first = clips.materialise(win, cache=tmp_path).stat().st_mtime_ns
     assert clips.materialise(win, cache=tmp_path).stat().st_mtime_ns == first  # written once, then reused
+
+
+def test_window_with_a_jump_cut_shows_the_source_before_and_after_the_jump(tmp_path):
+    from builtin_encoder.source import open_source
+
+    def frames(win: clips.Window) -> list[np.ndarray]:
+        return [f.y for f in open_source(clips.materialise(win, cache=tmp_path)).frames()]
+
+    cut = clips.Window("carphone_pristine.mp4", 3, 6, scale=2, jump=(2, 50))
+    assert cut.name == "carphone_pristine_s2_j2to50_f3-9" and cut.source_indices() == [3, 4, 50, 51, 52, 53]
+    got = frames(cut)
+    want = frames(clips.Window("carphone_pristine.mp4", 3, 2, scale=2)) + frames(
+        clips.Window("carphone_pristine.mp4", 50, 4, scale=2))
+    assert len(got) == 6 and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    with pytest.raises(clips.ClipError, match="needs 201"):
+        clips.materialise(clips.Window("carphone_pristine.mp4", 0, 64, jump=(1, 138)), cache=tmp_path)
 
 
 def test_pan_window_moves_the_camera_over_the_photo_and_cuts():
