@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +276,8 @@ class GainFeatures:
 
     key: tuple[str, ...] | None = None
     inter: tuple[str, ...] | None = None
+    # State features the key mini-GOP's curvature c(s) may depend on (GainModel); () = one curvature.
+    curvature: tuple[str, ...] = ()
 
     @staticmethod
     def parse(key: str, inter: str) -> GainFeatures:
@@ -296,7 +298,8 @@ class GainFeatures:
         def one(names: tuple[str, ...] | None) -> str:
             return "all" if names is None else ",".join(names) or "none"
 
-        return f"key mini-GOP: {one(self.key)}; others: {one(self.inter)}"
+        curv = f"; key curvature: {','.join(self.curvature)}" if self.curvature else ""
+        return f"key mini-GOP: {one(self.key)}; others: {one(self.inter)}{curv}"
 
 
 ALL_FEATURES = GainFeatures()
@@ -347,20 +350,36 @@ def gain_features(obs: np.ndarray, spec: GainFeatures = ALL_FEATURES) -> np.ndar
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
+def curvature_features(obs: np.ndarray, spec: GainFeatures) -> np.ndarray:
+    """ψ(s) for the curvature: key * [1, s_curv] (N, 1 + len(spec.curvature)); (N, 0) with one curvature."""
+    if not spec.curvature:
+        return np.zeros((len(obs), 0))
+    key = obs[:, FEATURE_NAMES.index("has_key")][:, None].astype(np.float64)
+    return key * np.concatenate([np.ones((len(obs), 1)), _columns(obs, spec.curvature)], axis=1)
+
+
 @dataclass
 class GainModel:
     """A concave quadratic model of what one mini-GOP's offset a (QP) is worth, in dB at equal rate:
 
-        J(a | s) = g(s) * a - c * a^2,   g(s) = w . φ(s),   so   a*(s) = g(s) / (2c).
+        J(a | s) = g(s) * a - c(s) * a^2,   g(s) = w . φ(s),   c(s) = c + v . ψ(s),   a*(s) = g(s) / (2 c(s)).
 
     Fitted by ridge regression on oracle moves: a move a_old -> a_new at state s changed the
-    rate-neutral objective by ΔJ = g(s) (a_new - a_old) - c (a_new^2 - a_old^2); divided by the
-    step, y = ΔJ / (a_new - a_old) = g(s) - c (a_new + a_old) is linear in (w, c).
+    rate-neutral objective by ΔJ = g(s) (a_new - a_old) - c(s) (a_new^2 - a_old^2); divided by the
+    step, y = ΔJ / (a_new - a_old) = g(s) - c(s) (a_new + a_old) is linear in (w, c, v). ψ is
+    empty (one curvature) unless spec.curvature names features: then the key mini-GOP's curvature
+    has its own intercept and depends on them (a short GOP's key frame is a small part of the
+    encode, so its value curve is flatter, BENCHMARKS.md §2.4.14).
     """
 
     w: np.ndarray  # (len(φ),)
     c: float  # curvature, dB / QP^2 (> 0 for a concave model)
     spec: GainFeatures = ALL_FEATURES
+    v: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (len(ψ),), dB / QP^2
+
+    def curvature(self, obs: np.ndarray) -> np.ndarray:
+        """c(s), dB / QP^2, shape (N,)."""
+        return self.c + curvature_features(obs, self.spec) @ self.v
 
     def gain_slope(self, obs: np.ndarray) -> np.ndarray:
         """g(s), dB per QP at a = 0, shape (N,)."""
@@ -368,23 +387,28 @@ class GainModel:
 
     def best_offset(self, obs: np.ndarray, max_delta_qp: int) -> np.ndarray:
         """a*(s) = g(s) / (2c), clipped to the action range, QP, shape (N,)."""
-        c = max(self.c, 1e-4)
+        c = np.maximum(self.curvature(obs), 1e-4)
         return np.clip(self.gain_slope(obs) / (2.0 * c), -max_delta_qp, max_delta_qp)
 
     def value(self, obs: np.ndarray, a: np.ndarray) -> np.ndarray:
         """J(a | s), dB, shape (N,)."""
-        return self.gain_slope(obs) * a - self.c * a**2
+        return self.gain_slope(obs) * a - self.curvature(obs) * a**2
 
 
 def fit_gain_model(m: MoveSamples, ridge: float = 1.0, spec: GainFeatures = ALL_FEATURES) -> GainModel:
-    """Ridge regression of y = ΔJ / Δa on [φ(s), -(a_new + a_old)]; the two intercepts are not shrunk."""
+    """Ridge regression of y = ΔJ / Δa on [φ(s), -(a_new + a_old), -(a_new + a_old) ψ(s)]; intercepts not shrunk."""
     da = m.a_new - m.a_old
     y = m.gain_rate / da
-    x = np.concatenate([gain_features(m.obs, spec), -(m.a_new + m.a_old)[:, None]], axis=1)
+    phi, psi = gain_features(m.obs, spec), curvature_features(m.obs, spec)
+    a_sum = (m.a_new + m.a_old)[:, None]
+    x = np.concatenate([phi, -a_sum, -a_sum * psi], axis=1)
     penalty = np.full(x.shape[1], ridge)
-    penalty[[0, 1, -1]] = 1e-6
+    penalty[[0, 1, phi.shape[1]]] = 1e-6  # g's two intercepts and c
+    if psi.shape[1]:
+        penalty[phi.shape[1] + 1] = 1e-6  # the key mini-GOP's own curvature intercept
     coef = np.linalg.solve(x.T @ x + np.diag(penalty), x.T @ y)
-    return GainModel(coef[:-1], float(coef[-1]), spec)
+    n = phi.shape[1]
+    return GainModel(coef[:n], float(coef[n]), spec, coef[n + 1 :])
 
 
 def cross_validate_gain(m: MoveSamples, ridge: float, spec: GainFeatures = ALL_FEATURES) -> tuple[float, float]:
@@ -395,7 +419,7 @@ def cross_validate_gain(m: MoveSamples, ridge: float, spec: GainFeatures = ALL_F
         test, train = m.source == s, m.source != s
         sub = m.subset(train)
         model = fit_gain_model(sub, ridge, spec)
-        pred[test] = model.gain_slope(m.obs[test]) - model.c * (m.a_new[test] + m.a_old[test])
+        pred[test] = model.gain_slope(m.obs[test]) - model.curvature(m.obs[test]) * (m.a_new[test] + m.a_old[test])
         # No state at all: y = g0 - c (a_new + a_old).
         x = np.stack([np.ones(train.sum()), -(sub.a_new + sub.a_old)], axis=1)
         g0, c0 = np.linalg.lstsq(x, y[train], rcond=None)[0]
@@ -494,7 +518,7 @@ def ignoring_unused(
     """
     if spec.key is None or spec.inter is None:
         return obs, target
-    used = {"has_key", *spec.key, *spec.inter}
+    used = {"has_key", *spec.key, *spec.inter, *spec.curvature}
     unused = [i for i, name in enumerate(FEATURE_NAMES) if name not in used]
     rng = np.random.default_rng(seed)
     out = [obs]

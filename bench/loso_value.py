@@ -22,8 +22,10 @@ the content but not the rate could get, selected in-sample too) and the best con
 fitted without source i (what position alone says).
 
 A variant is "name:option=value,..." with options consensus (k), key (comma-separated state
-features of g(s) on the key mini-GOP; empty = none), ridge, clamp (1 = clip the state features
-g(s) uses to the range seen in the fitting sources before predicting: no extrapolation).
+features of g(s) on the key mini-GOP; empty = none), curv ('+'-separated state features the key
+mini-GOP's curvature c(s) depends on; default one curvature), sweeps (1 = fit on the key sweeps
+of the fitting sets too, the left-out source's excepted), ridge, clamp (1 = clip the state
+features g(s) uses to the range seen in the fitting sources before predicting: no extrapolation).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Variant:
     ridge: float = 3.0
     clamp: bool = False
     gate: bool = False
+    curvature: tuple[str, ...] = ()
+    sweeps: bool = False  # also fit on the key sweeps of the fitting sets (make_policy.py --key-sweeps)
 
 
 def parse_variants(text: str, base: Variant) -> list[Variant]:
@@ -71,12 +75,17 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
                 v = replace(v, key=tuple(filter(None, val.split("+"))))
                 if unknown := [f for f in v.key if f not in FEATURE_NAMES]:
                     raise SystemExit(f"--variants: unknown state feature {unknown[0]!r} in {item!r}")
+            elif k == "curv":
+                v = replace(v, curvature=tuple(filter(None, val.split("+"))))
+                if unknown := [f for f in v.curvature if f not in FEATURE_NAMES]:
+                    raise SystemExit(f"--variants: unknown state feature {unknown[0]!r} in {item!r}")
             elif k == "ridge":
                 v = replace(v, ridge=float(val))
-            elif k in ("clamp", "gate"):
+            elif k in ("clamp", "gate", "sweeps"):
                 v = replace(v, **{k: val == "1"})
             else:
-                raise SystemExit(f"--variants: unknown option {k!r} in {item!r} (consensus, key, ridge, clamp, gate)")
+                known = "consensus, key, curv, ridge, clamp, gate, sweeps"
+                raise SystemExit(f"--variants: unknown option {k!r} in {item!r} ({known})")
         out.append(v)
     return out
 
@@ -112,7 +121,7 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
 def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.ndarray:
     """The recipe's key offset, QP (rounded as the encoder applies it), for states obs, fitted on fit_records."""
     moves = imitation.move_samples(fit_records)
-    spec = imitation.GainFeatures(key=variant.key, inter=())
+    spec = imitation.GainFeatures(key=variant.key, inter=(), curvature=variant.curvature)
     inside = np.ones(len(obs), bool)
     if (variant.clamp or variant.gate) and variant.key:
         cols = [FEATURE_NAMES.index(n) for n in variant.key]
@@ -169,11 +178,13 @@ def main() -> int:
     source = np.array([imitation.source_of(w) for w in wins])
     sources = sorted(set(source))
     answers = {v.name: np.zeros(len(wins), int) for v in variants}
+    fit_sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), windows, "key")
     for s in sources:
         fit = [r for r in oracle if imitation.source_of(r["window"]) != s]
+        more = [r for r in fit_sweeps if imitation.source_of(r["window"]) != s]
         test = source == s
         for v in variants:
-            answers[v.name][test] = answer(v, fit, obs[test])
+            answers[v.name][test] = answer(v, fit + more if v.sweeps else fit, obs[test])
     best = np.nanmax(values, axis=1)
     # What knowing the content (not the rate) is worth: each window's one best offset at all its rates.
     window_best = np.zeros(len(wins))

@@ -75,6 +75,32 @@ def test_gain_model_recovers_a_known_optimum_from_noisy_moves():
     assert np.abs(model.best_offset(obs, 4)).max() < 0.5
 
 
+def test_gain_model_with_a_state_dependent_curvature_recovers_a_flatter_key_curve():
+    """Key steps: J = g a - c(s) a^2 with c 0.012 at gop_left 1 and 0.004 at gop_left 0 (a short GOP)."""
+    rng = np.random.default_rng(1)
+    n, g = 4000, 0.024
+    obs = rng.uniform(-1, 1, (n, OBS_DIM)).astype(np.float32)
+    obs[:, KEY] = 1.0
+    gl = FEATURE_NAMES.index("gop_left")
+    obs[:, gl] = rng.integers(0, 2, n)
+    c_true = 0.004 + 0.008 * obs[:, gl]
+    a_old = rng.integers(-4, 5, n).astype(np.float32)
+    a_new = np.clip(a_old + rng.choice([-2, -1, 1, 2], n), -4, 4).astype(np.float32)
+    keep = a_new != a_old
+    gain = g * (a_new - a_old) - c_true * (a_new**2 - a_old**2) + rng.normal(0, 0.005, n)
+    m = imitation.MoveSamples(obs[keep], a_old[keep], a_new[keep], gain[keep], np.zeros(keep.sum(), int), ["s"])
+    spec = imitation.GainFeatures(key=(), inter=(), curvature=("gop_left",))
+    model = imitation.fit_gain_model(m, ridge=1e-3, spec=spec)
+    probe = np.zeros((2, OBS_DIM), np.float32)
+    probe[:, KEY] = 1.0
+    probe[:, gl] = [0.0, 1.0]
+    assert model.curvature(probe) == pytest.approx([0.004, 0.012], abs=0.001)
+    assert model.best_offset(probe, 4) == pytest.approx([3.0, 1.0], abs=0.3)  # g / 2c(s)
+    one = imitation.fit_gain_model(m, ridge=1e-3, spec=imitation.GainFeatures(key=(), inter=()))
+    assert np.ptp(one.best_offset(probe, 4)) < 0.1  # one curvature: the same answer for both
+    assert "key curvature: gop_left" in spec.describe() and "curvature" not in one.spec.describe()
+
+
 def test_gain_model_is_predictive_across_sources_only_when_the_state_matters():
     m, _, _ = _moves(noise=0.005)
     m.source = np.arange(len(m)) % 3
