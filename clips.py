@@ -22,10 +22,10 @@ import gzip
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -213,16 +213,27 @@ def _slowed(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
 
 
 def _picked(indices: list[int], frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
-    """The source frames at `indices`, in that order, from one pass over the source."""
-    wanted = set(indices)
-    kept = {i: f for i, f in enumerate(islice(frames, max(indices) + 1)) if i in wanted}
-    return (kept[i] for i in indices)
+    """The source frames at `indices`, in that order, from one pass over the source: streamed while
+    the indices ascend, held only when a jump goes back to frames already passed."""
+    uses = Counter(indices)
+    held: dict[int, YuvFrame] = {}
+    order = iter(indices)
+    want = next(order, None)
+    for i, f in enumerate(frames):
+        if i in uses:
+            held[i] = f
+        while want is not None and want in held:
+            yield held[want]
+            uses[want] -= 1
+            if not uses[want]:
+                del held[want]
+            want = next(order, None)
+        if want is None:
+            return
 
 
 def _window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
-    source = islice(frames, win.start, win.start + win.source_frames) if win.jump is None else _picked(
-        win.source_indices(), frames)
-    for f in _slowed(win, source):
+    for f in _slowed(win, _picked(win.source_indices(), frames)):
         y = _downscale(f.y, win.scale)
         h, w = _even(y.shape[0]), _even(y.shape[1])
         y0 = x0 = 0
@@ -301,9 +312,9 @@ def materialise(win: Window | Pan, cache: Path = DEFAULT_CACHE) -> Path:
         fps = Fraction(30)
     else:
         src = open_source(clip_path(win.source, cache))
-        if max(win.source_indices()) >= src.frame_count:
-            raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs "
-                            f"{max(win.source_indices()) + 1}")  # fmt: skip
+        needed = max(win.source_indices()) + 1
+        if needed > src.frame_count:
+            raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs {needed}")
         frames = list(_window_frames(win, src.frames()))
         fps = Fraction(src.fps or 30.0).limit_denominator(1001)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -386,7 +386,7 @@ class GainModel:
         return gain_features(obs, self.spec) @ self.w
 
     def best_offset(self, obs: np.ndarray, max_delta_qp: int) -> np.ndarray:
-        """a*(s) = g(s) / (2c), clipped to the action range, QP, shape (N,)."""
+        """a*(s) = g(s) / (2 c(s)), clipped to the action range, QP, shape (N,)."""
         c = np.maximum(self.curvature(obs), 1e-4)
         return np.clip(self.gain_slope(obs) / (2.0 * c), -max_delta_qp, max_delta_qp)
 

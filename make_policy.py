@@ -18,8 +18,9 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
    training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
    default the key mini-GOP's offset depends on one first-pass feature (SVT-AV1 and VP9:
    fp_reuse, how many later frames of the GOP re-use its content, state.gop_reuse; x264:
-   fp_inter_ratio, how well the mini-GOP's own frames predict each other) and the other
-   mini-GOPs get one offset (BENCHMARKS.md §2.4.6 and §2.4.13 say how these were chosen). The
+   fp_inter_ratio, how well the mini-GOP's own frames predict each other, and gop_left, short
+   GOPs) and the other mini-GOPs get one offset (BENCHMARKS.md §2.4.6, §2.4.13 and §2.4.14 say
+   how these were chosen). The
    actor is fitted with the unused features shuffled (imitation.ignoring_unused), so it ignores them.
 3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
    trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
@@ -61,8 +62,7 @@ def main() -> int:
     p.add_argument("--max-delta-qp", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default=None,
-                   help="oracle window sets, comma-separated: train, static, natural, tail, screen, pan, extra "
-                        "(clips.WINDOW_SETS); "
+                   help=f"oracle window sets, comma-separated: {', '.join(clips.WINDOW_SETS)} (clips.WINDOW_SETS); "
                         "default: the codec's shipped recipe (imitation.SHIPPED_RECIPES)")
     p.add_argument("--key-sweeps", default=None,
                    help="window sets whose key mini-GOP is also swept alone (oracle_data.py --search key: 6 rates, "

@@ -136,8 +136,7 @@ def cmd_reuse(args: argparse.Namespace, work: Path) -> None:
 def records(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     path = args.oracle or ROOT / f"data/oracle_{args.codec}.jsonl"
     oracle = oracle_data.of_window_sets(imitation.read_records([path]), args.sets)
-    names = {w.name for s in args.sets.split(",") for w in clips.WINDOW_SETS[s]()}
-    sweeps = [r for r in imitation.read_records([args.sweeps]) if r["window"] in names] if args.sweeps else []
+    sweeps = oracle_data.of_window_sets(imitation.read_records([args.sweeps]), args.sets, "key") if args.sweeps else []
     return oracle, sweeps
 
 
@@ -255,8 +254,8 @@ def main() -> int:
     if error := clips.window_sets_error("--sets", args.sets):
         p.error(error)
     for flag, path in (("--oracle", args.oracle), ("--sweeps", args.sweeps)):
-        if path is not None and not path.is_file():
-            p.error(f"{flag}: {path} is not a file (bench/oracle_data.py writes it)")
+        if path is not None and (error := oracle_data.missing_records(flag, [path])):
+            p.error(error)
     with tempfile.TemporaryDirectory(prefix="key_diag_") as tmp:
         views = {"offsets": cmd_offsets, "reuse": cmd_reuse, "features": cmd_features, "sweeps": cmd_sweeps,
                  "propagate": cmd_propagate}  # fmt: skip

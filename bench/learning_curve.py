@@ -47,9 +47,8 @@ def main() -> int:
     ns.windows = ns.windows or recipe.windows
     if error := clips.window_sets_error("--windows", ns.windows):
         p.error(error)
-    for path in ns.files:
-        if not path.is_file():
-            p.error(f"{path} is not a file (bench/oracle_data.py writes it)")
+    if error := oracle_data.missing_records("files", ns.files):
+        p.error(error)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     records = oracle_data.of_window_sets(imitation.read_records(ns.files), ns.windows)

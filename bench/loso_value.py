@@ -163,14 +163,16 @@ def main() -> int:
             p.error(error)
     oracle_path = ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"
     for flag, path in (("--sweeps", ns.sweeps), ("--oracle", oracle_path)):
-        if not path.is_file():
-            p.error(f"{flag}: {path} is not a file (bench/oracle_data.py writes it)")
+        if error := oracle_data.missing_records(flag, [path]):
+            p.error(error)
     oracle = oracle_data.of_window_sets(imitation.read_records([oracle_path]), windows, seed=ns.oracle_seed)
-    sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), ns.judge or windows, "key")
+    sweep_records = imitation.read_records([ns.sweeps])
+    sweeps = oracle_data.of_window_sets(sweep_records, ns.judge or windows, "key")
     if not oracle or not sweeps:
         raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")
-    shipped = Variant(f"shipped (key: {','.join(recipe.features.key or ())}, k = {recipe.consensus:g})",
-                      recipe.consensus, tuple(recipe.features.key or ()))  # fmt: skip
+    feats = recipe.features
+    shipped = Variant(f"shipped (key: {','.join(feats.key or ())}, k = {recipe.consensus:g})", recipe.consensus,
+                      tuple(feats.key or ()), curvature=feats.curvature)  # fmt: skip
     variants = parse_variants(ns.variants, shipped) + [Variant("no state (one key offset)", 0.0, ())]
     slopes = imitation.window_slopes(sweeps)
     obs, values, wins = sweep_table(sweeps, slopes)
@@ -178,7 +180,7 @@ def main() -> int:
     source = np.array([imitation.source_of(w) for w in wins])
     sources = sorted(set(source))
     answers = {v.name: np.zeros(len(wins), int) for v in variants}
-    fit_sweeps = oracle_data.of_window_sets(imitation.read_records([ns.sweeps]), windows, "key")
+    fit_sweeps = oracle_data.of_window_sets(sweep_records, windows, "key")
     for s in sources:
         fit = [r for r in oracle if imitation.source_of(r["window"]) != s]
         more = [r for r in fit_sweeps if imitation.source_of(r["window"]) != s]

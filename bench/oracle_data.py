@@ -7,8 +7,9 @@ augmented ones: one GOP each, TRAIN sources only; --windows pan: camera motion o
 clips.pan_windows()) and a few
 target rates drawn log-uniformly in [--bpp-min, --bpp-max] bits per luma pixel, it runs the Δ=0
 baseline and evaluate.run_oracle (coordinate descent over per-mini-GOP offsets, every candidate a
-real encode through the protocol; with --search key, `key_sweep`: every offset of the key mini-GOP
-alone, at 6 rates per window drawn with seed 10), and appends one JSON line per point: the baseline's and the
+real encode through the protocol; with --search key, `key_sweep`: every offset of the last GOP's key
+mini-GOP alone (the first mini-GOP of a one-GOP window), at 6 rates per window drawn with seed
+10), and appends one JSON line per point: the baseline's and the
 best encode's requests and feedback (so any state can be rebuilt offline), the oracle's offsets,
 and every candidate tried (offsets, PSNR-Y, bits). Points already in --out are skipped, so an
 interrupted run resumes. `imitation.py` turns the file into a policy; `bench/oracle_diag.py`
@@ -86,6 +87,14 @@ def of_window_sets(records: list[dict], windows: str, search: str = "oracle", se
     rate, searched before a set's list changed."""
     keys = {codec: point_keys(codec, windows, search, seed=seed) for codec in {r["codec"] for r in records}}
     return [r for r in records if r["key"] in keys[r["codec"]]]
+
+
+def missing_records(flag: str, paths: list[Path]) -> str | None:
+    """The message for the first of `paths` that is not a file (a records file this script writes), or None."""
+    for path in paths:
+        if not path.is_file():
+            return f"{flag}: {path} is not a file (bench/oracle_data.py writes it)"
+    return None
 
 
 def finished_keys(out: Path) -> set[str]:
@@ -175,11 +184,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=None, help="seed of the rate draws (default 0; 10 with --search key)")
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
     p.add_argument("--windows", default="train", choices=sorted(clips.WINDOW_SETS),
-                   help="train: clips.training_windows(); static: clips.static_windows() (slow / still); "
-                        "pan: clips.pan_windows() (camera motion over still photos); natural: more camera "
-                        "sources (clips.natural_windows()); screen: a screen recording "
-                        "(clips.screen_windows()); extra: three other kinds (clips.extra_windows()); tail: a full GOP "
-                        "then a short one (clips.tail_windows(); --search key moves the short GOP's key)")  # fmt: skip
+                   help="; ".join(f"{name}: clips.{fn.__name__}()" for name, fn in clips.WINDOW_SETS.items())
+                   + " (each function's docstring says what it holds; --search key moves the last GOP's key)")
     p.add_argument("--search", default="oracle", choices=("oracle", "key"),
                    help="oracle: coordinate descent over every mini-GOP (evaluate.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip
