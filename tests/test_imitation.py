@@ -259,6 +259,9 @@ def test_training_held_out_and_test_splits_share_no_source():
     assert {w.source for w in clips.tail_windows() + clips.two_gop_windows() + clips.cut_windows()} <= train | more
     test = {w.source for w in clips.test_windows()}
     assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
+    test2 = {w.source for w in clips.test2_windows()}
+    assert test2 == set(clips.TEST2_SOURCES) and not (train | more | held | test) & test2
+    assert set(clips.EVAL_SPLITS) == {"heldout", "test", "test2"}
     # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
     assert {imitation.source_of(w.name) for w in more_windows} == {Path(s).stem for s in more}
     photos = {w.source for w in clips.pan_windows()} | {w.cut_to for w in clips.pan_windows() if w.cut_to}
