@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import clips  # noqa: E402
 import policy  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
+from bench.pool_eval import print_pooled  # noqa: E402
 from main import bundled_clip  # noqa: E402
 
 
@@ -165,6 +166,10 @@ def main() -> int:
         print_policy_table(split, results)
         if ns.codec_rc:
             print_codec_rc_table(split, results)
+    unseen = [s for s in splits if s != "train"]
+    if len(unseen) > 1:
+        print(f"\n## {' + '.join(unseen)} pooled: every clip of the splits, BD-rate vs Δ=0, overall PSNR-Y")
+        print_pooled({name: [tables[s][name] for s in unseen] for name in policies})
     for split in oracle_splits:
         print_oracle_table(split, out / f"{split}_oracle", ns.oracle_frames)
     return 0

@@ -92,6 +92,8 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["bench/key_diag.py", "sweeps", "--sets", "train,nope"], "--sets: unknown window set 'nope'"),
         (["bench/learning_curve.py", missing, "--out", str(tmp_path / "lc")], "is not a file"),
         (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--policy", "agent"], "--policy 'agent'"),
+        (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--splits", "test,test3"], "unknown split"),
+        (["bench/pool_eval.py", f"agent={tmp_path / 'nowhere'}"], "no bdrate.csv in"),
         (["make_policy.py", "--windows", "train,nope", "--out", str(tmp_path / "p.pt")], "unknown window set 'nope'"),
     ]
     for args, named in cases:

@@ -328,3 +328,31 @@ def test_feedback_only_numbers_match_the_summary_json_on_the_builtin_encoder(tmp
     assert b.psnr_y == pytest.approx(a.psnr_y, abs=1e-6)
     assert b.psnr_y_frame_mean == pytest.approx(a.psnr_y_frame_mean, abs=1e-6)
     assert b.ssim_y == pytest.approx(a.ssim_y, abs=1e-6)
+
+
+def test_pooled_bdrates_mean_interval_and_counts(tmp_path):
+    """bench/pool_eval.py: clips of several report folders pooled; the interval holds the mean and narrows with n."""
+    from bench import pool_eval
+
+    for name, row in (("a", "+1.00,-2.00,-0.02"), ("b", "-3.00,-1.00,+0.50")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bdrate.csv").write_text(
+            "metric,pair,c1,c2,c3,mean\n"
+            f"psnr_y,agent vs baseline,{row},0\n"
+            "psnr_y,oracle vs baseline,-9,-9,-9,-9\n"
+            "ssim_y,agent vs baseline,5,5,5,5\n")  # fmt: skip
+    values = [v for f in ("a", "b") for v in pool_eval.clip_bdrates(tmp_path / f).values()]
+    assert values == [1.0, -2.0, -0.02, -3.0, -1.0, 0.5]
+    p = pool_eval.pool(values)
+    assert p.n == 6 and abs(p.mean - np.mean(values)) < 1e-12 and p.low < p.mean < p.high
+    assert (p.better, p.worse, p.worst) == (3, 2, 1.0)  # -0.02 is within the ±0.05 tie band
+    assert pool_eval.pool(values) == p  # seeded: the same interval every run
+    wide = pool_eval.pool(values[:3])
+    narrow = pool_eval.pool(values * 10)
+    assert narrow.high - narrow.low < p.high - p.low < wide.high - wide.low + 1e-9
+    const = pool_eval.pool([-0.7] * 4)
+    assert const.low == const.high == const.mean == -0.7
+    with pytest.raises(ValueError, match="no row"):
+        pool_eval.clip_bdrates(tmp_path / "a", metric="nope")
+    with pytest.raises(ValueError, match="no clips"):
+        pool_eval.pool([])

@@ -1,0 +1,98 @@
+"""Pools policy-vs-Δ=0 BD-rates over the clips of several evaluation runs: mean, 95% interval, wins.
+
+    python bench/pool_eval.py shipped=/tmp/ev/heldout_agent,/tmp/ev/test_agent,/tmp/ev/test2_agent
+    python bench/pool_eval.py tail=A,B prev=C,D --metric ssim_y
+
+Each FOLDER is an `evaluate.py --out` folder (bench/eval_quality.py makes them as OUT/<split>_<policy>);
+its bdrate.csv gives one BD-rate per clip ("agent vs baseline", overall PSNR-Y by default). A split
+of five to eight clips says little alone: one QP on one key frame moves a clip by 1-2%. Pooling the
+clips of every split a policy was never fitted or chosen on, this prints per policy the number of
+clips, their mean BD-rate, a 95% bootstrap interval of that mean (clips resampled with replacement,
+10 000 times, seeded: the same figures every run), how many clips are better / worse than Δ=0 by more
+than 0.05%, and the worst clip. Negative = fewer bits than Δ=0 for the same quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """BD-rates (%) of one policy over clips: n, mean, its 95% bootstrap interval, wins, losses, worst."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    better: int
+    worse: int
+    worst: float
+
+
+def pool(values: list[float], resamples: int = 10_000, seed: int = 0, tie: float = 0.05) -> Pooled:
+    """Mean of `values` and its percentile-bootstrap 95% interval; clips within ±`tie` % count as neither."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("no clips to pool")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    means = x[idx].mean(axis=1)  # (resamples,)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Pooled(int(x.size), float(x.mean()), float(low), float(high), int((x < -tie).sum()),
+                  int((x > tie).sum()), float(x.max()))  # fmt: skip
+
+
+def clip_bdrates(folder: Path, metric: str = "psnr_y", pair: str = "agent vs baseline") -> dict[str, float]:
+    """clip -> BD-rate % of `pair` on `metric`, from an evaluate.py report folder's bdrate.csv."""
+    path = Path(folder) / "bdrate.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no bdrate.csv (not an evaluate.py --out folder?)")
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["metric"] == metric and row["pair"] == pair:
+                return {k: float(v) for k, v in row.items() if k not in ("metric", "pair", "mean")}
+    raise ValueError(f"{path}: no row for metric {metric!r}, pair {pair!r}")
+
+
+def print_pooled(policies: dict[str, list[Path]], metric: str = "psnr_y") -> None:
+    """One Markdown row per policy, pooling the clips of all its folders."""
+    print(f"| policy | clips | mean BD-rate {metric} | 95% interval of the mean | better / worse than Δ=0 "
+          "| worst clip |")  # fmt: skip
+    print("|---|---:|---:|---|---|---:|")
+    for name, folders in policies.items():
+        values: list[float] = []
+        for folder in folders:
+            values += clip_bdrates(folder, metric).values()
+        p = pool(values)
+        print(f"| {name} | {p.n} | **{p.mean:+.2f}%** | {p.low:+.2f} … {p.high:+.2f}% | {p.better} / {p.worse} "
+              f"| {p.worst:+.2f}% |")  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("policies", nargs="+", metavar="NAME=FOLDER[,FOLDER...]",
+                   help="a policy's name and its evaluate.py report folders, comma-separated")  # fmt: skip
+    p.add_argument("--metric", default="psnr_y", choices=("psnr_y", "psnr_y_frame_mean", "ssim_y"))
+    ns = p.parse_args()
+    policies: dict[str, list[Path]] = {}
+    for item in ns.policies:
+        name, sep, folders = item.partition("=")
+        paths = [Path(f) for f in folders.split(",") if f]
+        missing = [str(f) for f in paths if not (f / "bdrate.csv").is_file()]
+        if not (name and sep and paths) or missing:
+            p.error(f"{item!r}: want NAME=FOLDER[,FOLDER...] of evaluate.py report folders"
+                    + (f" (no bdrate.csv in {', '.join(missing)})" if missing else ""))  # fmt: skip
+        policies[name] = paths
+    print(f"`python bench/pool_eval.py {' '.join(sys.argv[1:])}`\n")
+    print_pooled(policies, ns.metric)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
