@@ -280,8 +280,11 @@ class GainFeatures:
     curvature: tuple[str, ...] = ()
 
     @staticmethod
-    def parse(key: str, inter: str) -> GainFeatures:
-        """From comma-separated lists ("all" = every feature, "" = none), e.g. ("fp_future_ratio", "")."""
+    def parse(key: str, inter: str, curvature: str = "") -> GainFeatures:
+        """From comma-separated lists ("all" = every feature, "" = none), e.g. ("fp_future_ratio", "").
+
+        `curvature` names the features of the key mini-GOP's c(s) ("" = one curvature; "all" is refused).
+        """
 
         def one(text: str) -> tuple[str, ...] | None:
             if text == "all":
@@ -292,7 +295,10 @@ class GainFeatures:
                     raise ValueError(f"unknown state feature {n!r}; the state has {', '.join(FEATURE_NAMES)}")
             return names
 
-        return GainFeatures(one(key), one(inter))
+        curv = one(curvature)
+        if curv is None:
+            raise ValueError("the key curvature takes named features, not 'all'")
+        return GainFeatures(one(key), one(inter), curv)
 
     def describe(self) -> str:
         def one(names: tuple[str, ...] | None) -> str:

@@ -76,14 +76,19 @@ def main() -> int:
                         "default: the codec's shipped recipe (fp_reuse)")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
+    p.add_argument("--key-curvature", default=None,
+                   help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
+                        "curvature, BENCHMARKS.md §2.4.14); default: the codec's shipped recipe (one curvature)")
     ns = p.parse_args()
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
     if ns.key_features is None:
         ns.key_features = ",".join(recipe.features.key or ())
     if ns.inter_features is None:
         ns.inter_features = ",".join(recipe.features.inter or ())
+    if ns.key_curvature is None:
+        ns.key_curvature = ",".join(recipe.features.curvature)
     try:
-        spec = imitation.GainFeatures.parse(ns.key_features, ns.inter_features)
+        spec = imitation.GainFeatures.parse(ns.key_features, ns.inter_features, ns.key_curvature)
     except ValueError as exc:
         p.error(str(exc))
     ns.windows = ns.windows or recipe.windows

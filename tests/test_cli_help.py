@@ -95,6 +95,7 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--splits", "test,test3"], "unknown split"),
         (["bench/pool_eval.py", f"agent={tmp_path / 'nowhere'}"], "no bdrate.csv in"),
         (["make_policy.py", "--windows", "train,nope", "--out", str(tmp_path / "p.pt")], "unknown window set 'nope'"),
+        (["make_policy.py", "--key-curvature", "gop_lft", "--out", str(tmp_path / "p.pt")], "unknown state feature"),
     ]
     for args, named in cases:
         res = subprocess.run([sys.executable, str(ROOT / args[0]), *args[1:]], capture_output=True, text=True,

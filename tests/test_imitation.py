@@ -127,6 +127,11 @@ def test_gain_model_restricted_to_the_feature_that_matters_generalises_across_so
     assert model.best_offset(obs, 4) == pytest.approx(slope * obs[:, RATE] / (2 * c), abs=0.5)
     with pytest.raises(ValueError, match="unknown state feature 'nope'"):
         imitation.GainFeatures.parse("nope", "")
+    curved = imitation.GainFeatures.parse("fp_inter_ratio,gop_left", "", "gop_left")
+    assert curved == imitation.GainFeatures(("fp_inter_ratio", "gop_left"), (), ("gop_left",))
+    assert "key curvature: gop_left" in curved.describe()
+    with pytest.raises(ValueError, match="not 'all'"):
+        imitation.GainFeatures.parse("", "", "all")
 
 
 def test_distillation_set_hides_the_features_the_gain_model_did_not_use():
