@@ -5,9 +5,10 @@
     python bench/key_diag.py features --codec x264 --sweeps data/keysweep_x264.jsonl   # ~1 min
     python bench/key_diag.py sweeps --codec x264 --sweeps data/keysweep_x264.jsonl     # seconds
     python bench/key_diag.py propagate --codec x264 --sweeps data/keysweep_x264.jsonl  # ~3 min
+    python bench/key_diag.py history --codec x264 --sweeps data/keysweep_x264.jsonl --sets two   # seconds
 
 The shipped policies make one decision per GOP that matters: the offset of its key mini-GOP
-(BENCHMARKS.md §2.4.9). Five views of that decision (§2.4.10 and §2.4.11 have their figures):
+(BENCHMARKS.md §2.4.9). Six views of that decision (§2.4.10, §2.4.11 and §2.4.16 have their figures):
 
 - `offsets`: one held-out clip (clips.heldout_windows(), by source name prefix) at 0.04-0.32
   bit/pixel, the Δ=0 baseline and scripted offsets on the key mini-GOPs of its GOPs (all other
@@ -27,6 +28,12 @@ The shipped policies make one decision per GOP that matters: the offset of its k
   flat blocks do not divide by 0). Printed for every held-out GOP and training window, then the
   leave-one-source-out R² of the gain model with P as a key-mini-GOP feature (in the unused
   `qp_span` column), beside `fp_reuse`.
+- `history`: key sweeps of a GOP after the first (sets `two`, `tail`): what the encode of the GOP
+  before it says. From the Δ=0 run's feedback of that previous GOP: its key mini-GOP's share of the
+  GOP's bits, log2(key frame bits / mean bits of its other frames), its PSNR-Y drop from the key
+  mini-GOP to the GOP's second half; beside the state's features at the swept key. For each, the
+  leave-one-source-out R² of a line predicting the sweep's value slope at 0 (g = (v(+1) − v(−1)) / 2,
+  dB per QP), and what answering ±1 by that prediction's sign is worth (dB at equal rate).
 """
 
 from __future__ import annotations
@@ -172,6 +179,54 @@ def cmd_sweeps(args: argparse.Namespace, work: Path) -> None:
         print(f"| {w} | {shown} | {' '.join(f'{b:+d}' for _, b in sorted(best[w]))} |")
 
 
+def previous_gop_stats(steps: list[dict], gop: int) -> dict[str, float]:
+    """Realized statistics of GOP `gop` − 1 from a run's steps ({"request", "feedback"} per mini-GOP).
+
+    key_share: its key mini-GOP's bits / the GOP's bits; key_inter_bits: log2(key frame bits / mean
+    bits of the GOP's other frames); psnr_drop: key mini-GOP PSNR-Y − mean PSNR-Y of the GOP's
+    second half, dB.
+    """
+    fb = [s["feedback"] for s in steps if s["request"]["gop_index"] == gop - 1]
+    if not fb:
+        raise ValueError(f"no mini-GOP of GOP {gop - 1} in these steps")
+    frame_bits = [b for f in fb for b in f["frame_bits"]]
+    return {
+        "key_share": fb[0]["bits"] / sum(f["bits"] for f in fb),
+        "key_inter_bits": float(np.log2(frame_bits[0] / np.mean(frame_bits[1:]))),
+        "psnr_drop": fb[0]["psnr_y"] - float(np.mean([f["psnr_y"] for f in fb[len(fb) // 2 :]])),
+    }
+
+
+def cmd_history(args: argparse.Namespace, work: Path) -> None:
+    _, sweeps = records(args)
+    sweeps = [r for r in sweeps if r["baseline_steps"][loso_value.swept_minigop(r)]["request"]["gop_index"] > 0]
+    if not sweeps:
+        raise SystemExit("--sweeps: no key sweeps of a GOP after the first in these sets (try --sets two,tail)")
+    obs, values, windows = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
+    m = loso_value.MAX_DELTA_QP
+    g = (values[:, m + 1] - values[:, m - 1]) / 2  # (P,) dB per QP at offset 0
+    source = np.array([imitation.source_of(w) for w in windows])
+    prev = [previous_gop_stats(r["baseline_steps"], r["baseline_steps"][loso_value.swept_minigop(r)]["request"]
+                               ["gop_index"]) for r in sweeps]  # fmt: skip
+    columns = {f"previous GOP: {k}": np.array([p[k] for p in prev]) for k in prev[0]}
+    shown = ("fp_inter_ratio", "fp_reuse", "log_fp_bpp", "lookahead_ratio", "fp_intra", "gop_left", "base_qp")
+    columns |= {f"state: {n}": obs[:, state.FEATURE_NAMES.index(n)] for n in shown}
+    print(f"{args.codec}, sets {args.sets}: {len(sweeps)} key sweeps of a later GOP, {len(set(source))} sources; "
+          f"each sweep's best {np.nanmean(np.nanmax(values, axis=1)):+.4f} dB, always +1 "
+          f"{np.nanmean(values[:, m + 1]):+.4f}, always -1 {np.nanmean(values[:, m - 1]):+.4f}\n")  # fmt: skip
+    print("| feature | corr with g | LOSO R² of g | ±1 by the LOSO sign, dB |\n|---|---:|---:|---:|")
+    for name, x in columns.items():
+        pred = np.zeros_like(g)
+        for s in set(source):
+            out = source == s
+            w = np.linalg.lstsq(np.c_[np.ones((~out).sum()), x[~out]], g[~out], rcond=None)[0]
+            pred[out] = w[0] + w[1] * x[out]
+        r2 = 1.0 - float(np.sum((g - pred) ** 2) / np.sum((g - g.mean()) ** 2))
+        corr = float(np.corrcoef(x, g)[0, 1]) if np.std(x) > 0 else float("nan")
+        act = np.sign(pred).astype(int)
+        print(f"| {name} | {corr:+.2f} | {r2:+.2f} | {np.nanmean(values[np.arange(len(act)), act + m]):+.4f} |")
+
+
 def block_costs(path: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per frame of the clip: (intra, inter, dy, dx) per half-resolution block, as analysis.Analyzer measures them."""
     out, prev = [], None
@@ -242,14 +297,14 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("view", choices=("offsets", "reuse", "features", "sweeps", "propagate"))
+    p.add_argument("view", choices=("offsets", "reuse", "features", "sweeps", "propagate", "history"))
     p.add_argument("--codec", default="x264", choices=("x264", "svtav1"))
     p.add_argument("--clip", default="bigbuckbunny", help="offsets: held-out source (name prefix)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="offsets: 'name=o0,o1,...;name=...'")
     p.add_argument("--mgs-per-gop", type=int, default=8, help="offsets: mini-GOPs per GOP (key every N)")
-    p.add_argument("--sets", default="train,static", help="features/sweeps: training window sets")
+    p.add_argument("--sets", default="train,static", help="features/sweeps/history: training window sets")
     p.add_argument("--oracle", type=Path, default=None, help="features: oracle records (data/oracle_CODEC.jsonl)")
-    p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps: key-sweep records")
+    p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps/history: key-sweep records")
     args = p.parse_args()
     if error := clips.window_sets_error("--sets", args.sets):
         p.error(error)
@@ -258,7 +313,7 @@ def main() -> int:
             p.error(error)
     with tempfile.TemporaryDirectory(prefix="key_diag_") as tmp:
         views = {"offsets": cmd_offsets, "reuse": cmd_reuse, "features": cmd_features, "sweeps": cmd_sweeps,
-                 "propagate": cmd_propagate}  # fmt: skip
+                 "propagate": cmd_propagate, "history": cmd_history}  # fmt: skip
         views[args.view](args, Path(tmp))
     return 0
 

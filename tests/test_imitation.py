@@ -487,3 +487,20 @@ def test_move_samples_concat_keeps_each_rows_source_and_subset_keeps_the_source_
     assert list(both.gain_rate) == [0, 1, 0, 1, 2]
     sub = both.subset(both.source == 1)
     assert sub.sources == ["a", "b"] and len(sub) == 2 and list(sub.gain_rate) == [0, 2]
+
+
+def test_previous_gop_stats_read_the_gop_before_the_swept_key():
+    """key_diag history: the previous GOP's key share, key/inter frame bits and PSNR-Y drop, from feedback alone."""
+    from bench import key_diag
+
+    def step(gop: int, bits: list[int], psnr: float) -> dict:
+        return {"request": {"gop_index": gop}, "feedback": {"bits": sum(bits), "frame_bits": bits, "psnr_y": psnr}}
+
+    steps = [step(0, [800, 100], 40.0), step(0, [100, 100], 38.0), step(0, [100, 100], 36.0),
+             step(1, [5000, 10], 30.0)]  # fmt: skip
+    stats = key_diag.previous_gop_stats(steps, gop=1)
+    assert stats["key_share"] == pytest.approx(900 / 1300)
+    assert stats["key_inter_bits"] == pytest.approx(np.log2(800 / 100))
+    assert stats["psnr_drop"] == pytest.approx(40.0 - 37.0)  # second half: mini-GOPs 1 and 2 of 3
+    with pytest.raises(ValueError, match="no mini-GOP of GOP 2"):
+        key_diag.previous_gop_stats(steps, gop=3)
