@@ -17,35 +17,12 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-@dataclass(frozen=True)
-class Pooled:
-    """BD-rates (%) of one policy over clips: n, mean, its 95% bootstrap interval, wins, losses, worst."""
-
-    n: int
-    mean: float
-    low: float
-    high: float
-    better: int
-    worse: int
-    worst: float
-
-
-def pool(values: list[float], resamples: int = 10_000, seed: int = 0, tie: float = 0.05) -> Pooled:
-    """Mean of `values` and its percentile-bootstrap 95% interval; clips within ±`tie` % count as neither."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("no clips to pool")
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
-    means = x[idx].mean(axis=1)  # (resamples,)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return Pooled(int(x.size), float(x.mean()), float(low), float(high), int((x < -tie).sum()),
-                  int((x > tie).sum()), float(x.max()))  # fmt: skip
+from evaluate import pool_clips  # noqa: E402
 
 
 def clip_bdrates(folder: Path, metric: str = "psnr_y", pair: str = "agent vs baseline") -> dict[str, float]:
@@ -69,7 +46,7 @@ def print_pooled(policies: dict[str, list[Path]], metric: str = "psnr_y") -> Non
         values: list[float] = []
         for folder in folders:
             values += clip_bdrates(folder, metric).values()
-        p = pool(values)
+        p = pool_clips(values)
         print(f"| {name} | {p.n} | **{p.mean:+.2f}%** | {p.low:+.2f} … {p.high:+.2f}% | {p.better} / {p.worse} "
               f"| {p.worst:+.2f}% |")  # fmt: skip
 

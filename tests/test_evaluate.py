@@ -343,16 +343,41 @@ def test_pooled_bdrates_mean_interval_and_counts(tmp_path):
             "ssim_y,agent vs baseline,5,5,5,5\n")  # fmt: skip
     values = [v for f in ("a", "b") for v in pool_eval.clip_bdrates(tmp_path / f).values()]
     assert values == [1.0, -2.0, -0.02, -3.0, -1.0, 0.5]
-    p = pool_eval.pool(values)
+    p = ev.pool_clips(values)
     assert p.n == 6 and abs(p.mean - np.mean(values)) < 1e-12 and p.low < p.mean < p.high
     assert (p.better, p.worse, p.worst) == (3, 2, 1.0)  # -0.02 is within the ±0.05 tie band
-    assert pool_eval.pool(values) == p  # seeded: the same interval every run
-    wide = pool_eval.pool(values[:3])
-    narrow = pool_eval.pool(values * 10)
+    assert ev.pool_clips(values) == p  # seeded: the same interval every run
+    wide = ev.pool_clips(values[:3])
+    narrow = ev.pool_clips(values * 10)
     assert narrow.high - narrow.low < p.high - p.low < wide.high - wide.low + 1e-9
-    const = pool_eval.pool([-0.7] * 4)
+    const = ev.pool_clips([-0.7] * 4)
     assert const.low == const.high == const.mean == -0.7
     with pytest.raises(ValueError, match="no row"):
         pool_eval.clip_bdrates(tmp_path / "a", metric="nope")
     with pytest.raises(ValueError, match="no clips"):
-        pool_eval.pool([])
+        ev.pool_clips([])
+
+
+def test_report_states_the_agents_mean_with_its_interval_over_clips():
+    """report.md: with two clips or more, the agent's mean BD-rate over clips comes with its bootstrap interval."""
+
+    def runs(video: str, agent_gain: float) -> list[ev.RunRecord]:
+        out = []
+        for i, kbps in enumerate((100.0, 200.0, 400.0, 800.0)):
+            for method, psnr in (("baseline", 30.0 + 3 * i), ("agent", 30.0 + 3 * i + agent_gain)):
+                out.append(ev.RunRecord(video, method, kbps, ok=True, kbps=kbps, psnr_y=psnr,
+                                        psnr_y_frame_mean=psnr, ssim_y=0.9, gops=1))  # fmt: skip
+        return out
+
+    videos = [ev.Video(n, Path(f"{n}.y4m"), 64, 64, 30.0, 8) for n in ("a", "b", "c")]
+    report = ev.Report(videos, ev.EvalSettings(codec="x264"))
+    report.runs = runs("a", 0.3) + runs("b", 0.1) + runs("c", -0.2)
+    per_clip = [report.bd(v, "psnr_y", "agent", "baseline") for v in ("a", "b", "c")]
+    assert per_clip[0] < per_clip[1] < 0 < per_clip[2]
+    md = ev.markdown(report, [])
+    p = ev.pool_clips(per_clip)
+    assert f"over 3 clips: mean {p.mean:+.2f}%, 95% bootstrap interval of the mean {p.low:+.2f}" in md
+    assert "better on 2, worse on 1" in md
+    one = ev.Report(videos[:1], ev.EvalSettings(codec="x264"))
+    one.runs = runs("a", 0.3)
+    assert "bootstrap interval" not in ev.markdown(one, [])  # one clip: no interval to give
