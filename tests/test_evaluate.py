@@ -330,7 +330,7 @@ def test_feedback_only_numbers_match_the_summary_json_on_the_builtin_encoder(tmp
     assert b.ssim_y == pytest.approx(a.ssim_y, abs=1e-6)
 
 
-def test_pooled_bdrates_mean_interval_and_counts(tmp_path):
+def test_pooled_bdrates_mean_interval_and_counts(tmp_path, capsys):
     """bench/pool_eval.py: clips of several report folders pooled; the interval holds the mean and narrows with n."""
     from bench import pool_eval
 
@@ -352,6 +352,13 @@ def test_pooled_bdrates_mean_interval_and_counts(tmp_path):
     assert narrow.high - narrow.low < p.high - p.low < wide.high - wide.low + 1e-9
     const = ev.pool_clips([-0.7] * 4)
     assert const.low == const.high == const.mean == -0.7
+    # --versus pairs the i-th folder of each policy, clip by clip: a policy minus itself is 0 on every clip
+    paired = pool_eval.pooled_values([tmp_path / "a", tmp_path / "b"], "psnr_y")
+    assert paired[(0, "c1")] == 1.0 and paired[(1, "c1")] == -3.0 and len(paired) == 6
+    pool_eval.print_versus({"x": [tmp_path / "a", tmp_path / "b"], "y": [tmp_path / "b", tmp_path / "a"]}, "x")
+    shown = capsys.readouterr().out
+    diffs = [-3.0 - 1.0, -1.0 + 2.0, 0.5 + 0.02, 1.0 + 3.0, -2.0 + 1.0, -0.02 - 0.5]  # y - x, paired
+    assert f"| y | 6 | **{np.mean(diffs):+.2f}** |" in shown
     with pytest.raises(ValueError, match="no row"):
         pool_eval.clip_bdrates(tmp_path / "a", metric="nope")
     with pytest.raises(ValueError, match="no clips"):
