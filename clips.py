@@ -78,10 +78,10 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
                   "data/fireplace/flame/flame_seamless_compressed.avi"),
     "wannaworktogether.mp4": ("openboard-common", "usr/share/openboard/library/videos/wannaworktogether.mp4"),
     # The second test split (2026-12-05, found after the first one had been looked at three times):
-    # an underwater handheld camera following a diver, 640x480, MJPEG (pd-extendedview, GPL-3);
+    # an underwater handheld camera following a diver, 640x480, MJPEG (pd-extendedview, GPL-3+);
     "diver.mov": ("pd-extendedview", "usr/share/doc/pd-extendedview/media/diver.mov"),
-    # a rocket launch, cameras on the pad and the range with cuts, 640x360, VP8 (renpy-demo, the
-    # Ren'Py demo game's launch video; NASA footage);
+    # a rocket launch, cameras on the pad and the range with cuts, 640x360, VP8 (renpy-demo, Expat:
+    # the Ren'Py demo game's launch video);
     "oa4_launch.webm": ("renpy-demo", "usr/share/games/renpy/demo/game/oa4_launch.webm"),
     # three pens on a table, a handheld camera, 176x144, 64 frames (docutils-doc, public domain);
     "pens.mp4": ("docutils-doc", "usr/share/doc/docutils-doc/docs/user/rst/images/pens.mp4.gz"),
