@@ -73,7 +73,7 @@ def main() -> int:
                         "default: the codec's shipped recipe")  # fmt: skip
     p.add_argument("--key-features", default=None,
                    help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none); "
-                        "default: the codec's shipped recipe (fp_reuse)")
+                        "default: the codec's shipped recipe (SVT-AV1, VP9: fp_reuse; x264: fp_inter_ratio,gop_left)")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     p.add_argument("--key-curvature", default=None,

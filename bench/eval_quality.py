@@ -27,7 +27,6 @@ reports (Markdown, CSV, PNG) are in OUT/<split>_<policy>/.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import clips  # noqa: E402
 import policy  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
-from bench.pool_eval import print_pooled  # noqa: E402
+from bench.pool_eval import bd_rows, print_pooled  # noqa: E402
 from main import bundled_clip  # noqa: E402
 
 
@@ -62,13 +61,6 @@ def run_evaluate(args: list[str]) -> float:
     t0 = time.monotonic()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.monotonic() - t0
-
-
-def bd_rows(folder: Path, metric: str) -> dict[str, dict[str, float]]:
-    """pair -> {clip or 'mean': BD-rate %} from a report folder."""
-    with open(folder / "bdrate.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["metric"] == metric]
-    return {r["pair"]: {k: float(v) for k, v in r.items() if k not in ("metric", "pair")} for r in rows}
 
 
 def print_policy_table(split: str, results: dict[str, Path]) -> None:
@@ -143,7 +135,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     policies = dict(x.split("=", 1) for x in ns.policy) or {"agent": str(policy.shipped_policy(ns.codec))}
     t0 = time.monotonic()
-    inputs = {s: ["--inputs", str(make_split(out, s))] for s in splits if s != "train"}
+    unseen = [s for s in splits if s != "train"]
+    inputs = {s: ["--inputs", str(make_split(out, s))] for s in unseen}
     inputs["train"] = ["--inputs", str(bundled_clip("carphone_pristine.mp4")), "--inputs",
                        str(bundled_clip("bikes.mp4")), "--frames", "120"]  # fmt: skip
     tables: dict[str, dict[str, Path]] = {}
@@ -154,7 +147,7 @@ def main() -> int:
             run_evaluate(["--load-checkpoint", path, "--codec", ns.codec, "--log-level", "1", *inputs[split],
                           *extra, "--out", str(folder)])  # fmt: skip
             tables.setdefault(split, {})[name] = folder
-    oracle_splits = [s for s in splits if s != "train"] if ns.oracle else []
+    oracle_splits = unseen if ns.oracle else []
     for split in oracle_splits:
         first = next(iter(policies.values()))
         run_evaluate(["oracle", "--load-checkpoint", first, "--codec", ns.codec, *inputs[split], "--frames",
@@ -166,7 +159,6 @@ def main() -> int:
         print_policy_table(split, results)
         if ns.codec_rc:
             print_codec_rc_table(split, results)
-    unseen = [s for s in splits if s != "train"]
     if len(unseen) > 1:
         print(f"\n## {' + '.join(unseen)} pooled: every clip of the splits, BD-rate vs Δ=0, overall PSNR-Y")
         print_pooled({name: [tables[s][name] for s in unseen] for name in policies})

@@ -8,7 +8,7 @@
     python bench/key_diag.py history --codec x264 --sweeps data/keysweep_x264.jsonl --sets two   # seconds
 
 The shipped policies make one decision per GOP that matters: the offset of its key mini-GOP
-(BENCHMARKS.md §2.4.9). Six views of that decision (§2.4.10, §2.4.11 and §2.4.16 have their figures):
+(BENCHMARKS.md §2.4.9). Six views of that decision (§2.4.10, §2.4.11 and §2.4.17 have their figures):
 
 - `offsets`: one held-out clip (clips.heldout_windows(), by source name prefix) at 0.04-0.32
   bit/pixel, the Δ=0 baseline and scripted offsets on the key mini-GOPs of its GOPs (all other
@@ -198,16 +198,16 @@ def previous_gop_stats(steps: list[dict], gop: int) -> dict[str, float]:
 
 
 def cmd_history(args: argparse.Namespace, work: Path) -> None:
-    _, sweeps = records(args)
-    sweeps = [r for r in sweeps if r["baseline_steps"][loso_value.swept_minigop(r)]["request"]["gop_index"] > 0]
+    _, every = records(args)
+    gop_of = [r["baseline_steps"][loso_value.swept_minigop(r)]["request"]["gop_index"] for r in every]
+    sweeps = [r for r, gop in zip(every, gop_of, strict=True) if gop > 0]
     if not sweeps:
         raise SystemExit("--sweeps: no key sweeps of a GOP after the first in these sets (try --sets two,tail)")
     obs, values, windows = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
     m = loso_value.MAX_DELTA_QP
     g = (values[:, m + 1] - values[:, m - 1]) / 2  # (P,) dB per QP at offset 0
     source = np.array([imitation.source_of(w) for w in windows])
-    prev = [previous_gop_stats(r["baseline_steps"], r["baseline_steps"][loso_value.swept_minigop(r)]["request"]
-                               ["gop_index"]) for r in sweeps]  # fmt: skip
+    prev = [previous_gop_stats(r["baseline_steps"], gop) for r, gop in zip(every, gop_of, strict=True) if gop > 0]
     columns = {f"previous GOP: {k}": np.array([p[k] for p in prev]) for k in prev[0]}
     shown = ("fp_inter_ratio", "fp_reuse", "log_fp_bpp", "lookahead_ratio", "fp_intra", "gop_left", "base_qp")
     columns |= {f"state: {n}": obs[:, state.FEATURE_NAMES.index(n)] for n in shown}

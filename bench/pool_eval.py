@@ -32,16 +32,22 @@ sys.path.insert(0, str(ROOT))
 from evaluate import pool_clips  # noqa: E402
 
 
-def clip_bdrates(folder: Path, metric: str = "psnr_y", pair: str = "agent vs baseline") -> dict[str, float]:
-    """clip -> BD-rate % of `pair` on `metric`, from an evaluate.py report folder's bdrate.csv."""
+def bd_rows(folder: Path, metric: str) -> dict[str, dict[str, float]]:
+    """pair -> {clip or 'mean': BD-rate %} on `metric`, from an evaluate.py report folder's bdrate.csv."""
     path = Path(folder) / "bdrate.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no bdrate.csv (not an evaluate.py --out folder?)")
     with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["metric"] == metric and row["pair"] == pair:
-                return {k: float(v) for k, v in row.items() if k not in ("metric", "pair", "mean")}
-    raise ValueError(f"{path}: no row for metric {metric!r}, pair {pair!r}")
+        rows = [r for r in csv.DictReader(fh) if r["metric"] == metric]
+    return {r["pair"]: {k: float(v) for k, v in r.items() if k not in ("metric", "pair")} for r in rows}
+
+
+def clip_bdrates(folder: Path, metric: str = "psnr_y", pair: str = "agent vs baseline") -> dict[str, float]:
+    """clip -> BD-rate % of `pair` on `metric` (bd_rows without the mean)."""
+    rows = bd_rows(folder, metric)
+    if pair not in rows:
+        raise ValueError(f"{Path(folder) / 'bdrate.csv'}: no row for metric {metric!r}, pair {pair!r}")
+    return {k: v for k, v in rows[pair].items() if k != "mean"}
 
 
 def print_pooled(policies: dict[str, list[Path]], metric: str = "psnr_y") -> None:
@@ -50,10 +56,7 @@ def print_pooled(policies: dict[str, list[Path]], metric: str = "psnr_y") -> Non
           "| worst clip |")  # fmt: skip
     print("|---|---:|---:|---|---|---:|")
     for name, folders in policies.items():
-        values: list[float] = []
-        for folder in folders:
-            values += clip_bdrates(folder, metric).values()
-        p = pool_clips(values)
+        p = pool_clips(list(pooled_values(folders, metric).values()))
         print(f"| {name} | {p.n} | **{p.mean:+.2f}%** | {p.low:+.2f} … {p.high:+.2f}% | {p.better} / {p.worse} "
               f"| {p.worst:+.2f}% |")  # fmt: skip
 
