@@ -21,11 +21,12 @@ selected noise in it), each window's one best offset at all its rates (what a po
 the content but not the rate could get, selected in-sample too) and the best constant key offset
 fitted without source i (what position alone says).
 
-A variant is "name:option=value,..." with options consensus (k), key (comma-separated state
-features of g(s) on the key mini-GOP; empty = none), curv ('+'-separated state features the key
-mini-GOP's curvature c(s) depends on; default one curvature), sweeps (1 = fit on the key sweeps
-of the fitting sets too, the left-out source's excepted), ridge, clamp (1 = clip the state
-features g(s) uses to the range seen in the fitting sources before predicting: no extrapolation).
+A variant is "name:option=value,..." with options consensus (k), key ('+'-separated terms of g(s)
+on the key mini-GOP; empty = none; a term is a state feature or its hinge, "fp_reuse>0.9" =
+max(0, fp_reuse - 0.9), imitation.parse_term), curv ('+'-separated terms the key mini-GOP's
+curvature c(s) depends on; default one curvature), sweeps (1 = fit on the key sweeps of the
+fitting sets too, the left-out source's excepted), ridge, clamp (1 = clip the state features g(s)
+uses to the range seen in the fitting sources before predicting: no extrapolation).
 """
 
 from __future__ import annotations
@@ -72,13 +73,9 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
             if k == "consensus":
                 v = replace(v, consensus=float(val))
             elif k == "key":
-                v = replace(v, key=tuple(filter(None, val.split("+"))))
-                if unknown := [f for f in v.key if f not in FEATURE_NAMES]:
-                    raise SystemExit(f"--variants: unknown state feature {unknown[0]!r} in {item!r}")
+                v = replace(v, key=_terms(val, item))
             elif k == "curv":
-                v = replace(v, curvature=tuple(filter(None, val.split("+"))))
-                if unknown := [f for f in v.curvature if f not in FEATURE_NAMES]:
-                    raise SystemExit(f"--variants: unknown state feature {unknown[0]!r} in {item!r}")
+                v = replace(v, curvature=_terms(val, item))
             elif k == "ridge":
                 v = replace(v, ridge=float(val))
             elif k in ("clamp", "gate", "sweeps"):
@@ -88,6 +85,17 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
                 raise SystemExit(f"--variants: unknown option {k!r} in {item!r} ({known})")
         out.append(v)
     return out
+
+
+def _terms(text: str, item: str) -> tuple[str, ...]:
+    """'fp_reuse>0.9+gop_left' -> its gain-model terms (imitation.parse_term), or exit naming the bad one."""
+    terms = tuple(filter(None, text.split("+")))
+    for t in terms:
+        try:
+            imitation.parse_term(t)
+        except ValueError as e:
+            raise SystemExit(f"--variants: {e} in {item!r}") from None
+    return terms
 
 
 def swept_minigop(sweep: dict) -> int:
@@ -124,7 +132,7 @@ def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.nda
     spec = imitation.GainFeatures(key=variant.key, inter=(), curvature=variant.curvature)
     inside = np.ones(len(obs), bool)
     if (variant.clamp or variant.gate) and variant.key:
-        cols = [FEATURE_NAMES.index(n) for n in variant.key]
+        cols = sorted({FEATURE_NAMES.index(imitation.parse_term(t)[0]) for t in variant.key})
         key_rows = moves.obs[:, FEATURE_NAMES.index("has_key")] > 0.5
         lo, hi = moves.obs[key_rows][:, cols].min(axis=0), moves.obs[key_rows][:, cols].max(axis=0)
         inside = ((obs[:, cols] >= lo) & (obs[:, cols] <= hi)).all(axis=1)

@@ -151,6 +151,46 @@ def test_distillation_set_hides_the_features_the_gain_model_did_not_use():
     assert imitation.ignoring_unused(obs, target, everything)[0] is obs
 
 
+def test_hinge_terms_of_the_gain_model():
+    obs = np.zeros((3, OBS_DIM), dtype=np.float32)
+    reuse = FEATURE_NAMES.index("fp_reuse")
+    obs[:, reuse] = [0.5, 0.9, 1.3]
+    assert np.allclose(imitation.term_column(obs, "fp_reuse"), [0.5, 0.9, 1.3])
+    assert np.allclose(imitation.term_column(obs, "fp_reuse>0.9"), [0.0, 0.0, 0.4], atol=1e-6)
+    assert np.allclose(imitation.term_column(obs, "fp_reuse<0.9"), [0.4, 0.0, 0.0], atol=1e-6)
+    spec = imitation.GainFeatures.parse("gop_left,fp_reuse>0.9", "")
+    assert spec.key == ("gop_left", "fp_reuse>0.9")
+    phi = imitation.gain_features(obs, spec)  # [1, key, key * gop_left, key * hinge]; has_key is 0 here
+    assert phi.shape == (3, 4) and np.allclose(phi[:, 3], 0.0)
+    obs[:, KEY] = 1.0
+    assert np.allclose(imitation.gain_features(obs, spec)[:, 3], [0.0, 0.0, 0.4], atol=1e-6)
+    for bad in ("fp_reuse>x", "no_such>0.9"):
+        with pytest.raises(ValueError, match="not a number|unknown state feature"):
+            imitation.GainFeatures.parse(bad, "")
+    # The hinge's feature is used: ignoring_unused leaves it paired with the targets.
+    fit_obs, _ = imitation.ignoring_unused(obs, np.zeros(3), spec, copies=1)
+    assert np.array_equal(fit_obs[3:, reuse], obs[:, reuse])
+
+
+def test_distillation_retries_a_fit_that_stalls_and_leaves_a_good_one_alone():
+    rng = np.random.default_rng(6)
+    obs = rng.normal(size=(400, OBS_DIM)).astype(np.float32)
+    target = np.where(obs[:, 0] > 0.9, -4.0, 0.0) + np.where(obs[:, 1] > 1.2, 3.0, 0.0)  # two steps
+    rms = {}
+    for retries in (0, 2):
+        torch.manual_seed(6)
+        rms[retries] = imitation.distill(Actor(OBS_DIM, 1, (64, 64)), obs, target, 4, epochs=200, retries=retries)
+    assert rms[0] > 0.1 >= rms[2]
+    # A fit within the tolerance after one round is not touched again (shipped policies reproduce).
+    fits = []
+    for retries in (0, 2):
+        torch.manual_seed(6)
+        actor = Actor(OBS_DIM, 1, (64, 64))
+        imitation.distill(actor, obs, target, 4, epochs=200, tolerance=1.0, retries=retries)
+        fits.append(actor.state_dict())
+    assert all(torch.equal(fits[0][k], fits[1][k]) for k in fits[0])
+
+
 def _step(mg: int, qp: int, base_qp: int = 30) -> dict:
     req = dict(mg_index=mg, gop_index=0, mg_in_gop=mg, mgs_in_gop=2, gop_frames=8, first_frame=4 * mg, frame_count=4,
                frame_types=["KEY" if mg == 0 else "INTER"] + ["INTER"] * 3, temporal_layers=[0, 2, 1, 2],
