@@ -445,13 +445,14 @@ def natural_windows(gop: int = 64) -> list[Window]:
 
 def screen_windows(gop: int = 64) -> list[Window]:
     """One-GOP windows of a screen recording with a webcam inset (movie-hello.mp4, 320x180): screen
-    content, where the oracle's gains are ten times those on camera footage (BENCHMARKS.md §2.4.8)."""
+    content, where the oracle's gains are ten times those on camera footage (BENCHMARKS.md §2.4.8).
+    In the x264 recipe since §2.4.18."""
     return [Window("movie-hello.mp4", start, gop, scale=4) for start in (0, 90, 184)]
 
 
 def extra_windows(gop: int = 64) -> list[Window]:
-    """One-GOP windows of three more kinds of content (2026-12-05; no shipped recipe uses them yet):
-    a handheld camera, a rendered flame on black, motion graphics (BENCHMARKS.md §2.4.13)."""
+    """One-GOP windows of three more kinds of content (2026-12-05): a handheld camera, a rendered flame
+    on black, motion graphics (BENCHMARKS.md §2.4.13; in the x264 recipe since §2.4.18)."""
     wins = [Window("cube.mpeg", 0, gop), Window("flame.avi", 0, gop)]
     return wins + [Window("wannaworktogether.mp4", start, gop) for start in (600, 2400, 4200)]
 

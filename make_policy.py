@@ -1,7 +1,7 @@
 """Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
 
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
-    python make_policy.py --codec x264              # about 19 min (141 oracle searches, then 33 s of fit)
+    python make_policy.py --codec x264              # about 23 min (165 oracle searches, then 45 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
 
 Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
@@ -9,7 +9,8 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
 
 1. Demonstrations (bench/oracle_data.py): on every training window of the recipe's window sets
    (clips.WINDOW_SETS: `train` = clips.training_windows(), `static` = their slowed / frozen copies,
-   `natural` = more camera sources, `tail` = a full GOP then a short one; never a held-out source)
+   `natural` = more camera sources, `tail` = a full GOP then a short one, `extra` = a handheld
+   camera, a rendered flame, motion graphics, `screen` = a screen recording; never an evaluated source)
    at 3 target rates each, the Δ=0 encode and the oracle's coordinate descent, every candidate a
    real encode; with --key-sweeps, also every offset of the key mini-GOP alone on those sets (6
    other rates each). Kept in --data (reused when present: delete it to start over).
@@ -17,10 +18,10 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
    training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
    default the key mini-GOP's offset depends on one first-pass feature (SVT-AV1 and VP9:
-   fp_reuse, how many later frames of the GOP re-use its content, state.gop_reuse; x264:
-   fp_inter_ratio, how well the mini-GOP's own frames predict each other, and gop_left, short
-   GOPs) and the other mini-GOPs get one offset (BENCHMARKS.md §2.4.6, §2.4.13 and §2.4.14 say
-   how these were chosen). The
+   fp_reuse, how many later frames of the GOP re-use its content, state.gop_reuse; x264: the
+   hinge fp_reuse>0.9 = max(0, fp_reuse - 0.9), only content most of the GOP re-uses, and
+   gop_left, short GOPs) and the other mini-GOPs get one offset (BENCHMARKS.md §2.4.6, §2.4.14
+   and §2.4.18 say how these were chosen). The
    actor is fitted with the unused features shuffled (imitation.ignoring_unused), so it ignores them.
 3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
    trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
@@ -73,7 +74,8 @@ def main() -> int:
                         "default: the codec's shipped recipe")  # fmt: skip
     p.add_argument("--key-features", default=None,
                    help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none); "
-                        "default: the codec's shipped recipe (SVT-AV1, VP9: fp_reuse; x264: fp_inter_ratio,gop_left)")
+                        "default: the codec's shipped recipe (SVT-AV1, VP9: fp_reuse; x264: gop_left,fp_reuse>0.9); "
+                        "a term f>t is max(0, f - t), f<t max(0, t - f)")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     p.add_argument("--key-curvature", default=None,
