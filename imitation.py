@@ -507,15 +507,13 @@ def distill(actor: Actor, obs: np.ndarray, offsets: np.ndarray, max_delta_qp: in
     """
     demos = Demos(obs.astype(np.float32), (offsets / max_delta_qp).astype(np.float32), np.zeros(len(obs), int),
                   np.zeros(len(obs), int), np.zeros(len(obs), int), [""], np.zeros(0))  # fmt: skip
-    lr = 3e-3
-    fit_actor(actor, demos, epochs=epochs, lr=lr, weight_decay=weight_decay)
-    rms = float(np.sqrt(np.mean((predict(actor, obs) * max_delta_qp - offsets) ** 2)))
-    for _ in range(retries):
+    lr, rms = 3e-3, math.inf
+    for _ in range(1 + retries):
         if rms <= tolerance:
             break
-        lr /= 3.0
         fit_actor(actor, demos, epochs=epochs, lr=lr, weight_decay=weight_decay)
         rms = float(np.sqrt(np.mean((predict(actor, obs) * max_delta_qp - offsets) ** 2)))
+        lr /= 3.0
     return rms
 
 
