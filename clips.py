@@ -77,6 +77,9 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     "flame.avi": ("castle-game-engine-doc", "usr/share/doc/castle-game-engine-doc/examples/lazarus/two_controls/"
                   "data/fireplace/flame/flame_seamless_compressed.avi"),
     "wannaworktogether.mp4": ("openboard-common", "usr/share/openboard/library/videos/wannaworktogether.mp4"),
+    # A rendered game intro: a fly-over of a sea floor, a cartoon fish in a room, a planet, 640x480,
+    # 2198 frames, MPEG-1 (fillets-ng-data, GPL-2+; anim_windows, 2026-12-05).
+    "intro.mpg": ("fillets-ng-data", "usr/share/games/fillets-ng/images/menu/intro.mpg"),
     # The second test split (2026-12-05, found after the first one had been looked at three times):
     # an underwater handheld camera following a diver, 640x480, MJPEG (pd-extendedview, GPL-3+);
     "diver.mov": ("pd-extendedview", "usr/share/doc/pd-extendedview/media/diver.mov"),
@@ -108,7 +111,7 @@ TRAIN_SOURCES = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4",
 # (never evaluated on).
 MORE_TRAIN_SOURCES = ("balle-jbart.mp4", "balle1-vp9.avi", "movie-hello.mp4", "VID_20191220_170832.mp4",
                       "Shepard_Calais_1906_FrenchGP.ogv", "cube.mpeg", "flame.avi",
-                      "wannaworktogether.mp4")  # fmt: skip
+                      "wannaworktogether.mp4", "intro.mpg")  # fmt: skip
 HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4", "Megamind.avi", "tree.avi", "vtest.avi",
                    "box.mp4", "cup.mp4")  # fmt: skip
 # Every recipe choice (features, window sets, consensus k) was made on the held-out split, so its
@@ -457,6 +460,12 @@ def extra_windows(gop: int = 64) -> list[Window]:
     return wins + [Window("wannaworktogether.mp4", start, gop) for start in (600, 2400, 4200)]
 
 
+def anim_windows(gop: int = 64) -> list[Window]:
+    """One-GOP windows of a rendered 3D game intro (intro.mpg, 320x240): a fly-over, a cartoon fish in
+    a room, a planet in space (BENCHMARKS.md §2.4.18)."""
+    return [Window("intro.mpg", start, gop, scale=2) for start in (480, 1280, 1680)]
+
+
 def tail_windows(gop: int = 64) -> list[Window]:
     """A full GOP then a short one (4 to 36 frames) of the seven camera sources of `train` and `natural`.
 
@@ -520,7 +529,7 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 
 
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
-               "screen": screen_windows, "extra": extra_windows,
+               "screen": screen_windows, "extra": extra_windows, "anim": anim_windows,
                "tail": tail_windows, "two": two_gop_windows,
                "cut": cut_windows}  # fmt: skip
 
