@@ -188,7 +188,7 @@ def main() -> int:
     source = np.array([imitation.source_of(w) for w in wins])
     sources = sorted(set(source))
     answers = {v.name: np.zeros(len(wins), int) for v in variants}
-    fit_sweeps = oracle_data.of_window_sets(sweep_records, windows, "key")
+    fit_sweeps = oracle_data.of_window_sets(sweep_records, windows, "key") if any(v.sweeps for v in variants) else []
     for s in sources:
         fit = [r for r in oracle if imitation.source_of(r["window"]) != s]
         more = [r for r in fit_sweeps if imitation.source_of(r["window"]) != s]
