@@ -167,9 +167,14 @@ def test_hinge_terms_of_the_gain_model():
     for bad in ("fp_reuse>x", "no_such>0.9"):
         with pytest.raises(ValueError, match="not a number|unknown state feature"):
             imitation.GainFeatures.parse(bad, "")
-    # The hinge's feature is used: ignoring_unused leaves it paired with the targets.
-    fit_obs, _ = imitation.ignoring_unused(obs, np.zeros(3), spec, copies=1)
-    assert np.array_equal(fit_obs[3:, reuse], obs[:, reuse])
+    # The hinge's feature is used: ignoring_unused leaves it paired with the targets (and shuffles
+    # it when no term names it).
+    many = np.zeros((50, OBS_DIM), dtype=np.float32)
+    many[:, reuse] = np.linspace(0.0, 1.5, 50)
+    fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), spec, copies=1)
+    assert np.array_equal(fit_obs[50:, reuse], many[:, reuse])
+    fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), imitation.GainFeatures.parse("gop_left", ""), copies=1)
+    assert not np.array_equal(fit_obs[50:, reuse], many[:, reuse])
 
 
 def test_distillation_retries_a_fit_that_stalls_and_leaves_a_good_one_alone():
