@@ -496,8 +496,12 @@ def trajectory_observations(records: list[dict]) -> np.ndarray:
     return np.concatenate(obs)
 
 
+# RMS (QP) within which the distilled actor counts as following a*(s): the encoder rounds to whole QPs.
+DISTILL_TOLERANCE = 0.1
+
+
 def distill(actor: Actor, obs: np.ndarray, offsets: np.ndarray, max_delta_qp: int, epochs: int = 2000,
-            weight_decay: float = 1e-4, tolerance: float = 0.1, retries: int = 2) -> float:  # fmt: skip
+            weight_decay: float = 1e-4, tolerance: float = DISTILL_TOLERANCE, retries: int = 2) -> float:  # fmt: skip
     """Fits the actor's deterministic action to `offsets` (QP) at `obs`; returns the final RMS error in QP.
 
     A full-batch fit of a step in a*(s) (a hinge term, parse_term) can stall on a plateau at the
@@ -621,4 +625,7 @@ def train_policy(
                f"leave-one-source-out R² {r2:.3f} (without state {r2_const:.3f}); curvature {model.c:.4f} dB/QP²; "
                f"a* key mini-GOP {target[key].mean():+.2f}±{target[key].std():.2f}, others "
                f"{target[~key].mean():+.2f}±{target[~key].std():.2f} QP; actor fit RMS {rms:.2f} QP")  # fmt: skip
+    if rms > DISTILL_TOLERANCE:
+        summary += (f"; WARNING: the actor does not follow a*(s) (RMS above {DISTILL_TOLERANCE} QP after "
+                    "the retries): try another --seed")  # fmt: skip
     return actor, summary

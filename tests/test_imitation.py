@@ -367,7 +367,7 @@ def test_pan_window_moves_the_camera_over_the_photo_and_cuts():
         list(clips.pan_frames(clips.Pan("gravel.png", 80, step=(3, 0), size=(64, 48)), photo))
 
 
-def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_path):
+def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_path, monkeypatch):
     def record(bpp: float, gain: float) -> dict:
         return {
             "window": "clip_s1_f0-8", "bpp": bpp,
@@ -388,6 +388,11 @@ def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_pat
     obs, _ = imitation.observations(records[0]["oracle_steps"])
     # Raising the key mini-GOP's QP paid in every record: the policy raises it.
     assert float(pol.act(obs[0])[0]) * 4 > 0.5
+    assert "WARNING" not in summary
+    # An actor that cannot follow a*(s) is named in the summary make_policy.py prints.
+    with monkeypatch.context() as m:
+        m.setattr(imitation, "distill", lambda *args, **kwargs: 0.5)
+        assert "WARNING: the actor does not follow a*(s)" in imitation.train_policy(records, hidden=(16,))[1]
 
 
 def test_train_policy_does_not_depend_on_the_order_of_the_records():
