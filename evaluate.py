@@ -54,6 +54,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -1092,6 +1093,29 @@ def write_report(report: Report, out_dir: Path, plot_video: str | None = None) -
     return written
 
 
+def answer_counts(runs: Sequence[RunRecord], method: str = "agent") -> dict[str, tuple[Counter, Counter]]:
+    """What a method answered, per clip over all its rates: counts of ΔQP = answered − the encoder's base QP.
+
+    Returns {clip: (key mini-GOPs, the others)}; a GOP's key mini-GOP is its first. A constant
+    policy shows one bar; a content-dependent one answers differently on different clips.
+    """
+    out: dict[str, tuple[Counter, Counter]] = {}
+    for r in runs:
+        if r.method != method or not r.ok or not r.minigops:
+            continue
+        key, other = out.setdefault(r.video, (Counter(), Counter()))
+        first = {}
+        for m in r.minigops:
+            first[m.gop] = min(first.get(m.gop, m.mg), m.mg)
+        for m in r.minigops:
+            (key if m.mg == first[m.gop] else other)[m.qp - m.encoder_qp] += 1
+    return out
+
+
+def _counts_text(c: Counter) -> str:
+    return ", ".join(f"{d:+d}: {n}" for d, n in sorted(c.items())) if c else "–"
+
+
 def markdown(report: Report, plots: Sequence[str]) -> str:
     """The report as Markdown: setup, BD-rates, goals, per-encode table, oracle, plots."""
     s = report.settings
@@ -1155,6 +1179,15 @@ def markdown(report: Report, plots: Sequence[str]) -> str:
     out.append(_md_table(["goal", "measured", "met"], goal_rows))
     out += ["", f"Baseline for comparison: mean |bitrate error| {_fmt(summ['baseline_mean_abs_error_pct'])}%, "
             f"GOPs over budget {_fmt(summ['baseline_gops_over_budget_pct'], 1)}%.", ""]  # fmt: skip
+
+    answers = answer_counts(report.runs)
+    if answers:
+        out += ["## What the agent answered", "",
+                "ΔQP = the agent's answer − the encoder's base QP, counted over every rate of each clip "
+                "(ΔQP: count).", ""]  # fmt: skip
+        out.append(_md_table(["clip", "key mini-GOPs", "other mini-GOPs"],
+                             [[v, _counts_text(k), _counts_text(o)] for v, (k, o) in sorted(answers.items())]))
+        out.append("")
 
     out += ["## Encodes", "", "Rates kbit/s, error vs target, PSNR dB, encode time s (first + final pass codec "
             "time; the agent's decisions included for agent/oracle).", ""]  # fmt: skip

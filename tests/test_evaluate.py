@@ -178,6 +178,7 @@ def test_report_cli_x264(untrained_checkpoint, tmp_path):
     assert 0 <= summary["agent"]["gops_over_budget_pct"] <= 100
     md = (out / "report.md").read_text()
     assert "## BD-rate (%)" in md and "## Goals" in md and "agent vs baseline" in md
+    assert "## What the agent answered" in md and "| carphone_pristine |" in md
     assert "![rd_carphone_pristine.png](rd_carphone_pristine.png)" in md
 
     # The baseline answered Δ = 0 through the protocol: bit-identical to the encoder with no agent.
@@ -388,3 +389,22 @@ def test_report_states_the_agents_mean_with_its_interval_over_clips():
     one = ev.Report(videos[:1], ev.EvalSettings(codec="x264"))
     one.runs = runs("a", 0.3)
     assert "bootstrap interval" not in ev.markdown(one, [])  # one clip: no interval to give
+
+
+def test_report_counts_what_the_agent_answered_on_key_and_other_mini_gops():
+    def run(video: str, method: str, offsets: list[int]) -> ev.RunRecord:
+        # Two GOPs of two mini-GOPs: mini-GOPs 0 and 2 carry the key frames.
+        mgs = [ev.MiniGopRow(mg, mg // 2, 8, 30 + d, 30, 1000, 4000) for mg, d in enumerate(offsets)]
+        return ev.RunRecord(video, method, 100.0, ok=True, kbps=100.0, psnr_y=30.0, psnr_y_frame_mean=30.0,
+                            ssim_y=0.9, gops=2, minigops=mgs)  # fmt: skip
+
+    runs = [run("a", "agent", [-4, 0, -3, 1]), run("a", "baseline", [0, 0, 0, 0]), run("b", "agent", [2, 0, 0, 0])]
+    counts = ev.answer_counts(runs)
+    assert set(counts) == {"a", "b"}
+    assert counts["a"][0] == {-4: 1, -3: 1} and counts["a"][1] == {0: 1, 1: 1}
+    assert counts["b"][0] == {2: 1, 0: 1} and counts["b"][1] == {0: 2}
+    videos = [ev.Video(n, Path(f"{n}.y4m"), 64, 64, 30.0, 32) for n in ("a", "b")]
+    report = ev.Report(videos, ev.EvalSettings(codec="x264"))
+    report.runs = runs
+    md = ev.markdown(report, [])
+    assert "## What the agent answered" in md and "| a | -4: 1, -3: 1 | +0: 1, +1: 1 |" in md
