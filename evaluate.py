@@ -1104,7 +1104,7 @@ def answer_counts(runs: Sequence[RunRecord], method: str = "agent") -> dict[str,
         if r.method != method or not r.ok or not r.minigops:
             continue
         key, other = out.setdefault(r.video, (Counter(), Counter()))
-        first = {}
+        first: dict[int, int] = {}  # GOP -> its first mini-GOP
         for m in r.minigops:
             first[m.gop] = min(first.get(m.gop, m.mg), m.mg)
         for m in r.minigops:
@@ -1117,7 +1117,7 @@ def _counts_text(c: Counter) -> str:
 
 
 def markdown(report: Report, plots: Sequence[str]) -> str:
-    """The report as Markdown: setup, BD-rates, goals, per-encode table, oracle, plots."""
+    """The report as Markdown: setup, BD-rates, goals, the agent's answers, per-encode table, oracle, plots."""
     s = report.settings
     summ = report.summary()
     goals = summ["agent"]
