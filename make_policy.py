@@ -10,7 +10,8 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
 1. Demonstrations (bench/oracle_data.py): on every training window of the recipe's window sets
    (clips.WINDOW_SETS: `train` = clips.training_windows(), `static` = their slowed / frozen copies,
    `natural` = more camera sources, `tail` = a full GOP then a short one, `extra` = a handheld
-   camera, a rendered flame, motion graphics, `screen` = a screen recording; never an evaluated source)
+   camera, a rendered flame, motion graphics, `screen` = a screen recording, `anim` and `blupi` = rendered
+   animation; never an evaluated source)
    at 3 target rates each, the Δ=0 encode and the oracle's coordinate descent, every candidate a
    real encode; with --key-sweeps, also every offset of the key mini-GOP alone on those sets (6
    other rates each). Kept in --data (reused when present: delete it to start over).
