@@ -1,6 +1,6 @@
 """Learning from search: oracle records -> a policy for the SAC actor.
 
-The oracle (evaluate.run_oracle, run on training windows by bench/oracle_data.py) searches per
+The oracle (oracle_search.run_oracle, run on training windows by bench/oracle_data.py) searches per
 mini-GOP QP offsets by coordinate descent; every candidate is a real encode. Two ways to learn
 from a record, both measured in BENCHMARKS.md §2.4:
 

@@ -16,7 +16,7 @@ Tables (Markdown):
      request with the base QP, Δ = 0); the time the encoder waited for replies and whether the
      Δ = 0 encode gave the same bits as the encode without agent.
   2. bitrate error of the 2-pass baseline (rc-mode 1, no agent) at 4 targets per clip.
-  3. BD-rate (overall PSNR-Y, `evaluate.bd_rate`, PCHIP) of the 2-pass baseline against the codec's
+  3. BD-rate (overall PSNR-Y, `bdrate.bd_rate`, PCHIP) of the 2-pass baseline against the codec's
      own rate control (rc-mode 2) at the same 4 targets, and against the codec's CRF (rc-mode 3) at
      4 CRFs. Negative = the baseline needs fewer bits for the same PSNR-Y.
 """
@@ -36,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bdrate import bd_rate  # noqa: E402
 from builtin_encoder.source import bundled_clip  # noqa: E402
-from evaluate import bd_rate  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 CLIPS = {  # name: (file, frames, 4 target bitrates in kbit/s)

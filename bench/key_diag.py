@@ -12,7 +12,7 @@ The shipped policies make one decision per GOP that matters: the offset of its k
 
 - `offsets`: one held-out clip (clips.heldout_windows(), by source name prefix) at 0.04-0.32
   bit/pixel, the Δ=0 baseline and scripted offsets on the key mini-GOPs of its GOPs (all other
-  mini-GOPs at 0, evaluate.ScriptedLearner), each as a BD-rate (overall PSNR-Y) against Δ=0:
+  mini-GOPs at 0, eval_runs.ScriptedLearner), each as a BD-rate (overall PSNR-Y) against Δ=0:
   which GOP's decision costs or earns what.
 - `reuse`: every held-out clip's Δ=0 encode at 0.08 bit/pixel: for each GOP, the key mini-GOP's
   first-pass features and r_k = inter/intra cost along the GOP (state.gop_reuse's r): where the
@@ -52,8 +52,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import loso_value  # noqa: E402
 import oracle_data  # noqa: E402
 
+import bdrate  # noqa: E402
 import clips  # noqa: E402
-import evaluate  # noqa: E402
+import eval_runs  # noqa: E402
 import imitation  # noqa: E402
 import state  # noqa: E402
 from builtin_encoder import analysis  # noqa: E402
@@ -75,20 +76,20 @@ def parse_variants(text: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def heldout_video(source: str, codec: str) -> tuple[clips.Window, evaluate.Video]:
+def heldout_video(source: str, codec: str) -> tuple[clips.Window, eval_runs.Video]:
     wins = [w for w in clips.heldout_windows() if w.source.startswith(source)]
     if not wins:
         raise SystemExit(f"no held-out window starts with {source!r}: {[w.source for w in clips.heldout_windows()]}")
     path = clips.materialise(wins[0])
-    return wins[0], evaluate.probe_videos([path], evaluate.EvalSettings(codec=codec))[0]
+    return wins[0], eval_runs.probe_videos([path], eval_runs.EvalSettings(codec=codec))[0]
 
 
-def baseline(video: evaluate.Video, codec: str, bpp: float, work: Path) -> tuple:
+def baseline(video: eval_runs.Video, codec: str, bpp: float, work: Path) -> tuple:
     """Pass 1 and the Δ=0 encode at `bpp` bit/pixel: the runner, the point and the encode's record and result."""
-    settings = evaluate.EvalSettings(codec=codec)
+    settings = eval_runs.EvalSettings(codec=codec)
     kbps = round(bpp * video.width * video.height * video.fps / 1000.0, 1)
-    point = evaluate.Point(video, kbps, work, settings)
-    runner = evaluate.Runner(work, settings)
+    point = eval_runs.Point(video, kbps, work, settings)
+    runner = eval_runs.Runner(work, settings)
     runner.first_pass(point)
     return runner, point, runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, 0.02, "baseline")
 
@@ -106,14 +107,14 @@ def cmd_offsets(args: argparse.Namespace, work: Path) -> None:
             script = [0] * len(base.minigops)
             for k, off in zip(keys, offsets, strict=False):
                 script[k] = off
-            rec, _ = runner.protocol_encode(point, "x", evaluate.ScriptedLearner(script, 4), 4, 0.02, "v")
+            rec, _ = runner.protocol_encode(point, "x", eval_runs.ScriptedLearner(script, 4), 4, 0.02, "v")
             rd[name][0].append(rec.bits)
             rd[name][1].append(rec.psnr_y)
         print(f"  {bpp} bit/pixel done", file=sys.stderr, flush=True)
     print(f"{win.name}, {args.codec}, 0.04/0.08/0.16/0.32 bit/pixel; key mini-GOP every {args.mgs_per_gop}\n")
     print("| key offsets (GOP 0, 1, ...) | | BD-rate vs Δ=0 (PSNR-Y) |\n|---|---|---:|")
     for name, offsets in variants.items():
-        bd = evaluate.bd_rate(rd[name][0], rd[name][1], rd["Δ=0"][0], rd["Δ=0"][1])
+        bd = bdrate.bd_rate(rd[name][0], rd[name][1], rd["Δ=0"][0], rd["Δ=0"][1])
         print(f"| {name} | {', '.join(f'{o:+d}' for o in offsets)} | {bd:+.2f}% |")
 
 
@@ -123,7 +124,7 @@ def cmd_reuse(args: argparse.Namespace, work: Path) -> None:
     print(f"| clip | GOP | frames (seen) | {head} | r_k > 0.5 at frame | r_k along the GOP (min / median / max) |")
     print("|---|---:|---:|" + "---:|" * len(SHOWN) + "---|---|")
     for win in clips.heldout_windows():
-        video = evaluate.probe_videos([clips.materialise(win)], evaluate.EvalSettings(codec=args.codec))[0]
+        video = eval_runs.probe_videos([clips.materialise(win)], eval_runs.EvalSettings(codec=args.codec))[0]
         _, _, (_, res) = baseline(video, args.codec, 0.08, work / win.name)
         for step in res.done_steps:
             req = step.request

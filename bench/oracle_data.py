@@ -6,7 +6,7 @@ For every training window (clips.training_windows(), or --windows static for the
 augmented ones: one GOP each, TRAIN sources only; --windows pan: camera motion over still photos,
 clips.pan_windows()) and a few
 target rates drawn log-uniformly in [--bpp-min, --bpp-max] bits per luma pixel, it runs the Δ=0
-baseline and evaluate.run_oracle (coordinate descent over per-mini-GOP offsets, every candidate a
+baseline and oracle_search.run_oracle (coordinate descent over per-mini-GOP offsets, every candidate a
 real encode through the protocol; with --search key, `key_sweep`: every offset of the last GOP's key
 mini-GOP alone (the first mini-GOP of a one-GOP window), at 6 rates per window drawn with seed
 10), and appends one JSON line per point: the baseline's and the
@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
-import evaluate  # noqa: E402
+import eval_runs  # noqa: E402
+import oracle_search  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
 
@@ -116,11 +117,11 @@ def run_point(job: dict) -> dict:
     # a set's list) would be reused and refused by the encoder.
     shutil.rmtree(work, ignore_errors=True)
     path = clips.materialise(win)
-    settings = evaluate.EvalSettings(codec=codec)
-    video = evaluate.probe_videos([path], settings)[0]
+    settings = eval_runs.EvalSettings(codec=codec)
+    video = eval_runs.probe_videos([path], settings)[0]
     kbps = round(job["bpp"] * video.width * video.height * video.fps / 1000.0, 1)
-    point = evaluate.Point(video, kbps, work, settings)
-    runner = evaluate.Runner(work, settings)
+    point = eval_runs.Point(video, kbps, work, settings)
+    runner = eval_runs.Runner(work, settings)
     runner.first_pass(point)
     t0 = time.monotonic()
     base, base_res = runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, 0.02, "baseline")
@@ -129,7 +130,7 @@ def run_point(job: dict) -> dict:
     if job.get("search") == "key":
         oracle = key_sweep(runner, point, base)
     else:
-        oracle = evaluate.run_oracle(runner, point, base, evaluate.OracleSettings())
+        oracle = oracle_search.run_oracle(runner, point, base, oracle_search.OracleSettings())
     best_steps = oracle.best_steps or base_res.done_steps
     return {
         "key": job["key"], "window": win.name, "codec": codec, "bpp": job["bpp"], "target_kbps": kbps,
@@ -143,7 +144,9 @@ def run_point(job: dict) -> dict:
     }  # fmt: skip
 
 
-def key_sweep(runner: evaluate.Runner, point: evaluate.Point, base: evaluate.RunRecord) -> evaluate.OracleResult:
+def key_sweep(
+    runner: eval_runs.Runner, point: eval_runs.Point, base: eval_runs.RunRecord
+) -> oracle_search.OracleResult:
     """Every offset of the last GOP's key mini-GOP in [-max_offset, max_offset], the others 0.
 
     The decision the shipped policies make: a cheaper and evenly spread sample of it than the
@@ -151,7 +154,7 @@ def key_sweep(runner: evaluate.Runner, point: evaluate.Point, base: evaluate.Run
     first mini-GOP; in a `tail` window (a full GOP then a short one) the short GOP's key mini-GOP.
     The result has the oracle's form: the best candidate by the same objective, every candidate as tried.
     """
-    cfg = evaluate.OracleSettings()
+    cfg = oracle_search.OracleSettings()
     n, budget = len(base.minigops), base.bits
     last_gop = max(m.gop for m in base.minigops)
     key = min(i for i, m in enumerate(base.minigops) if m.gop == last_gop)
@@ -159,14 +162,14 @@ def key_sweep(runner: evaluate.Runner, point: evaluate.Point, base: evaluate.Run
     for value in [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]:
         cand = [0] * n
         cand[key] = value
-        rec, res = runner.protocol_encode(point, "oracle", evaluate.ScriptedLearner(cand, cfg.max_offset),
+        rec, res = runner.protocol_encode(point, "oracle", eval_runs.ScriptedLearner(cand, cfg.max_offset),
                                           cfg.max_offset, 0.02, "key_sweep")  # fmt: skip
         if not rec.ok:
             raise RuntimeError(f"key sweep encode failed: {rec.message}")
         candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "ssim_y": rec.ssim_y, "bits": rec.bits})
-        if evaluate.oracle_objective(rec, budget, cfg) > evaluate.oracle_objective(best, budget, cfg):
+        if oracle_search.oracle_objective(rec, budget, cfg) > oracle_search.oracle_objective(best, budget, cfg):
             best, best_offsets, best_steps = rec, cand, res.done_steps
-    return evaluate.OracleResult(point.video.name, point.target_kbps, budget, base.psnr_y, best_offsets,
+    return oracle_search.OracleResult(point.video.name, point.target_kbps, budget, base.psnr_y, best_offsets,
                                  replace(best, method="oracle"), len(candidates), int(best is not base), 0.0,
                                  best_steps, candidates)  # fmt: skip
 
@@ -187,7 +190,7 @@ def main() -> int:
                    help="; ".join(f"{name}: clips.{fn.__name__}()" for name, fn in clips.WINDOW_SETS.items())
                    + " (each function's docstring says what it holds; --search key moves the last GOP's key)")
     p.add_argument("--search", default="oracle", choices=("oracle", "key"),
-                   help="oracle: coordinate descent over every mini-GOP (evaluate.run_oracle); key: every offset "
+                   help="oracle: coordinate descent over every mini-GOP (oracle_search.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip
     ns = p.parse_args()
     if ns.rates is None:

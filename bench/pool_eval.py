@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evaluate import pool_clips  # noqa: E402
+from bdrate import pool_clips  # noqa: E402
 
 
 def bd_rows(folder: Path, metric: str) -> dict[str, dict[str, float]]:

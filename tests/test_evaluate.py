@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 from scipy.interpolate import PchipInterpolator
 
+import bdrate
+import eval_report
+import eval_runs
 import evaluate as ev
 import learners
 import main
+import oracle_search
 from config import Config
 from replay import ReplayBuffer
 from sac_agent import SACAgent
@@ -34,7 +38,7 @@ TEST = ([893.34, 407.8, 204.93, 112.75], [40.39, 37.21, 34.17, 31.24])
 
 @pytest.mark.parametrize("method", ["pchip", "cubic"])
 def test_bd_rate_identical_curves_is_zero(method):
-    assert ev.bd_rate(*ANCHOR, *ANCHOR, method=method) == pytest.approx(0.0, abs=1e-9)
+    assert bdrate.bd_rate(*ANCHOR, *ANCHOR, method=method) == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("method", ["pchip", "cubic"])
@@ -42,20 +46,20 @@ def test_bd_rate_of_a_uniform_rate_scale(method):
     rates, quality = ANCHOR
     more = [r * 1.1 for r in rates]
     # A needs 1/1.1 of B's bits at every quality: -9.09 %; and B needs 10 % more than A.
-    assert ev.bd_rate(rates, quality, more, quality, method=method) == pytest.approx(100 * (1 / 1.1 - 1), abs=1e-9)
-    assert ev.bd_rate(more, quality, rates, quality, method=method) == pytest.approx(10.0, abs=1e-9)
+    assert bdrate.bd_rate(rates, quality, more, quality, method=method) == pytest.approx(100 * (1 / 1.1 - 1), abs=1e-9)
+    assert bdrate.bd_rate(more, quality, rates, quality, method=method) == pytest.approx(10.0, abs=1e-9)
 
 
 def test_bd_rate_cubic_matches_the_vceg_m33_sample():
     # The test curve needs 31.40 % more bits than the anchor: VCEG-M33's cubic fit of ln(rate) on
     # PSNR, integrated over the shared [31.42, 40.28] dB (value from an independent numpy evaluation).
-    assert ev.bd_rate(*TEST, *ANCHOR, method="cubic") == pytest.approx(31.3974, abs=1e-3)
+    assert bdrate.bd_rate(*TEST, *ANCHOR, method="cubic") == pytest.approx(31.3974, abs=1e-3)
     # The same by brute force: the fitted cubics integrated with the trapezoid rule on a fine grid.
     q = np.linspace(31.42, 40.28, 200_001)
     ft = np.polyval(np.polyfit(TEST[1], np.log(TEST[0]), 3), q)
     fa = np.polyval(np.polyfit(ANCHOR[1], np.log(ANCHOR[0]), 3), q)
     brute = (math.exp(np.trapezoid(ft - fa, q) / (q[-1] - q[0])) - 1) * 100
-    assert ev.bd_rate(*TEST, *ANCHOR, method="cubic") == pytest.approx(brute, abs=1e-6)
+    assert bdrate.bd_rate(*TEST, *ANCHOR, method="cubic") == pytest.approx(brute, abs=1e-6)
 
 
 def test_bd_rate_pchip_matches_a_brute_force_integral():
@@ -64,8 +68,8 @@ def test_bd_rate_pchip_matches_a_brute_force_integral():
     ft = PchipInterpolator(np.array(TEST[1])[order_t], np.log(TEST[0])[order_t])(q)
     fa = PchipInterpolator(np.array(ANCHOR[1])[order_a], np.log(ANCHOR[0])[order_a])(q)
     brute = (math.exp(np.trapezoid(ft - fa, q) / (q[-1] - q[0])) - 1) * 100
-    assert ev.bd_rate(*TEST, *ANCHOR) == pytest.approx(brute, abs=1e-6)
-    assert ev.bd_rate(*TEST, *ANCHOR) == pytest.approx(31.38, abs=0.01)  # close to the cubic fit here
+    assert bdrate.bd_rate(*TEST, *ANCHOR) == pytest.approx(brute, abs=1e-6)
+    assert bdrate.bd_rate(*TEST, *ANCHOR) == pytest.approx(31.38, abs=0.01)  # close to the cubic fit here
 
 
 @pytest.mark.parametrize("method", ["pchip", "cubic"])
@@ -75,29 +79,29 @@ def test_bd_rate_hand_computed_for_log_linear_curves(method):
     qa, qb = [30.0, 32.0, 36.0, 38.0], [32.0, 34.0, 38.0, 40.0]
     ra = [math.exp(0.2 * q + 1) for q in qa]
     rb = [math.exp(0.25 * q - 0.5) for q in qb]
-    assert ev.bd_rate(ra, qa, rb, qb, method=method) == pytest.approx(100 * (math.exp(-0.25) - 1), abs=1e-9)
+    assert bdrate.bd_rate(ra, qa, rb, qb, method=method) == pytest.approx(100 * (math.exp(-0.25) - 1), abs=1e-9)
 
 
 def test_bd_rate_refuses_unusable_curves():
     rates, quality = ANCHOR
     with pytest.raises(ValueError, match="overlap"):
-        ev.bd_rate(rates, quality, rates, [q + 20 for q in quality])
+        bdrate.bd_rate(rates, quality, rates, [q + 20 for q in quality])
     with pytest.raises(ValueError, match="repeated"):
-        ev.bd_rate(rates, [35.0] * 4, *TEST)
+        bdrate.bd_rate(rates, [35.0] * 4, *TEST)
     with pytest.raises(ValueError, match="rates > 0"):
-        ev.bd_rate([0.0, *rates[1:]], quality, *TEST)
+        bdrate.bd_rate([0.0, *rates[1:]], quality, *TEST)
     with pytest.raises(ValueError, match=">= 4 points"):
-        ev.bd_rate(rates[:3], quality[:3], *TEST, method="cubic")
+        bdrate.bd_rate(rates[:3], quality[:3], *TEST, method="cubic")
     with pytest.raises(ValueError, match="method"):
-        ev.bd_rate(*ANCHOR, *TEST, method="akima")
+        bdrate.bd_rate(*ANCHOR, *TEST, method="akima")
 
 
 def test_quality_at_rate_interpolates_and_extrapolates():
     rates, quality = [100.0, 200.0, 400.0], [30.0, 33.0, 36.0]
-    assert ev.quality_at_rate(rates, quality, 200.0) == pytest.approx(33.0)
-    assert ev.quality_at_rate(rates, quality, 800.0) == pytest.approx(39.0)  # 3 dB per doubling, linear in ln
-    assert ev.quality_at_rate(rates, quality, 50.0) == pytest.approx(27.0)
-    assert 33.0 < ev.quality_at_rate(rates, quality, 300.0) < 36.0
+    assert bdrate.quality_at_rate(rates, quality, 200.0) == pytest.approx(33.0)
+    assert bdrate.quality_at_rate(rates, quality, 800.0) == pytest.approx(39.0)  # 3 dB per doubling, linear in ln
+    assert bdrate.quality_at_rate(rates, quality, 50.0) == pytest.approx(27.0)
+    assert 33.0 < bdrate.quality_at_rate(rates, quality, 300.0) < 36.0
 
 
 # ----------------------------------------------------------------------------- encodes
@@ -194,10 +198,10 @@ def test_report_cli_x264(untrained_checkpoint, tmp_path):
 
 
 def test_report_api_svtav1(untrained_checkpoint, tmp_path):
-    settings = ev.EvalSettings(codec="svtav1", frames=24, keyint=8, mini_gop=8)
-    videos = ev.probe_videos([CLIP], settings)
+    settings = eval_runs.EvalSettings(codec="svtav1", frames=24, keyint=8, mini_gop=8)
+    videos = eval_runs.probe_videos([CLIP], settings)
     assert (videos[0].width, videos[0].height, videos[0].frames) == (176, 144, 24)
-    targets = ev.targets_for(videos[0], None, [0.04, 0.08, 0.16, 0.32])
+    targets = eval_runs.targets_for(videos[0], None, [0.04, 0.08, 0.16, 0.32])
     assert targets == pytest.approx([30.4, 60.8, 121.5, 243.0], abs=0.1)  # bpp * 176 * 144 * 29.97 fps
     agent = ev.load_agent(untrained_checkpoint)
     assert agent.max_delta_qp == 4 and agent.rate_tolerance == pytest.approx(0.02)
@@ -212,20 +216,20 @@ def test_report_api_svtav1(untrained_checkpoint, tmp_path):
     assert psnr == sorted(psnr)  # a lower CRF (the baseline's QP at a higher target) is better quality
     for pair in (("agent", "baseline"), ("agent", "codec_crf"), ("baseline", "codec_crf")):
         assert math.isfinite(report.bd(videos[0].name, "psnr_y", *pair)), pair
-    files = ev.write_report(report, tmp_path / "out")
+    files = eval_report.write_report(report, tmp_path / "out")
     assert {f.name for f in files} >= {"runs.csv", "bdrate.csv", "report.md", "rd_carphone_pristine.png"}
 
 
 def test_oracle_improves_or_equals_the_baseline_within_budget(tmp_path):
-    settings = ev.EvalSettings(codec="x264", frames=24, keyint=24, mini_gop=4)
-    video = ev.probe_videos([CLIP], settings)[0]
-    runner = ev.Runner(tmp_path, settings)
-    point = ev.Point(video, 150.0, tmp_path / "work", settings)
+    settings = eval_runs.EvalSettings(codec="x264", frames=24, keyint=24, mini_gop=4)
+    video = eval_runs.probe_videos([CLIP], settings)[0]
+    runner = eval_runs.Runner(tmp_path, settings)
+    point = eval_runs.Point(video, 150.0, tmp_path / "work", settings)
     runner.first_pass(point)
     base, _ = runner.protocol_encode(point, "baseline", learners.ZeroDeltaLearner(), 1, 0.02, "baseline")
     assert base.ok and len(base.minigops) == 6
-    cfg = ev.OracleSettings(max_offset=4, steps=(2,), sweeps=1)
-    res = ev.run_oracle(runner, point, base, cfg)
+    cfg = oracle_search.OracleSettings(max_offset=4, steps=(2,), sweeps=1)
+    res = oracle_search.run_oracle(runner, point, base, cfg)
     rec = res.record
     assert rec.ok and rec.method == "oracle" and base.method == "baseline"
     assert 1 <= res.encodes <= 12 and len(res.offsets) == 6
@@ -260,7 +264,7 @@ def test_rd_plot_rate_axis_labels_are_plain_and_do_not_overlap(lo, hi):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))  # as plot_rd
     for ax in axes:
         ax.plot([lo, (lo * hi) ** 0.5, hi], [30, 33, 36], marker="o")
-        ev.log_rate_axis(ax)
+        eval_report.log_rate_axis(ax)
     fig.tight_layout()
     fig.canvas.draw()
     ax = axes[0]
@@ -311,13 +315,13 @@ def test_own_encoder_report_from_the_feedback_alone(untrained_checkpoint, tmp_pa
 
 def test_feedback_only_numbers_match_the_summary_json_on_the_builtin_encoder(tmp_path):
     layout = ["--codec", "x264", "--keyint", "16", "--mini-gop", "4"]
-    builtin = ev.EvalSettings(codec="x264", frames=32, keyint=16, mini_gop=4)
-    own = ev.EvalSettings(frames=32, encoder=f"{sys.executable} -m builtin_encoder", encoder_args=tuple(layout))
+    builtin = eval_runs.EvalSettings(codec="x264", frames=32, keyint=16, mini_gop=4)
+    own = eval_runs.EvalSettings(frames=32, encoder=f"{sys.executable} -m builtin_encoder", encoder_args=tuple(layout))
     records = []
     for settings, work in ((builtin, tmp_path / "a"), (own, tmp_path / "b")):
-        video = ev.probe_videos([CLIP], settings)[0]
-        runner = ev.Runner(work, settings)
-        point = ev.Point(video, 150.0, work / "work", settings)
+        video = eval_runs.probe_videos([CLIP], settings)[0]
+        runner = eval_runs.Runner(work, settings)
+        point = eval_runs.Point(video, 150.0, work / "work", settings)
         runner.first_pass(point)
         rec, _ = runner.protocol_encode(point, "baseline", learners.ZeroDeltaLearner(), 1, 0.02, "baseline")
         assert rec.ok, rec.message
@@ -344,14 +348,14 @@ def test_pooled_bdrates_mean_interval_and_counts(tmp_path, capsys):
             "ssim_y,agent vs baseline,5,5,5,5\n")  # fmt: skip
     values = [v for f in ("a", "b") for v in pool_eval.clip_bdrates(tmp_path / f).values()]
     assert values == [1.0, -2.0, -0.02, -3.0, -1.0, 0.5]
-    p = ev.pool_clips(values)
+    p = bdrate.pool_clips(values)
     assert p.n == 6 and abs(p.mean - np.mean(values)) < 1e-12 and p.low < p.mean < p.high
     assert (p.better, p.worse, p.worst) == (3, 2, 1.0)  # -0.02 is within the ±0.05 tie band
-    assert ev.pool_clips(values) == p  # seeded: the same interval every run
-    wide = ev.pool_clips(values[:3])
-    narrow = ev.pool_clips(values * 10)
+    assert bdrate.pool_clips(values) == p  # seeded: the same interval every run
+    wide = bdrate.pool_clips(values[:3])
+    narrow = bdrate.pool_clips(values * 10)
     assert narrow.high - narrow.low < p.high - p.low < wide.high - wide.low + 1e-9
-    const = ev.pool_clips([-0.7] * 4)
+    const = bdrate.pool_clips([-0.7] * 4)
     assert const.low == const.high == const.mean == -0.7
     # --versus pairs the i-th folder of each policy, clip by clip: a policy minus itself is 0 on every clip
     paired = pool_eval.pooled_values([tmp_path / "a", tmp_path / "b"], "psnr_y")
@@ -363,48 +367,48 @@ def test_pooled_bdrates_mean_interval_and_counts(tmp_path, capsys):
     with pytest.raises(ValueError, match="no row"):
         pool_eval.clip_bdrates(tmp_path / "a", metric="nope")
     with pytest.raises(ValueError, match="no clips"):
-        ev.pool_clips([])
+        bdrate.pool_clips([])
 
 
 def test_report_states_the_agents_mean_with_its_interval_over_clips():
     """report.md: with two clips or more, the agent's mean BD-rate over clips comes with its bootstrap interval."""
 
-    def runs(video: str, agent_gain: float) -> list[ev.RunRecord]:
+    def runs(video: str, agent_gain: float) -> list[eval_runs.RunRecord]:
         out = []
         for i, kbps in enumerate((100.0, 200.0, 400.0, 800.0)):
             for method, psnr in (("baseline", 30.0 + 3 * i), ("agent", 30.0 + 3 * i + agent_gain)):
-                out.append(ev.RunRecord(video, method, kbps, ok=True, kbps=kbps, psnr_y=psnr,
+                out.append(eval_runs.RunRecord(video, method, kbps, ok=True, kbps=kbps, psnr_y=psnr,
                                         psnr_y_frame_mean=psnr, ssim_y=0.9, gops=1))  # fmt: skip
         return out
 
-    videos = [ev.Video(n, Path(f"{n}.y4m"), 64, 64, 30.0, 8) for n in ("a", "b", "c")]
-    report = ev.Report(videos, ev.EvalSettings(codec="x264"))
+    videos = [eval_runs.Video(n, Path(f"{n}.y4m"), 64, 64, 30.0, 8) for n in ("a", "b", "c")]
+    report = eval_report.Report(videos, eval_runs.EvalSettings(codec="x264"))
     report.runs = runs("a", 0.3) + runs("b", 0.1) + runs("c", -0.2)
     per_clip = [report.bd(v, "psnr_y", "agent", "baseline") for v in ("a", "b", "c")]
     assert per_clip[0] < per_clip[1] < 0 < per_clip[2]
-    md = ev.markdown(report, [])
-    p = ev.pool_clips(per_clip)
+    md = eval_report.markdown(report, [])
+    p = bdrate.pool_clips(per_clip)
     assert f"over 3 clips: mean {p.mean:+.2f}%, 95% bootstrap interval of the mean {p.low:+.2f}" in md
     assert "better on 2, worse on 1" in md
-    one = ev.Report(videos[:1], ev.EvalSettings(codec="x264"))
+    one = eval_report.Report(videos[:1], eval_runs.EvalSettings(codec="x264"))
     one.runs = runs("a", 0.3)
-    assert "bootstrap interval" not in ev.markdown(one, [])  # one clip: no interval to give
+    assert "bootstrap interval" not in eval_report.markdown(one, [])  # one clip: no interval to give
 
 
 def test_report_counts_what_the_agent_answered_on_key_and_other_mini_gops():
-    def run(video: str, method: str, offsets: list[int]) -> ev.RunRecord:
+    def run(video: str, method: str, offsets: list[int]) -> eval_runs.RunRecord:
         # Two GOPs of two mini-GOPs: mini-GOPs 0 and 2 carry the key frames.
-        mgs = [ev.MiniGopRow(mg, mg // 2, 8, 30 + d, 30, 1000, 4000) for mg, d in enumerate(offsets)]
-        return ev.RunRecord(video, method, 100.0, ok=True, kbps=100.0, psnr_y=30.0, psnr_y_frame_mean=30.0,
+        mgs = [eval_runs.MiniGopRow(mg, mg // 2, 8, 30 + d, 30, 1000, 4000) for mg, d in enumerate(offsets)]
+        return eval_runs.RunRecord(video, method, 100.0, ok=True, kbps=100.0, psnr_y=30.0, psnr_y_frame_mean=30.0,
                             ssim_y=0.9, gops=2, minigops=mgs)  # fmt: skip
 
     runs = [run("a", "agent", [-4, 0, -3, 1]), run("a", "baseline", [0, 0, 0, 0]), run("b", "agent", [2, 0, 0, 0])]
-    counts = ev.answer_counts(runs)
+    counts = eval_report.answer_counts(runs)
     assert set(counts) == {"a", "b"}
     assert counts["a"][0] == {-4: 1, -3: 1} and counts["a"][1] == {0: 1, 1: 1}
     assert counts["b"][0] == {2: 1, 0: 1} and counts["b"][1] == {0: 2}
-    videos = [ev.Video(n, Path(f"{n}.y4m"), 64, 64, 30.0, 32) for n in ("a", "b")]
-    report = ev.Report(videos, ev.EvalSettings(codec="x264"))
+    videos = [eval_runs.Video(n, Path(f"{n}.y4m"), 64, 64, 30.0, 32) for n in ("a", "b")]
+    report = eval_report.Report(videos, eval_runs.EvalSettings(codec="x264"))
     report.runs = runs
-    md = ev.markdown(report, [])
+    md = eval_report.markdown(report, [])
     assert "## What the agent answered" in md and "| a | -4: 1, -3: 1 | +0: 1, +1: 1 |" in md

@@ -159,14 +159,16 @@ def test_run_pool_returns_results_in_order_and_stops_taking_work() -> None:
 
 
 def test_evaluate_on_two_workers_gives_the_one_worker_report(tmp_path: Path) -> None:
+    import eval_runs
     import evaluate as ev
+    import oracle_search
     import policy
 
-    settings = ev.EvalSettings(codec="x264", frames=16, keyint=16, mini_gop=4)
-    videos = ev.probe_videos([CLIP], settings)
+    settings = eval_runs.EvalSettings(codec="x264", frames=16, keyint=16, mini_gop=4)
+    videos = eval_runs.probe_videos([CLIP], settings)
     targets = {videos[0].name: [100.0, 300.0]}
     agent = ev.load_agent(policy.shipped_policy("x264"))
-    oracle = ev.OracleSettings(max_offset=4, steps=(2,), sweeps=1)
+    oracle = oracle_search.OracleSettings(max_offset=4, steps=(2,), sweeps=1)
     reports = [ev.evaluate(videos, targets, tmp_path / f"w{n}", settings, agent, ("agent",), oracle, workers=n)
                for n in (1, 2)]  # fmt: skip
     timing = ("encode_s", "agent_s", "wall_s")
