@@ -170,8 +170,8 @@ def key_sweep(
         if oracle_search.oracle_objective(rec, budget, cfg) > oracle_search.oracle_objective(best, budget, cfg):
             best, best_offsets, best_steps = rec, cand, res.done_steps
     return oracle_search.OracleResult(point.video.name, point.target_kbps, budget, base.psnr_y, best_offsets,
-                                 replace(best, method="oracle"), len(candidates), int(best is not base), 0.0,
-                                 best_steps, candidates)  # fmt: skip
+                                      replace(best, method="oracle"), len(candidates), int(best is not base), 0.0,
+                                      best_steps, candidates)  # fmt: skip
 
 
 def main() -> int:
