@@ -6,9 +6,10 @@
     python bench/key_diag.py sweeps --codec x264 --sweeps data/keysweep_x264.jsonl     # seconds
     python bench/key_diag.py propagate --codec x264 --sweeps data/keysweep_x264.jsonl  # ~3 min
     python bench/key_diag.py history --codec x264 --sweeps data/keysweep_x264.jsonl --sets two   # seconds
+    python bench/key_diag.py pixels --codec x264 --sweeps data/keysweep_x264.jsonl --sets SETS  # ~30 s
 
 The shipped policies make one decision per GOP that matters: the offset of its key mini-GOP
-(BENCHMARKS.md §2.4.9). Six views of that decision (§2.4.10, §2.4.11 and §2.4.17 have their figures):
+(BENCHMARKS.md §2.4.9). Seven views of that decision (§2.4.10, §2.4.11, §2.4.17 and §2.4.20 have their figures):
 
 - `offsets`: one held-out clip (clips.heldout_windows(), by source name prefix) at 0.04-0.32
   bit/pixel, the Δ=0 baseline and scripted offsets on the key mini-GOPs of its GOPs (all other
@@ -34,6 +35,11 @@ The shipped policies make one decision per GOP that matters: the offset of its k
   mini-GOP to the GOP's second half; beside the state's features at the swept key. For each, the
   leave-one-source-out R² of a line predicting the sweep's value slope at 0 (g = (v(+1) − v(−1)) / 2,
   dB per QP), and what answering ±1 by that prediction's sign is worth (dB at equal rate).
+- `pixels`: a picture statistic no first-pass field carries, the luma concentration C of each
+  training window's first frame (share of its pixels on the 16 most common luma values: flat
+  rendered colours), as a key-mini-GOP term beside the codec's shipped recipe (in the unused
+  `qp_span` column): leave-one-source-out R² of the gain model and the value of its key answers on
+  the left-out source's key sweeps (bench/loso_value.py's judge), all fitted and judged on --sets.
 """
 
 from __future__ import annotations
@@ -296,9 +302,71 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
         print(f"| {shown} | {r2:.3f} | ({r2_none:.3f}) |")
 
 
+def luma_concentration(y: np.ndarray, levels: int = 16) -> float:
+    """Share of a frame's luma pixels that take its `levels` most common values, 0..1.
+
+    Flat rendered colours (cartoons, screen content) put most pixels on a few values; camera
+    footage, with noise and shading, spreads them (0.2-0.4 on the training sources).
+    """
+    hist = np.bincount(y.ravel().astype(np.int64), minlength=256)
+    return float(np.sort(hist)[::-1][:levels].sum() / y.size)
+
+
+def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
+    oracle, sweeps = records(args)
+    recs = oracle + sweeps
+    windows = {w.name: w for s in args.sets.split(",") for w in clips.WINDOW_SETS[s]()}
+    names = sorted({r["window"] for r in recs})
+    conc = {n: luma_concentration(next(open_source(clips.materialise(windows[n])).frames(limit=1)).y) for n in names}
+    by_source: dict[str, list[float]] = {}
+    for n in names:
+        by_source.setdefault(imitation.source_of(n), []).append(conc[n])
+    print("| source | luma concentration of its windows' first frames |\n|---|---|")
+    for src in sorted(by_source):
+        print(f"| {src} | {', '.join(f'{c:.2f}' for c in by_source[src])} |")
+    col = state.FEATURE_NAMES.index("qp_span")  # constant in every state: free for the candidate feature
+
+    def moves_of(chosen: list[dict]) -> imitation.MoveSamples:
+        parts = []
+        for name in sorted({r["window"] for r in chosen}):  # one window at a time, as in cmd_propagate
+            m = imitation.move_samples([r for r in chosen if r["window"] == name])
+            m.obs[:, col] = conc[name]
+            parts.append(m)
+        return imitation.MoveSamples.concat(parts)
+
+    moves = moves_of(recs)
+    shipped = imitation.SHIPPED_RECIPES[args.codec]
+    recipe, k = shipped.features.key or (), shipped.consensus
+    print(f"\n{args.codec}, sets {args.sets}: {len(oracle)} oracle points + {len(sweeps)} key sweeps, "
+          f"{len(moves)} moves from {len(moves.sources)} sources; C = luma concentration\n")  # fmt: skip
+    variants = [loso_value.Variant("shipped recipe's key terms", k, tuple(recipe)),
+                loso_value.Variant("+ C", k, (*recipe, "qp_span")),
+                loso_value.Variant("+ hinge C>0.5", k, (*recipe, "qp_span>0.5"))]  # fmt: skip
+    print("| key mini-GOP terms | LOSO R² of the gain model |\n|---|---:|")
+    for v in variants:
+        r2, _ = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=v.key, inter=()))
+        print(f"| {v.name} ({' + '.join(v.key).replace('qp_span', 'C')}) | {r2:.3f} |")
+    if not sweeps:
+        return
+    obs, values, wins = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
+    obs[:, col] = [conc[w] for w in wins]
+    source = np.array([imitation.source_of(w) for w in wins])
+    m = loso_value.MAX_DELTA_QP
+    fit = moves_of(oracle)  # the recipes fit on oracle records only (make_policy.py without --key-sweeps)
+    print("\n| key mini-GOP terms | value of the key decision on the left-out source, dB at equal rate "
+          "| points worse than Δ=0 |\n|---|---:|---:|")  # fmt: skip
+    for v in variants:
+        a = np.zeros(len(wins), int)
+        for src in set(source):
+            out = np.array([fit.sources[i] == src for i in fit.source])
+            a[source == src] = loso_value.answer_from_moves(v, fit.subset(~out), obs[source == src])
+        val = np.nan_to_num(values[np.arange(len(a)), a + m], nan=0.0)
+        print(f"| {v.name} | {val.mean():+.4f} | {int((val < -1e-9).sum())} of {len(val)} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("view", choices=("offsets", "reuse", "features", "sweeps", "propagate", "history"))
+    p.add_argument("view", choices=("offsets", "reuse", "features", "sweeps", "propagate", "history", "pixels"))
     p.add_argument("--codec", default="x264", choices=("x264", "svtav1"))
     p.add_argument("--clip", default="bigbuckbunny", help="offsets: held-out source (name prefix)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="offsets: 'name=o0,o1,...;name=...'")
@@ -314,7 +382,7 @@ def main() -> int:
             p.error(error)
     with tempfile.TemporaryDirectory(prefix="key_diag_") as tmp:
         views = {"offsets": cmd_offsets, "reuse": cmd_reuse, "features": cmd_features, "sweeps": cmd_sweeps,
-                 "propagate": cmd_propagate, "history": cmd_history}  # fmt: skip
+                 "propagate": cmd_propagate, "history": cmd_history, "pixels": cmd_pixels}  # fmt: skip
         views[args.view](args, Path(tmp))
     return 0
 

@@ -128,7 +128,11 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
 
 def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.ndarray:
     """The recipe's key offset, QP (rounded as the encoder applies it), for states obs, fitted on fit_records."""
-    moves = imitation.move_samples(fit_records)
+    return answer_from_moves(variant, imitation.move_samples(fit_records), obs)
+
+
+def answer_from_moves(variant: Variant, moves: imitation.MoveSamples, obs: np.ndarray) -> np.ndarray:
+    """answer() from the fitting records' moves (imitation.move_samples)."""
     spec = imitation.GainFeatures(key=variant.key, inter=(), curvature=variant.curvature)
     inside = np.ones(len(obs), bool)
     if (variant.clamp or variant.gate) and variant.key:

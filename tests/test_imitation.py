@@ -527,6 +527,18 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
         loso_value.parse_variants("x:k=2", loso_value.Variant("base", 2.0, ("fp_reuse",)))
 
 
+def test_luma_concentration_is_high_for_flat_colours_and_low_for_noise():
+    from bench import key_diag
+
+    flat = np.repeat(np.arange(4, dtype=np.uint8) * 60, 400).reshape(40, 40)  # four colours
+    assert key_diag.luma_concentration(flat) == pytest.approx(1.0)
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)  # ~256 equally likely values
+    assert key_diag.luma_concentration(noisy) < 0.1
+    half = flat.copy()
+    half[:20] = noisy[:20, :40]  # half the frame noise: the 16 top values cover about the flat half
+    assert 0.45 < key_diag.luma_concentration(half) < 0.6
+
+
 def test_move_samples_concat_keeps_each_rows_source_and_subset_keeps_the_source_list():
     def moves(names: list[str], src: list[int]) -> imitation.MoveSamples:
         n = len(src)
