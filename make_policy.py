@@ -3,6 +3,8 @@
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
     python make_policy.py --codec x264              # 27 min (165 oracle searches, then 45 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
+    python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args="A|B" \
+        --inputs YOUR_CLIPS/ --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
 Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
 --windows and --consensus; the policy file records what it was made with.
@@ -28,6 +30,11 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
    trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
    --pattern-out also writes the best fixed per-position pattern (the same model without state)
    as a policy: the reference to beat.
+
+With --inputs the demonstrations are your clips (the first --frames frames of each, 3 rates each,
+every clip its own source) instead of the window sets; with --encoder every encode is your encoder's,
+through the protocol (PROTOCOL.md §7), and the policy file's codec is "encoder". Both need --data and
+--out: the shipped records and policies are never touched.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ import numpy as np
 import torch
 
 import clips
+import encoder_proc
+import eval_runs
 import imitation
 import policy
 from bench import oracle_data
@@ -79,6 +88,17 @@ def main() -> int:
                         "a term f>t is max(0, f - t), f<t max(0, t - f)")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
+    p.add_argument("--inputs", nargs="+", default=None, metavar="CLIP",
+                   help="your own training clips instead of --windows (files, directories or globs; needs --data "
+                        "and --out); never clips you evaluate on")
+    p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each input searched (0 = all)")
+    p.add_argument("--encoder", default="",
+                   help="your own encoder command (as main.py --encoder; needs --data and --out): the policy is "
+                        "made from its encodes; --codec then picks only the recipe (default: built-in encoder)")
+    p.add_argument("--encoder-args", default="", metavar="ARGS",
+                   help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")
+    p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
+                   help="with --encoder: protocol arguments, as main.py --encoder-rl-args")
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
                         "curvature, BENCHMARKS.md §2.4.14); default: the codec's shipped recipe (one curvature)")
@@ -94,8 +114,26 @@ def main() -> int:
         spec = imitation.GainFeatures.parse(ns.key_features, ns.inter_features, ns.key_curvature)
     except ValueError as exc:
         p.error(str(exc))
-    ns.windows = ns.windows or recipe.windows
-    ns.key_sweeps = recipe.key_sweeps if ns.key_sweeps is None else ns.key_sweeps
+    own = ns.inputs is not None or bool(ns.encoder)
+    if own and not (ns.data and ns.out):
+        p.error("--inputs / --encoder: name --data and --out (your records and policy stay apart from ours)")
+    if ns.inputs is not None and (ns.windows or ns.key_sweeps):
+        p.error("--inputs replaces --windows and --key-sweeps: give one")
+    if ns.encoder_args and not ns.encoder:
+        p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
+    inputs: list[str] = []
+    if ns.inputs is not None:
+        try:
+            videos = eval_runs.probe_videos(eval_runs.find_inputs(ns.inputs), eval_runs.EvalSettings(frames=ns.frames))
+        except ValueError as exc:
+            p.error(str(exc))
+        if error := oracle_data.input_names_error(videos):
+            p.error(error)
+        if len(videos) < 2:  # the fit is judged, and the consensus taken, leaving one clip out at a time
+            p.error(f"--inputs: {len(videos)} clip; give 2 or more (8 or more different sources advised)")
+        inputs = [oracle_data.input_window_name(v.path, v.frames) for v in videos]
+    ns.windows = "" if inputs else ns.windows or recipe.windows
+    ns.key_sweeps = "" if inputs else recipe.key_sweeps if ns.key_sweeps is None else ns.key_sweeps
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
     for flag, sets in (("--windows", ns.windows), ("--key-sweeps", ns.key_sweeps)):
         if error := clips.window_sets_error(flag, sets):
@@ -103,18 +141,33 @@ def main() -> int:
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
     out = Path(ns.out or policy.shipped_policy(ns.codec))
-    searches = [(name, "oracle") for name in ns.windows.split(",")]
-    searches += [(name, "key") for name in filter(None, ns.key_sweeps.split(","))]
-    for name, search in searches:
+    searches = [(["--windows", name], "oracle") for name in filter(None, ns.windows.split(","))]
+    searches += [(["--windows", name], "key") for name in filter(None, ns.key_sweeps.split(","))]
+    if inputs:
+        searches = [(["--inputs", *ns.inputs, "--frames", str(ns.frames)], "oracle")]
+    if ns.encoder:
+        # '=' form: the values start with '-' ("--codec|x264"), which argparse would read as a flag
+        own_flags = [f"--encoder={ns.encoder}", f"--encoder-args={ns.encoder_args}",
+                     f"--encoder-rl-args={ns.encoder_rl_args}"]  # fmt: skip
+        searches = [(where + own_flags, search) for where, search in searches]
+    for where, search in searches:
         cmd = [sys.executable, str(ROOT / "bench" / "oracle_data.py"), "--codec", ns.codec, "--out", str(data),
-               "--jobs", str(ns.jobs), "--windows", name, "--search", search]  # fmt: skip
+               "--jobs", str(ns.jobs), *where, "--search", search]  # fmt: skip
         print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd).returncode != 0:
+            print(f"make_policy.py: the search stopped (oracle_data.py said why above); its points so far are in "
+                  f"{data}", file=sys.stderr)  # fmt: skip
+            return 1
 
-    every = imitation.read_records([data])
-    records = oracle_data.of_window_sets(every, ns.windows) + oracle_data.of_window_sets(every, ns.key_sweeps, "key")
+    label = "encoder" if ns.encoder else ns.codec  # the records' codec (oracle_data.py)
+    every = [r for r in imitation.read_records([data]) if r["codec"] == label]
+    if inputs:
+        records = [r for r in every if r["window"] in inputs and r.get("search", "oracle") == "oracle"]
+    else:
+        records = oracle_data.of_window_sets(every, ns.windows)
+        records += oracle_data.of_window_sets(every, ns.key_sweeps, "key")
     if not records:
-        print(f"make_policy.py: no oracle points of {ns.windows} in {data}", file=sys.stderr)
+        print(f"make_policy.py: no oracle points of {ns.windows or ns.inputs} in {data}", file=sys.stderr)
         return 1
     hidden = tuple(int(h) for h in ns.hidden.split(","))
     actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback,
@@ -122,7 +175,11 @@ def main() -> int:
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d"), "windows": ns.windows,
                   "key_sweeps": ns.key_sweeps, "consensus": str(ns.consensus), "features": spec.describe()}  # fmt: skip
-    policy.save(out, actor, ns.codec, ns.max_delta_qp, 0.02, provenance)
+    if ns.encoder:
+        provenance |= {"encoder": ns.encoder, "encoder_args": ns.encoder_args}
+    if inputs:
+        provenance |= {"inputs": ",".join(inputs)}
+    policy.save(out, actor, label, ns.max_delta_qp, 0.02, provenance)
     print(f"{out}: {summary}")
     if ns.pattern_out:
         moves = imitation.move_samples(records)

@@ -14,6 +14,12 @@ best encode's requests and feedback (so any state can be rebuilt offline), the o
 and every candidate tried (offsets, PSNR-Y, bits). Points already in --out are skipped, so an
 interrupted run resumes. `imitation.py` turns the file into a policy; `bench/oracle_diag.py`
 reports how predictable the oracle is.
+
+    python bench/oracle_data.py --inputs CLIPS/ --frames 64 --encoder "YOUR ENCODER" --encoder-args="A|B" --out F
+
+--inputs searches your own clips instead of a window set (each its own source, named by
+input_window_name); --encoder runs a team's encoder through the protocol (PROTOCOL.md §7; records
+get codec "encoder"), on --inputs or on a window set. An encode that fails is a record with its error.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import re
 import shutil
 import sys
 import time
@@ -34,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
+import encoder_proc  # noqa: E402
 import eval_runs  # noqa: E402
 import oracle_search  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
@@ -52,6 +60,37 @@ def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, wi
         for bpp in np.exp(rng.uniform(math.log(bpp_min), math.log(bpp_max), size=rates)):
             out.append({"window": win, "bpp": float(bpp), "codec": codec})
     return out
+
+
+def input_window_name(path: Path, frames: int) -> str:
+    """The window name of one of --inputs in the records: its file stem with every run of characters
+    other than letters, digits and '-' turned into one '-' (imitation.source_of cuts names at '_s'),
+    then '_s1_f0-FRAMES'. Each input is its own source in the leave-one-source-out fits."""
+    stem = re.sub(r"[^A-Za-z0-9-]+", "-", path.stem).strip("-") or "input"
+    return f"{stem}_s1_f0-{frames}"
+
+
+def input_points(videos: list[eval_runs.Video], label: str, rates: int, bpp_min: float, bpp_max: float,
+                 seed: int) -> list[dict]:  # fmt: skip
+    """(input, target) pairs for --inputs, rates drawn as points() draws them: one list, the inputs in order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in videos:
+        for bpp in np.exp(rng.uniform(math.log(bpp_min), math.log(bpp_max), size=rates)):
+            out.append({"input": str(v.path), "name": input_window_name(v.path, v.frames), "frames": v.frames,
+                        "bpp": float(bpp), "codec": label})  # fmt: skip
+    return out
+
+
+def input_names_error(videos: list[eval_runs.Video]) -> str | None:
+    """The message when two --inputs would get the same window name (input_window_name), or None."""
+    seen: dict[str, Path] = {}
+    for v in videos:
+        name = input_window_name(v.path, v.frames)
+        if name in seen:
+            return f"--inputs: {seen[name]} and {v.path} get the same name {name!r} in the records: rename one"
+        seen[name] = v.path
+    return None
 
 
 def default_rates(windows: str, search: str = "oracle") -> int:
@@ -111,13 +150,25 @@ def step_record(step) -> dict:
 
 
 def run_point(job: dict) -> dict:
-    """Baseline + oracle for one point; returns the JSON record."""
-    win, codec, work = job["window"], job["codec"], Path(job["work"])
+    """Baseline + oracle for one point; returns the JSON record, or {"key", "error"} when an encode failed."""
+    try:
+        return _search_point(job)
+    except (RuntimeError, OSError, ValueError) as exc:  # a failed or hung encoder: the message names it
+        return {"key": job["key"], "error": f"{str(exc).strip() or type(exc).__name__} (logs in {job['work']})"}
+
+
+def _search_point(job: dict) -> dict:
+    codec, work = job["codec"], Path(job["work"])
     # A fresh folder: pass-1 statistics left by another run (another window once at this place in
     # a set's list) would be reused and refused by the encoder.
     shutil.rmtree(work, ignore_errors=True)
-    path = clips.materialise(win)
-    settings = eval_runs.EvalSettings(codec=codec)
+    settings = eval_runs.EvalSettings(codec=codec, frames=job.get("frames", 0), encoder=job.get("encoder", ""),
+                                      encoder_args=tuple(job.get("encoder_args", ())),
+                                      rl_args=job.get("rl_args", encoder_proc.DEFAULT_RL_ARGS))  # fmt: skip
+    if "input" in job:  # one of --inputs
+        path, name = Path(job["input"]), job["name"]
+    else:
+        path, name = clips.materialise(job["window"]), job["window"].name
     video = eval_runs.probe_videos([path], settings)[0]
     kbps = round(job["bpp"] * video.width * video.height * video.fps / 1000.0, 1)
     point = eval_runs.Point(video, kbps, work, settings)
@@ -133,7 +184,8 @@ def run_point(job: dict) -> dict:
         oracle = oracle_search.run_oracle(runner, point, base, oracle_search.OracleSettings())
     best_steps = oracle.best_steps or base_res.done_steps
     return {
-        "key": job["key"], "window": win.name, "codec": codec, "bpp": job["bpp"], "target_kbps": kbps,
+        "key": job["key"], "window": name, "codec": codec, "bpp": job["bpp"], "target_kbps": kbps,
+        **({"input": job["input"], "encoder": settings.encoder} if "input" in job else {}),
         "width": video.width, "height": video.height, "frames": video.frames,
         "baseline": {"psnr_y": base.psnr_y, "bits": base.bits, "ssim_y": base.ssim_y},
         "oracle": {"psnr_y": oracle.record.psnr_y, "bits": oracle.record.bits, "ssim_y": oracle.record.ssim_y,
@@ -174,6 +226,21 @@ def key_sweep(
                                       best_steps, candidates)  # fmt: skip
 
 
+def planned_points(ns: argparse.Namespace) -> list[dict]:
+    """Every point main() searches: the window set's, or with --inputs the clips' (probed before any
+    encode; ValueError names the flag). With --encoder each point carries the command and arguments."""
+    label = "encoder" if ns.encoder else ns.codec
+    own = {"encoder": ns.encoder, "encoder_args": [a for a in ns.encoder_args.split("|") if a],
+           "rl_args": ns.encoder_rl_args} if ns.encoder else {}  # fmt: skip
+    if ns.inputs is None:
+        return [{**pt, **own} for pt in points(label, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed, ns.windows)]
+    settings = eval_runs.EvalSettings(codec=ns.codec, frames=ns.frames)
+    videos = eval_runs.probe_videos(eval_runs.find_inputs(ns.inputs), settings)
+    if error := input_names_error(videos):
+        raise ValueError(error)
+    return [{**pt, **own} for pt in input_points(videos, label, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed)]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
@@ -186,13 +253,32 @@ def main() -> int:
     p.add_argument("--bpp-max", type=float, default=0.4)
     p.add_argument("--seed", type=int, default=None, help="seed of the rate draws (default 0; 10 with --search key)")
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
-    p.add_argument("--windows", default="train", choices=sorted(clips.WINDOW_SETS),
+    p.add_argument("--windows", default=None, choices=sorted(clips.WINDOW_SETS),
                    help="; ".join(f"{name}: clips.{fn.__name__}()" for name, fn in clips.WINDOW_SETS.items())
-                   + " (each function's docstring says what it holds; --search key moves the last GOP's key)")
+                   + " (each function's docstring says what it holds; --search key moves the last GOP's key); "
+                   "default train")
+    p.add_argument("--inputs", nargs="+", default=None, metavar="CLIP",
+                   help="your own training clips instead of --windows (files, directories or globs; the first "
+                        "--frames frames of each); never clips you evaluate on")
+    p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each input (0 = all)")
+    p.add_argument("--encoder", default="",
+                   help="your own encoder command (as main.py --encoder); records get codec 'encoder' "
+                        "(default: the built-in encoder with --codec)")
+    p.add_argument("--encoder-args", default="", metavar="ARGS",
+                   help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")
+    p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
+                   help="with --encoder: protocol arguments, as main.py --encoder-rl-args")
     p.add_argument("--search", default="oracle", choices=("oracle", "key"),
                    help="oracle: coordinate descent over every mini-GOP (oracle_search.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip
     ns = p.parse_args()
+    if ns.inputs is not None and ns.windows is not None:
+        p.error("--inputs and --windows: give one (your clips or a bundled window set)")
+    if ns.encoder_args and not ns.encoder:
+        p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
+    if ns.frames < 0:
+        p.error(f"--frames: {ns.frames} is negative")
+    ns.windows = ns.windows or "train"
     if ns.rates is None:
         ns.rates = default_rates(ns.windows, ns.search)
     if ns.seed is None:
@@ -200,16 +286,22 @@ def main() -> int:
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = finished_keys(out)
+    try:
+        todo = planned_points(ns)
+    except ValueError as exc:
+        p.error(str(exc))
     jobs = []
-    for pt in points(ns.codec, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed, ns.windows):
-        key = point_key(ns.codec, pt["window"].name, pt["bpp"], ns.search)
+    for pt in todo:
+        name = pt["name"] if "input" in pt else pt["window"].name
+        key = point_key(pt["codec"], name, pt["bpp"], ns.search)
         if key not in done:
-            work = Path(ns.work) / ns.codec / ns.search / pt["window"].name / f"{pt['bpp']:.5f}"
+            work = Path(ns.work) / pt["codec"] / ns.search / name / f"{pt['bpp']:.5f}"
             jobs.append({**pt, "key": key, "work": str(work), "search": ns.search})
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files
-        clips.materialise(pt["window"])
+        if "window" in pt:
+            clips.materialise(pt["window"])
     print(f"{len(jobs)} points to search ({len(done)} already in {out}), {ns.jobs} in parallel", flush=True)
     t0 = time.monotonic()
     with mp.Pool(ns.jobs) as pool, open(out, "a") as fh:

@@ -1,0 +1,105 @@
+"""A policy for a team's own encoder: make_policy.py --encoder CMD --inputs CLIPS, end to end on real encodes.
+
+The built-in encoder stands in for the team's encoder, started as an outside program: only the
+protocol's files and the command line connect them, as PROTOCOL.md describes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clips
+import eval_runs
+import imitation
+import policy
+from bench import oracle_data
+from state import OBS_DIM
+
+ROOT = Path(__file__).resolve().parent.parent
+OWN = f"{sys.executable} -m builtin_encoder"
+# The built-in path's own flags (eval_runs.Point.pass2_args), so both paths run the same encodes.
+OWN_ARGS = "--encoder-args=--codec|x264|--rc-mode|1|--keyint|64|--mini-gop|8"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Two small clips of two sources in a folder, as a team's training clips would be."""
+    folder = tmp_path_factory.mktemp("clips")
+    for win, name in ((clips.Window("carphone_pristine.mp4", 0, 68, scale=2), "carphone pristine.y4m"),
+                      (clips.Window("bikes.mp4", 0, 64, scale=4), "bikes.y4m")):  # fmt: skip
+        shutil.copy(clips.materialise(win), folder / name)
+    return folder
+
+
+def _make_policy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "make_policy.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_make_policy_on_an_outside_encoder_writes_a_policy_from_its_encodes(inputs, tmp_path):
+    data, out = tmp_path / "records.jsonl", tmp_path / "mine.pt"
+    res = _make_policy("--codec", "x264", "--inputs", str(inputs), "--frames", "8", f"--encoder={OWN}", OWN_ARGS,
+                       "--data", str(data), "--out", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    # 2 clips x 3 rates, each a real search: the baseline and the oracle's candidates
+    assert len(records) == 6 and all("error" not in r for r in records)
+    assert {r["window"] for r in records} == {"carphone-pristine_s1_f0-8", "bikes_s1_f0-8"}
+    assert all(r["codec"] == "encoder" and r["encoder"] == OWN and r["frames"] == 8 for r in records)
+    assert all(len(r["candidates"]) >= 2 and len({c["bits"] for c in r["candidates"]}) > 1 for r in records)
+    pol = policy.load(out)
+    assert pol.codec == "encoder" and pol.provenance["encoder"] == OWN
+    assert sorted(pol.provenance["inputs"].split(",")) == ["bikes_s1_f0-8", "carphone-pristine_s1_f0-8"]
+    answer = policy.PolicyLearner(pol).choose(np.zeros(OBS_DIM, dtype=np.float32))
+    assert answer.shape == (1,) and -1.0 <= float(answer[0]) <= 1.0
+
+    # The same point through the built-in path (its own flags, quality from its summary instead of
+    # the protocol's feedback): the same encodes, bit for bit.
+    rec = records[0]
+    job = {"input": rec["input"], "name": rec["window"], "frames": 8, "bpp": rec["bpp"], "codec": "x264",
+           "key": "k", "work": str(tmp_path / "builtin"), "search": "oracle"}  # fmt: skip
+    builtin = oracle_data.run_point(job)
+    assert builtin["baseline"]["bits"] == rec["baseline"]["bits"]
+    assert builtin["baseline"]["psnr_y"] == pytest.approx(rec["baseline"]["psnr_y"], abs=1e-6)
+    assert [c["bits"] for c in builtin["candidates"]] == [c["bits"] for c in rec["candidates"]]
+
+
+def test_make_policy_refuses_own_inputs_it_cannot_use_before_any_encode(inputs, tmp_path):
+    one = next(inputs.iterdir())
+    cases = [
+        (["--inputs", str(inputs)], "name --data and --out"),
+        (["--inputs", str(one), "--data", "d", "--out", "o"], "1 clip; give 2 or more"),
+        (["--inputs", str(inputs), "--windows", "train", "--data", "d", "--out", "o"], "replaces --windows"),
+        (["--inputs", str(tmp_path / "none"), "--data", "d", "--out", "o"], "no video file matches"),
+        (["--encoder-args=--codec|x264", "--data", "d", "--out", "o"], "--encoder-args needs --encoder"),
+    ]
+    for args, message in cases:
+        res = _make_policy("--codec", "x264", *args)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr[-500:])
+    assert not (ROOT / "d").exists() and not (ROOT / "o").exists()
+
+
+def test_a_failing_outside_encoder_is_reported_per_point_without_a_traceback(inputs, tmp_path):
+    data = tmp_path / "records.jsonl"
+    res = _make_policy("--codec", "x264", "--inputs", str(inputs), "--frames", "8", "--encoder=/bin/false",
+                       "--data", str(data), "--out", str(tmp_path / "p.pt"))  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr
+    assert "no oracle points" in res.stderr and not (tmp_path / "p.pt").exists()
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    assert len(records) == 6 and all("exited with code 1" in r["error"] and "logs in" in r["error"] for r in records)
+    assert oracle_data.finished_keys(data) == set()  # failed points are searched again next time
+
+
+def test_input_window_names_keep_each_clip_its_own_source():
+    name = oracle_data.input_window_name(Path("/x/my_scene_sunset.y4m"), 64)
+    assert name == "my-scene-sunset_s1_f0-64" and imitation.source_of(name) == "my-scene-sunset"
+    videos = [eval_runs.Video(p.stem, p, 64, 48, 30.0, 64) for p in (Path("a/my_scene.y4m"), Path("b/my scene.mp4"))]
+    assert "get the same name 'my-scene_s1_f0-64'" in oracle_data.input_names_error(videos)
+    assert oracle_data.input_names_error(videos[:1]) is None
