@@ -274,7 +274,8 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     optional = " (optional: to compare)" if oracle_mode else ""
     p.add_argument("--load-checkpoint", default="",
-                   help="policy file or main.py checkpoint (default: policies/CODEC.pt)" + optional)  # fmt: skip
+                   help="policy file or main.py checkpoint, or a shipped policy by name (x264) "
+                        "(default: policies/CODEC.pt)" + optional)  # fmt: skip
     p.add_argument("--inputs", action="append", required=True,
                    help="directory of clips, glob or file (repeatable)")  # fmt: skip
     g = p.add_mutually_exclusive_group()
@@ -318,6 +319,13 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
 DASH_VALUE_FLAGS = ("--encoder-args", "--encoder-rl-args")  # values that start with '--'
 
 
+def named_agent(value: str) -> str:
+    """--load-checkpoint's file: a path, or a shipped policy's name (policy.named); "" stays ""."""
+    import policy
+
+    return str(policy.named(value)) if value else ""
+
+
 def default_policy(codec: str, oracle_mode: bool) -> str:
     """The shipped policy for `codec` when no checkpoint is given ('' in oracle mode or when none ships)."""
     import policy
@@ -354,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {ns.workers}")
         videos = probe_videos(find_inputs(ns.inputs), settings)
-        agent_path = ns.load_checkpoint or default_policy(ns.codec, oracle_mode)
+        agent_path = named_agent(ns.load_checkpoint) or default_policy(ns.codec, oracle_mode)
         if not agent_path and not oracle_mode:
             raise ValueError(f"--load-checkpoint: none given and no policy ships for {ns.codec} (policies/)")
         agent = load_agent(agent_path, ns.device) if agent_path else None

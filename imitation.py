@@ -589,6 +589,11 @@ def ignoring_unused(
     return np.concatenate(out), np.tile(target, 1 + copies)
 
 
+# Leave-one-source-out R² the state must add over no state before make_policy.py stops warning
+# that its policy is a fixed offset (BENCHMARKS.md §2.4.21: 0.195 vs 0.196 on 8 camera clips lost +0.99%).
+STATE_MARGIN = 0.005
+
+
 def train_policy(
     records: list[dict], max_delta_qp: int = 4, hidden: tuple[int, ...] = (64, 64), ridge: float = 3.0, seed: int = 0,
     payback: bool = False, consensus: float = 0.0, spec: GainFeatures = ALL_FEATURES,
@@ -628,4 +633,8 @@ def train_policy(
     if rms > DISTILL_TOLERANCE:
         summary += (f"; WARNING: the actor does not follow a*(s) (RMS above {DISTILL_TOLERANCE} QP after "
                     "the retries): try another --seed")  # fmt: skip
+    if r2 < r2_const + STATE_MARGIN:
+        summary += ("; WARNING: on the left-out sources the state predicts the gains no better than one offset "
+                    "per kind of mini-GOP: the policy is a fixed offset, which rarely transfers to other content "
+                    "(BENCHMARKS.md §2.4.21); add training clips of more varied content")  # fmt: skip
     return actor, summary

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-keep", metavar="K", type=int, default=d.ckpt_keep,
                    help="keep the newest K epoch checkpoints")  # fmt: skip
     g.add_argument("--load-checkpoint", metavar="PATH", default=d.load_checkpoint,
-                   help="resume (or infer) from this checkpoint (default: none)")  # fmt: skip
+                   help="resume (or infer) from this checkpoint or policy file; a shipped policy by name "
+                        "(x264: policies/x264.pt) (default: none)")  # fmt: skip
     g.add_argument("--save-replay-buffer", action="store_true",
                    help="also save the replay buffer (needed for an exact resume)")  # fmt: skip
     g = p.add_argument_group("other")
@@ -220,7 +221,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         ckpt_dir=ns.ckpt_dir,
         ckpt_interval=ns.ckpt_interval,
         ckpt_keep=ns.ckpt_keep,
-        load_checkpoint=ns.load_checkpoint,
+        load_checkpoint=str(policy.named(ns.load_checkpoint)) if ns.load_checkpoint else "",
         save_replay_buffer=ns.save_replay_buffer,
         device=ns.device,
         baseline_stats=ns.baseline_stats or str(Path(ns.out_dir) / "baseline_stats.json"),

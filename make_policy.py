@@ -102,7 +102,8 @@ def main() -> int:
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
                         "curvature, BENCHMARKS.md §2.4.14); default: the codec's shipped recipe (one curvature)")
-    ns = p.parse_args()
+    # values that start with "--" ("--codec|x264") stay values, as in evaluate.py
+    ns = p.parse_args(encoder_proc.glue_dash_values(sys.argv[1:], ("--encoder-args", "--encoder-rl-args")))
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
     if ns.key_features is None:
         ns.key_features = ",".join(recipe.features.key or ())
@@ -146,7 +147,7 @@ def main() -> int:
     if inputs:
         searches = [(["--inputs", *ns.inputs, "--frames", str(ns.frames)], "oracle")]
     if ns.encoder:
-        # '=' form: the values start with '-' ("--codec|x264"), which argparse would read as a flag
+        # '=' form: the values start with "--" ("--codec|x264"), which argparse would read as a flag
         own_flags = [f"--encoder={ns.encoder}", f"--encoder-args={ns.encoder_args}",
                      f"--encoder-rl-args={ns.encoder_rl_args}"]  # fmt: skip
         searches = [(where + own_flags, search) for where, search in searches]

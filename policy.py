@@ -10,11 +10,15 @@ A policy file (`policies/<codec>.pt`) holds only tensors and plain values, so it
 `--load-checkpoint policies/svtav1.pt` works wherever a checkpoint does: `--mode infer` and
 `evaluate.py` answer with its deterministic action tanh(mean(s)); `--mode train` starts SAC with
 its actor (fine-tuning). Without `--load-checkpoint`, infer mode and evaluate.py use
-`policies/<codec>.pt`.
+`policies/<codec>.pt`; `--load-checkpoint x264` names it (named()). `python -m policy` lists them:
+
+    python -m policy            # name, codec, date, how it was made, for every file in policies/
+    python -m policy mine.pt    # the same for any policy file, with its whole provenance
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,20 @@ class PolicyError(ValueError):
 def shipped_policy(codec: str) -> Path:
     """Path of the policy shipped for `codec` (it may not exist)."""
     return POLICY_DIR / f"{codec}.pt"
+
+
+def shipped_names() -> list[str]:
+    """Names of the policies in policies/ (each loads by name: `--load-checkpoint x264`)."""
+    return sorted(p.stem for p in POLICY_DIR.glob("*.pt"))
+
+
+def named(value: str) -> Path:
+    """A `--load-checkpoint` value as a path: the file it names; a bare name with no such file
+    (no folder, no suffix), such as `x264`, is the policy shipped under it (policies/x264.pt)."""
+    path = Path(value)
+    if not path.exists() and value in shipped_names():
+        return shipped_policy(value)
+    return path
 
 
 @dataclass
@@ -139,3 +157,38 @@ class PolicyLearner(Learner):
 
     def choose(self, obs: np.ndarray) -> np.ndarray:
         return self.policy.act(obs)
+
+
+def describe(path: Path) -> str:
+    """One Markdown row for a policy file: name, codec, date, actor, how it was made (or why it does not load)."""
+    try:
+        pol = load(path)
+    except PolicyError as exc:
+        return f"| {Path(path).stem} | – | – | – | does not load: {exc} |"
+    how, date = pol.provenance.get("command", ""), pol.provenance.get("date", "–")
+    sizes = "x".join(str(h) for h in pol.hidden_sizes)
+    return f"| {Path(path).stem} | {pol.codec} | {date} | {sizes}, ±{pol.max_delta_qp} QP | `{how}` |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Lists the shipped policies (or the files named), and the provenance of a file named alone."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    paths = [named(a) for a in args] or [shipped_policy(n) for n in shipped_names()]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"policy: {', '.join(missing)}: no such file (shipped: {', '.join(shipped_names())})", file=sys.stderr)
+        return 2
+    print("| name | codec | date | actor, action range | made by |\n|---|---|---|---|---|")
+    for p in paths:
+        print(describe(p))
+    if len(args) == 1 and read_file(paths[0]) is not None:
+        for key, value in load(paths[0]).provenance.items():
+            print(f"\n{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -118,7 +118,8 @@ def main() -> int:
     p.add_argument("--out", required=True, help="work and report folder")
     p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
     p.add_argument("--policy", action="append", default=[],
-                   help="NAME=PATH of a policy or checkpoint (repeatable; default: agent=policies/CODEC.pt)")
+                   help="NAME=PATH of a policy or checkpoint, or NAME=x264 for a shipped one (repeatable; default: "
+                        "agent=policies/CODEC.pt)")
     p.add_argument("--splits", default="heldout", help="comma-separated: heldout, test, test2, train")
     p.add_argument("--oracle", action="store_true", help="also run the oracle on the heldout / test / test2 splits")
     p.add_argument("--oracle-frames", type=int, default=64, help="frames per clip for the oracle")
@@ -127,13 +128,16 @@ def main() -> int:
     splits = ns.splits.split(",")
     if not set(splits) <= {*clips.EVAL_SPLITS, "train"}:
         p.error(f"--splits: unknown split in {ns.splits!r} (heldout, test, test2, train)")
+    policies = {}
     for item in ns.policy:
         name, sep, path = item.partition("=")
-        if not (name and sep and Path(path).is_file()):
-            p.error(f"--policy {item!r}: want NAME=PATH of an existing policy or checkpoint file")
+        if not (name and sep and policy.named(path).is_file()):
+            p.error(f"--policy {item!r}: want NAME=PATH of an existing policy or checkpoint file "
+                    f"(or NAME=one of {', '.join(policy.shipped_names())})")  # fmt: skip
+        policies[name] = str(policy.named(path))
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    policies = dict(x.split("=", 1) for x in ns.policy) or {"agent": str(policy.shipped_policy(ns.codec))}
+    policies = policies or {"agent": str(policy.shipped_policy(ns.codec))}
     t0 = time.monotonic()
     unseen = [s for s in splits if s != "train"]
     inputs = {s: ["--inputs", str(make_split(out, s))] for s in unseen}

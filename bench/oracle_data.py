@@ -271,7 +271,8 @@ def main() -> int:
     p.add_argument("--search", default="oracle", choices=("oracle", "key"),
                    help="oracle: coordinate descent over every mini-GOP (oracle_search.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip
-    ns = p.parse_args()
+    # values that start with "--" ("--codec|x264") stay values, as in evaluate.py
+    ns = p.parse_args(encoder_proc.glue_dash_values(sys.argv[1:], ("--encoder-args", "--encoder-rl-args")))
     if ns.inputs is not None and ns.windows is not None:
         p.error("--inputs and --windows: give one (your clips or a bundled window set)")
     if ns.encoder_args and not ns.encoder:

@@ -269,6 +269,29 @@ def test_shipped_policy_loads_with_this_code(codec):
     assert -1.0 <= float(pol.act(obs)[0]) <= 1.0
 
 
+def test_shipped_policies_load_by_name_and_are_listed_with_how_they_were_made(tmp_path, monkeypatch):
+    import main
+
+    assert policy.shipped_names() == ["svtav1", "vp9", "x264"]
+    assert policy.named("x264") == policy.shipped_policy("x264")
+    assert policy.named("mine/x264.pt") == Path("mine/x264.pt")  # a path stays a path, found or not
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x264").write_bytes(b"")  # a file of that name here wins over the shipped one
+    assert policy.named("x264") == Path("x264")
+    (tmp_path / "x264").unlink()
+    ns = main.build_parser().parse_args(["--mode", "infer", "--load-checkpoint", "vp9"])
+    assert main.config_from_args(ns).load_checkpoint == str(policy.shipped_policy("vp9"))
+    res = subprocess.run([sys.executable, "-m", "policy"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert res.returncode == 0
+    for name in policy.shipped_names():
+        row = next(line for line in res.stdout.splitlines() if line.startswith(f"| {name} |"))
+        assert f"`{policy.load(policy.shipped_policy(name)).provenance['command']}`" in row
+    res = subprocess.run([sys.executable, "-m", "policy", "nope"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert res.returncode == 2 and "nope: no such file (shipped: svtav1, vp9, x264)" in res.stderr
+
+
 @pytest.mark.parametrize("codec", ["svtav1", "x264", "vp9"])
 def test_shipped_policy_was_made_with_its_codecs_recipe(codec):
     """make_policy.py --codec C (no other flag) must reproduce policies/C.pt: its recipe is the file's."""
@@ -389,11 +412,35 @@ def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_pat
     obs, _ = imitation.observations(records[0]["oracle_steps"])
     # Raising the key mini-GOP's QP paid in every record: the policy raises it.
     assert float(pol.act(obs[0])[0]) * 4 > 0.5
-    assert "WARNING" not in summary
+    assert "does not follow" not in summary
     # An actor that cannot follow a*(s) is named in the summary make_policy.py prints.
     with monkeypatch.context() as m:
         m.setattr(imitation, "distill", lambda *args, **kwargs: 0.5)
         assert "WARNING: the actor does not follow a*(s)" in imitation.train_policy(records, hidden=(16,))[1]
+
+
+def test_train_policy_warns_when_the_state_predicts_no_better_than_one_offset():
+    """Six sources whose key gain follows base QP (high: raise it, low: lower it), or a shuffled copy where it does not."""
+
+    def record(source: str, base_qp: int, sign: float, bpp: float) -> dict:
+        steps = [_step(0, base_qp, base_qp), _step(1, base_qp, base_qp)]
+        return {
+            "window": f"{source}_s1_f0-8", "bpp": bpp, "baseline": {"psnr_y": 38.0, "bits": 10000},
+            "oracle": {"psnr_y": 38.0, "bits": 10000, "offsets": [0, 0]},
+            "baseline_steps": steps, "oracle_steps": steps,
+            "candidates": [{"offsets": [a, 0], "psnr_y": 38.0 + sign * 0.03 * a - 0.004 * a * a, "bits": 10000}
+                           for a in (3, -3, 1, -1)],
+        }  # fmt: skip
+
+    qps = [24, 28, 32, 36, 40, 44]
+    spec = imitation.GainFeatures(key=("base_qp",), inter=())
+    follows = [record(f"s{q}", q, 1.0 if q > 34 else -1.0, b) for q in qps for b in (0.05, 0.1)]
+    _, summary = imitation.train_policy(follows, hidden=(8,), spec=spec)
+    assert "WARNING" not in summary
+    signs = [1.0, -1.0, -1.0, 1.0, 1.0, -1.0]  # the same gains, no longer in the order of base QP
+    shuffled = [record(f"s{q}", q, s, b) for q, s in zip(qps, signs, strict=True) for b in (0.05, 0.1)]
+    _, summary = imitation.train_policy(shuffled, hidden=(8,), spec=spec)
+    assert "WARNING: on the left-out sources the state predicts the gains no better than one offset" in summary
 
 
 def test_train_policy_does_not_depend_on_the_order_of_the_records():

@@ -25,7 +25,7 @@ from state import OBS_DIM
 ROOT = Path(__file__).resolve().parent.parent
 OWN = f"{sys.executable} -m builtin_encoder"
 # The built-in path's own flags (eval_runs.Point.pass2_args), so both paths run the same encodes.
-OWN_ARGS = "--encoder-args=--codec|x264|--rc-mode|1|--keyint|64|--mini-gop|8"
+OWN_ARGS = "--codec|x264|--rc-mode|1|--keyint|64|--mini-gop|8"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def _make_policy(*args: str) -> subprocess.CompletedProcess:
 
 def test_make_policy_on_an_outside_encoder_writes_a_policy_from_its_encodes(inputs, tmp_path):
     data, out = tmp_path / "records.jsonl", tmp_path / "mine.pt"
-    res = _make_policy("--codec", "x264", "--inputs", str(inputs), "--frames", "8", f"--encoder={OWN}", OWN_ARGS,
-                       "--data", str(data), "--out", str(out))  # fmt: skip
+    # a value after --encoder-args that starts with "--" stays its value, as in evaluate.py
+    res = _make_policy("--codec", "x264", "--inputs", str(inputs), "--frames", "8", "--encoder", OWN,
+                       "--encoder-args", OWN_ARGS, "--data", str(data), "--out", str(out))  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     records = [json.loads(line) for line in data.read_text().splitlines()]
     # 2 clips x 3 rates, each a real search: the baseline and the oracle's candidates
@@ -78,7 +79,7 @@ def test_make_policy_refuses_own_inputs_it_cannot_use_before_any_encode(inputs, 
         (["--inputs", str(one), "--data", "d", "--out", "o"], "1 clip; give 2 or more"),
         (["--inputs", str(inputs), "--windows", "train", "--data", "d", "--out", "o"], "replaces --windows"),
         (["--inputs", str(tmp_path / "none"), "--data", "d", "--out", "o"], "no video file matches"),
-        (["--encoder-args=--codec|x264", "--data", "d", "--out", "o"], "--encoder-args needs --encoder"),
+        (["--encoder-args", "--codec|x264", "--data", "d", "--out", "o"], "--encoder-args needs --encoder"),
     ]
     for args, message in cases:
         res = _make_policy("--codec", "x264", *args)
