@@ -420,7 +420,7 @@ def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_pat
 
 
 def test_train_policy_warns_when_the_state_predicts_no_better_than_one_offset():
-    """Six sources whose key gain follows base QP (high: raise it, low: lower it), or a shuffled copy where it does not."""
+    """Six sources whose key gain follows base QP (high: raise, low: lower), or a shuffled copy where it does not."""
 
     def record(source: str, base_qp: int, sign: float, bpp: float) -> dict:
         steps = [_step(0, base_qp, base_qp), _step(1, base_qp, base_qp)]
