@@ -259,7 +259,8 @@ def _picked(indices: list[int], frames: Iterator[YuvFrame]) -> Iterator[YuvFrame
             return
 
 
-def _window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
+def window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
+    """The frames of `win` from its source's `frames` (in order from the first): picked, slowed, scaled, cropped."""
     for f in _slowed(win, _picked(win.source_indices(), frames)):
         y = _downscale(f.y, win.scale)
         h, w = _even(y.shape[0]), _even(y.shape[1])
@@ -342,7 +343,7 @@ def materialise(win: Window | Pan, cache: Path = DEFAULT_CACHE) -> Path:
         needed = max(win.source_indices()) + 1
         if needed > src.frame_count:
             raise ClipError(f"{win.source} has {src.frame_count} frames; window {win.name} needs {needed}")
-        frames = list(_window_frames(win, src.frames()))
+        frames = list(window_frames(win, src.frames()))
         fps = Fraction(src.fps or 30.0).limit_denominator(1001)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")

@@ -50,7 +50,6 @@ import torch
 
 import clips
 import encoder_proc
-import eval_runs
 import imitation
 import policy
 from bench import oracle_data
@@ -92,6 +91,9 @@ def main() -> int:
                    help="your own training clips instead of --windows (files, directories or globs; needs --data "
                         "and --out); never clips you evaluate on")
     p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each input searched (0 = all)")
+    p.add_argument("--augment", action="store_true",
+                   help="with --inputs: also search a slowed and a still copy of each clip (own_clips.py), as the "
+                        "shipped recipes train on slowed and frozen copies of theirs")  # fmt: skip
     p.add_argument("--encoder", default="",
                    help="your own encoder command (as main.py --encoder; needs --data and --out): the policy is "
                         "made from its encodes; --codec then picks only the recipe (default: built-in encoder)")
@@ -125,14 +127,15 @@ def main() -> int:
     inputs: list[str] = []
     if ns.inputs is not None:
         try:
-            videos = eval_runs.probe_videos(eval_runs.find_inputs(ns.inputs), eval_runs.EvalSettings(frames=ns.frames))
+            found = oracle_data.input_windows(ns.inputs, ns.frames, ns.augment, Path(ns.data))
         except ValueError as exc:
             p.error(str(exc))
-        if error := oracle_data.input_names_error(videos):
-            p.error(error)
-        if len(videos) < 2:  # the fit is judged, and the consensus taken, leaving one clip out at a time
-            p.error(f"--inputs: {len(videos)} clip; give 2 or more (8 or more different sources advised)")
-        inputs = [oracle_data.input_window_name(v.path, v.frames) for v in videos]
+        n = len({w.clip for w in found})
+        if n < 2:  # the fit is judged, and the consensus taken, leaving one clip out at a time
+            p.error(f"--inputs: {n} clip; give 2 or more (8 or more different sources advised)")
+        inputs = [w.name for w in found]
+    elif ns.augment:
+        p.error("--augment needs --inputs (the window sets have their own augmented sets: static)")
     ns.windows = "" if inputs else ns.windows or recipe.windows
     ns.key_sweeps = "" if inputs else recipe.key_sweeps if ns.key_sweeps is None else ns.key_sweeps
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
@@ -145,7 +148,8 @@ def main() -> int:
     searches = [(["--windows", name], "oracle") for name in filter(None, ns.windows.split(","))]
     searches += [(["--windows", name], "key") for name in filter(None, ns.key_sweeps.split(","))]
     if inputs:
-        searches = [(["--inputs", *ns.inputs, "--frames", str(ns.frames)], "oracle")]
+        searches = [(["--inputs", *ns.inputs, "--frames", str(ns.frames), *(["--augment"] if ns.augment else [])],
+                     "oracle")]  # fmt: skip
     if ns.encoder:
         # '=' form: the values start with "--" ("--codec|x264"), which argparse would read as a flag
         own_flags = [f"--encoder={ns.encoder}", f"--encoder-args={ns.encoder_args}",

@@ -17,9 +17,10 @@ reports how predictable the oracle is.
 
     python bench/oracle_data.py --inputs CLIPS/ --frames 64 --encoder "YOUR ENCODER" --encoder-args="A|B" --out F
 
---inputs searches your own clips instead of a window set (each its own source, named by
-input_window_name); --encoder runs a team's encoder through the protocol (PROTOCOL.md §7; records
-get codec "encoder"), on --inputs or on a window set. An encode that fails is a record with its error.
+--inputs searches your own clips instead of a window set (each its own source; --augment adds a
+slowed and a still copy of each: own_clips.py); --encoder runs a team's encoder through the
+protocol (PROTOCOL.md §7; records get codec "encoder"), on --inputs or on a window set. An encode
+that fails is a record with its error.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import argparse
 import json
 import math
 import multiprocessing as mp
-import re
 import shutil
 import sys
 import time
@@ -44,6 +44,7 @@ import clips  # noqa: E402
 import encoder_proc  # noqa: E402
 import eval_runs  # noqa: E402
 import oracle_search  # noqa: E402
+import own_clips  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
 
@@ -60,37 +61,6 @@ def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, wi
         for bpp in np.exp(rng.uniform(math.log(bpp_min), math.log(bpp_max), size=rates)):
             out.append({"window": win, "bpp": float(bpp), "codec": codec})
     return out
-
-
-def input_window_name(path: Path, frames: int) -> str:
-    """The window name of one of --inputs in the records: its file stem with every run of characters
-    other than letters, digits and '-' turned into one '-' (imitation.source_of cuts names at '_s'),
-    then '_s1_f0-FRAMES'. Each input is its own source in the leave-one-source-out fits."""
-    stem = re.sub(r"[^A-Za-z0-9-]+", "-", path.stem).strip("-") or "input"
-    return f"{stem}_s1_f0-{frames}"
-
-
-def input_points(videos: list[eval_runs.Video], label: str, rates: int, bpp_min: float, bpp_max: float,
-                 seed: int) -> list[dict]:  # fmt: skip
-    """(input, target) pairs for --inputs, rates drawn as points() draws them: one list, the inputs in order."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for v in videos:
-        for bpp in np.exp(rng.uniform(math.log(bpp_min), math.log(bpp_max), size=rates)):
-            out.append({"input": str(v.path), "name": input_window_name(v.path, v.frames), "frames": v.frames,
-                        "bpp": float(bpp), "codec": label})  # fmt: skip
-    return out
-
-
-def input_names_error(videos: list[eval_runs.Video]) -> str | None:
-    """The message when two --inputs would get the same window name (input_window_name), or None."""
-    seen: dict[str, Path] = {}
-    for v in videos:
-        name = input_window_name(v.path, v.frames)
-        if name in seen:
-            return f"--inputs: {seen[name]} and {v.path} get the same name {name!r} in the records: rename one"
-        seen[name] = v.path
-    return None
 
 
 def default_rates(windows: str, search: str = "oracle") -> int:
@@ -185,7 +155,7 @@ def _search_point(job: dict) -> dict:
     best_steps = oracle.best_steps or base_res.done_steps
     return {
         "key": job["key"], "window": name, "codec": codec, "bpp": job["bpp"], "target_kbps": kbps,
-        **({"input": job["input"], "encoder": settings.encoder} if "input" in job else {}),
+        **({"input": job["input"], "clip": job["clip"], "encoder": settings.encoder} if "input" in job else {}),
         "width": video.width, "height": video.height, "frames": video.frames,
         "baseline": {"psnr_y": base.psnr_y, "bits": base.bits, "ssim_y": base.ssim_y},
         "oracle": {"psnr_y": oracle.record.psnr_y, "bits": oracle.record.bits, "ssim_y": oracle.record.ssim_y,
@@ -234,11 +204,23 @@ def planned_points(ns: argparse.Namespace) -> list[dict]:
            "rl_args": ns.encoder_rl_args} if ns.encoder else {}  # fmt: skip
     if ns.inputs is None:
         return [{**pt, **own} for pt in points(label, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed, ns.windows)]
-    settings = eval_runs.EvalSettings(codec=ns.codec, frames=ns.frames)
-    videos = eval_runs.probe_videos(eval_runs.find_inputs(ns.inputs), settings)
-    if error := input_names_error(videos):
+    out = []
+    for w in input_windows(ns.inputs, ns.frames, ns.augment, Path(ns.out)):
+        for bpp in own_clips.target_rates(w.name, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed):
+            out.append({"input": str(w.path), "clip": str(w.clip), "name": w.name, "frames": w.frames, "bpp": bpp,
+                        "codec": label, "own_window": w, **own})  # fmt: skip
+    return out
+
+
+def input_windows(patterns: list[str], frames: int, augment: bool, records: Path) -> list[own_clips.OwnWindow]:
+    """The search windows of --inputs (own_clips.windows; augmented copies beside the records file,
+    in RECORDS-STEM_clips/), probed before any encode; ValueError names the flag."""
+    videos = eval_runs.probe_videos(eval_runs.find_inputs(patterns), eval_runs.EvalSettings(frames=frames))
+    out_dir = records.with_name(f"{records.stem}_clips")
+    found = [w for v in videos for w in own_clips.windows(v.path, v.frames, augment, out_dir)]
+    if error := own_clips.names_error(found):
         raise ValueError(error)
-    return [{**pt, **own} for pt in input_points(videos, label, ns.rates, ns.bpp_min, ns.bpp_max, ns.seed)]
+    return found
 
 
 def main() -> int:
@@ -261,6 +243,9 @@ def main() -> int:
                    help="your own training clips instead of --windows (files, directories or globs; the first "
                         "--frames frames of each); never clips you evaluate on")
     p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each input (0 = all)")
+    p.add_argument("--augment", action="store_true",
+                   help="with --inputs: also a slowed and a still copy of each input (own_clips.py), written "
+                        "beside --out")  # fmt: skip
     p.add_argument("--encoder", default="",
                    help="your own encoder command (as main.py --encoder); records get codec 'encoder' "
                         "(default: the built-in encoder with --codec)")
@@ -303,6 +288,8 @@ def main() -> int:
     for pt in jobs:  # materialise once, before the workers race for the same files
         if "window" in pt:
             clips.materialise(pt["window"])
+        else:
+            own_clips.materialise(pt.pop("own_window"))
     print(f"{len(jobs)} points to search ({len(done)} already in {out}), {ns.jobs} in parallel", flush=True)
     t0 = time.monotonic()
     with mp.Pool(ns.jobs) as pool, open(out, "a") as fh:

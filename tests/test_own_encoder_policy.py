@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 import clips
-import eval_runs
 import imitation
+import own_clips
 import policy
 from bench import oracle_data
+from builtin_encoder.source import open_source
 from state import OBS_DIM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +65,8 @@ def test_make_policy_on_an_outside_encoder_writes_a_policy_from_its_encodes(inpu
     # The same point through the built-in path (its own flags, quality from its summary instead of
     # the protocol's feedback): the same encodes, bit for bit.
     rec = records[0]
-    job = {"input": rec["input"], "name": rec["window"], "frames": 8, "bpp": rec["bpp"], "codec": "x264",
-           "key": "k", "work": str(tmp_path / "builtin"), "search": "oracle"}  # fmt: skip
+    job = {"input": rec["input"], "clip": rec["clip"], "name": rec["window"], "frames": 8, "bpp": rec["bpp"],
+           "codec": "x264", "key": "k", "work": str(tmp_path / "builtin"), "search": "oracle"}  # fmt: skip
     builtin = oracle_data.run_point(job)
     assert builtin["baseline"]["bits"] == rec["baseline"]["bits"]
     assert builtin["baseline"]["psnr_y"] == pytest.approx(rec["baseline"]["psnr_y"], abs=1e-6)
@@ -98,9 +99,27 @@ def test_a_failing_outside_encoder_is_reported_per_point_without_a_traceback(inp
     assert oracle_data.finished_keys(data) == set()  # failed points are searched again next time
 
 
-def test_input_window_names_keep_each_clip_its_own_source():
-    name = oracle_data.input_window_name(Path("/x/my_scene_sunset.y4m"), 64)
-    assert name == "my-scene-sunset_s1_f0-64" and imitation.source_of(name) == "my-scene-sunset"
-    videos = [eval_runs.Video(p.stem, p, 64, 48, 30.0, 64) for p in (Path("a/my_scene.y4m"), Path("b/my scene.mp4"))]
-    assert "get the same name 'my-scene_s1_f0-64'" in oracle_data.input_names_error(videos)
-    assert oracle_data.input_names_error(videos[:1]) is None
+def test_own_windows_keep_each_clip_one_source_and_augment_it_with_still_camera_copies(inputs, tmp_path):
+    clip = next(p for p in inputs.iterdir() if p.name.startswith("carphone"))
+    found = own_clips.windows(clip, 16, True, tmp_path / "aug")
+    assert [w.name for w in found] == ["carphone-pristine_s1_f0-16", "carphone-pristine_s1_r8n1_f0-16",
+                                       "carphone-pristine_s1_r16n1_f0-16"]  # fmt: skip
+    assert {imitation.source_of(w.name) for w in found} == {"carphone-pristine"}  # left out together
+    assert found[0].path == clip and own_clips.materialise(found[0]) == clip  # the clip itself: nothing written
+    first = next(open_source(clip).frames(limit=1)).y.astype(float)
+    for w in found[1:]:
+        path = own_clips.materialise(w)
+        ys = [f.y.astype(float) for f in open_source(path).frames()]
+        assert len(ys) == 16 and path.parent == tmp_path / "aug"
+        assert abs(np.mean(ys[7] - first)) < 0.2 and 0.5 < np.std(ys[7] - first) < 1.5  # frame 0 + noise σ 1
+        stamp = path.stat().st_mtime_ns
+        assert own_clips.materialise(w) == path and path.stat().st_mtime_ns == stamp  # written once
+    slow = [f.y.astype(float) for f in open_source(found[1].path).frames()]
+    assert np.std(slow[8] - first) > 2 * np.std(slow[7] - first)  # slow: frame 8 shows the clip's next frame
+    # rates depend on the window's name only: adding clips or copies leaves the others' points alone
+    rates = [own_clips.target_rates(name, 3, 0.02, 0.4, 0) for name in ("a_s1_f0-64", "a_s1_f0-64", "b_s1_f0-64")]
+    assert rates[0] == rates[1] != rates[2] and all(0.02 <= r <= 0.4 for r in rates[0])
+    assert own_clips.stem_of(Path("/x/my_scene sunset.y4m")) == "my-scene-sunset"
+    twins = [w for p in ("a/my_scene.y4m", "b/my scene.mp4") for w in own_clips.windows(Path(p), 64, False, tmp_path)]
+    assert "get the same name 'my-scene_s1_f0-64'" in own_clips.names_error(twins)
+    assert own_clips.names_error(found) is None
