@@ -60,6 +60,14 @@ ROOT = Path(__file__).resolve().parent
 POSITIONS = 8  # mini-GOPs per GOP in the demonstrations (keyint 64, mini-GOP 8)
 
 
+def select_records(every: list[dict], label: str, windows: str, key_sweeps: str, inputs: list[str]) -> list[dict]:
+    """The records the fit uses: codec `label`'s points of the window sets (oracle_data.of_window_sets),
+    its key sweeps of `key_sweeps`, and every oracle point of the windows named in `inputs` (--inputs)."""
+    mine = [r for r in every if r["codec"] == label]
+    records = oracle_data.of_window_sets(mine, windows) + oracle_data.of_window_sets(mine, key_sweeps, "key")
+    return records + [r for r in mine if r["window"] in inputs and r.get("search", "oracle") == "oracle"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
@@ -88,8 +96,8 @@ def main() -> int:
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     p.add_argument("--inputs", nargs="+", default=None, metavar="CLIP",
-                   help="your own training clips instead of --windows (files, directories or globs; needs --data "
-                        "and --out); never clips you evaluate on")
+                   help="your own training clips (files, directories or globs; needs --data and --out): only "
+                        "these, or with --windows these and those sets; never clips you evaluate on")
     p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each input searched (0 = all)")
     p.add_argument("--augment", action="store_true",
                    help="with --inputs: also search a slowed and a still copy of each clip (own_clips.py), as the "
@@ -120,8 +128,6 @@ def main() -> int:
     own = ns.inputs is not None or bool(ns.encoder)
     if own and not (ns.data and ns.out):
         p.error("--inputs / --encoder: name --data and --out (your records and policy stay apart from ours)")
-    if ns.inputs is not None and (ns.windows or ns.key_sweeps):
-        p.error("--inputs replaces --windows and --key-sweeps: give one")
     if ns.encoder_args and not ns.encoder:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
     inputs: list[str] = []
@@ -131,13 +137,14 @@ def main() -> int:
         except ValueError as exc:
             p.error(str(exc))
         n = len({w.clip for w in found})
-        if n < 2:  # the fit is judged, and the consensus taken, leaving one clip out at a time
+        if n < 2 and not ns.windows:  # the fit is judged, and the consensus taken, leaving one source out at a time
             p.error(f"--inputs: {n} clip; give 2 or more (8 or more different sources advised)")
         inputs = [w.name for w in found]
     elif ns.augment:
         p.error("--augment needs --inputs (the window sets have their own augmented sets: static)")
-    ns.windows = "" if inputs else ns.windows or recipe.windows
-    ns.key_sweeps = "" if inputs else recipe.key_sweeps if ns.key_sweeps is None else ns.key_sweeps
+    # With --inputs, only the window sets named too (your clips with ours: --windows RECIPE-SETS).
+    ns.windows = ns.windows or ("" if inputs else recipe.windows)
+    ns.key_sweeps = ns.key_sweeps if ns.key_sweeps is not None else "" if inputs else recipe.key_sweeps
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
     for flag, sets in (("--windows", ns.windows), ("--key-sweeps", ns.key_sweeps)):
         if error := clips.window_sets_error(flag, sets):
@@ -148,8 +155,8 @@ def main() -> int:
     searches = [(["--windows", name], "oracle") for name in filter(None, ns.windows.split(","))]
     searches += [(["--windows", name], "key") for name in filter(None, ns.key_sweeps.split(","))]
     if inputs:
-        searches = [(["--inputs", *ns.inputs, "--frames", str(ns.frames), *(["--augment"] if ns.augment else [])],
-                     "oracle")]  # fmt: skip
+        searches += [(["--inputs", *ns.inputs, "--frames", str(ns.frames), *(["--augment"] if ns.augment else [])],
+                      "oracle")]  # fmt: skip
     if ns.encoder:
         # '=' form: the values start with "--" ("--codec|x264"), which argparse would read as a flag
         own_flags = [f"--encoder={ns.encoder}", f"--encoder-args={ns.encoder_args}",
@@ -165,12 +172,7 @@ def main() -> int:
             return 1
 
     label = "encoder" if ns.encoder else ns.codec  # the records' codec (oracle_data.py)
-    every = [r for r in imitation.read_records([data]) if r["codec"] == label]
-    if inputs:
-        records = [r for r in every if r["window"] in inputs and r.get("search", "oracle") == "oracle"]
-    else:
-        records = oracle_data.of_window_sets(every, ns.windows)
-        records += oracle_data.of_window_sets(every, ns.key_sweeps, "key")
+    records = select_records(imitation.read_records([data]), label, ns.windows, ns.key_sweeps, inputs)
     if not records:
         print(f"make_policy.py: no oracle points of {ns.windows or ns.inputs} in {data}", file=sys.stderr)
         return 1

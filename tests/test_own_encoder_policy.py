@@ -78,7 +78,7 @@ def test_make_policy_refuses_own_inputs_it_cannot_use_before_any_encode(inputs, 
     cases = [
         (["--inputs", str(inputs)], "name --data and --out"),
         (["--inputs", str(one), "--data", "d", "--out", "o"], "1 clip; give 2 or more"),
-        (["--inputs", str(inputs), "--windows", "train", "--data", "d", "--out", "o"], "replaces --windows"),
+        (["--inputs", str(inputs), "--windows", "train,nope", "--data", "d", "--out", "o"], "unknown window set"),
         (["--inputs", str(tmp_path / "none"), "--data", "d", "--out", "o"], "no video file matches"),
         (["--encoder-args", "--codec|x264", "--data", "d", "--out", "o"], "--encoder-args needs --encoder"),
     ]
@@ -123,3 +123,22 @@ def test_own_windows_keep_each_clip_one_source_and_augment_it_with_still_camera_
     twins = [w for p in ("a/my_scene.y4m", "b/my scene.mp4") for w in own_clips.windows(Path(p), 64, False, tmp_path)]
     assert "get the same name 'my-scene_s1_f0-64'" in own_clips.names_error(twins)
     assert own_clips.names_error(found) is None
+
+
+def test_the_fit_takes_your_clips_and_the_window_sets_named_with_them():
+    import make_policy
+
+    def rec(codec: str, window: str, bpp: float, search: str = "oracle") -> dict:
+        return {"key": oracle_data.point_key(codec, window, bpp, search), "codec": codec, "window": window,
+                "search": search}  # fmt: skip
+
+    screen = next(iter(oracle_data.point_keys("encoder", "screen")))  # a point of the bundled set `screen`
+    window, bpp = screen.split("/")[1], float(screen.split("/")[2])
+    every = [rec("encoder", "mine_s1_f0-64", 0.1), rec("encoder", "mine_s1_r8n1_f0-64", 0.2),
+             rec("encoder", window, bpp), rec("encoder", window, 0.12345),  # a rate of no draw: not the set's
+             rec("x264", "mine_s1_f0-64", 0.1), rec("encoder", "other_s1_f0-64", 0.1)]  # fmt: skip
+    inputs = ["mine_s1_f0-64", "mine_s1_r8n1_f0-64"]
+    got = make_policy.select_records(every, "encoder", "screen", "", inputs)
+    assert [(r["window"], r["key"]) for r in got] == [(window, screen), ("mine_s1_f0-64", every[0]["key"]),
+                                                      ("mine_s1_r8n1_f0-64", every[1]["key"])]  # fmt: skip
+    assert make_policy.select_records(every, "encoder", "", "", inputs) == every[:2]
