@@ -3,8 +3,8 @@
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
     python make_policy.py --codec x264              # 27 min (165 oracle searches, then 45 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
-    python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args="A|B" \
-        --inputs YOUR_CLIPS/ --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
+    python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
+        --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
 Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
 --windows and --consensus; the policy file records what it was made with.
@@ -32,7 +32,7 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
    as a policy: the reference to beat.
 
 With --inputs the demonstrations are your clips (the first --frames frames of each, 3 rates each,
-every clip its own source) instead of the window sets; with --encoder every encode is your encoder's,
+every clip its own source), alone or, with --windows, beside those sets; with --encoder every encode is your encoder's,
 through the protocol (PROTOCOL.md §7), and the policy file's codec is "encoder". Both need --data and
 --out: the shipped records and policies are never touched.
 """
@@ -51,6 +51,7 @@ import torch
 import clips
 import encoder_proc
 import imitation
+import own_clips
 import policy
 from bench import oracle_data
 from models import Actor
@@ -95,20 +96,7 @@ def main() -> int:
                         "a term f>t is max(0, f - t), f<t max(0, t - f)")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
-    p.add_argument("--inputs", nargs="+", default=None, metavar="CLIP",
-                   help="your own training clips (files, directories or globs; needs --data and --out): only "
-                        "these, or with --windows these and those sets; never clips you evaluate on")
-    p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each input searched (0 = all)")
-    p.add_argument("--augment", action="store_true",
-                   help="with --inputs: also search a slowed and a still copy of each clip (own_clips.py), as the "
-                        "shipped recipes train on slowed and frozen copies of theirs")  # fmt: skip
-    p.add_argument("--encoder", default="",
-                   help="your own encoder command (as main.py --encoder; needs --data and --out): the policy is "
-                        "made from its encodes; --codec then picks only the recipe (default: built-in encoder)")
-    p.add_argument("--encoder-args", default="", metavar="ARGS",
-                   help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")
-    p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
-                   help="with --encoder: protocol arguments, as main.py --encoder-rl-args")
+    own_clips.add_own_flags(p, "--data")
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
                         "curvature, BENCHMARKS.md §2.4.14); default: the codec's shipped recipe (one curvature)")

@@ -15,6 +15,7 @@ imitation.source_of cuts names at '_s', so all windows of a clip are one source,
 
 from __future__ import annotations
 
+import argparse
 import re
 import zlib
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import clips
+import encoder_proc
 from builtin_encoder.source import open_source, write_y4m
 
 # (repeat, noise) of the augmented copies, as in clips.static_windows()
@@ -88,3 +90,24 @@ def target_rates(name: str, rates: int, bpp_min: float, bpp_max: float, seed: in
     name and the seed alone, so adding a clip or an augmentation leaves every other window's points as they were."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     return [float(b) for b in np.exp(rng.uniform(np.log(bpp_min), np.log(bpp_max), size=rates))]
+
+
+def add_own_flags(p: argparse.ArgumentParser, records_flag: str) -> None:
+    """The flags of a team's clips and encoder, for make_policy.py and bench/oracle_data.py alike:
+    --inputs, --frames, --augment, --encoder, --encoder-args, --encoder-rl-args. `records_flag` names
+    the flag of the records file, beside which the augmented copies are written."""
+    p.add_argument("--inputs", nargs="+", default=None, metavar="CLIP",
+                   help=f"your own training clips (files, directories or globs; the first --frames frames of each; "
+                        f"needs {records_flag}): alone, or with --windows beside those sets; never clips you "
+                        "evaluate on")  # fmt: skip
+    p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each clip searched (0 = all)")
+    p.add_argument("--augment", action="store_true",
+                   help=f"with --inputs: also a slowed and a still copy of each clip (own_clips.py), written "
+                        f"beside {records_flag}, as the shipped recipes train on slowed and frozen copies of theirs")
+    p.add_argument("--encoder", default="",
+                   help="your own encoder command (as main.py --encoder): every encode is its own, through the "
+                        "protocol; records and policy get codec 'encoder' (default: the built-in encoder, --codec)")
+    p.add_argument("--encoder-args", default="", metavar="ARGS",
+                   help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")
+    p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
+                   help="with --encoder: protocol arguments, as main.py --encoder-rl-args")

@@ -239,20 +239,7 @@ def main() -> int:
                    help="; ".join(f"{name}: clips.{fn.__name__}()" for name, fn in clips.WINDOW_SETS.items())
                    + " (each function's docstring says what it holds; --search key moves the last GOP's key); "
                    "default train")
-    p.add_argument("--inputs", nargs="+", default=None, metavar="CLIP",
-                   help="your own training clips instead of --windows (files, directories or globs; the first "
-                        "--frames frames of each); never clips you evaluate on")
-    p.add_argument("--frames", type=int, default=64, help="with --inputs: frames of each input (0 = all)")
-    p.add_argument("--augment", action="store_true",
-                   help="with --inputs: also a slowed and a still copy of each input (own_clips.py), written "
-                        "beside --out")  # fmt: skip
-    p.add_argument("--encoder", default="",
-                   help="your own encoder command (as main.py --encoder); records get codec 'encoder' "
-                        "(default: the built-in encoder with --codec)")
-    p.add_argument("--encoder-args", default="", metavar="ARGS",
-                   help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")
-    p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
-                   help="with --encoder: protocol arguments, as main.py --encoder-rl-args")
+    own_clips.add_own_flags(p, "--out")
     p.add_argument("--search", default="oracle", choices=("oracle", "key"),
                    help="oracle: coordinate descent over every mini-GOP (oracle_search.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip
