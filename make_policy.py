@@ -32,9 +32,10 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
    as a policy: the reference to beat.
 
 With --inputs the demonstrations are your clips (the first --frames frames of each, 3 rates each,
-every clip its own source), alone or, with --windows, beside those sets; with --encoder every encode is your encoder's,
-through the protocol (PROTOCOL.md §7), and the policy file's codec is "encoder". Both need --data and
---out: the shipped records and policies are never touched.
+every clip its own source; --augment adds a slowed and a still copy of each), alone or, with
+--windows, beside those sets; with --encoder every encode is your encoder's, through the protocol
+(PROTOCOL.md §7), and the policy file's codec is "encoder". Both need --data and --out: the shipped
+records and policies are never touched.
 """
 
 from __future__ import annotations

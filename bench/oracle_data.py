@@ -273,10 +273,13 @@ def main() -> int:
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files
-        if "window" in pt:
-            clips.materialise(pt["window"])
-        else:
-            own_clips.materialise(pt.pop("own_window"))
+        try:
+            if "window" in pt:
+                clips.materialise(pt["window"])
+            else:
+                own_clips.materialise(pt.pop("own_window"))
+        except (clips.ClipError, OSError, ValueError) as exc:  # an unreadable clip, a full disk: before any encode
+            p.error(f"{pt.get('clip') or pt['window'].name}: {exc}")
     print(f"{len(jobs)} points to search ({len(done)} already in {out}), {ns.jobs} in parallel", flush=True)
     t0 = time.monotonic()
     with mp.Pool(ns.jobs) as pool, open(out, "a") as fh:
