@@ -147,7 +147,7 @@ def _search_point(job: dict) -> dict:
     t0 = time.monotonic()
     base, base_res = runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, 0.02, "baseline")
     if not base.ok:
-        return {"key": job["key"], "error": base.message}
+        return {"key": job["key"], "error": f"{base.message} (logs in {job['work']})"}
     if job.get("search") == "key":
         oracle = key_sweep(runner, point, base)
     else:
