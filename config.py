@@ -85,7 +85,8 @@ class Config:
     device: str = "cpu"
     baseline_stats: str = ""
     make_baseline: bool = False
-    reward_metric: str = "psnr"  # "psnr" (MSE-based) or "ssim"
+    reward_metric: str = "psnr"  # "psnr" (MSE-based), "ssim" or "psnr-rd" (PSNR at equal rate, reward.py)
+    pretrain_critics: str = ""  # oracle records: the reward critics start from their gain model (critic_pretrain.py)
     encoder_timeout_s: float = 60.0  # no protocol file for this long = encoder hung
     # parallel encoders (workers.py)
     workers: int = 1  # encoders at once; > 1 learns off the reply path (see learner)
@@ -105,8 +106,8 @@ class Config:
             raise ValueError(f"--log-level must be 0, 1, 2 or 3, got {self.log_level}")
         if self.ckpt_interval < 1:
             raise ValueError(f"--ckpt-interval must be >= 1, got {self.ckpt_interval}")
-        if self.reward_metric not in ("psnr", "ssim"):
-            raise ValueError(f"--reward-metric must be psnr or ssim, got {self.reward_metric!r}")
+        if self.reward_metric not in ("psnr", "ssim", "psnr-rd"):  # reward.REWARD_METRICS
+            raise ValueError(f"--reward-metric must be psnr, ssim or psnr-rd, got {self.reward_metric!r}")
         if self.encoder_timeout_s <= 0:
             raise ValueError("--encoder-timeout must be > 0")
         if self.workers < 1:

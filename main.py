@@ -31,7 +31,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import checkpoint
+import critic_pretrain
 import encoder_proc
+import imitation
 import io_runner
 import log_limit
 import policy
@@ -43,7 +45,7 @@ from io_runner import DETAILED, EncodeResult, Learner, Step
 from learner_process import LearnerProcess
 from learners import ACT_DIM, Counters, SacLearner, ZeroDeltaLearner
 from replay import ReplayBuffer
-from reward import BaselineStats, delta_psnr_at_equal_rate
+from reward import REWARD_METRICS, BaselineStats, delta_psnr_at_equal_rate
 from sac_agent import SACAgent
 from state import OBS_DIM
 from telemetry import Telemetry
@@ -124,8 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning from a policy file: weight of the term keeping the actor near it")  # fmt: skip
     g.add_argument("--bc-updates", metavar="N", type=int, default=s.bc_updates,
                    help="gradient steps over which that weight fades to 0")  # fmt: skip
-    g.add_argument("--reward-metric", choices=("psnr", "ssim"), default=d.reward_metric,
-                   help="reward on overall PSNR (MSE) or SSIM")  # fmt: skip
+    g.add_argument("--reward-metric", choices=REWARD_METRICS, default=d.reward_metric,
+                   help="reward on overall PSNR (MSE), SSIM, or PSNR at equal rate (psnr-rd: each mini-GOP pays "
+                        "for the bits it spends beyond the Δ=0 encode's, at the video's RD slope)")  # fmt: skip
+    g.add_argument("--gamma", metavar="F", type=float, default=s.gamma, help="SAC discount per mini-GOP, in [0, 1)")
+    g.add_argument("--pretrain-critics", metavar="FILE", default=d.pretrain_critics,
+                   help="fine-tuning from a policy file: start the reward critics from the gain model fitted on "
+                        "the oracle records of FILE (bench/oracle_data.py) for the policy's codec")  # fmt: skip
     g.add_argument("--encoder-timeout", metavar="S", type=float, default=d.encoder_timeout_s,
                    help="seconds without a protocol file before an encoder counts as hung")  # fmt: skip
     g.add_argument("--eval-interval", metavar="N", type=int, default=0,
@@ -202,6 +209,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         lambda_lr=ns.lambda_lr,
         bc_weight=ns.bc_weight,
         bc_updates=ns.bc_updates,
+        gamma=ns.gamma,
     )
     cfg = Config(
         rl_dir=ns.rl_dir,
@@ -227,6 +235,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         baseline_stats=ns.baseline_stats or str(Path(ns.out_dir) / "baseline_stats.json"),
         make_baseline=ns.make_baseline,
         reward_metric=ns.reward_metric,
+        pretrain_critics=ns.pretrain_critics,
         encoder_timeout_s=ns.encoder_timeout,
         workers=ns.workers,
         weights_every=ns.weights_every,
@@ -340,6 +349,25 @@ def load_start(cfg: Config, specs: list[VideoSpec], device: torch.device) -> tup
         cfg.sac.hidden_sizes = pol.hidden_sizes
         cfg.sac.max_delta_qp = pol.max_delta_qp
     return None, pol
+
+
+def pretrained_critics(cfg: Config, pol: policy.Policy | None) -> tuple[Any, str] | None:
+    """--pretrain-critics: (critic, summary) from the gain model on the file's records, checked before any encode."""
+    if not cfg.pretrain_critics:
+        return None
+    flag = f"--pretrain-critics {cfg.pretrain_critics}"
+    if pol is None or cfg.mode != "train":
+        raise ValueError(f"{flag}: needs train mode and --load-checkpoint naming a policy file (the actor it fits)")
+    path = Path(cfg.pretrain_critics)
+    if not path.is_file():
+        raise ValueError(f"{flag}: no such file (bench/oracle_data.py writes oracle records)")
+    log.info("fitting the reward critics to the gain model of %s", path)
+    try:
+        records = imitation.read_records([path])
+        return critic_pretrain.critics_from_records(records, pol.codec, cfg.sac.max_delta_qp, cfg.sac.hidden_sizes,
+                                                    seed=cfg.seed)  # fmt: skip
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def check_raw_input(spec: VideoSpec) -> None:
@@ -799,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         device = parse_device(cfg.device)
         specs = resolve_videos(cfg, ns.dataset_args)
         ckpt, pol = load_start(cfg, specs, device)
+        critics = pretrained_critics(cfg, pol)
         if not cfg.rl_dir:
             cfg.rl_dir = str(default_rl_dir())
         protocol.prepare_rl_dir(Path(cfg.rl_dir))  # created 0700; RlDirError if others may write to it
@@ -833,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
     if pol is not None:
         agent.set_reference(pol.actor)  # the actor starts as the policy; --bc-weight keeps it near it
         log.info("actor from the policy %s (%s)", pol.path, pol.provenance.get("summary", "no description"))
+    if critics is not None:
+        critic_pretrain.load_into(agent, critics[0])
+        log.info("%s", critics[1])
     buffer = ReplayBuffer(cfg.sac.buffer_size, OBS_DIM, ACT_DIM, seed=cfg.seed)
     counters = Counters()
     start_epoch = cfg.start_epoch

@@ -8,6 +8,16 @@ with n_k the mini-GOP's frames, N_g the GOP's frames and MSE_base_g the baseline
 mean luma MSE over the GOP. Summed over a GOP this is, to first order, the GOP's overall-PSNR gain
 (PSNR from total MSE), so starving a few frames to lift a mean of per-frame PSNRs earns nothing.
 SSIM variant: r_k = 100 * (n_k / N_g) * (ssim_k - ssim_base_k), SSIM points summed over the GOP.
+Rate-neutral variant ("psnr-rd"): the PSNR reward minus the bits it spent beyond the baseline's,
+priced on the baseline's own RD curve,
+
+    r_k = r_k(psnr) - (slope / ln 2) * (bits_k - bits_base_k) / BITS_base_g,
+
+with `slope` the video's dB of overall PSNR-Y per doubling of the rate (VideoBaseline.psnr_slope)
+and BITS_base_g the baseline's bits over the GOP. Summed over a GOP it is, to first order, the
+GOP's PSNR gain at equal rate (reward.delta_psnr_at_equal_rate, the oracle search's measure): a
+mini-GOP that spends pays at once, and the later mini-GOPs the rate control starves earn back
+what they save, so spending now is no longer free (BENCHMARKS.md §2.4.24).
 
 Cost (dimensionless): c_k = bits_k / B_g - n_k / N_g, with B_g the GOP's bit budget; summed over
 a GOP it is GOP bits / B_g - 1, the quantity the Lagrange multiplier constrains.
@@ -24,6 +34,7 @@ from pathlib import Path
 from protocol import Feedback
 
 BASELINE_FORMAT_VERSION = 1
+REWARD_METRICS = ("psnr", "ssim", "psnr-rd")  # see the module docstring
 _DB = 10.0 / math.log(10.0)
 
 
@@ -69,6 +80,10 @@ class VideoBaseline:
             for m in self.mini_gops
             if m.gop_index == gop_index
         )
+
+    def gop_bits(self, gop_index: int) -> int:
+        """The baseline's bits over one GOP."""
+        return sum(m.bits for m in self.mini_gops if m.gop_index == gop_index)
 
     def gop_mse(self, gop_index: int) -> float:
         """Frame-weighted mean luma MSE of the baseline over one GOP."""
@@ -128,7 +143,11 @@ def delta_psnr_at_equal_rate(psnr_y: float, kbps: float, baseline: VideoBaseline
 
 
 def reward(fb: Feedback, baseline: VideoBaseline, metric: str = "psnr") -> float:
-    """Reward of one mini-GOP (see the module docstring); fb.mg_index indexes the baseline."""
+    """Reward of one mini-GOP (see the module docstring); fb.mg_index indexes the baseline.
+
+    metric: "psnr", "ssim" or "psnr-rd" (rate-neutral PSNR). ValueError when the baseline is of
+    another encode, or has no RD slope for "psnr-rd".
+    """
     if fb.mg_index >= len(baseline.mini_gops):
         raise ValueError(f"baseline has {len(baseline.mini_gops)} mini-GOPs, feedback is for mini-GOP {fb.mg_index}")
     base = baseline.mini_gops[fb.mg_index]
@@ -141,7 +160,12 @@ def reward(fb: Feedback, baseline: VideoBaseline, metric: str = "psnr") -> float
     if metric == "ssim":
         return 100.0 * weight * (fb.ssim_y - base.ssim_y)
     gop_mse = max(baseline.gop_mse(fb.gop_index), 1e-6)
-    return _DB * weight * (base.mse_y - fb.mse_y) / gop_mse
+    r = _DB * weight * (base.mse_y - fb.mse_y) / gop_mse
+    if metric == "psnr-rd":
+        if not math.isfinite(baseline.psnr_slope):
+            raise ValueError("the psnr-rd reward needs the baseline's RD slope (psnr_slope); this baseline has none")
+        r -= baseline.psnr_slope / math.log(2.0) * (fb.bits - base.bits) / max(baseline.gop_bits(fb.gop_index), 1)
+    return r
 
 
 def cost(fb: Feedback, gop_bits_budget: int, gop_frames: int) -> float:

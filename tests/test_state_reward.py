@@ -133,6 +133,24 @@ def test_ssim_reward_in_points():
     assert reward.reward(make_feedback(mg_index=0, frame_count=8, ssim_y=0.92), base, "ssim") == pytest.approx(1.0)
 
 
+def test_rate_neutral_reward_charges_spending_at_the_rd_slope():
+    base = _baseline([10.0, 10.0, 5.0, 5.0])
+    base.psnr_slope = 6.0  # dB per doubling of the rate
+    # Mini-GOP 0 spends 500 bits more for a lower MSE; mini-GOP 1 is starved of them: GOP bits unchanged.
+    fbs = [make_feedback(mg_index=0, frame_count=8, mse_y=9.0, bits=1500),
+           make_feedback(mg_index=1, frame_count=8, mse_y=10.5, bits=500)]  # fmt: skip
+    plain = [reward.reward(fb, base) for fb in fbs]
+    rd = [reward.reward(fb, base, "psnr-rd") for fb in fbs]
+    price = 6.0 / math.log(2.0) * 500 / 2000  # dB for 500 bits of a 2000-bit GOP
+    assert rd[0] == pytest.approx(plain[0] - price) and rd[1] == pytest.approx(plain[1] + price)
+    assert sum(rd) == pytest.approx(sum(plain))  # at equal GOP bits the two rewards agree
+    # Spending alone, with no quality for it, is a loss at once.
+    assert reward.reward(make_feedback(mg_index=0, frame_count=8, mse_y=10.0, bits=1200), base, "psnr-rd") < 0
+    base.psnr_slope = math.nan
+    with pytest.raises(ValueError, match="RD slope"):
+        reward.reward(fbs[0], base, "psnr-rd")
+
+
 def test_cost_sums_to_gop_overshoot():
     costs = [reward.cost(make_feedback(bits=b, frame_count=8), 40000, 32) for b in (12000, 9000, 11000, 10000)]
     assert sum(costs) == pytest.approx(42000 / 40000 - 1)

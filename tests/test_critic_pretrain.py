@@ -1,0 +1,104 @@
+"""critic_pretrain: SAC's critic shape fitted to what the oracle's candidates measured (synthetic moves)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import critic_pretrain
+import imitation
+from config import SACConfig
+from sac_agent import SACAgent
+from state import FEATURE_NAMES, OBS_DIM
+
+KEY = FEATURE_NAMES.index("has_key")
+
+
+def synthetic_moves(n: int = 600, seed: int = 0) -> tuple[imitation.MoveSamples, np.ndarray]:
+    """Moves of a known value J(a | s) = g(s) a - 0.01 a², g = +0.04 dB/QP on key mini-GOPs, -0.04 elsewhere."""
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(0.0, 1.0, size=(n, OBS_DIM)).astype(np.float32)
+    obs[:, KEY] = rng.integers(0, 2, n)
+    g = np.where(obs[:, KEY] > 0.5, 0.04, -0.04)
+    a_old = rng.integers(-2, 3, n).astype(np.float32)
+    a_new = a_old + rng.choice([-2.0, -1.0, 1.0, 2.0], n).astype(np.float32)
+
+    def j(a: np.ndarray) -> np.ndarray:
+        return g * a - 0.01 * a**2
+
+    gain = j(a_new) - j(a_old) + rng.normal(0.0, 0.002, n)
+    source = np.arange(n) % 3
+    return imitation.MoveSamples(obs, a_old, a_new, gain, source, ["a", "b", "c"]), 2.0 * np.sign(g)
+
+
+def test_a_critic_fitted_on_moves_answers_their_best_offset():
+    moves, best = synthetic_moves()
+    critic = critic_pretrain.fit_move_critic(moves, max_delta_qp=4, hidden=(32, 32), steps=600)
+    answers = critic_pretrain.greedy_offsets(critic, moves.obs, 4)
+    assert np.mean(np.abs(answers - best) <= 1) > 0.9  # a* = g / 2c = ±2 QP
+    assert abs(float(np.mean(critic_pretrain.move_value(critic, moves.obs, np.zeros(len(moves)), 4)))) < 1e-6
+
+
+def test_the_gain_models_critic_agrees_with_the_gain_model_and_loads_into_sac():
+    moves, _ = synthetic_moves()
+    model = imitation.fit_gain_model(moves, ridge=1.0)
+    critic, rms = critic_pretrain.gain_model_critic(model, moves.obs[:200], 4, (32, 32), steps=800)
+    assert rms < 0.01  # dB, on J values of about ±0.1
+    want = np.clip(np.round(model.best_offset(moves.obs[:200], 4)), -4, 4)
+    assert np.mean(np.abs(critic_pretrain.greedy_offsets(critic, moves.obs[:200], 4) - want) <= 1) > 0.9
+    agent = SACAgent(OBS_DIM, 1, SACConfig(hidden_sizes=(32, 32)))
+    critic_pretrain.load_into(agent, critic)
+    for name in ("q1", "q2", "q1_target", "q2_target"):
+        for k, v in getattr(agent, name).state_dict().items():
+            assert np.array_equal(v.numpy(), critic.state_dict()[k].numpy())
+
+
+def oracle_records() -> list[dict]:
+    """x264 oracle records of two sources in which raising the key mini-GOP's QP by 3 paid (+0.05..0.1 dB)."""
+    from test_imitation import _step
+
+    def record(window: str, bpp: float, gain: float) -> dict:
+        return {
+            "window": window, "codec": "x264", "bpp": bpp,
+            "baseline": {"psnr_y": 38.0, "bits": 10000},
+            "oracle": {"psnr_y": 38.0 + gain, "bits": 10000, "offsets": [3, 0]},
+            "baseline_steps": [_step(0, 30), _step(1, 30)], "oracle_steps": [_step(0, 33), _step(1, 30)],
+            "candidates": [{"offsets": [3, 0], "psnr_y": 38.0 + gain, "bits": 10000},
+                           {"offsets": [0, 3], "psnr_y": 37.9, "bits": 10000},
+                           {"offsets": [0, -3], "psnr_y": 37.95, "bits": 10000}],
+        }  # fmt: skip
+
+    return [record(w, b, g) for w in ("a_s1_f0-8", "b_s1_f0-8") for b, g in ((0.05, 0.1), (0.2, 0.05))]
+
+
+def test_critics_from_records_value_what_the_candidates_measured():
+    from test_imitation import _step
+
+    critic, summary = critic_pretrain.critics_from_records(oracle_records(), "x264", 4, (16, 16))
+    assert "on 4 oracle moves of 4 x264 points" in summary
+    obs, _ = imitation.observations([_step(0, 30), _step(1, 30)])
+    assert critic_pretrain.greedy_offsets(critic, obs[:1], 4)[0] > 0  # the key: a higher QP paid
+    try:
+        critic_pretrain.critics_from_records(oracle_records(), "svtav1", 4, (16, 16))
+        raise AssertionError("records of another codec were used")
+    except ValueError as exc:
+        assert "no oracle moves of codec svtav1" in str(exc)
+
+
+def test_main_starts_fine_tuning_from_the_pretrained_critics(tmp_path):
+    import json
+
+    import torch
+    from test_main_e2e import FAST, VIDEO, run_main
+
+    import checkpoint
+
+    recs = tmp_path / "oracle.jsonl"
+    recs.write_text("".join(json.dumps(r) + "\n" for r in oracle_records()))
+    res = run_main(tmp_path, "--videos", VIDEO, "--epochs", "1", "--load-checkpoint", "x264", "--pretrain-critics",
+                   str(recs), *FAST, "--updates-per-step", "0")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "critics from the gain model (key mini-GOP: gop_left,fp_reuse>0.9; others: none) on 4" in res.stderr
+    agent = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")["agent"]
+    for name in ("q2", "q1_target", "q2_target"):  # all four from the one critic (fresh twins differ)
+        for k, v in agent[name].items():
+            assert torch.equal(v, agent["q1"][k]), (name, k)
