@@ -100,6 +100,18 @@ DEBIAN_CLIPS: dict[str, tuple[str, str]] = {
     "tupi-example.avi": ("tupi-data", "usr/share/tupi/data/help/examples/example.avi"),
     # a cartoon character running in a forest, 160x120, Indeo 3 (gem-doc, GPL-2+).
     "homer.avi": ("gem-doc", "usr/share/gem/examples/data/homer.avi"),
+    # More rendered and synthetic training content (media_windows, 2026-12-05), Debian's Contents index:
+    # a 3D cartoon with camera moves, 960x540 (pampi, GPL-3+); a rendered checkered cube, 300x300
+    # (python-vispy-doc, BSD-3-Clause); a music visualiser, 320x180 (lebiniou-data, GPL-2+); a slide
+    # with animated speaker icons, 800x600, 8 fps (janus-demos, GPL-3); flat shapes on a plain
+    # background, 630x354 (python-quart-doc, Expat); an audio waveform scrolling on a grid, 128x96
+    # (hollywood, Apache-2.0).
+    "pampi-tour.mp4": ("pampi", "usr/share/pampi/presentations/data/pampi-help/tour.mp4"),
+    "vispy-cube.mp4": ("python-vispy-doc", "usr/share/doc/python-vispy-doc/html/_static/movies/cube.mp4.gz"),
+    "lebiniou.mp4": ("lebiniou-data", "usr/share/lebiniou/vue/media/lebiniou-2021-06-10_12-28-28.mp4"),
+    "janus-chid.mp4": ("janus-demos", "usr/share/janus/demos/surround/ChID-BLITS-EBU.mp4"),
+    "quart-video.mp4": ("python-quart-doc", "usr/share/doc/python3-quart/examples/video/src/video/static/video.mp4.gz"),
+    "soundwave.mp4": ("hollywood", "usr/share/hollywood/soundwave.mp4"),
 }
 # Still photographs (python3-skimage's data folder, BSD-3-Clause): camera motion over them makes
 # training content of other textures (clips.pan_windows()).
@@ -117,7 +129,9 @@ TRAIN_SOURCES = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4",
 # (never evaluated on).
 MORE_TRAIN_SOURCES = ("balle-jbart.mp4", "balle1-vp9.avi", "movie-hello.mp4", "VID_20191220_170832.mp4",
                       "Shepard_Calais_1906_FrenchGP.ogv", "cube.mpeg", "flame.avi", "wannaworktogether.mp4",
-                      "intro.mpg", *(f"blupi_{stem}.mkv" for stem in BLUPI_MOVIES))  # fmt: skip
+                      "intro.mpg", *(f"blupi_{stem}.mkv" for stem in BLUPI_MOVIES), "pampi-tour.mp4",
+                      "vispy-cube.mp4", "lebiniou.mp4", "janus-chid.mp4", "quart-video.mp4",
+                      "soundwave.mp4")  # fmt: skip
 HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4", "Megamind.avi", "tree.avi", "vtest.avi",
                    "box.mp4", "cup.mp4")  # fmt: skip
 # Every recipe choice (features, window sets, consensus k) was made on the held-out split, so its
@@ -480,6 +494,17 @@ def blupi_windows(gop: int = 64) -> list[Window]:
     return [Window(f"blupi_{stem}.mkv", start, gop) for stem, start in BLUPI_MOVIES.items()]
 
 
+def media_windows(gop: int = 64) -> list[Window]:
+    """One-GOP windows of six rendered or synthetic sources (2026-12-05): a 3D cartoon, a rendered cube,
+    a music visualiser, a slide with moving icons, flat shapes, a scrolling waveform (BENCHMARKS.md §2.4.25)."""
+    wins = [Window("pampi-tour.mp4", start, gop, scale=3) for start in (0, 100, 200)]  # 320x180
+    wins += [Window("vispy-cube.mp4", start, gop) for start in (0, 270, 530)]  # 300x300
+    wins += [Window("lebiniou.mp4", start, gop) for start in (0, 300, 600)]  # 320x180
+    wins += [Window("janus-chid.mp4", start, gop, scale=2) for start in (0, 150, 300)]  # 400x300
+    wins += [Window("quart-video.mp4", start, gop, scale=2, crop=(314, 176)) for start in (0, 200)]
+    return wins + [Window("soundwave.mp4", start, gop) for start in (500, 2000)]  # 128x96
+
+
 def tail_windows(gop: int = 64) -> list[Window]:
     """A full GOP then a short one (4 to 36 frames) of the seven camera sources of `train` and `natural`.
 
@@ -544,7 +569,7 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows, "anim": anim_windows, "blupi": blupi_windows,
-               "tail": tail_windows, "two": two_gop_windows,
+               "tail": tail_windows, "two": two_gop_windows, "media": media_windows,
                "cut": cut_windows}  # fmt: skip
 
 
