@@ -102,3 +102,17 @@ def test_main_starts_fine_tuning_from_the_pretrained_critics(tmp_path):
     for name in ("q2", "q1_target", "q2_target"):  # all four from the one critic (fresh twins differ)
         for k, v in agent[name].items():
             assert torch.equal(v, agent["q1"][k]), (name, k)
+
+
+def test_finetune_bench_picks_windows_by_set_and_slice():
+    import pytest
+
+    import clips
+    from bench.finetune_sac import pick_windows
+
+    train, tail = clips.training_windows(), clips.tail_windows()
+    assert pick_windows("train[::2],tail[:3]") == train[::2] + tail[:3]
+    assert pick_windows("train[1]") == [train[1]] and pick_windows("static") == clips.static_windows()
+    for bad in ("trian", "train[a]", "train[::2"):
+        with pytest.raises(ValueError, match="is not SET or SET"):
+            pick_windows(bad)
