@@ -100,10 +100,15 @@ def greedy_offsets(critic: QNetwork, obs: np.ndarray, max_delta_qp: int) -> np.n
     return candidates[values.argmax(axis=1)].astype(np.float32)
 
 
-def load_into(agent: object, critic: QNetwork) -> None:
-    """Copies `critic` into an SACAgent's twin reward critics and their targets (hidden sizes must match)."""
-    for name in ("q1", "q2", "q1_target", "q2_target"):
-        getattr(agent, name).load_state_dict(copy.deepcopy(critic.state_dict()))
+def load_into(agent: object, critics: tuple[QNetwork, QNetwork]) -> None:
+    """Copies two critics into an SACAgent's twin reward critics q1, q2 and their targets (hidden sizes must match).
+
+    Two fits from different seeds, not one copied twice: twins that start equal get equal updates
+    and stay equal, and min(Q1, Q2) would no longer temper the overestimation it is there for.
+    """
+    for names, critic in ((("q1", "q1_target"), critics[0]), (("q2", "q2_target"), critics[1])):
+        for name in names:
+            getattr(agent, name).load_state_dict(copy.deepcopy(critic.state_dict()))
 
 
 def gain_model_critic(
@@ -137,10 +142,11 @@ def gain_model_critic(
 
 def critics_from_records(
     records: list[dict], codec: str, max_delta_qp: int, hidden: tuple[int, ...], ridge: float = 3.0, seed: int = 0,
-) -> tuple[QNetwork, str]:
-    """The codec's shipped gain model (imitation.SHIPPED_RECIPES features) fitted on `records`, as a critic.
+) -> tuple[tuple[QNetwork, QNetwork], str]:
+    """The codec's shipped gain model (imitation.SHIPPED_RECIPES features) fitted on `records`, as twin critics.
 
-    Returns (critic, one-line summary). ValueError when `records` hold no move of `codec`.
+    Returns ((critic from seed, critic from seed + 1), one-line summary). ValueError when `records`
+    hold no move of `codec`.
     """
     mine = sorted((r for r in records if r.get("codec") == codec), key=lambda r: (r["window"], r["bpp"]))
     moves = imitation.move_samples(mine)
@@ -148,6 +154,7 @@ def critics_from_records(
         raise ValueError(f"no oracle moves of codec {codec} in the given records")
     spec = imitation.SHIPPED_RECIPES[codec].features if codec in imitation.SHIPPED_RECIPES else imitation.ALL_FEATURES
     model = imitation.fit_gain_model(moves, ridge, spec)
-    critic, rms = gain_model_critic(model, imitation.trajectory_observations(mine), max_delta_qp, hidden, seed=seed)
-    return critic, (f"critics from the gain model ({spec.describe()}) on {len(moves)} oracle moves of "
-                    f"{len(mine)} {codec} points, fit RMS {rms:.4f} dB")  # fmt: skip
+    obs = imitation.trajectory_observations(mine)
+    (c1, rms1), (c2, rms2) = (gain_model_critic(model, obs, max_delta_qp, hidden, seed=s) for s in (seed, seed + 1))
+    return (c1, c2), (f"critics from the gain model ({spec.describe()}) on {len(moves)} oracle moves of "
+                      f"{len(mine)} {codec} points, fit RMS {max(rms1, rms2):.4f} dB")  # fmt: skip

@@ -352,7 +352,7 @@ def load_start(cfg: Config, specs: list[VideoSpec], device: torch.device) -> tup
 
 
 def pretrained_critics(cfg: Config, pol: policy.Policy | None) -> tuple[Any, str] | None:
-    """--pretrain-critics: (critic, summary) from the gain model on the file's records, checked before any encode."""
+    """--pretrain-critics: ((critic 1, critic 2), summary), the file's gain model; checked before any encode."""
     if not cfg.pretrain_critics:
         return None
     flag = f"--pretrain-critics {cfg.pretrain_critics}"
@@ -863,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         agent.set_reference(pol.actor)  # the actor starts as the policy; --bc-weight keeps it near it
         log.info("actor from the policy %s (%s)", pol.path, pol.provenance.get("summary", "no description"))
     if critics is not None:
-        critic_pretrain.load_into(agent, critics[0])
+        critic_pretrain.load_into(agent, critics[0])  # twin critics q1, q2
         log.info("%s", critics[1])
     buffer = ReplayBuffer(cfg.sac.buffer_size, OBS_DIM, ACT_DIM, seed=cfg.seed)
     counters = Counters()

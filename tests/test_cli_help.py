@@ -69,9 +69,17 @@ def test_every_bench_script_imports_and_shows_its_help():
     """A renamed helper (eval_quality.make_heldout) once broke learning_curve.py's import unseen: run each --help."""
     scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "machine_info.py"))
     assert len(scripts) >= 10
-    for script in scripts:
-        res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0 and "usage" in res.stdout.lower(), f"{script.name}: {res.stderr[-500:]}"
+    results = run_all([[str(script), "--help"] for script in scripts])
+    for script, (rc, out, err) in zip(scripts, results, strict=True):
+        assert rc == 0 and "usage" in out.lower(), f"{script.name}: {err[-500:]}"
+
+
+def run_all(commands: list[list[str]]) -> list[tuple[int, str, str]]:
+    """Runs python COMMAND for every command at once (the cores share the start-up time); (rc, stdout, stderr) each."""
+    procs = [subprocess.Popen([sys.executable, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for c in commands]  # fmt: skip
+    outputs = [p.communicate(timeout=240) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
 
 
 def test_bench_loop_refuses_an_unknown_clip_or_codec_before_any_encode():
@@ -96,9 +104,9 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["bench/pool_eval.py", f"agent={tmp_path / 'nowhere'}"], "no bdrate.csv in"),
         (["make_policy.py", "--windows", "train,nope", "--out", str(tmp_path / "p.pt")], "unknown window set 'nope'"),
         (["make_policy.py", "--key-curvature", "gop_lft", "--out", str(tmp_path / "p.pt")], "unknown state feature"),
+        (["bench/finetune_sac.py", "--out", str(tmp_path / "ft"), "--windows", "train[x]"], "--windows: 'train[x]'"),
     ]
-    for args, named in cases:
-        res = subprocess.run([sys.executable, str(ROOT / args[0]), *args[1:]], capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
-        assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr, (args, res.stderr[-300:])
+    results = run_all([[str(ROOT / args[0]), *args[1:]] for args, _ in cases])
+    for (args, named), (rc, _, err) in zip(cases, results, strict=True):
+        assert rc == 2 and named in err and "Traceback" not in err, (args, err[-300:])
     assert not (tmp_path / "lc").exists() and not (tmp_path / "eq").exists()  # refused before any work

@@ -7,6 +7,7 @@ import numpy as np
 import critic_pretrain
 import imitation
 from config import SACConfig
+from models import QNetwork
 from sac_agent import SACAgent
 from state import FEATURE_NAMES, OBS_DIM
 
@@ -46,10 +47,11 @@ def test_the_gain_models_critic_agrees_with_the_gain_model_and_loads_into_sac():
     want = np.clip(np.round(model.best_offset(moves.obs[:200], 4)), -4, 4)
     assert np.mean(np.abs(critic_pretrain.greedy_offsets(critic, moves.obs[:200], 4) - want) <= 1) > 0.9
     agent = SACAgent(OBS_DIM, 1, SACConfig(hidden_sizes=(32, 32)))
-    critic_pretrain.load_into(agent, critic)
-    for name in ("q1", "q2", "q1_target", "q2_target"):
+    other, _ = critic_pretrain.gain_model_critic(model, moves.obs[:200], 4, (32, 32), steps=10, seed=1)
+    critic_pretrain.load_into(agent, (critic, other))
+    for name, want in (("q1", critic), ("q1_target", critic), ("q2", other), ("q2_target", other)):
         for k, v in getattr(agent, name).state_dict().items():
-            assert np.array_equal(v.numpy(), critic.state_dict()[k].numpy())
+            assert np.array_equal(v.numpy(), want.state_dict()[k].numpy()), (name, k)
 
 
 def oracle_records() -> list[dict]:
@@ -73,10 +75,12 @@ def oracle_records() -> list[dict]:
 def test_critics_from_records_value_what_the_candidates_measured():
     from test_imitation import _step
 
-    critic, summary = critic_pretrain.critics_from_records(oracle_records(), "x264", 4, (16, 16))
+    (one, two), summary = critic_pretrain.critics_from_records(oracle_records(), "x264", 4, (16, 16))
     assert "on 4 oracle moves of 4 x264 points" in summary
     obs, _ = imitation.observations([_step(0, 30), _step(1, 30)])
-    assert critic_pretrain.greedy_offsets(critic, obs[:1], 4)[0] > 0  # the key: a higher QP paid
+    for critic in (one, two):  # two fits from two seeds: twin critics that differ
+        assert critic_pretrain.greedy_offsets(critic, obs[:1], 4)[0] > 0  # the key: a higher QP paid
+    assert not np.array_equal(one.net[0].weight.detach().numpy(), two.net[0].weight.detach().numpy())
     try:
         critic_pretrain.critics_from_records(oracle_records(), "svtav1", 4, (16, 16))
         raise AssertionError("records of another codec were used")
@@ -99,9 +103,14 @@ def test_main_starts_fine_tuning_from_the_pretrained_critics(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "critics from the gain model (key mini-GOP: gop_left,fp_reuse>0.9; others: none) on 4" in res.stderr
     agent = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")["agent"]
-    for name in ("q2", "q1_target", "q2_target"):  # all four from the one critic (fresh twins differ)
-        for k, v in agent[name].items():
-            assert torch.equal(v, agent["q1"][k]), (name, k)
+    q1 = QNetwork(OBS_DIM, 1, (64, 64))  # the shipped x264 actor's sizes
+    q1.load_state_dict(agent["q1"])
+    for name, twin in (("q1_target", "q1"), ("q2_target", "q2")):  # no update ran: targets = critics
+        assert all(torch.equal(v, agent[twin][k]) for k, v in agent[name].items()), name
+    from test_imitation import _step
+
+    obs, _ = imitation.observations([_step(0, 30), _step(1, 30)])
+    assert critic_pretrain.greedy_offsets(q1, obs[:1], 4)[0] > 0  # the critic valued what the records measured
 
 
 def test_finetune_bench_picks_windows_by_set_and_slice():

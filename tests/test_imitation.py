@@ -324,7 +324,7 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
 def test_training_held_out_and_test_splits_share_no_source():
     train = {w.source for w in clips.training_windows() + clips.static_windows()}
     more_windows = (clips.natural_windows() + clips.screen_windows() + clips.extra_windows() + clips.anim_windows()
-                    + clips.blupi_windows())
+                    + clips.blupi_windows() + clips.media_windows())
     more = {w.source for w in more_windows}
     held = {w.source for w in clips.heldout_windows()}
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
