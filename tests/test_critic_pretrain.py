@@ -56,20 +56,10 @@ def test_the_gain_models_critic_agrees_with_the_gain_model_and_loads_into_sac():
 
 def oracle_records() -> list[dict]:
     """x264 oracle records of two sources in which raising the key mini-GOP's QP by 3 paid (+0.05..0.1 dB)."""
-    from test_imitation import _step
+    from test_imitation import key_raise_record
 
-    def record(window: str, bpp: float, gain: float) -> dict:
-        return {
-            "window": window, "codec": "x264", "bpp": bpp,
-            "baseline": {"psnr_y": 38.0, "bits": 10000},
-            "oracle": {"psnr_y": 38.0 + gain, "bits": 10000, "offsets": [3, 0]},
-            "baseline_steps": [_step(0, 30), _step(1, 30)], "oracle_steps": [_step(0, 33), _step(1, 30)],
-            "candidates": [{"offsets": [3, 0], "psnr_y": 38.0 + gain, "bits": 10000},
-                           {"offsets": [0, 3], "psnr_y": 37.9, "bits": 10000},
-                           {"offsets": [0, -3], "psnr_y": 37.95, "bits": 10000}],
-        }  # fmt: skip
-
-    return [record(w, b, g) for w in ("a_s1_f0-8", "b_s1_f0-8") for b, g in ((0.05, 0.1), (0.2, 0.05))]
+    points = ((0.05, 0.1), (0.2, 0.05))
+    return [key_raise_record(b, g, w, "x264") for w in ("a_s1_f0-8", "b_s1_f0-8") for b, g in points]
 
 
 def test_critics_from_records_value_what_the_candidates_measured():

@@ -391,19 +391,21 @@ def test_pan_window_moves_the_camera_over_the_photo_and_cuts():
         list(clips.pan_frames(clips.Pan("gravel.png", 80, step=(3, 0), size=(64, 48)), photo))
 
 
-def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_path, monkeypatch):
-    def record(bpp: float, gain: float) -> dict:
-        return {
-            "window": "clip_s1_f0-8", "bpp": bpp,
-            "baseline": {"psnr_y": 38.0, "bits": 10000},
-            "oracle": {"psnr_y": 38.0 + gain, "bits": 10000, "offsets": [3, 0]},
-            "baseline_steps": [_step(0, 30), _step(1, 30)], "oracle_steps": [_step(0, 33), _step(1, 30)],
-            "candidates": [{"offsets": [3, 0], "psnr_y": 38.0 + gain, "bits": 10000},
-                           {"offsets": [0, 3], "psnr_y": 37.9, "bits": 10000},
-                           {"offsets": [0, -3], "psnr_y": 37.95, "bits": 10000}],
-        }  # fmt: skip
+def key_raise_record(bpp: float, gain: float, window: str = "clip_s1_f0-8", codec: str = "svtav1") -> dict:
+    """An oracle record of a 2-mini-GOP window where raising the key mini-GOP's QP by 3 gained `gain` dB."""
+    return {
+        "window": window, "codec": codec, "bpp": bpp,
+        "baseline": {"psnr_y": 38.0, "bits": 10000},
+        "oracle": {"psnr_y": 38.0 + gain, "bits": 10000, "offsets": [3, 0]},
+        "baseline_steps": [_step(0, 30), _step(1, 30)], "oracle_steps": [_step(0, 33), _step(1, 30)],
+        "candidates": [{"offsets": [3, 0], "psnr_y": 38.0 + gain, "bits": 10000},
+                       {"offsets": [0, 3], "psnr_y": 37.9, "bits": 10000},
+                       {"offsets": [0, -3], "psnr_y": 37.95, "bits": 10000}],
+    }  # fmt: skip
 
-    records = [record(0.05, 0.1), record(0.1, 0.08), record(0.2, 0.05)]
+
+def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_path, monkeypatch):
+    records = [key_raise_record(0.05, 0.1), key_raise_record(0.1, 0.08), key_raise_record(0.2, 0.05)]
     actor, summary = imitation.train_policy(records, hidden=(16,))
     assert "gain model (key mini-GOP: all; others: all) on 3 oracle moves" in summary
     path = tmp_path / "p.pt"
