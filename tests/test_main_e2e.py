@@ -275,3 +275,15 @@ def test_deterministic_evaluation_during_training_is_logged_and_changes_nothing(
     a = agent_weights(trained / "checkpoints" / "checkpoint_epoch_2.pt")
     b = agent_weights(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reward_metric_and_gamma_reach_the_config_and_a_gamma_of_1_is_refused():
+    import main
+
+    parser = main.build_parser()
+    cfg = main.config_from_args(parser.parse_args(["--reward-metric", "psnr-rd", "--gamma", "0.99"]))
+    assert cfg.reward_metric == "psnr-rd" and cfg.sac.gamma == 0.99
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\)"):
+        main.config_from_args(parser.parse_args(["--gamma", "1"]))
+    with pytest.raises(SystemExit):  # argparse's own error (exit 2) for a metric it does not know
+        parser.parse_args(["--reward-metric", "rate"])
