@@ -7,7 +7,6 @@ import numpy as np
 import critic_pretrain
 import imitation
 from config import SACConfig
-from models import QNetwork
 from sac_agent import SACAgent
 from state import FEATURE_NAMES, OBS_DIM
 
@@ -76,31 +75,6 @@ def test_critics_from_records_value_what_the_candidates_measured():
         raise AssertionError("records of another codec were used")
     except ValueError as exc:
         assert "no oracle moves of codec svtav1" in str(exc)
-
-
-def test_main_starts_fine_tuning_from_the_pretrained_critics(tmp_path):
-    import json
-
-    import torch
-    from test_main_e2e import FAST, VIDEO, run_main
-
-    import checkpoint
-
-    recs = tmp_path / "oracle.jsonl"
-    recs.write_text("".join(json.dumps(r) + "\n" for r in oracle_records()))
-    res = run_main(tmp_path, "--videos", VIDEO, "--epochs", "1", "--load-checkpoint", "x264", "--pretrain-critics",
-                   str(recs), *FAST, "--updates-per-step", "0")  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    assert "critics from the gain model (key mini-GOP: gop_left,fp_reuse>0.9; others: none) on 4" in res.stderr
-    agent = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")["agent"]
-    q1 = QNetwork(OBS_DIM, 1, (64, 64))  # the shipped x264 actor's sizes
-    q1.load_state_dict(agent["q1"])
-    for name, twin in (("q1_target", "q1"), ("q2_target", "q2")):  # no update ran: targets = critics
-        assert all(torch.equal(v, agent[twin][k]) for k, v in agent[name].items()), name
-    from test_imitation import _step
-
-    obs, _ = imitation.observations([_step(0, 30), _step(1, 30)])
-    assert critic_pretrain.greedy_offsets(q1, obs[:1], 4)[0] > 0  # the critic valued what the records measured
 
 
 def test_finetune_bench_picks_windows_by_set_and_slice():

@@ -246,12 +246,30 @@ def test_policy_file_answers_in_infer_mode_and_starts_training(tmp_path):
     (row,) = json.loads((tmp_path / "outputs" / "report_infer.json").read_text())
     assert row["mean_dqp"] == pytest.approx(2.0, abs=0.3)  # +2 except where the QP range clips it
     assert "at equal rate" in res.stderr and not (tmp_path / "checkpoints").exists()
-    # Train mode starts SAC with the policy's actor (fine-tuning) and writes a checkpoint.
+    # Train mode starts SAC with the policy's actor (fine-tuning), here with critics pretrained on oracle
+    # records where raising the key QP paid (no gradient step: the checkpoint holds them as fitted).
+    from test_critic_pretrain import oracle_records
+    from test_imitation import _step
+
+    import critic_pretrain
+    import imitation
+    from models import QNetwork
+
+    recs = tmp_path / "oracle.jsonl"
+    recs.write_text("".join(json.dumps(r) + "\n" for r in oracle_records()))
     res = run_main(tmp_path, "--videos", VIDEO, "--load-checkpoint", str(pol), "--epochs", "1", "--no-tensorboard",
-                   *FAST)  # fmt: skip
+                   "--pretrain-critics", str(recs), *FAST, "--updates-per-step", "0")  # fmt: skip
     assert res.returncode == 0, res.stderr
+    assert "critics from the gain model (key mini-GOP: gop_left,fp_reuse>0.9; others: none) on 4" in res.stderr
     ck = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")
     assert tuple(ck["config"]["sac"]["hidden_sizes"]) == (8,)
+    agent = ck["agent"]
+    for name, twin in (("q1_target", "q1"), ("q2_target", "q2")):  # no update ran: targets = critics
+        assert all(torch.equal(v, agent[twin][k]) for k, v in agent[name].items()), name
+    q1 = QNetwork(OBS_DIM, 1, (8,))
+    q1.load_state_dict(agent["q1"])
+    obs, _ = imitation.observations([_step(0, 30), _step(1, 30)])
+    assert critic_pretrain.greedy_offsets(q1, obs[:1], 4)[0] > 0  # the critic valued what the records measured
 
 
 def test_infer_without_a_checkpoint_uses_the_shipped_policy(tmp_path):
