@@ -525,6 +525,22 @@ def tail_windows(gop: int = 64) -> list[Window]:
     ]  # fmt: skip
 
 
+def rtail_windows(gop: int = 64) -> list[Window]:
+    """`tail` for rendered, screen and synthetic sources: a full GOP then a short one (4 to 36 frames).
+
+    A judge, not training data: bigbuckbunny (rendered) ends on a 4-frame GOP whose key decision
+    moved its BD-rate by five points between recipes that `tail`'s camera windows score alike
+    (BENCHMARKS.md §2.4.25)."""
+    return [
+        Window("movie-hello.mp4", 0, gop + 4, scale=4), Window("movie-hello.mp4", 120, gop + 20, scale=4),
+        Window("wannaworktogether.mp4", 1200, gop + 4), Window("wannaworktogether.mp4", 3000, gop + 12),
+        Window("flame.avi", 0, gop + 20), Window("intro.mpg", 800, gop + 4, scale=2),
+        Window("intro.mpg", 1500, gop + 36, scale=2), Window("blupi_play103.mkv", 70, gop + 4),
+        Window("pampi-tour.mp4", 150, gop + 4, scale=3), Window("vispy-cube.mp4", 100, gop + 12),
+        Window("lebiniou.mp4", 150, gop + 20), Window("quart-video.mp4", 100, gop + 4, scale=2, crop=(314, 176)),
+    ]  # fmt: skip
+
+
 def two_gop_windows(gop: int = 64) -> list[Window]:
     """Two full GOPs of the five camera sources long enough (carphone has 120 frames): key sweeps of
     these move the second GOP's key mini-GOP, whose rate control has a history (BENCHMARKS.md §2.4.14)."""
@@ -569,7 +585,7 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows, "anim": anim_windows, "blupi": blupi_windows,
-               "tail": tail_windows, "two": two_gop_windows, "media": media_windows,
+               "tail": tail_windows, "two": two_gop_windows, "media": media_windows, "rtail": rtail_windows,
                "cut": cut_windows}  # fmt: skip
 
 

@@ -330,7 +330,8 @@ def test_training_held_out_and_test_splits_share_no_source():
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
     assert more == set(clips.MORE_TRAIN_SOURCES)
     assert not (train | more) & held
-    assert {w.source for w in clips.tail_windows() + clips.two_gop_windows() + clips.cut_windows()} <= train | more
+    checks = clips.tail_windows() + clips.two_gop_windows() + clips.cut_windows() + clips.rtail_windows()
+    assert {w.source for w in checks} <= train | more
     test = {w.source for w in clips.test_windows()}
     assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
     test2 = {w.source for w in clips.test2_windows()}
