@@ -74,7 +74,7 @@ def video_args(wins: list[clips.Window], codec: str, work: Path, seed: int) -> l
         path = clips.materialise(w)
         v = eval_runs.probe_videos([path], eval_runs.EvalSettings(codec=codec))[0]
         bpp = float(np.exp(rng.uniform(np.log(0.03), np.log(0.24))))
-        kbps = round(bpp * v.width * v.height * v.fps / 1000.0, 1)
+        (kbps,) = eval_runs.targets_for(v, None, [bpp])
         n = w.name
         args.append(f"--videos=--input|{path}|--codec|{codec}|--pass|2|--stat-in|{work}/stats/{n}.stat|"
                     f"--bitrate|{kbps}|--o|{work}/enc/{n}{ext}|--csv|{work}/enc/{n}.csv")  # fmt: skip
@@ -105,13 +105,14 @@ def main() -> int:
     arms = [tuple(a.split(":", 1)) for a in ns.arms.split(";") if a.strip()]
     if any(len(a) != 2 or not a[0] for a in arms):
         p.error(f"--arms: {ns.arms!r} is not 'NAME:flags;...'")
-    if any("{critic_data}" in flags for _, flags in arms) and not data.is_file():
+    uses_critic_data = any("{critic_data}" in flags for _, flags in arms)
+    if uses_critic_data and not data.is_file():
         p.error(f"--critic-data: {data} is not a file (bench/oracle_data.py writes it)")
     out = Path(ns.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"{machine()}\n\n`python bench/finetune_sac.py {' '.join(sys.argv[1:])}`\n")
     critic_data = out / "critic_records.jsonl"
-    if data.is_file():
+    if uses_critic_data:  # the recipe's points only, as make_policy.py fits
         recipe = imitation.SHIPPED_RECIPES[ns.codec]
         mine = [r for r in imitation.read_records([data]) if r["codec"] == ns.codec]
         kept = oracle_data.of_window_sets(mine, recipe.windows)

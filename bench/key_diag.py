@@ -93,7 +93,7 @@ def heldout_video(source: str, codec: str) -> tuple[clips.Window, eval_runs.Vide
 def baseline(video: eval_runs.Video, codec: str, bpp: float, work: Path) -> tuple:
     """Pass 1 and the Δ=0 encode at `bpp` bit/pixel: the runner, the point and the encode's record and result."""
     settings = eval_runs.EvalSettings(codec=codec)
-    kbps = round(bpp * video.width * video.height * video.fps / 1000.0, 1)
+    (kbps,) = eval_runs.targets_for(video, None, [bpp])
     point = eval_runs.Point(video, kbps, work, settings)
     runner = eval_runs.Runner(work, settings)
     runner.first_pass(point)

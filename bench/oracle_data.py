@@ -140,7 +140,7 @@ def _search_point(job: dict) -> dict:
     else:
         path, name = clips.materialise(job["window"]), job["window"].name
     video = eval_runs.probe_videos([path], settings)[0]
-    kbps = round(job["bpp"] * video.width * video.height * video.fps / 1000.0, 1)
+    (kbps,) = eval_runs.targets_for(video, None, [job["bpp"]])
     point = eval_runs.Point(video, kbps, work, settings)
     runner = eval_runs.Runner(work, settings)
     runner.first_pass(point)
