@@ -25,6 +25,7 @@ a GOP it is GOP bits / B_g - 1, the quantity the Lagrange multiplier constrains.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -66,8 +67,19 @@ class VideoBaseline:
     encoder: str = ""  # the encoder command it was made with (encoder_proc.encoder_key), "" in older files
     video: str = ""  # the video's arguments minus outputs (VideoSpec.video_key), "" in older files
 
+    @functools.cached_property
+    def _gop_totals(self) -> dict[int, tuple[int, int, float]]:
+        """(frames, bits, frame-weighted MSE sum) of every GOP, summed once: the reward reads them at
+        every step. The mini-GOP list is complete when a VideoBaseline is made and never changes."""
+        totals: dict[int, tuple[int, int, float]] = {}
+        for m in self.mini_gops:
+            frames, bits, mse_sum = totals.get(m.gop_index, (0, 0, 0.0))
+            totals[m.gop_index] = (frames + m.frame_count, bits + m.bits, mse_sum + m.frame_count * m.mse_y)
+        return totals
+
     def gop_frames(self, gop_index: int) -> int:
-        return sum(m.frame_count for m in self.mini_gops if m.gop_index == gop_index)
+        """The baseline's frames in one GOP (0 if it has no such GOP)."""
+        return self._gop_totals.get(gop_index, (0, 0, 0.0))[0]
 
     def gop_least_bits(self, gop_index: int, max_delta_qp: int, qp_max: int) -> float:
         """About the fewest bits any action could spend on one GOP (0 if the baseline has no such GOP).
@@ -82,14 +94,13 @@ class VideoBaseline:
         )
 
     def gop_bits(self, gop_index: int) -> int:
-        """The baseline's bits over one GOP."""
-        return sum(m.bits for m in self.mini_gops if m.gop_index == gop_index)
+        """The baseline's bits over one GOP (0 if it has no such GOP)."""
+        return self._gop_totals.get(gop_index, (0, 0, 0.0))[1]
 
     def gop_mse(self, gop_index: int) -> float:
         """Frame-weighted mean luma MSE of the baseline over one GOP."""
-        mgs = [m for m in self.mini_gops if m.gop_index == gop_index]
-        frames = sum(m.frame_count for m in mgs)
-        return sum(m.frame_count * m.mse_y for m in mgs) / frames
+        frames, _, mse_sum = self._gop_totals[gop_index]
+        return mse_sum / frames
 
 
 @dataclass
