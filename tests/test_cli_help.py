@@ -105,6 +105,9 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["make_policy.py", "--windows", "train,nope", "--out", str(tmp_path / "p.pt")], "unknown window set 'nope'"),
         (["make_policy.py", "--key-curvature", "gop_lft", "--out", str(tmp_path / "p.pt")], "unknown state feature"),
         (["bench/finetune_sac.py", "--out", str(tmp_path / "ft"), "--windows", "train[x]"], "--windows: 'train[x]'"),
+        (["bench/oracle_transfer.py", "--data", missing], "--data:"),
+        (["bench/oracle_transfer.py", "--data", missing, "--factors", "0.9,x"], "--factors: '0.9,x'"),
+        (["bench/oracle_transfer.py", "--data", missing, "--windows", "train,nope"], "unknown window set 'nope'"),
     ]
     results = run_all([[str(ROOT / args[0]), *args[1:]] for args, _ in cases])
     for (args, named), (rc, _, err) in zip(cases, results, strict=True):
