@@ -1,6 +1,7 @@
 """How much of the oracle's gain is a decision, and how much a lucky draw (issue 8, BENCHMARKS.md §2.4.26).
 
     python bench/oracle_transfer.py --codec x264 --data data/oracle_x264.jsonl --windows train,static [--jobs 2]
+    python bench/oracle_transfer.py --codec svtav1 --report DIR --inputs CLIPS/   # after evaluate.py oracle --out DIR
 
 The oracle (oracle_search.run_oracle) keeps whichever of ~30 candidate encodes scored best; encodes
 are chaotic, so part of what it finds is the luck of that one encode. This script replays each
@@ -12,14 +13,21 @@ equal rate, the oracle's own measure:
 
     gain = ΔPSNR-Y - slope * log2(bits / bits_Δ=0),   slope = the window's RD slope (imitation.window_slopes)
 
-It prints, per window set and in all: the stored gain, the replayed gain at each factor, and the
-share of the stored gain that survives (mean replayed gain at the other factors / mean stored gain),
-the ceiling of what a policy that sees the content, not the draw, can capture of the oracle.
+It prints, per window set, in all and per kind of move (key mini-GOPs, the others, both): the
+stored gain, the replayed gain at each factor, and the share of the stored gain that survives
+(mean replayed gain at the other factors / mean stored gain), the ceiling of what a policy that
+sees the content, not the draw, can capture of the oracle.
+
+--donor same-source / other-source replays another point's answer instead of the point's own
+(another window of the same source, or the nearest point of another source: donor()): whether an
+answer carries over to other frames. --report replays the oracle points of an `evaluate.py oracle`
+report (the held-out clips' first GOP, as eval_quality.py --oracle runs it) on the clips it coded.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import multiprocessing as mp
@@ -52,13 +60,16 @@ def replay_point(job: dict) -> dict:
 
 
 def _replay(job: dict) -> dict:
-    settings = eval_runs.EvalSettings(codec=job["codec"])
-    video = eval_runs.probe_videos([clips.materialise(job["window"])], settings)[0]
-    out = {"key": job["key"], "window": job["window"].name, "donor": job["donor"], "replays": {}}
+    settings = eval_runs.EvalSettings(codec=job["codec"], frames=job.get("frames", 0))
+    video = eval_runs.probe_videos([Path(job["path"])], settings)[0]
+    out = {"key": job["key"], "window": job["window"], "donor": job["donor"], "replays": {}}
     for factor in job["factors"]:
         work = Path(job["work"]) / f"{factor:g}"
         shutil.rmtree(work, ignore_errors=True)  # pass-1 statistics of another target would be reused
-        (kbps,) = eval_runs.targets_for(video, None, [job["bpp"] * factor])
+        if "kbps" in job:  # a point of an evaluate.py report: its target in kbit/s
+            kbps = job["kbps"] * factor
+        else:
+            (kbps,) = eval_runs.targets_for(video, None, [job["bpp"] * factor])
         point = eval_runs.Point(video, kbps, work, settings)
         runner = eval_runs.Runner(work, settings)
         runner.first_pass(point)
@@ -74,6 +85,39 @@ def _replay(job: dict) -> dict:
         }
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def report_records(report: Path, inputs: Path, frames: int) -> tuple[dict, dict, dict]:
+    """An `evaluate.py oracle` report as records of oracle_data's shape (the fields this script reads):
+    (records by key, RD slope per clip from its Δ=0 runs, clip name -> (folder name, clip path)).
+
+    A clip's slope is the least-squares dB per doubling of its Δ=0 runs' rates; mini-GOPs are
+    numbered in GOPs of the report's 8 (evaluate.py's --keyint 64 / --mini-gop 8).
+    """
+    with open(report / "oracle.csv", newline="") as fh:
+        oracle_rows = list(csv.DictReader(fh))
+    with open(report / "runs.csv", newline="") as fh:
+        runs = [r for r in csv.DictReader(fh) if r["method"] == "baseline" and r["ok"] == "True"]
+    paths = {p.stem: p for p in inputs.iterdir() if p.is_file()}
+    slopes, by_key, windows = {}, {}, {}
+    for o in oracle_rows:
+        name = o["video"]
+        if name not in paths:
+            raise ValueError(f"clip {name!r} of {report / 'oracle.csv'} is not in {inputs}")
+        pts = [(math.log2(float(r["kbps"])), float(r["psnr_y"])) for r in runs if r["video"] == name]
+        if len(pts) < 2:
+            raise ValueError(f"{report / 'runs.csv'} has fewer than 2 Δ=0 runs of {name!r}: no RD slope")
+        slopes[name] = float(np.polyfit(*zip(*pts, strict=True), 1)[0])
+        offsets = [int(v) for v in o["offsets"].split()]
+        key = f"{name}/{float(o['target_kbps']):g}"
+        by_key[key] = {
+            "key": key, "window": name, "target_kbps": float(o["target_kbps"]),
+            "baseline": {"psnr_y": float(o["baseline_psnr_y"]), "bits": int(o["budget_bits"])},
+            "oracle": {"psnr_y": float(o["oracle_psnr_y"]), "bits": int(o["bits"]), "offsets": offsets},
+            "baseline_steps": [{"request": {"mg_in_gop": k % 8}} for k in range(len(offsets))],
+        }  # fmt: skip
+        windows[name] = (inputs.name, paths[name])
+    return by_key, slopes, windows
 
 
 def gain(psnr: float, bits: float, base_psnr: float, base_bits: float, slope: float) -> float:
@@ -136,7 +180,7 @@ def moved(rec: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default="x264", choices=("svtav1", "x264", "vp9"))
-    p.add_argument("--data", required=True, help="oracle records (bench/oracle_data.py --out)")
+    p.add_argument("--data", default=None, help="oracle records (bench/oracle_data.py --out)")
     p.add_argument("--windows", default="train", help="comma-separated window sets whose oracle points are replayed")
     p.add_argument("--factors", default="0.97,1,1.03", help="targets as factors of each point's bit/pixel")
     p.add_argument("--jobs", type=int, default=2, help="points replayed in parallel")
@@ -146,6 +190,14 @@ def main() -> int:
     p.add_argument("--donor", default="self", choices=DONORS,
                    help="whose oracle offsets each point replays: its own; another window of the same source and "
                         "window set (nearest rate); the nearest point of another source (donor())")  # fmt: skip
+    p.add_argument(
+        "--report",
+        default=None,
+        help="instead of --data: the --out folder of `evaluate.py oracle` (oracle.csv, runs.csv); its "
+        "oracle answers are replayed on its clips (--inputs, the folder it coded; --frames as it)",
+    )
+    p.add_argument("--inputs", default=None, help="with --report: the folder of the clips the report coded")
+    p.add_argument("--frames", type=int, default=64, help="with --report: frames coded per clip, as the report")
     p.add_argument("--replays", default=None, help="the tables from an earlier run's --out, without encoding")
     ns = p.parse_args()
     for name in ns.windows.split(","):
@@ -159,22 +211,40 @@ def main() -> int:
         p.error(f"--factors: {ns.factors!r} needs positive factors")
     if (msg := oracle_data.missing_records("--replays", [Path(ns.replays)] if ns.replays else [])) is not None:
         p.error(msg)
-    if (msg := oracle_data.missing_records("--data", [Path(ns.data)])) is not None:
-        p.error(msg)
-    records = [r for r in imitation.read_records([Path(ns.data)]) if r["codec"] == ns.codec and "error" not in r]
-    slopes = imitation.window_slopes(records)
-    by_key = {r["key"]: r for r in oracle_data.of_window_sets(records, ns.windows)}
-    windows = {w.name: (name, w) for name in ns.windows.split(",") for w in clips.WINDOW_SETS[name]()}
-    feats = donor_features(by_key) if ns.donor == "other-source" else {}
-    donors = {k: donor(r, by_key, windows, ns.donor, feats) for k, r in by_key.items()}
-    jobs = [{"key": k, "codec": ns.codec, "window": windows[r["window"]][1], "bpp": r["bpp"], "factors": factors,
-             "offsets": donors[k]["oracle"]["offsets"], "donor": donors[k]["key"],
-             "work": str(Path(ns.work) / k.replace("/", "_"))}
+    if ns.report:
+        if ns.donor != "self" or not ns.inputs:
+            p.error(
+                "--report: replays a report's own oracle answers (no --donor) and needs --inputs, the clips it coded"
+            )
+        try:
+            by_key, slopes, windows = report_records(Path(ns.report), Path(ns.inputs), ns.frames)
+        except (OSError, KeyError, ValueError) as exc:
+            p.error(f"--report: {exc}")
+        donors = dict(by_key)
+    else:
+        if not ns.data:
+            p.error("--data (oracle records) or --report (an evaluate.py oracle report) is needed")
+        if (msg := oracle_data.missing_records("--data", [Path(ns.data)])) is not None:
+            p.error(msg)
+        records = [r for r in imitation.read_records([Path(ns.data)]) if r["codec"] == ns.codec and "error" not in r]
+        slopes = imitation.window_slopes(records)
+        by_key = {r["key"]: r for r in oracle_data.of_window_sets(records, ns.windows)}
+        windows = {w.name: (name, w) for name in ns.windows.split(",") for w in clips.WINDOW_SETS[name]()}
+        for name, (wset, win) in windows.items():
+            if any(r["window"] == name for r in by_key.values()):
+                windows[name] = (wset, clips.materialise(win))
+        feats = donor_features(by_key) if ns.donor == "other-source" else {}
+        donors = {k: donor(r, by_key, windows, ns.donor, feats) for k, r in by_key.items()}
+    jobs = [{"key": k, "codec": ns.codec, "window": r["window"], "path": str(windows[r["window"]][1]),
+             "factors": factors, "offsets": donors[k]["oracle"]["offsets"], "donor": donors[k]["key"],
+             "work": str(Path(ns.work) / k.replace("/", "_")),
+             **({"kbps": r["target_kbps"], "frames": ns.frames} if ns.report else {"bpp": r["bpp"]})}
             for k, r in sorted(by_key.items()) if donors[k] is not None]  # fmt: skip
     if ns.limit:
         jobs = jobs[: ns.limit]
     if not jobs:
-        p.error(f"--data: no {ns.codec} oracle points of {ns.windows} in {ns.data}")
+        p.error(f"--report: no oracle points in {ns.report}" if ns.report else
+                f"--data: no {ns.codec} oracle points of {ns.windows} in {ns.data}")  # fmt: skip
     if ns.replays:
         results = [json.loads(line) for line in Path(ns.replays).read_text().splitlines() if line.strip()]
         results = [r for r in results if r["key"] in by_key]
@@ -187,8 +257,6 @@ def main() -> int:
 
 def encode_replays(jobs: list[dict], parallel: int, out: str | None) -> tuple[list[dict], str, float]:
     """Runs replay_point on every job (`parallel` at a time); the results, the load average at start, t0."""
-    for job in jobs:
-        clips.materialise(job["window"])
     load0 = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     print(f"{len(jobs)} oracle points, {parallel} in parallel", file=sys.stderr, flush=True)
     t0 = time.monotonic()
@@ -221,9 +289,9 @@ def print_tables(ns: argparse.Namespace, results: list[dict], by_key: dict[str, 
         same = "1" not in res["replays"] or (
             (not own or res["replays"]["1"]["oracle"] == [rec["oracle"]["psnr_y"], rec["oracle"]["bits"]])
             and res["replays"]["1"]["base"] == [rec["baseline"]["psnr_y"], rec["baseline"]["bits"]])  # fmt: skip
-        stored_qp = [step["request"]["base_qp"] for step in rec["baseline_steps"]]
+        stored_qp = [step["request"].get("base_qp") for step in rec["baseline_steps"]]  # None in a report
         other_qp = [v["base_qp"] for f, v in res["replays"].items() if f != "1" and "base_qp" in v]
-        moves = [a != b for qps in other_qp for a, b in zip(qps, stored_qp, strict=True)]
+        moves = [] if None in stored_qp else [a != b for qps in other_qp for a, b in zip(qps, stored_qp, strict=True)]
         qp_moved = float(np.mean(moves)) if moves else np.nan
         row = (stored, replayed, same, qp_moved)
         rows.setdefault(windows[rec["window"]][0], []).append(row)

@@ -108,6 +108,8 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["bench/oracle_transfer.py", "--data", missing], "--data:"),
         (["bench/oracle_transfer.py", "--data", missing, "--factors", "0.9,x"], "--factors: '0.9,x'"),
         (["bench/oracle_transfer.py", "--data", missing, "--windows", "train,nope"], "unknown window set 'nope'"),
+        (["bench/oracle_transfer.py"], "--data (oracle records) or --report"),
+        (["bench/oracle_transfer.py", "--report", str(tmp_path), "--inputs", str(tmp_path)], "--report: [Errno 2]"),
     ]
     results = run_all([[str(ROOT / args[0]), *args[1:]] for args, _ in cases])
     for (args, named), (rc, _, err) in zip(cases, results, strict=True):
