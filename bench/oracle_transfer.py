@@ -209,6 +209,8 @@ def main() -> int:
         p.error(f"--factors: {ns.factors!r} is not a comma-separated list of numbers")
     if not factors or min(factors) <= 0:
         p.error(f"--factors: {ns.factors!r} needs positive factors")
+    if ns.jobs < 1 or ns.frames < 1:
+        p.error(f"--jobs {ns.jobs} / --frames {ns.frames}: both must be at least 1")
     if (msg := oracle_data.missing_records("--replays", [Path(ns.replays)] if ns.replays else [])) is not None:
         p.error(msg)
     if ns.report:
@@ -226,15 +228,7 @@ def main() -> int:
             p.error("--data (oracle records) or --report (an evaluate.py oracle report) is needed")
         if (msg := oracle_data.missing_records("--data", [Path(ns.data)])) is not None:
             p.error(msg)
-        records = [r for r in imitation.read_records([Path(ns.data)]) if r["codec"] == ns.codec and "error" not in r]
-        slopes = imitation.window_slopes(records)
-        by_key = {r["key"]: r for r in oracle_data.of_window_sets(records, ns.windows)}
-        windows = {w.name: (name, w) for name in ns.windows.split(",") for w in clips.WINDOW_SETS[name]()}
-        for name, (wset, win) in windows.items():
-            if any(r["window"] == name for r in by_key.values()):
-                windows[name] = (wset, clips.materialise(win))
-        feats = donor_features(by_key) if ns.donor == "other-source" else {}
-        donors = {k: donor(r, by_key, windows, ns.donor, feats) for k, r in by_key.items()}
+        by_key, slopes, windows, donors = data_points(Path(ns.data), ns.codec, ns.windows, ns.donor)
     jobs = [{"key": k, "codec": ns.codec, "window": r["window"], "path": str(windows[r["window"]][1]),
              "factors": factors, "offsets": donors[k]["oracle"]["offsets"], "donor": donors[k]["key"],
              "work": str(Path(ns.work) / k.replace("/", "_")),
@@ -253,6 +247,20 @@ def main() -> int:
         results, load0, t0 = encode_replays(jobs, ns.jobs, ns.out)
     print_tables(ns, results, by_key, slopes, windows, factors, load0, t0)
     return 0
+
+
+def data_points(data: Path, codec: str, window_sets: str, kind: str) -> tuple[dict, dict, dict, dict]:
+    """The oracle points of `window_sets` in `data`: (records by key, RD slope per window, window name ->
+    (its set, its materialised file), each point's donor record (donor(); None: no donor))."""
+    records = [r for r in imitation.read_records([data]) if r["codec"] == codec and "error" not in r]
+    slopes = imitation.window_slopes(records)
+    by_key = {r["key"]: r for r in oracle_data.of_window_sets(records, window_sets)}
+    windows = {w.name: (name, w) for name in window_sets.split(",") for w in clips.WINDOW_SETS[name]()}
+    for name, (wset, win) in windows.items():
+        if any(r["window"] == name for r in by_key.values()):
+            windows[name] = (wset, clips.materialise(win))
+    feats = donor_features(by_key) if kind == "other-source" else {}
+    return by_key, slopes, windows, {k: donor(r, by_key, windows, kind, feats) for k, r in by_key.items()}
 
 
 def encode_replays(jobs: list[dict], parallel: int, out: str | None) -> tuple[list[dict], str, float]:
