@@ -294,14 +294,14 @@ def print_tables(ns: argparse.Namespace, results: list[dict], by_key: dict[str, 
                       rec["baseline"]["bits"], slope)  # fmt: skip
         replayed = {f: gain(*v["oracle"], *v["base"], slope) for f, v in res["replays"].items()}
         own = res.get("donor", res["key"]) == res["key"]  # a donor's offsets are not the stored oracle's
-        same = "1" not in res["replays"] or (
+        identical = "1" not in res["replays"] or (
             (not own or res["replays"]["1"]["oracle"] == [rec["oracle"]["psnr_y"], rec["oracle"]["bits"]])
             and res["replays"]["1"]["base"] == [rec["baseline"]["psnr_y"], rec["baseline"]["bits"]])  # fmt: skip
         stored_qp = [step["request"].get("base_qp") for step in rec["baseline_steps"]]  # None in a report
         other_qp = [v["base_qp"] for f, v in res["replays"].items() if f != "1" and "base_qp" in v]
         moves = [] if None in stored_qp else [a != b for qps in other_qp for a, b in zip(qps, stored_qp, strict=True)]
         qp_moved = float(np.mean(moves)) if moves else np.nan
-        row = (stored, replayed, same, qp_moved)
+        row = (stored, replayed, identical, qp_moved)
         rows.setdefault(windows[rec["window"]][0], []).append(row)
         by_move.setdefault(moved(by_key[res.get("donor", res["key"])]), []).append(row)
     rows["all"] = [row for name in list(rows) for row in rows[name]]
@@ -327,7 +327,7 @@ def print_tables(ns: argparse.Namespace, results: list[dict], by_key: dict[str, 
     )
     print("|---|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|---:|")
 
-    def same(rs: list[Row]) -> str:
+    def identical_count(rs: list[Row]) -> str:
         return f"{sum(r[2] for r in rs)} / {len(rs)}" if "1" in names else "–"
 
     for name, rs in rows.items():
@@ -340,7 +340,7 @@ def print_tables(ns: argparse.Namespace, results: list[dict], by_key: dict[str, 
         print(
             f"| {name} | {len(rs)} | {stored:+.4f} | "
             + " | ".join(f"{means[f]:+.4f}" for f in names)
-            + f" | {100 * kept:.0f}% | {same(rs)} | {worse} / {len(rs) * len(others)} | "
+            + f" | {100 * kept:.0f}% | {identical_count(rs)} | {worse} / {len(rs) * len(others)} | "
             + f"{100 * np.mean([r[3] for r in rs]):.0f}% |"
         )
 

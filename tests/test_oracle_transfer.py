@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from bench import oracle_transfer
@@ -32,3 +33,25 @@ def test_gain_is_the_psnr_gain_less_what_the_extra_bits_buy():
     assert oracle_transfer.gain(40.2, 2000, 40.0, 1000, 5.0) == pytest.approx(-4.8)
     assert oracle_transfer.gain(40.1, 1000, 40.0, 1000, 5.0) == pytest.approx(0.1)
     assert math.isclose(oracle_transfer.gain(40.0, 1000 * 2**-0.01, 40.0, 1000, 5.0), 0.05)
+
+
+def test_donors_are_another_window_of_the_same_source_or_the_nearest_other_source():
+    def rec(window: str, bpp: float) -> dict:
+        r = _record([0] * 8, mgs_per_gop=8)
+        for step in r["baseline_steps"]:
+            step["request"]["gop_index"] = 0
+        return {**r, "key": f"x264/{window}/{bpp}", "window": window, "bpp": bpp}
+
+    records = {r["key"]: r for r in (rec("bikes_s1_f0-64", 0.1), rec("bikes_s1_f64-128", 0.05),
+                                     rec("bikes_s1_f128-192", 0.3), rec("cup_s1_f0-64", 0.1),
+                                     rec("box_s1_f0-64", 0.1))}  # fmt: skip
+    windows = {r["window"]: ("train", None) for r in records.values()}
+    me = records["x264/bikes_s1_f0-64/0.1"]
+    assert oracle_transfer.donor(me, records, windows, "self", {}) is me
+    # Same source, another window, the nearest rate in log terms (0.05 is 2x away, 0.3 is 3x).
+    assert oracle_transfer.donor(me, records, windows, "same-source", {})["window"] == "bikes_s1_f64-128"
+    feats = {k: np.array([0.0]) for k in records} | {"x264/box_s1_f0-64/0.1": np.array([0.1]),
+                                                     "x264/cup_s1_f0-64/0.1": np.array([2.0])}  # fmt: skip
+    assert oracle_transfer.donor(me, records, windows, "other-source", feats)["window"] == "box_s1_f0-64"
+    alone = {k: r for k, r in records.items() if r["window"] != "bikes_s1_f64-128" and "f128" not in r["window"]}
+    assert oracle_transfer.donor(me, alone, windows, "same-source", {}) is None
