@@ -87,27 +87,20 @@ def _replay(job: dict) -> dict:
     return out
 
 
-def report_records(report: Path, inputs: Path, frames: int) -> tuple[dict, dict, dict]:
+def report_records(report: Path, inputs: Path) -> tuple[dict, dict, dict]:
     """An `evaluate.py oracle` report as records of oracle_data's shape (the fields this script reads):
-    (records by key, RD slope per clip from its Δ=0 runs, clip name -> (folder name, clip path)).
-
-    A clip's slope is the least-squares dB per doubling of its Δ=0 runs' rates; mini-GOPs are
-    numbered in GOPs of the report's 8 (evaluate.py's --keyint 64 / --mini-gop 8).
+    (records by key, RD slope per clip (imitation.window_slopes over its Δ=0 encodes), clip name ->
+    (folder name, clip path)). Mini-GOPs are numbered in GOPs of the report's 8 (evaluate.py's
+    --keyint 64 / --mini-gop 8).
     """
     with open(report / "oracle.csv", newline="") as fh:
         oracle_rows = list(csv.DictReader(fh))
-    with open(report / "runs.csv", newline="") as fh:
-        runs = [r for r in csv.DictReader(fh) if r["method"] == "baseline" and r["ok"] == "True"]
     paths = {p.stem: p for p in inputs.iterdir() if p.is_file()}
-    slopes, by_key, windows = {}, {}, {}
+    by_key, windows = {}, {}
     for o in oracle_rows:
         name = o["video"]
         if name not in paths:
             raise ValueError(f"clip {name!r} of {report / 'oracle.csv'} is not in {inputs}")
-        pts = [(math.log2(float(r["kbps"])), float(r["psnr_y"])) for r in runs if r["video"] == name]
-        if len(pts) < 2:
-            raise ValueError(f"{report / 'runs.csv'} has fewer than 2 Δ=0 runs of {name!r}: no RD slope")
-        slopes[name] = float(np.polyfit(*zip(*pts, strict=True), 1)[0])
         offsets = [int(v) for v in o["offsets"].split()]
         key = f"{name}/{float(o['target_kbps']):g}"
         by_key[key] = {
@@ -117,7 +110,7 @@ def report_records(report: Path, inputs: Path, frames: int) -> tuple[dict, dict,
             "baseline_steps": [{"request": {"mg_in_gop": k % 8}} for k in range(len(offsets))],
         }  # fmt: skip
         windows[name] = (inputs.name, paths[name])
-    return by_key, slopes, windows
+    return by_key, imitation.window_slopes(list(by_key.values())), windows
 
 
 def gain(psnr: float, bits: float, base_psnr: float, base_bits: float, slope: float) -> float:
@@ -193,7 +186,7 @@ def main() -> int:
     p.add_argument(
         "--report",
         default=None,
-        help="instead of --data: the --out folder of `evaluate.py oracle` (oracle.csv, runs.csv); its "
+        help="instead of --data: the --out folder of `evaluate.py oracle` (its oracle.csv); its "
         "oracle answers are replayed on its clips (--inputs, the folder it coded; --frames as it)",
     )
     p.add_argument("--inputs", default=None, help="with --report: the folder of the clips the report coded")
@@ -219,7 +212,7 @@ def main() -> int:
                 "--report: replays a report's own oracle answers (no --donor) and needs --inputs, the clips it coded"
             )
         try:
-            by_key, slopes, windows = report_records(Path(ns.report), Path(ns.inputs), ns.frames)
+            by_key, slopes, windows = report_records(Path(ns.report), Path(ns.inputs))
         except (OSError, KeyError, ValueError) as exc:
             p.error(f"--report: {exc}")
         donors = dict(by_key)
