@@ -126,6 +126,24 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
     return np.asarray(obs), np.asarray(values), windows
 
 
+def lead_table(leads: list[dict], sweeps: list[dict], slopes: dict[str, float]) -> np.ndarray:
+    """Value of each offset -4..+4 given to the key mini-GOP and the next one together (P, 9), dB at equal
+    rate, at each key sweep's point (bench/oracle_data.py --search lead); a row of NaN where that point
+    has no lead sweep."""
+    by_point = {(r["window"], f"{r['bpp']:.5f}"): r for r in leads}
+    out = np.full((len(sweeps), 2 * MAX_DELTA_QP + 1), np.nan)
+    for i, r in enumerate(sweeps):
+        lead = by_point.get((r["window"], f"{r['bpp']:.5f}"))
+        if lead is None:
+            continue
+        key, b = swept_minigop(r), lead["baseline"]
+        out[i, MAX_DELTA_QP] = 0.0
+        for c in lead["candidates"]:
+            gain = c["psnr_y"] - b["psnr_y"] - slopes[r["window"]] * math.log2(c["bits"] / b["bits"])
+            out[i, c["offsets"][key] + MAX_DELTA_QP] = gain
+    return out
+
+
 def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.ndarray:
     """The recipe's key offset, QP (rounded as the encoder applies it), for states obs, fitted on fit_records."""
     return answer_from_moves(variant, imitation.move_samples(fit_records), obs)
@@ -167,6 +185,9 @@ def main() -> int:
     p.add_argument("--oracle-seed", type=int, default=None,
                    help="the oracle records' draw of rates (oracle_data.py --seed; default: the shipped draw)")
     p.add_argument("--variants", default="", help="more recipes to compare (module docstring)")
+    p.add_argument("--lead-sweeps", type=Path, default=None,
+                   help="lead-sweep records (bench/oracle_data.py --search lead): also judge each recipe's key "
+                        "offset given to the next mini-GOP too, on the points both sweeps have")  # fmt: skip
     ns = p.parse_args()
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
     windows = ns.windows or recipe.windows
@@ -174,7 +195,9 @@ def main() -> int:
         if error := clips.window_sets_error(flag, sets):
             p.error(error)
     oracle_path = ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"
-    for flag, path in (("--sweeps", ns.sweeps), ("--oracle", oracle_path)):
+    for flag, path in (("--sweeps", ns.sweeps), ("--oracle", oracle_path), ("--lead-sweeps", ns.lead_sweeps)):
+        if path is None:
+            continue
         if error := oracle_data.missing_records(flag, [path]):
             p.error(error)
     oracle = oracle_data.of_window_sets(imitation.read_records([oracle_path]), windows, seed=ns.oracle_seed)
@@ -187,6 +210,13 @@ def main() -> int:
                       tuple(feats.key or ()), curvature=feats.curvature)  # fmt: skip
     variants = parse_variants(ns.variants, shipped) + [Variant("no state (one key offset)", 0.0, ())]
     slopes = imitation.window_slopes(sweeps)
+    if ns.lead_sweeps:
+        leads = lead_table(oracle_data.of_window_sets(imitation.read_records([ns.lead_sweeps]), ns.judge or windows,
+                                                      "lead"), sweeps, slopes)  # fmt: skip
+        sweeps = [r for r, row in zip(sweeps, leads, strict=True) if not np.isnan(row).all()]
+        leads = leads[~np.isnan(leads).all(axis=1)]
+        if not sweeps:
+            raise SystemExit(f"--lead-sweeps: no lead sweep at the key sweeps' points of {ns.judge or windows}")
     obs, values, wins = sweep_table(sweeps, slopes)
     slope = np.array([slopes[w] for w in wins])
     source = np.array([imitation.source_of(w) for w in wins])
@@ -212,8 +242,15 @@ def main() -> int:
     print("\n| recipe | " + " | ".join(sources) + " | mean over points, dB | as rate % | points worse than Δ=0 |")
     print("|---|" + "---:|" * (len(sources) + 3))
     rows = [(v.name, values[np.arange(len(wins)), answers[v.name] + MAX_DELTA_QP]) for v in variants]
+    if ns.lead_sweeps:
+        at = np.arange(len(wins))
+        rows += [(f"{v.name}, the next mini-GOP too (lead)", leads[at, answers[v.name] + MAX_DELTA_QP])
+                 for v in variants]
     rows.append(("each window's best offset at all its rates (content known)", window_best))
     rows.append(("each sweep's best offset (upper bound)", best))
+    if ns.lead_sweeps:
+        rows.append(("each lead sweep's best offset (upper bound)", np.nanmax(leads, axis=1)))
+        rows.append(("the better of the two sweeps' best (upper bound)", np.maximum(best, np.nanmax(leads, axis=1))))
     for name, val in rows:
         val = np.nan_to_num(val, nan=0.0)
         per = " | ".join(f"{val[source == s].mean():+.3f}" for s in sources)

@@ -9,7 +9,8 @@ target rates drawn log-uniformly in [--bpp-min, --bpp-max] bits per luma pixel, 
 baseline and oracle_search.run_oracle (coordinate descent over per-mini-GOP offsets, every candidate a
 real encode through the protocol; with --search key, `key_sweep`: every offset of the last GOP's key
 mini-GOP alone (the first mini-GOP of a one-GOP window), at 6 rates per window drawn with seed
-10), and appends one JSON line per point: the baseline's and the
+10; with --search lead, the same points with every offset given to the key mini-GOP and the next
+one together), and appends one JSON line per point: the baseline's and the
 best encode's requests and feedback (so any state can be rebuilt offline), the oracle's offsets,
 and every candidate tried (offsets, PSNR-Y, bits). Points already in --out are skipped, so an
 interrupted run resumes. `imitation.py` turns the file into a policy; `bench/oracle_diag.py`
@@ -47,6 +48,9 @@ import oracle_search  # noqa: E402
 import own_clips  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
+# The sweeps of one decision at every offset (key_sweep), beside the oracle's coordinate descent.
+SWEEPS = ("key", "lead")
+
 
 def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, windows: str = "train") -> list[dict]:
     """(window, target kbps) pairs; rates drawn per window from a seeded log-uniform distribution.
@@ -64,19 +68,19 @@ def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, wi
 
 
 def default_rates(windows: str, search: str = "oracle") -> int:
-    """Target rates per window: 6 for a key sweep (8 encodes a point), 2 for pan (many synthetic windows), else 3."""
-    if search == "key":
+    """Target rates per window: 6 for a key or lead sweep (8 encodes a point), 2 for pan (many windows), else 3."""
+    if search in SWEEPS:
         return 6
     return 2 if windows == "pan" else 3
 
 
 def default_seed(search: str = "oracle") -> int:
-    """The seed of the rate draws: a key sweep draws other rates (10) than the oracle's points (0)."""
-    return 10 if search == "key" else 0
+    """The seed of the rate draws: a key or lead sweep draws other rates (10) than the oracle's points (0)."""
+    return 10 if search in SWEEPS else 0
 
 
 def point_key(codec: str, window_name: str, bpp: float, search: str = "oracle") -> str:
-    """A point's key in the records ("codec/window/bpp", "codec/window/bpp/key" for a key sweep):
+    """A point's key in the records ("codec/window/bpp", "codec/window/bpp/key" for a key sweep, ".../lead"):
     how a finished point is found again."""
     return f"{codec}/{window_name}/{bpp:.5f}" + ("" if search == "oracle" else f"/{search}")
 
@@ -148,8 +152,8 @@ def _search_point(job: dict) -> dict:
     base, base_res = runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, 0.02, "baseline")
     if not base.ok:
         return {"key": job["key"], "error": f"{base.message} (logs in {job['work']})"}
-    if job.get("search") == "key":
-        oracle = key_sweep(runner, point, base)
+    if job.get("search") in SWEEPS:
+        oracle = key_sweep(runner, point, base, lead=job["search"] == "lead")
     else:
         oracle = oracle_search.run_oracle(runner, point, base, oracle_search.OracleSettings())
     best_steps = oracle.best_steps or base_res.done_steps
@@ -167,33 +171,41 @@ def _search_point(job: dict) -> dict:
 
 
 def key_sweep(
-    runner: eval_runs.Runner, point: eval_runs.Point, base: eval_runs.RunRecord
+    runner: eval_runs.Runner, point: eval_runs.Point, base: eval_runs.RunRecord, lead: bool = False
 ) -> oracle_search.OracleResult:
     """Every offset of the last GOP's key mini-GOP in [-max_offset, max_offset], the others 0.
 
     The decision the shipped policies make: a cheaper and evenly spread sample of it than the
     oracle's coordinate descent (2 x max_offset encodes per point). In a one-GOP window that is the
     first mini-GOP; in a `tail` window (a full GOP then a short one) the short GOP's key mini-GOP.
+    With `lead`, the mini-GOP after the key gets the same offset (moved_minigops): the first 16
+    frames of the GOP as one decision.
     The result has the oracle's form: the best candidate by the same objective, every candidate as tried.
     """
     cfg = oracle_search.OracleSettings()
     n, budget = len(base.minigops), base.bits
-    last_gop = max(m.gop for m in base.minigops)
-    key = min(i for i, m in enumerate(base.minigops) if m.gop == last_gop)
+    moved = moved_minigops([m.gop for m in base.minigops], lead)
     best, best_offsets, best_steps, candidates = base, [0] * n, [], []
     for value in [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]:
-        cand = [0] * n
-        cand[key] = value
+        cand = [value if i in moved else 0 for i in range(n)]
         rec, res = runner.protocol_encode(point, "oracle", eval_runs.ScriptedLearner(cand, cfg.max_offset),
                                           cfg.max_offset, 0.02, "key_sweep")  # fmt: skip
         if not rec.ok:
-            raise RuntimeError(f"key sweep encode failed: {rec.message}")
+            raise RuntimeError(f"{'lead' if lead else 'key'} sweep encode failed: {rec.message}")
         candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "ssim_y": rec.ssim_y, "bits": rec.bits})
         if oracle_search.oracle_objective(rec, budget, cfg) > oracle_search.oracle_objective(best, budget, cfg):
             best, best_offsets, best_steps = rec, cand, res.done_steps
     return oracle_search.OracleResult(point.video.name, point.target_kbps, budget, base.psnr_y, best_offsets,
                                       replace(best, method="oracle"), len(candidates), int(best is not base), 0.0,
                                       best_steps, candidates)  # fmt: skip
+
+
+def moved_minigops(gops: list[int], lead: bool) -> list[int]:
+    """The mini-GOPs a sweep moves, from each mini-GOP's GOP index: the last GOP's first (key) mini-GOP,
+    and with `lead` the next one too when that GOP has one."""
+    last = max(gops)
+    key = gops.index(last)
+    return [key, key + 1] if lead and key + 1 < len(gops) else [key]
 
 
 def planned_points(ns: argparse.Namespace) -> list[dict]:
@@ -230,19 +242,21 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/rlrc_oracle", help="scratch folder for encodes")
     p.add_argument("--jobs", type=int, default=2, help="points searched in parallel")
     p.add_argument("--rates", type=int, default=None,
-                   help="target rates per window (default 3; 2 for pan; 6 with --search key)")  # fmt: skip
+                   help="target rates per window (default 3; 2 for pan; 6 with --search key or lead)")  # fmt: skip
     p.add_argument("--bpp-min", type=float, default=0.02)
     p.add_argument("--bpp-max", type=float, default=0.4)
-    p.add_argument("--seed", type=int, default=None, help="seed of the rate draws (default 0; 10 with --search key)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the rate draws (default 0; 10 with --search key or lead)")
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
     p.add_argument("--windows", default=None, choices=sorted(clips.WINDOW_SETS),
                    help="; ".join(f"{name}: clips.{fn.__name__}()" for name, fn in clips.WINDOW_SETS.items())
                    + " (each function's docstring says what it holds; --search key moves the last GOP's key); "
                    "default train")
     own_clips.add_own_flags(p, "--out")
-    p.add_argument("--search", default="oracle", choices=("oracle", "key"),
+    p.add_argument("--search", default="oracle", choices=("oracle", *SWEEPS),
                    help="oracle: coordinate descent over every mini-GOP (oracle_search.run_oracle); key: every offset "
-                        "of the key mini-GOP alone (key_sweep, 8 encodes per point)")  # fmt: skip
+                        "of the key mini-GOP alone (key_sweep, 8 encodes per point); lead: every offset of the key "
+                        "mini-GOP and the next one together, at the key sweep's points")  # fmt: skip
     # values that start with "--" ("--codec|x264") stay values, as in evaluate.py
     ns = p.parse_args(encoder_proc.glue_dash_values(sys.argv[1:], ("--encoder-args", "--encoder-rl-args")))
     if ns.inputs is not None and ns.windows is not None:

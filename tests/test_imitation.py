@@ -533,6 +533,31 @@ def test_key_sweep_encodes_every_offset_of_the_key_mini_gop_alone(tmp_path):
     assert len({c["bits"] for c in rec["candidates"]}) > 4
 
 
+def test_lead_sweep_moves_the_key_mini_gop_and_the_next_one_together(tmp_path):
+    """--search lead on a real x264 encode: both mini-GOPs of a 16-frame GOP take each offset; at its key
+    sweep's offset the key alone would give another stream. A one-mini-GOP last GOP moves its key alone."""
+    from bench import loso_value, oracle_data
+
+    assert oracle_data.moved_minigops([0] * 8, lead=True) == [0, 1]
+    assert oracle_data.moved_minigops([0] * 8 + [1], lead=True) == [8]  # a 4-frame last GOP: one mini-GOP
+    assert oracle_data.moved_minigops([0] * 8 + [1, 1], lead=False) == [8]
+    win = clips.Window("carphone_pristine.mp4", 0, 16, scale=2)  # 88x72, 16 frames: 2 mini-GOPs
+    jobs = [{"window": win, "codec": "x264", "bpp": 0.1, "key": search, "work": str(tmp_path / search),
+             "search": search} for search in ("lead", "key")]  # fmt: skip
+    lead, key = (oracle_data.run_point(job) for job in jobs)
+    assert [c["offsets"] for c in lead["candidates"]] == [[v, v] for v in (-4, -3, -2, -1, 1, 2, 3, 4)]
+    assert lead["baseline"] == key["baseline"]  # the same point: the same Δ=0 encode
+    assert [c["bits"] for c in lead["candidates"]] != [c["bits"] for c in key["candidates"]]
+    # loso_value reads the lead sweep at its key sweep's point, offset by offset, against the lead's own Δ=0
+    slopes = {win.name: 5.0}
+    table = loso_value.lead_table([{**lead, "bpp": 0.1}], [{**key, "bpp": 0.1}], slopes)
+    assert table.shape == (1, 9) and table[0][4] == 0.0
+    c = lead["candidates"][0]  # offset -4
+    expected = c["psnr_y"] - lead["baseline"]["psnr_y"] - 5.0 * np.log2(c["bits"] / lead["baseline"]["bits"])
+    assert table[0][0] == pytest.approx(expected)
+    assert np.isnan(loso_value.lead_table([{**lead, "bpp": 0.2}], [{**key, "bpp": 0.1}], slopes)).all()
+
+
 def test_key_sweep_of_a_tail_window_moves_the_short_gops_key_mini_gop(tmp_path):
     """A `tail` window (a full GOP, then a short one): the sweep moves the last GOP's key mini-GOP alone."""
     from bench import loso_value, oracle_data
