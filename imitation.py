@@ -207,6 +207,16 @@ class MoveSamples:
                            sources)  # fmt: skip
 
 
+def equal_rate_gain(psnr: float, bits: float, ref_psnr: float, ref_bits: float, slope: float) -> float:
+    """An encode's gain over a reference encode of the same window at equal rate, dB:
+
+        ΔPSNR-Y - slope * log2(bits / ref_bits),
+
+    slope = the window's RD slope (dB per doubling of bits, window_slopes): quality bought with bits earns nothing.
+    """
+    return psnr - ref_psnr - slope * math.log2(bits / ref_bits)
+
+
 def window_slopes(records: list[dict]) -> dict[str, float]:
     """dB of overall PSNR-Y per doubling of bits, per window: least squares over its Δ=0 encodes."""
     by_window: dict[str, list[tuple[float, float]]] = {}
@@ -255,7 +265,7 @@ def move_samples(records: list[dict], overshoot_db: float = 10.0) -> MoveSamples
             obs.append(base_obs[k])
             a_old.append(cur[k])
             a_new.append(c["offsets"][k])
-            gain.append(c["psnr_y"] - cur_psnr - slopes[r["window"]] * math.log2(c["bits"] / cur_bits))
+            gain.append(equal_rate_gain(c["psnr_y"], c["bits"], cur_psnr, cur_bits, slopes[r["window"]]))
             src.append(sources.index(name))
             if j(c["psnr_y"], c["bits"]) > j(cur_psnr, cur_bits):
                 cur, cur_psnr, cur_bits = list(c["offsets"]), c["psnr_y"], c["bits"]

@@ -32,7 +32,6 @@ uses to the range seen in the fitting sources before predicting: no extrapolatio
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,8 +117,8 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
         v = np.full(2 * MAX_DELTA_QP + 1, np.nan)
         v[MAX_DELTA_QP] = 0.0
         for c in r["candidates"]:
-            a = c["offsets"][key]
-            v[a + MAX_DELTA_QP] = c["psnr_y"] - b["psnr_y"] - slopes[r["window"]] * math.log2(c["bits"] / b["bits"])
+            gain = imitation.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
+            v[c["offsets"][key] + MAX_DELTA_QP] = gain
         obs.append(imitation.observations(r["baseline_steps"])[0][key])
         values.append(v)
         windows.append(r["window"])
@@ -139,7 +138,7 @@ def lead_table(leads: list[dict], sweeps: list[dict], slopes: dict[str, float]) 
         key, b = swept_minigop(r), lead["baseline"]
         out[i, MAX_DELTA_QP] = 0.0
         for c in lead["candidates"]:
-            gain = c["psnr_y"] - b["psnr_y"] - slopes[r["window"]] * math.log2(c["bits"] / b["bits"])
+            gain = imitation.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
             out[i, c["offsets"][key] + MAX_DELTA_QP] = gain
     return out
 

@@ -113,11 +113,6 @@ def report_records(report: Path, inputs: Path) -> tuple[dict, dict, dict]:
     return by_key, imitation.window_slopes(list(by_key.values())), windows
 
 
-def gain(psnr: float, bits: float, base_psnr: float, base_bits: float, slope: float) -> float:
-    """dB at equal rate: ΔPSNR-Y - slope * log2(bits / base bits)."""
-    return psnr - base_psnr - slope * math.log2(bits / base_bits)
-
-
 DONORS = ("self", "same-source", "other-source")
 DONOR_FEATURES = ("log_fp_bpp", "lookahead_ratio", "log_target_bpp", "fp_intra", "fp_inter_ratio", "fp_future_ratio",
                   "fp_motion", "fp_noise", "fp_reuse")  # fmt: skip
@@ -283,9 +278,9 @@ def print_tables(ns: argparse.Namespace, results: list[dict], by_key: dict[str, 
             continue
         rec = by_key[res["key"]]
         slope = slopes[rec["window"]]
-        stored = gain(rec["oracle"]["psnr_y"], rec["oracle"]["bits"], rec["baseline"]["psnr_y"],
+        stored = imitation.equal_rate_gain(rec["oracle"]["psnr_y"], rec["oracle"]["bits"], rec["baseline"]["psnr_y"],
                       rec["baseline"]["bits"], slope)  # fmt: skip
-        replayed = {f: gain(*v["oracle"], *v["base"], slope) for f, v in res["replays"].items()}
+        replayed = {f: imitation.equal_rate_gain(*v["oracle"], *v["base"], slope) for f, v in res["replays"].items()}
         own = res.get("donor", res["key"]) == res["key"]  # a donor's offsets are not the stored oracle's
         identical = "1" not in res["replays"] or (
             (not own or res["replays"]["1"]["oracle"] == [rec["oracle"]["psnr_y"], rec["oracle"]["bits"]])
