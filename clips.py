@@ -19,12 +19,13 @@ in training (not even a neighbouring window of the same scene).
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -201,14 +202,18 @@ class Window:
     # A jump cut (training only; with repeat 1): (at, to) = from the window's frame `at` on, the
     # source's frames from `to` on.
     jump: tuple[int, int] | None = None
+    # A fixed camera (training only; with repeat 1): only a centred box of this share of the picture
+    # plays the source, the rest stays the window's first frame; `noise` then falls on every frame.
+    live: float = 0.0
 
     @property
     def name(self) -> str:
         stem = Path(self.source).stem
         crop = f"_c{self.crop[0]}x{self.crop[1]}" if self.crop else ""
-        slow = f"_r{self.repeat}n{self.noise:g}" if self.repeat > 1 or self.noise else ""
+        slow = f"_r{self.repeat}n{self.noise:g}" if self.repeat > 1 or (self.noise and not self.live) else ""
         cut = f"_j{self.jump[0]}to{self.jump[1]}" if self.jump else ""
-        return f"{stem}_s{self.scale}{crop}{slow}{cut}_f{self.start}-{self.start + self.frames}"
+        live = f"_l{self.live:g}n{self.noise:g}" if self.live else ""
+        return f"{stem}_s{self.scale}{crop}{slow}{cut}{live}_f{self.start}-{self.start + self.frames}"
 
     @property
     def source_frames(self) -> int:
@@ -236,21 +241,45 @@ def _even(x: int) -> int:
     return x - x % 2
 
 
-def _slowed(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
-    """Each frame `win.repeat` times, with seeded noise on every copy; `win.frames` in all."""
+def _slowed(win: Window, frames: Iterator[YuvFrame], noise: float) -> Iterator[YuvFrame]:
+    """Each frame `win.repeat` times, with seeded noise of std `noise` on every copy; `win.frames` in all."""
     rng = np.random.default_rng(sum(map(ord, win.name)))  # the same noise on every run
     n = 0
     for f in frames:
         for _ in range(win.repeat):
             if n == win.frames:
                 return
-            if win.noise > 0:
-                planes = [np.clip(np.rint(p + rng.normal(0.0, win.noise, p.shape)), 0, 255).astype(np.uint8)
+            if noise > 0:
+                planes = [np.clip(np.rint(p + rng.normal(0.0, noise, p.shape)), 0, 255).astype(np.uint8)
                           for p in (f.y, f.u, f.v)]  # fmt: skip
                 yield YuvFrame(*planes)
             else:
                 yield f
             n += 1
+
+
+def live_box(height: int, width: int, live: float) -> tuple[int, int, int, int]:
+    """(y0, x0, h, w) of the centred box with `live` of a height x width picture's area, even-aligned (4:2:0)."""
+    side = math.sqrt(live)
+    h, w = max(2, _even(round(height * side))), max(2, _even(round(width * side)))
+    return _even((height - h) // 2), _even((width - w) // 2), h, w
+
+
+def _fixed_camera(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
+    """The first frame held as a still background, the source playing only in live_box; then the noise."""
+
+    def composed() -> Iterator[YuvFrame]:
+        first: YuvFrame | None = None
+        for f in frames:
+            first = first or f
+            y0, x0, h, w = live_box(*f.y.shape, win.live)
+            planes = [p.copy() for p in (first.y, first.u, first.v)]
+            planes[0][y0 : y0 + h, x0 : x0 + w] = f.y[y0 : y0 + h, x0 : x0 + w]
+            c0, c1, cy, cx = y0 // 2, x0 // 2, (y0 + h) // 2, (x0 + w) // 2
+            planes[1][c0:cy, c1:cx], planes[2][c0:cy, c1:cx] = f.u[c0:cy, c1:cx], f.v[c0:cy, c1:cx]
+            yield YuvFrame(*planes)
+
+    yield from _slowed(win, composed(), win.noise)
 
 
 def _picked(indices: list[int], frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
@@ -274,8 +303,12 @@ def _picked(indices: list[int], frames: Iterator[YuvFrame]) -> Iterator[YuvFrame
 
 
 def window_frames(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]:
-    """The frames of `win` from its source's `frames` (in order from the first): picked, slowed, scaled, cropped."""
-    for f in _slowed(win, _picked(win.source_indices(), frames)):
+    """The frames of `win` from its source's `frames` (in order from the first): picked, slowed, scaled, cropped
+    (and with `live`, composed as a fixed camera's)."""
+    if win.live:
+        yield from _fixed_camera(win, window_frames(replace(win, live=0.0, noise=0.0), frames))
+        return
+    for f in _slowed(win, _picked(win.source_indices(), frames), win.noise):
         y = _downscale(f.y, win.scale)
         h, w = _even(y.shape[0]), _even(y.shape[1])
         y0 = x0 = 0
@@ -394,6 +427,23 @@ def static_windows(gop: int = 64) -> list[Window]:
         Window("carphone_pristine.mp4", 90, gop, repeat=gop, noise=2.0),
         Window("bikes.mp4", 10, gop, crop=(256, 192), repeat=16, noise=0.0),
         Window("cockatoo.mp4", 20, gop, scale=2, crop=(288, 224), repeat=4, noise=0.0),
+    ]
+
+
+def fixed_windows(gop: int = 64) -> list[Window]:
+    """Fixed-camera one-GOP windows of the TRAIN sources (spatial augmentation): a still background
+    (the window's first frame) with the source playing in a centred box of `live` of the picture,
+    sensor noise on every frame; like a camera on a tripod with something moving in front of it
+    (BENCHMARKS.md §2.4.28)."""
+    return [
+        Window("carphone_pristine.mp4", 0, gop, live=0.25, noise=1.0),
+        Window("carphone_pristine.mp4", 50, gop, live=0.1, noise=0.5),
+        Window("carphone_distorted.mp4", 40, gop, live=0.25, noise=1.0),
+        Window("bikes.mp4", 100, gop, scale=2, live=0.15, noise=1.0),
+        Window("bikes.mp4", 170, gop, crop=(256, 192), live=0.3, noise=0.5),
+        Window("cockatoo.mp4", 50, gop, scale=4, live=0.2, noise=1.0),
+        Window("cockatoo.mp4", 200, gop, scale=4, live=0.4, noise=0.5),
+        Window("cockatoo.mp4", 120, gop, scale=2, crop=(288, 224), live=0.1, noise=1.0),
     ]
 
 
@@ -586,6 +636,6 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows, "anim": anim_windows, "blupi": blupi_windows,
                "tail": tail_windows, "two": two_gop_windows, "media": media_windows, "rtail": rtail_windows,
-               "cut": cut_windows}  # fmt: skip
+               "cut": cut_windows, "fixed": fixed_windows}  # fmt: skip
 
 

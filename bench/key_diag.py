@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -277,29 +278,31 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
         gops = [costs[g : g + gop] for g in range(0, len(costs), gop)]
         print(f"| {win.source} | {', '.join(f'{key_propagation(c):.2f} ({len(c)})' for c in gops)} |")
     oracle, sweeps = records(args)
-    recs = oracle + sweeps
     windows = {w.name: w for s in args.sets.split(",") for w in clips.WINDOW_SETS[s]()}
-    names = sorted({r["window"] for r in recs})
-    prop = {name: key_propagation(block_costs(clips.materialise(windows[name]))[:gop]) for name in names}
-    print("\n| training window | P |\n|---|---:|")
+    names = sorted({r["window"] for r in oracle + sweeps})
+    prop = {}  # window -> P of each of its GOPs
+    for name in names:
+        costs = block_costs(clips.materialise(windows[name]))
+        prop[name] = [key_propagation(costs[g : g + gop]) for g in range(0, len(costs), gop)]
+    print("\n| training window | P per GOP |\n|---|---|")
     for name in sorted(prop):
-        print(f"| {name} | {prop[name]:.2f} |")
-    # One window at a time: window_slopes groups by window, so the moves are the same as from all records at once.
-    col = state.FEATURE_NAMES.index("qp_span")  # constant in every state: free for P
-    parts = []
-    for name in sorted(prop):
-        m = imitation.move_samples([r for r in recs if r["window"] == name])
-        m.obs[:, col] = prop[name] / 4.0
-        parts.append(m)
-    moves = imitation.MoveSamples.concat(parts)
-    sources = moves.sources
+        print(f"| {name} | {', '.join(f'{v:.2f}' for v in prop[name])} |")
+
+    def column(name: str, obs: np.ndarray) -> np.ndarray:
+        # P / 4 of each state's GOP: a full GOP's key mini-GOP has gop_left 7/8; a later, shorter GOP's less
+        first = obs[:, state.FEATURE_NAMES.index("gop_left")] > (args.mgs_per_gop - 1.5) / args.mgs_per_gop
+        return np.where(first, prop[name][0], prop[name][-1]) / 4.0
+
+    moves = moves_with(oracle + sweeps, column)
     print(f"\n{args.codec}, sets {args.sets}: {len(oracle)} oracle points + {len(sweeps)} key sweeps, "
-          f"{len(moves)} moves from {len(sources)} sources\n")  # fmt: skip
+          f"{len(moves)} moves from {len(moves.sources)} sources\n")  # fmt: skip
     print("| key mini-GOP features | LOSO R² | (no state) |\n|---|---:|---:|")
     for key in [(), ("fp_reuse",), ("qp_span",), ("fp_reuse", "qp_span")]:
         r2, r2_none = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=key, inter=()))
         shown = " + ".join(k.replace("qp_span", "P") for k in key) or "none"
         print(f"| {shown} | {r2:.3f} | ({r2_none:.3f}) |")
+    judge_key_term(args, column, "P/4 = block propagation of the key's GOP (x264's MB-tree on the first pass)",
+                   [("+ P", ""), ("+ hinge P>3.0", ">0.75"), ("+ hinge P>3.3", ">0.825"), ("+ hinge P>3.6", ">0.9")])
 
 
 def luma_concentration(y: np.ndarray, levels: int = 16) -> float:
@@ -314,9 +317,8 @@ def luma_concentration(y: np.ndarray, levels: int = 16) -> float:
 
 def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
     oracle, sweeps = records(args)
-    recs = oracle + sweeps
     windows = {w.name: w for s in args.sets.split(",") for w in clips.WINDOW_SETS[s]()}
-    names = sorted({r["window"] for r in recs})
+    names = sorted({r["window"] for r in oracle + sweeps})
     conc = {n: luma_concentration(next(open_source(clips.materialise(windows[n])).frames(limit=1)).y) for n in names}
     by_source: dict[str, list[float]] = {}
     for n in names:
@@ -324,44 +326,71 @@ def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
     print("| source | luma concentration of its windows' first frames |\n|---|---|")
     for src in sorted(by_source):
         print(f"| {src} | {', '.join(f'{c:.2f}' for c in by_source[src])} |")
-    col = state.FEATURE_NAMES.index("qp_span")  # constant in every state: free for the candidate feature
+    judge_key_term(args, lambda name, obs: np.full(len(obs), conc[name]), "C = luma concentration",
+                   [("+ C", ""), ("+ hinge C>0.5", ">0.5")])  # fmt: skip
 
-    def moves_of(chosen: list[dict]) -> imitation.MoveSamples:
-        parts = []
-        for name in sorted({r["window"] for r in chosen}):  # one window at a time, as in cmd_propagate
-            m = imitation.move_samples([r for r in chosen if r["window"] == name])
-            m.obs[:, col] = conc[name]
-            parts.append(m)
-        return imitation.MoveSamples.concat(parts)
 
-    moves = moves_of(recs)
+# A state column that is constant in every state (qp_span): where a candidate feature goes in these views.
+SPARE = state.FEATURE_NAMES.index("qp_span")
+
+
+def moves_with(chosen: list[dict], column: Callable[[str, np.ndarray], np.ndarray]) -> imitation.MoveSamples:
+    """imitation.move_samples of `chosen` with column(window, obs) in the SPARE column of each window's states."""
+    parts = []
+    for name in sorted({r["window"] for r in chosen}):  # one window at a time: window_slopes groups by window
+        m = imitation.move_samples([r for r in chosen if r["window"] == name])
+        m.obs[:, SPARE] = column(name, m.obs)
+        parts.append(m)
+    return imitation.MoveSamples.concat(parts)
+
+
+def judge_key_term(args: argparse.Namespace, column: Callable[[str, np.ndarray], np.ndarray], label: str,
+                   terms: list[tuple[str, str]]) -> None:  # fmt: skip
+    """A candidate key-mini-GOP term beside the codec's shipped recipe: leave-one-source-out R² of the gain
+    model, then the value of its key answers on the left-out source's key sweeps (bench/loso_value.py's
+    judge), fitted on the oracle records of --sets, judged on the sweeps of --judge and, apart, of the other
+    --sets. `column(window, obs)` gives the term's value at each state of a window (it goes in the unused
+    `qp_span` column); `terms` are (name, "" or a hinge such as ">0.5") variants of it.
+    """
+    oracle, sweeps = records(args)
+    moves = moves_with(oracle + sweeps, column)
     shipped = imitation.SHIPPED_RECIPES[args.codec]
-    recipe, k = shipped.features.key or (), shipped.consensus
+    recipe, k = tuple(shipped.features.key or ()), shipped.consensus
     print(f"\n{args.codec}, sets {args.sets}: {len(oracle)} oracle points + {len(sweeps)} key sweeps, "
-          f"{len(moves)} moves from {len(moves.sources)} sources; C = luma concentration\n")  # fmt: skip
-    variants = [loso_value.Variant("shipped recipe's key terms", k, tuple(recipe)),
-                loso_value.Variant("+ C", k, (*recipe, "qp_span")),
-                loso_value.Variant("+ hinge C>0.5", k, (*recipe, "qp_span>0.5"))]  # fmt: skip
+          f"{len(moves)} moves from {len(moves.sources)} sources; {label}\n")  # fmt: skip
+    variants = [loso_value.Variant("shipped recipe's key terms", k, recipe)]
+    variants += [loso_value.Variant(name, k, (*recipe, "qp_span" + hinge)) for name, hinge in terms]
     print("| key mini-GOP terms | LOSO R² of the gain model |\n|---|---:|")
     for v in variants:
         r2, _ = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=v.key, inter=()))
-        print(f"| {v.name} ({' + '.join(v.key).replace('qp_span', 'C')}) | {r2:.3f} |")
+        print(f"| {v.name} | {r2:.3f} |")
     if not sweeps:
         return
-    obs, values, wins = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
-    obs[:, col] = [conc[w] for w in wins]
-    source = np.array([imitation.source_of(w) for w in wins])
-    m = loso_value.MAX_DELTA_QP
-    fit = moves_of(oracle)  # the recipes fit on oracle records only (make_policy.py without --key-sweeps)
-    print("\n| key mini-GOP terms | value of the key decision on the left-out source, dB at equal rate "
-          "| points worse than Δ=0 |\n|---|---:|---:|")  # fmt: skip
+    fit = moves_with(oracle, column)  # the recipes fit on oracle records only (make_policy.py without --key-sweeps)
+    judge = args.judge or args.sets
+    others = ",".join(s for s in args.sets.split(",") if s not in judge.split(","))
+    groups = [(judge, oracle_data.of_window_sets(sweeps, judge, "key"))]
+    if others:
+        groups.append((others, oracle_data.of_window_sets(sweeps, others, "key")))
+    print("\n| key mini-GOP terms | " + " | ".join(f"value on {g}'s sweeps, dB at equal rate | worse than Δ=0"
+                                                   for g, _ in groups) + " |")  # fmt: skip
+    print("|---|" + "---:|---:|" * len(groups))
+    cells: dict[str, list[str]] = {v.name: [] for v in variants}
+    for _, chosen in groups:
+        obs, values, wins = loso_value.sweep_table(chosen, imitation.window_slopes(chosen))
+        for w in set(wins):
+            rows = np.array(wins) == w
+            obs[rows, SPARE] = column(w, obs[rows])
+        source = np.array([imitation.source_of(w) for w in wins])
+        for v in variants:
+            a = np.zeros(len(wins), int)
+            for src in set(source):
+                out = np.array([fit.sources[i] == src for i in fit.source])
+                a[source == src] = loso_value.answer_from_moves(v, fit.subset(~out), obs[source == src])
+            val = np.nan_to_num(values[np.arange(len(a)), a + loso_value.MAX_DELTA_QP], nan=0.0)
+            cells[v.name] += [f"{val.mean():+.4f}", f"{int((val < -1e-9).sum())} of {len(val)}"]
     for v in variants:
-        a = np.zeros(len(wins), int)
-        for src in set(source):
-            out = np.array([fit.sources[i] == src for i in fit.source])
-            a[source == src] = loso_value.answer_from_moves(v, fit.subset(~out), obs[source == src])
-        val = np.nan_to_num(values[np.arange(len(a)), a + m], nan=0.0)
-        print(f"| {v.name} | {val.mean():+.4f} | {int((val < -1e-9).sum())} of {len(val)} |")
+        print(f"| {v.name} | " + " | ".join(cells[v.name]) + " |")
 
 
 def main() -> int:
@@ -374,9 +403,13 @@ def main() -> int:
     p.add_argument("--sets", default="train,static", help="features/sweeps/history: training window sets")
     p.add_argument("--oracle", type=Path, default=None, help="features: oracle records (data/oracle_CODEC.jsonl)")
     p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps/history: key-sweep records")
+    p.add_argument("--judge", default=None,
+                   help="propagate/pixels: window sets whose key sweeps judge (default --sets); the other --sets "
+                        "are judged apart")  # fmt: skip
     args = p.parse_args()
-    if error := clips.window_sets_error("--sets", args.sets):
-        p.error(error)
+    for flag, sets in (("--sets", args.sets), ("--judge", args.judge or "")):
+        if error := clips.window_sets_error(flag, sets):
+            p.error(error)
     for flag, path in (("--oracle", args.oracle), ("--sweeps", args.sweeps)):
         if path is not None and (error := oracle_data.missing_records(flag, [path])):
             p.error(error)

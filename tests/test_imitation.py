@@ -331,6 +331,7 @@ def test_training_held_out_and_test_splits_share_no_source():
     assert more == set(clips.MORE_TRAIN_SOURCES)
     assert not (train | more) & held
     checks = clips.tail_windows() + clips.two_gop_windows() + clips.cut_windows() + clips.rtail_windows()
+    checks += clips.fixed_windows()
     assert {w.source for w in checks} <= train | more
     test = {w.source for w in clips.test_windows()}
     assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
@@ -372,6 +373,35 @@ def test_window_with_a_jump_cut_shows_the_source_before_and_after_the_jump(tmp_p
     assert len(got) == 6 and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
     with pytest.raises(clips.ClipError, match="needs 201"):
         clips.materialise(clips.Window("carphone_pristine.mp4", 0, 64, jump=(1, 138)), cache=tmp_path)
+
+
+def test_fixed_camera_window_holds_the_first_frame_outside_the_live_box(tmp_path):
+    from builtin_encoder.source import open_source
+
+    def frames(win: clips.Window) -> list:
+        return list(open_source(clips.materialise(win, cache=tmp_path)).frames())
+
+    assert clips.live_box(144, 176, 0.25) == (36, 44, 72, 88)  # half of each side: a quarter of the area
+    win = clips.Window("carphone_pristine.mp4", 5, 6, scale=2, live=0.25)
+    assert win.name == "carphone_pristine_s2_l0.25n0_f5-11"
+    got, plain = frames(win), frames(clips.Window("carphone_pristine.mp4", 5, 6, scale=2))
+    y0, x0, h, w = clips.live_box(*plain[0].y.shape, 0.25)
+    inside = np.zeros(plain[0].y.shape, bool)
+    inside[y0 : y0 + h, x0 : x0 + w] = True
+    for g, p in zip(got, plain, strict=True):
+        assert np.array_equal(g.y[inside], p.y[inside]) and np.array_equal(g.y[~inside], plain[0].y[~inside])
+        assert np.array_equal(g.u[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2],
+                              p.u[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2])  # fmt: skip
+        assert np.array_equal(g.v[: y0 // 2], plain[0].v[: y0 // 2])
+    assert not np.array_equal(got[-1].y[inside], got[0].y[inside])  # the box plays the source
+    # with noise: seeded (the same on every run), on the still background too
+    noisy = clips.Window("carphone_pristine.mp4", 5, 6, scale=2, live=0.25, noise=1.0)
+    a = frames(noisy)
+    b = list(clips.window_frames(noisy, open_source(clips.bundled_clip("carphone_pristine.mp4")).frames()))
+    assert all(np.array_equal(x.y, y.y) for x, y in zip(a, b, strict=True))
+    still = np.abs(a[1].y[~inside].astype(int) - a[2].y[~inside].astype(int)).mean()
+    assert 0.3 < still < 2.0
+    assert {w.source for w in clips.fixed_windows()} <= set(clips.TRAIN_SOURCES)
 
 
 def test_pan_window_moves_the_camera_over_the_photo_and_cuts():
