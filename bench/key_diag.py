@@ -5,6 +5,8 @@
     python bench/key_diag.py features --codec x264 --sweeps data/keysweep_x264.jsonl   # ~1 min
     python bench/key_diag.py sweeps --codec x264 --sweeps data/keysweep_x264.jsonl     # seconds
     python bench/key_diag.py propagate --codec x264 --sweeps data/keysweep_x264.jsonl  # ~3 min
+    python bench/key_diag.py propagate --codec x264 --sweeps data/keysweep_x264.jsonl \
+        --sets train,static,natural,tail,extra,screen,fixed --judge train,static,natural,tail,extra,screen
     python bench/key_diag.py history --codec x264 --sweeps data/keysweep_x264.jsonl --sets two   # seconds
     python bench/key_diag.py pixels --codec x264 --sweeps data/keysweep_x264.jsonl --sets SETS  # ~30 s
 
@@ -26,9 +28,11 @@ The shipped policies make one decision per GOP that matters: the offset of its k
   frame t hands (intra + propagated) × (1 − inter/intra) to the blocks of frame t−1 its motion
   vector points at (area-weighted), from the GOP's last frame back to its key frame; the figure is
   P = log2(Σ(intra + propagated) / Σ intra) over the key frame's blocks (intra floored at +1 so
-  flat blocks do not divide by 0). Printed for every held-out GOP and training window, then the
-  leave-one-source-out R² of the gain model with P as a key-mini-GOP feature (in the unused
-  `qp_span` column), beside `fp_reuse`.
+  flat blocks do not divide by 0). Printed for every held-out GOP and training window (each of its
+  GOPs), then the leave-one-source-out R² of the gain model with P as a key-mini-GOP feature (in the
+  unused `qp_span` column), beside `fp_reuse`; then P and its hinges as a term beside the shipped
+  recipe, judged as `pixels` judges (§2.4.28): fitted on --sets, judged on the key sweeps of --judge
+  and, apart, of the other --sets.
 - `history`: key sweeps of a GOP after the first (sets `two`, `tail`): what the encode of the GOP
   before it says. From the Δ=0 run's feedback of that previous GOP: its key mini-GOP's share of the
   GOP's bits, log2(key frame bits / mean bits of its other frames), its PSNR-Y drop from the key
