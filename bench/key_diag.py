@@ -32,7 +32,7 @@ The shipped policies make one decision per GOP that matters: the offset of its k
   GOPs), then the leave-one-source-out R² of the gain model with P as a key-mini-GOP feature (in the
   unused `qp_span` column), beside `fp_reuse`; then P and its hinges as a term beside the shipped
   recipe, judged as `pixels` judges (§2.4.28): fitted on --sets, judged on the key sweeps of --judge
-  and, apart, of the other --sets.
+  (check sets such as `two` or `cut` need not be in --sets) and, apart, of the other --sets.
 - `history`: key sweeps of a GOP after the first (sets `two`, `tail`): what the encode of the GOP
   before it says. From the Δ=0 run's feedback of that previous GOP: its key mini-GOP's share of the
   GOP's bits, log2(key frame bits / mean bits of its other frames), its PSNR-Y drop from the key
@@ -159,6 +159,15 @@ def records(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     return oracle, sweeps
 
 
+def judged(args: argparse.Namespace) -> tuple[dict[str, clips.Window], list[dict]]:
+    """The windows of --sets and --judge by name, and the key sweeps of --judge (default --sets): a judge
+    set need not be fitted on (a check set such as `two` or `cut`)."""
+    sets = ",".join(dict.fromkeys(filter(None, f"{args.sets},{args.judge or ''}".split(","))))
+    windows = {w.name: w for s in sets.split(",") for w in clips.WINDOW_SETS[s]()}
+    sweeps = imitation.read_records([args.sweeps]) if args.sweeps else []
+    return windows, oracle_data.of_window_sets(sweeps, args.judge or args.sets, "key")
+
+
 def cmd_features(args: argparse.Namespace, work: Path) -> None:
     oracle, sweeps = records(args)
     moves = imitation.move_samples(oracle + sweeps)
@@ -282,8 +291,8 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
         gops = [costs[g : g + gop] for g in range(0, len(costs), gop)]
         print(f"| {win.source} | {', '.join(f'{key_propagation(c):.2f} ({len(c)})' for c in gops)} |")
     oracle, sweeps = records(args)
-    windows = {w.name: w for s in args.sets.split(",") for w in clips.WINDOW_SETS[s]()}
-    names = sorted({r["window"] for r in oracle + sweeps})
+    windows, judge_sweeps = judged(args)
+    names = sorted({r["window"] for r in oracle + sweeps + judge_sweeps})
     prop = {}  # window -> P of each of its GOPs
     for name in names:
         costs = block_costs(clips.materialise(windows[name]))
@@ -292,8 +301,12 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
     for name in sorted(prop):
         print(f"| {name} | {', '.join(f'{v:.2f}' for v in prop[name])} |")
 
-    def column(name: str, obs: np.ndarray) -> np.ndarray:
-        # P / 4 of each state's GOP: a full GOP's key mini-GOP has gop_left 7/8; a later, shorter GOP's less
+    def column(name: str, obs: np.ndarray, swept: bool = False) -> np.ndarray:
+        # P / 4 of each state's GOP. A sweep moved the last GOP's key; in an oracle record a full GOP's
+        # key mini-GOP has gop_left 7/8 and a later, shorter GOP's less (the fitted sets' windows have
+        # one full GOP at most).
+        if swept:
+            return np.full(len(obs), prop[name][-1] / 4.0)
         first = obs[:, state.FEATURE_NAMES.index("gop_left")] > (args.mgs_per_gop - 1.5) / args.mgs_per_gop
         return np.where(first, prop[name][0], prop[name][-1]) / 4.0
 
@@ -321,8 +334,8 @@ def luma_concentration(y: np.ndarray, levels: int = 16) -> float:
 
 def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
     oracle, sweeps = records(args)
-    windows = {w.name: w for s in args.sets.split(",") for w in clips.WINDOW_SETS[s]()}
-    names = sorted({r["window"] for r in oracle + sweeps})
+    windows, judge_sweeps = judged(args)
+    names = sorted({r["window"] for r in oracle + sweeps + judge_sweeps})
     conc = {n: luma_concentration(next(open_source(clips.materialise(windows[n])).frames(limit=1)).y) for n in names}
     by_source: dict[str, list[float]] = {}
     for n in names:
@@ -330,7 +343,7 @@ def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
     print("| source | luma concentration of its windows' first frames |\n|---|---|")
     for src in sorted(by_source):
         print(f"| {src} | {', '.join(f'{c:.2f}' for c in by_source[src])} |")
-    judge_key_term(args, lambda name, obs: np.full(len(obs), conc[name]), "C = luma concentration",
+    judge_key_term(args, lambda name, obs, swept=False: np.full(len(obs), conc[name]), "C = luma concentration",
                    [("+ C", ""), ("+ hinge C>0.5", ">0.5")])  # fmt: skip
 
 
@@ -348,13 +361,14 @@ def moves_with(chosen: list[dict], column: Callable[[str, np.ndarray], np.ndarra
     return imitation.MoveSamples.concat(parts)
 
 
-def judge_key_term(args: argparse.Namespace, column: Callable[[str, np.ndarray], np.ndarray], label: str,
+def judge_key_term(args: argparse.Namespace, column: Callable[..., np.ndarray], label: str,
                    terms: list[tuple[str, str]]) -> None:  # fmt: skip
     """A candidate key-mini-GOP term beside the codec's shipped recipe: leave-one-source-out R² of the gain
     model, then the value of its key answers on the left-out source's key sweeps (bench/loso_value.py's
     judge), fitted on the oracle records of --sets, judged on the sweeps of --judge and, apart, of the other
-    --sets. `column(window, obs)` gives the term's value at each state of a window (it goes in the unused
-    `qp_span` column); `terms` are (name, "" or a hinge such as ">0.5") variants of it.
+    --sets. `column(window, obs, swept)` gives the term's value at each state of a window (it goes in the
+    unused `qp_span` column; swept: the states are key sweeps', of the window's last GOP); `terms` are
+    (name, "" or a hinge such as ">0.5") variants of it.
     """
     oracle, sweeps = records(args)
     moves = moves_with(oracle + sweeps, column)
@@ -368,12 +382,13 @@ def judge_key_term(args: argparse.Namespace, column: Callable[[str, np.ndarray],
     for v in variants:
         r2, _ = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=v.key, inter=()))
         print(f"| {v.name} | {r2:.3f} |")
-    if not sweeps:
+    _, judge_sweeps = judged(args)
+    if not judge_sweeps:
         return
     fit = moves_with(oracle, column)  # the recipes fit on oracle records only (make_policy.py without --key-sweeps)
     judge = args.judge or args.sets
     others = ",".join(s for s in args.sets.split(",") if s not in judge.split(","))
-    groups = [(judge, oracle_data.of_window_sets(sweeps, judge, "key"))]
+    groups = [(judge, judge_sweeps)]
     if others:
         groups.append((others, oracle_data.of_window_sets(sweeps, others, "key")))
     print("\n| key mini-GOP terms | " + " | ".join(f"value on {g}'s sweeps, dB at equal rate | worse than Δ=0"
@@ -384,7 +399,7 @@ def judge_key_term(args: argparse.Namespace, column: Callable[[str, np.ndarray],
         obs, values, wins = loso_value.sweep_table(chosen, imitation.window_slopes(chosen))
         for w in set(wins):
             rows = np.array(wins) == w
-            obs[rows, SPARE] = column(w, obs[rows])
+            obs[rows, SPARE] = column(w, obs[rows], True)
         source = np.array([imitation.source_of(w) for w in wins])
         for v in variants:
             a = np.zeros(len(wins), int)
@@ -408,8 +423,8 @@ def main() -> int:
     p.add_argument("--oracle", type=Path, default=None, help="features: oracle records (data/oracle_CODEC.jsonl)")
     p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps/history: key-sweep records")
     p.add_argument("--judge", default=None,
-                   help="propagate/pixels: window sets whose key sweeps judge (default --sets); the other --sets "
-                        "are judged apart")  # fmt: skip
+                   help="propagate/pixels: window sets whose key sweeps judge (default --sets; a set outside "
+                        "--sets is judged, not fitted on); the other --sets are judged apart")  # fmt: skip
     args = p.parse_args()
     for flag, sets in (("--sets", args.sets), ("--judge", args.judge or "")):
         if error := clips.window_sets_error(flag, sets):
