@@ -11,7 +11,8 @@ Clips come from packages, never from the repository:
     shots: a camera still, panning or cutting over a photo, with sensor noise.
 
 A `Window` is a piece of a clip: a temporal range, an optional integer box-filter downscale and an
-optional centre crop, written once as `.y4m` into the cache. Training sees only windows of the
+optional centre crop (training windows may also be slowed, cut or made a fixed camera's), written
+once as `.y4m` into the cache. Training sees only windows of the
 TRAIN sources; evaluation uses whole HELDOUT clips, so no frame of an evaluation clip is ever seen
 in training (not even a neighbouring window of the same scene).
 """
@@ -271,7 +272,8 @@ def _fixed_camera(win: Window, frames: Iterator[YuvFrame]) -> Iterator[YuvFrame]
     def composed() -> Iterator[YuvFrame]:
         first: YuvFrame | None = None
         for f in frames:
-            first = first or f
+            if first is None:
+                first = f
             y0, x0, h, w = live_box(*f.y.shape, win.live)
             planes = [p.copy() for p in (first.y, first.u, first.v)]
             planes[0][y0 : y0 + h, x0 : x0 + w] = f.y[y0 : y0 + h, x0 : x0 + w]
