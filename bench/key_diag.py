@@ -154,7 +154,7 @@ def cmd_reuse(args: argparse.Namespace, work: Path) -> None:
 
 def records(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     path = args.oracle or ROOT / f"data/oracle_{args.codec}.jsonl"
-    oracle = oracle_data.of_window_sets(imitation.read_records([path]), args.sets)
+    oracle = oracle_data.of_window_sets(imitation.read_records([path]), args.sets, seed=args.oracle_seed)
     sweeps = oracle_data.of_window_sets(imitation.read_records([args.sweeps]), args.sets, "key") if args.sweeps else []
     return oracle, sweeps
 
@@ -421,6 +421,8 @@ def main() -> int:
     p.add_argument("--mgs-per-gop", type=int, default=8, help="offsets: mini-GOPs per GOP (key every N)")
     p.add_argument("--sets", default="train,static", help="features/sweeps/history: training window sets")
     p.add_argument("--oracle", type=Path, default=None, help="features: oracle records (data/oracle_CODEC.jsonl)")
+    p.add_argument("--oracle-seed", type=int, default=None,
+                   help="the oracle records' draw of rates (oracle_data.py --seed; default: the shipped draw)")
     p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps/history: key-sweep records")
     p.add_argument("--judge", default=None,
                    help="propagate/pixels: window sets whose key sweeps judge (default --sets; a set outside "
