@@ -153,19 +153,25 @@ def cmd_reuse(args: argparse.Namespace, work: Path) -> None:
 
 
 def records(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
-    path = args.oracle or ROOT / f"data/oracle_{args.codec}.jsonl"
-    oracle = oracle_data.of_window_sets(imitation.read_records([path]), args.sets, seed=args.oracle_seed)
-    sweeps = oracle_data.of_window_sets(imitation.read_records([args.sweeps]), args.sets, "key") if args.sweeps else []
+    """The oracle records and key sweeps of --sets."""
+    oracle, sweeps, _ = records_and_judged(args)
     return oracle, sweeps
 
 
-def judged(args: argparse.Namespace) -> tuple[dict[str, clips.Window], list[dict]]:
-    """The windows of --sets and --judge by name, and the key sweeps of --judge (default --sets): a judge
-    set need not be fitted on (a check set such as `two` or `cut`)."""
-    sets = ",".join(dict.fromkeys(filter(None, f"{args.sets},{args.judge or ''}".split(","))))
-    windows = {w.name: w for s in sets.split(",") for w in clips.WINDOW_SETS[s]()}
-    sweeps = imitation.read_records([args.sweeps]) if args.sweeps else []
-    return windows, oracle_data.of_window_sets(sweeps, args.judge or args.sets, "key")
+def records_and_judged(args: argparse.Namespace) -> tuple[list[dict], list[dict], list[dict]]:
+    """The oracle records and key sweeps of --sets, and the key sweeps of --judge (default --sets; a judge
+    set need not be fitted on: a check set such as `two` or `cut`), each file read once."""
+    path = args.oracle or ROOT / f"data/oracle_{args.codec}.jsonl"
+    oracle = oracle_data.of_window_sets(imitation.read_records([path]), args.sets, seed=args.oracle_seed)
+    every = imitation.read_records([args.sweeps]) if args.sweeps else []
+    return (oracle, oracle_data.of_window_sets(every, args.sets, "key"),
+            oracle_data.of_window_sets(every, args.judge or args.sets, "key"))  # fmt: skip
+
+
+def window_index(args: argparse.Namespace) -> dict[str, clips.Window]:
+    """The windows of --sets and --judge, by name."""
+    sets = dict.fromkeys(filter(None, f"{args.sets},{args.judge or ''}".split(",")))
+    return {w.name: w for s in sets for w in clips.WINDOW_SETS[s]()}
 
 
 def cmd_features(args: argparse.Namespace, work: Path) -> None:
@@ -290,8 +296,8 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
         costs = block_costs(clips.materialise(win))
         gops = [costs[g : g + gop] for g in range(0, len(costs), gop)]
         print(f"| {win.source} | {', '.join(f'{key_propagation(c):.2f} ({len(c)})' for c in gops)} |")
-    oracle, sweeps = records(args)
-    windows, judge_sweeps = judged(args)
+    oracle, sweeps, judge_sweeps = records_and_judged(args)
+    windows = window_index(args)
     names = sorted({r["window"] for r in oracle + sweeps + judge_sweeps})
     prop = {}  # window -> P of each of its GOPs
     for name in names:
@@ -318,7 +324,8 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
         r2, r2_none = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=key, inter=()))
         shown = " + ".join(k.replace("qp_span", "P") for k in key) or "none"
         print(f"| {shown} | {r2:.3f} | ({r2_none:.3f}) |")
-    judge_key_term(args, column, "P/4 = block propagation of the key's GOP (x264's MB-tree on the first pass)",
+    judge_key_term(args, (oracle, sweeps, judge_sweeps), column,
+                   "P/4 = block propagation of the key's GOP (x264's MB-tree on the first pass)",
                    [("+ P", ""), ("+ hinge P>3.0", ">0.75"), ("+ hinge P>3.3", ">0.825"), ("+ hinge P>3.6", ">0.9")])
 
 
@@ -333,8 +340,8 @@ def luma_concentration(y: np.ndarray, levels: int = 16) -> float:
 
 
 def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
-    oracle, sweeps = records(args)
-    windows, judge_sweeps = judged(args)
+    oracle, sweeps, judge_sweeps = records_and_judged(args)
+    windows = window_index(args)
     names = sorted({r["window"] for r in oracle + sweeps + judge_sweeps})
     conc = {n: luma_concentration(next(open_source(clips.materialise(windows[n])).frames(limit=1)).y) for n in names}
     by_source: dict[str, list[float]] = {}
@@ -343,7 +350,8 @@ def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
     print("| source | luma concentration of its windows' first frames |\n|---|---|")
     for src in sorted(by_source):
         print(f"| {src} | {', '.join(f'{c:.2f}' for c in by_source[src])} |")
-    judge_key_term(args, lambda name, obs, swept=False: np.full(len(obs), conc[name]), "C = luma concentration",
+    judge_key_term(args, (oracle, sweeps, judge_sweeps), lambda name, obs, swept=False: np.full(len(obs), conc[name]),
+                   "C = luma concentration",
                    [("+ C", ""), ("+ hinge C>0.5", ">0.5")])  # fmt: skip
 
 
@@ -361,16 +369,16 @@ def moves_with(chosen: list[dict], column: Callable[[str, np.ndarray], np.ndarra
     return imitation.MoveSamples.concat(parts)
 
 
-def judge_key_term(args: argparse.Namespace, column: Callable[..., np.ndarray], label: str,
-                   terms: list[tuple[str, str]]) -> None:  # fmt: skip
+def judge_key_term(args: argparse.Namespace, recs: tuple[list[dict], list[dict], list[dict]],
+                   column: Callable[..., np.ndarray], label: str, terms: list[tuple[str, str]]) -> None:  # fmt: skip
     """A candidate key-mini-GOP term beside the codec's shipped recipe: leave-one-source-out R² of the gain
     model, then the value of its key answers on the left-out source's key sweeps (bench/loso_value.py's
     judge), fitted on the oracle records of --sets, judged on the sweeps of --judge and, apart, of the other
     --sets. `column(window, obs, swept)` gives the term's value at each state of a window (it goes in the
     unused `qp_span` column; swept: the states are key sweeps', of the window's last GOP); `terms` are
-    (name, "" or a hinge such as ">0.5") variants of it.
+    (name, "" or a hinge such as ">0.5") variants of it. `recs`: records_and_judged(args).
     """
-    oracle, sweeps = records(args)
+    oracle, sweeps, judge_sweeps = recs
     moves = moves_with(oracle + sweeps, column)
     shipped = imitation.SHIPPED_RECIPES[args.codec]
     recipe, k = tuple(shipped.features.key or ()), shipped.consensus
@@ -382,7 +390,6 @@ def judge_key_term(args: argparse.Namespace, column: Callable[..., np.ndarray], 
     for v in variants:
         r2, _ = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=v.key, inter=()))
         print(f"| {v.name} | {r2:.3f} |")
-    _, judge_sweeps = judged(args)
     if not judge_sweeps:
         return
     fit = moves_with(oracle, column)  # the recipes fit on oracle records only (make_policy.py without --key-sweeps)
