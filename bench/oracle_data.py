@@ -128,7 +128,12 @@ def run_point(job: dict) -> dict:
     try:
         return _search_point(job)
     except (RuntimeError, OSError, ValueError) as exc:  # a failed or hung encoder: the message names it
-        return {"key": job["key"], "error": f"{str(exc).strip() or type(exc).__name__} (logs in {job['work']})"}
+        return error_record(job, str(exc).strip() or type(exc).__name__)
+
+
+def error_record(job: dict, message: str) -> dict:
+    """The record of a point whose encode failed: its key and the message, with where the logs are."""
+    return {"key": job["key"], "error": f"{message} (logs in {job['work']})"}
 
 
 def _search_point(job: dict) -> dict:
@@ -151,7 +156,7 @@ def _search_point(job: dict) -> dict:
     t0 = time.monotonic()
     base, base_res = runner.protocol_encode(point, "baseline", ZeroDeltaLearner(), 1, 0.02, "baseline")
     if not base.ok:
-        return {"key": job["key"], "error": f"{base.message} (logs in {job['work']})"}
+        return error_record(job, base.message)
     if job.get("search") in SWEEPS:
         oracle = key_sweep(runner, point, base, lead=job["search"] == "lead")
     else:

@@ -56,7 +56,7 @@ def replay_point(job: dict) -> dict:
     try:
         return _replay(job)
     except (RuntimeError, OSError, ValueError) as exc:
-        return {"key": job["key"], "error": f"{str(exc).strip() or type(exc).__name__} (logs in {job['work']})"}
+        return oracle_data.error_record(job, str(exc).strip() or type(exc).__name__)
 
 
 def _replay(job: dict) -> dict:
