@@ -91,6 +91,9 @@ class FirstPass:
     motion_share: list[float]  # share of blocks motion-compensated with a non-zero vector, 0..1
     mv_mean: list[float]  # mean |mv_x| + |mv_y| of the motion-compensated blocks, luma pixels
     noise_sigma: list[float]  # estimated noise standard deviation of the luma, 8-bit scale
+    # Optional: log2 of (own + propagated cost) / own cost of each frame over the rest of its GOP
+    # (MB-tree on blocks, builtin_encoder/analysis.py `propagation`), >= 0; None if not sent.
+    propagation: list[float] | None = None
 
 
 @dataclass
@@ -340,6 +343,8 @@ def _validate_first_pass(fp: FirstPass, frame_count: int, path: Path) -> None:
         )
     for f in fields(FirstPass):
         values = getattr(fp, f.name)
+        if values is None:  # an optional list the encoder left out
+            continue
         if len(values) != length:
             raise ProtocolError(
                 f"{path}: field 'first_pass.{f.name}' has {len(values)} entries, 'first_pass.intra_cost' {length}"
@@ -483,9 +488,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} is not allowed")
 
 
+def _without_none(data: dict) -> dict:
+    """The object without its None fields, nested objects included: an optional field left out is absent."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+
+
 def to_json(msg: Any) -> str:
-    data = {k: v for k, v in asdict(msg).items() if v is not None}
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return json.dumps(_without_none(asdict(msg)), separators=(",", ":"), allow_nan=False)
 
 
 # ----------------------------------------------------------------------------- file I/O

@@ -254,39 +254,18 @@ def cmd_history(args: argparse.Namespace, work: Path) -> None:
         print(f"| {name} | {corr:+.2f} | {r2:+.2f} | {np.nanmean(values[np.arange(len(act)), act + m]):+.4f} |")
 
 
-def block_costs(path: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per frame of the clip: (intra, inter, dy, dx) per half-resolution block, as analysis.Analyzer measures them."""
-    out, prev = [], None
+def block_costs(path: Path) -> list[analysis.BlockCosts]:
+    """Per frame of the clip: the per-block analysis the built-in encoder's pass 1 makes (analysis.Analyzer)."""
+    analyzer, out = analysis.Analyzer(), []
     for frame in open_source(path).frames():
-        lo = analysis.downscale(frame.y)
-        intra = analysis.intra_costs(lo)
-        if prev is None:
-            inter, dy, dx = intra, np.zeros(intra.shape, int), np.zeros(intra.shape, int)
-        else:
-            inter, dy, dx = analysis.motion_vectors(lo, prev, analysis.SEARCH)
-        out.append((intra, np.minimum(inter, intra), dy, dx))
-        prev = lo
+        analyzer.add(frame.y)
+        out.append(analyzer.blocks)
     return out
 
 
-def key_propagation(gop: list[tuple[np.ndarray, ...]], floor: float = 1.0) -> float:
-    """P = log2(Σ(intra + propagated) / Σ intra) of the GOP's first frame (module docstring): MB-tree on blocks."""
-    bh, bw = gop[0][0].shape
-    prop = np.zeros((bh, bw))
-    for intra, inter, dy, dx in reversed(gop[1:]):  # frame t hands its cost to frame t - 1
-        amount = (intra + floor + prop) * (1.0 - (inter + floor) / (intra + floor))
-        ys = np.arange(bh)[:, None] * analysis.BLOCK + dy  # where each block's prediction comes from
-        xs = np.arange(bw)[None, :] * analysis.BLOCK + dx
-        by, bx = ys // analysis.BLOCK, xs // analysis.BLOCK
-        fy, fx = (ys - by * analysis.BLOCK) / analysis.BLOCK, (xs - bx * analysis.BLOCK) / analysis.BLOCK
-        prop = np.zeros((bh, bw))
-        for ty, wy in ((by, 1 - fy), (by + 1, fy)):
-            for tx, wx in ((bx, 1 - fx), (bx + 1, fx)):
-                part = wy * wx * amount
-                ok = (ty >= 0) & (ty < bh) & (tx >= 0) & (tx < bw) & (part > 0)
-                np.add.at(prop, (ty[ok], tx[ok]), part[ok])
-    intra0 = gop[0][0] + floor
-    return float(np.log2((intra0 + prop).sum() / intra0.sum()))
+def key_propagation(gop: list[analysis.BlockCosts]) -> float:
+    """P = log2(Σ(intra + propagated) / Σ intra) of the GOP's first frame (analysis.propagation): MB-tree on blocks."""
+    return analysis.propagation(gop)[0]
 
 
 def cmd_propagate(args: argparse.Namespace, work: Path) -> None:

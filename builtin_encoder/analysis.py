@@ -11,6 +11,9 @@ against the one before it, display order). Costs are mean absolute errors per ha
 Per block b: intra_b = mean |x - mean(block)| (a DC predictor), inter_b = the best mean |x - ref(x+mv)|
 over the search, coded_b = min(intra_b, inter_b). The frame values are means over its blocks; the
 protocol's `first_pass` request field carries them (PROTOCOL.md, "First-pass statistics").
+
+`propagation` runs x264's MB-tree on those blocks over a GOP: how much of the GOP's later coding
+cost each frame's content carries (the per-frame `propagation` entry of `first_pass`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ class FrameAnalysis:
     motion_share: float  # share of blocks inter-predicted with a non-zero vector, 0..1
     mv_mean: float  # mean |mv_x| + |mv_y| of the inter-predicted blocks, full-resolution pixels
     noise_sigma: float  # estimated noise standard deviation of the full-resolution luma, 8-bit scale
+
+
+@dataclass
+class BlockCosts:
+    """One frame's per-block analysis, each (H/B, W/B) at half resolution: what `propagation` reads."""
+
+    intra: np.ndarray  # intra (DC) error, float32
+    inter: np.ndarray  # min(intra, best inter error vs the previous frame), float32; intra on the first frame
+    dy: np.ndarray  # the best vector, half-resolution pixels, int; 0 on the first frame
+    dx: np.ndarray
 
 
 def downscale(y: np.ndarray) -> np.ndarray:
@@ -116,6 +129,7 @@ class Analyzer:
 
     def __init__(self) -> None:
         self._refs: list[np.ndarray] = []  # [previous, the one before], downscaled
+        self.blocks: BlockCosts | None = None  # the last frame's per-block analysis
 
     def add(self, y: np.ndarray) -> FrameAnalysis:
         lo = downscale(y)
@@ -123,10 +137,12 @@ class Analyzer:
         n = max(intra.size, 1)
         if not self._refs:
             inter_err = sr_err = intra
-            inter_len = np.zeros_like(intra)
+            dy = dx = np.zeros(intra.shape, int)
         else:
-            inter_err, inter_len = motion_search(lo, self._refs[0], SEARCH)
+            inter_err, dy, dx = motion_vectors(lo, self._refs[0], SEARCH)
             sr_err = motion_search(lo, self._refs[1], SR_SEARCH)[0] if len(self._refs) > 1 else inter_err
+        inter_len = (np.abs(dy) + np.abs(dx)).astype(np.float32)
+        self.blocks = BlockCosts(intra, np.minimum(inter_err, intra), dy, dx)
         inter_wins = inter_err < intra
         moving = inter_wins & (inter_len > 0)
         wins = int(inter_wins.sum())
@@ -141,3 +157,40 @@ class Analyzer:
         )
         self._refs = [lo, *self._refs[:1]]
         return result
+
+
+def propagation(gop: list[BlockCosts], floor: float = 1.0) -> list[float]:
+    """P of each frame of a GOP (display order): x264's MB-tree over the GOP's later frames, on blocks.
+
+        P_t = log2( sum_b (intra_t,b + f + prop_t,b) / sum_b (intra_t,b + f) )
+
+    prop_t is the cost frame t's blocks pass on to the frames after it in the GOP: frame u hands
+    amount_u,b = (intra_u,b + f + prop_u,b) * (1 - (inter_u,b + f) / (intra_u,b + f)) to the blocks
+    of frame u - 1 its vector points at, split by overlap (bilinear). f = `floor` keeps flat blocks
+    from dividing by zero. The GOP's last frame passes nothing on (P = 0); a still camera gives P
+    near log2 of the frames left, noise or a cut gives P near 0. Same units as the cost ratio: no
+    scale assumed, so any consistent block analysis gives comparable P.
+    """
+    if not gop:
+        return []
+    bh, bw = gop[0].intra.shape
+    rows, cols = np.arange(bh)[:, None] * BLOCK, np.arange(bw)[None, :] * BLOCK
+    prop = np.zeros((bh, bw))
+    out = [0.0] * len(gop)
+    for t in range(len(gop) - 1, -1, -1):
+        f = gop[t]
+        own = f.intra + floor
+        out[t] = float(np.log2((own + prop).sum() / own.sum()))
+        if t == 0:
+            break
+        amount = (own + prop) * (1.0 - (f.inter + floor) / own)  # what frame t hands to frame t - 1
+        ys, xs = rows + f.dy, cols + f.dx  # where each block's prediction comes from
+        by, bx = ys // BLOCK, xs // BLOCK
+        fy, fx = (ys - by * BLOCK) / BLOCK, (xs - bx * BLOCK) / BLOCK
+        prop = np.zeros((bh, bw))
+        for ty, wy in ((by, 1 - fy), (by + 1, fy)):
+            for tx, wx in ((bx, 1 - fx), (bx + 1, fx)):
+                part = wy * wx * amount
+                ok = (ty >= 0) & (ty < bh) & (tx >= 0) & (tx < bw) & (part > 0)
+                np.add.at(prop, (ty[ok], tx[ok]), part[ok])
+    return out

@@ -37,7 +37,7 @@ from builtin_encoder.layout import MiniGop
 from builtin_encoder.vp9_qindex import qstep_level
 
 STATS_FORMAT = "builtin_encoder-stats"
-STATS_VERSION = 2  # 2: the first-pass analysis fields (analysis.py)
+STATS_VERSION = 3  # 2: the first-pass analysis fields (analysis.py); 3: propagation
 CLASSES = ("KEY", "INTER")  # frame classes with their own k and learned scale
 
 
@@ -122,6 +122,8 @@ class FrameStat:
     motion_share: float = 0.0
     mv_mean: float = 0.0
     noise_sigma: float = 0.0
+    # Version 3: analysis.propagation of the frame over the rest of its GOP; None without blocks (VP9).
+    propagation: float | None = None
 
 
 def write_stats(path: Path, header: StatHeader, frames: list[FrameStat]) -> None:
@@ -147,12 +149,14 @@ def read_stats(path: Path) -> tuple[StatHeader, list[FrameStat]]:
         if not isinstance(head, dict) or head.get("format") != STATS_FORMAT:
             raise ValueError("first line is not a builtin_encoder stat header")
         version = head.get("version")
-        if version not in (1, STATS_VERSION):
-            raise ValueError(f"version {version} (this program reads 1 and {STATS_VERSION})")
+        if version not in (1, 2, STATS_VERSION):
+            raise ValueError(f"version {version} (this program reads 1 to {STATS_VERSION})")
         # Version 1 files have no analysis: read, with analysed=False and the fields at 0.
         header = StatHeader(**{f.name: head[f.name] for f in fields(StatHeader) if f.name != "analysed"},
                             analysed=version >= 2 and bool(head.get("analysed", True)))  # fmt: skip
-        names = [f.name for f in fields(FrameStat) if version >= 2 or f.default is MISSING]
+        # Each version's fields: 1 the required ones, 2 the analysis, 3 propagation (None before).
+        names = [f.name for f in fields(FrameStat)
+                 if (version >= 2 or f.default is MISSING) and (version >= 3 or f.name != "propagation")]  # fmt: skip
         frames = []
         for lineno, line in enumerate(lines[1:], start=2):
             if not line.strip():

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 import protocol
-from builtin_encoder.analysis import Analyzer, FrameAnalysis, noise_sigma
+from builtin_encoder.analysis import Analyzer, BlockCosts, FrameAnalysis, noise_sigma, propagation
 from builtin_encoder.codec import Codec, CodecConfig, FrameStats, Measure, YuvFrame
 from builtin_encoder.errors import (
     BadInput,
@@ -225,9 +225,25 @@ def analysis_fields(a: FrameAnalysis) -> dict[str, float]:
 
 
 def first_pass_message(stats: list[FrameStat], frames: range) -> protocol.FirstPass:
-    """The request's `first_pass` field for display frames `frames`, from pass-1 stats."""
-    names = [f.name for f in fields(protocol.FirstPass)]
-    return protocol.FirstPass(**{name: [getattr(stats[i], name) for i in frames] for name in names})
+    """The request's `first_pass` field for display frames `frames`, from pass-1 stats.
+
+    `propagation` is left out (None) unless every frame has one: VP9 (libvpx's first pass has no
+    blocks) and stat files from before version 3 have none.
+    """
+    names = [f.name for f in fields(protocol.FirstPass) if f.name != "propagation"]
+    message = protocol.FirstPass(**{name: [getattr(stats[i], name) for i in frames] for name in names})
+    prop = [stats[i].propagation for i in frames]
+    if all(p is not None for p in prop):
+        message.propagation = prop
+    return message
+
+
+def add_propagation(stats: list[FrameStat], blocks: list[BlockCosts]) -> None:
+    """Sets `propagation` (analysis.propagation, rounded as the stat file rounds) on the last len(blocks)
+    stats: one whole GOP's frames, in display order, with their per-block analysis."""
+    first = len(stats) - len(blocks)
+    for i, p in enumerate(propagation(blocks)):
+        stats[first + i].propagation = round(p, 4)
 
 
 # ----------------------------------------------------------------------------- the agent
@@ -405,6 +421,7 @@ def encode_pass(
         writer.writerow(CSV_COLUMNS)
     prev_y: np.ndarray | None = None
     analyzer = Analyzer() if collect_features else None
+    gop_blocks: list[BlockCosts] = []  # this GOP's per-block analysis so far, for its propagation
     luma, chroma = job.luma, job.luma // 4
     try:
         for mg, frames in _mini_gops(pass_frames(job, keep_frames), job.layout):
@@ -434,7 +451,11 @@ def encode_pass(
                 var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
                 analysis = {}
                 if collect_features:
-                    analysis = analysis_fields(codec_analysis(codec, index, frame) or analyzer.add(frame.y))
+                    own = codec_analysis(codec, index, frame)
+                    if own is None:  # our own analysis, with the blocks propagation needs
+                        own = analyzer.add(frame.y)
+                        gop_blocks.append(analyzer.blocks)
+                    analysis = analysis_fields(own)
                 prev_y = frame.y
                 out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
                                            st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
@@ -444,6 +465,10 @@ def encode_pass(
                         f"{psnr_from_mse(st.sse_y / luma):.4f}", f"{psnr_from_mse(st.sse_u / chroma):.4f}",
                         f"{psnr_from_mse(st.sse_v / chroma):.4f}", f"{st.ssim_y:.6f}",
                     ])  # fmt: skip
+            if collect_features and mg.gop_end:
+                if len(gop_blocks) == sum(m.count for m in job.layout if m.gop == mg.gop):
+                    add_propagation(out_stats, gop_blocks)
+                gop_blocks = []
             if agent is not None:
                 agent.feedback(_feedback(job, mg, qp, stats, agent.session))
         try:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from builtin_encoder.analysis import Analyzer, downscale, motion_search, motion_vectors, noise_sigma
+from builtin_encoder.analysis import (
+    BLOCK,
+    Analyzer,
+    BlockCosts,
+    downscale,
+    motion_search,
+    motion_vectors,
+    noise_sigma,
+    propagation,
+)
 
 
 def textured(h: int = 144, w: int = 176, seed: int = 0) -> np.ndarray:
@@ -58,3 +67,30 @@ def test_motion_vectors_point_where_each_block_comes_from():
     assert (dy[inner] == -2).all() and (dx[inner] == 1).all() and (err[inner] == 0).all()
     err2, length = motion_search(cur, ref, 3)  # the same search, the vector as its L1 length
     assert np.array_equal(err, err2) and np.array_equal(length, np.abs(dy) + np.abs(dx))
+
+
+def _gop(frames: int, inter: float, dx: int = 0) -> list[BlockCosts]:
+    """`frames` frames of 4x5 blocks of intra cost 100, each predicted at cost `inter`, vectors (0, dx)."""
+    intra, zero = np.full((4, 5), 100.0, np.float32), np.zeros((4, 5), int)
+    return [BlockCosts(intra, np.full((4, 5), inter, np.float32), zero, zero + dx) for _ in range(frames)]
+
+
+def test_propagation_grows_with_what_later_frames_reuse():
+    assert propagation(_gop(8, 100.0)) == pytest.approx([0.0] * 8)  # nothing predicted: nothing propagates
+    still = [propagation(_gop(n, 0.0))[0] for n in (2, 8, 32)]
+    assert 0.9 < still[0] < 1.1 and still[0] < still[1] < still[2]  # one copy doubles the cost: P = log2(2)
+    half = propagation(_gop(8, 50.0))
+    assert 0 < half[0] < still[1]  # half of each frame predicted
+    assert half == sorted(half, reverse=True) and half[-1] == 0.0  # less GOP left, less to pass on; the last: none
+    assert propagation([]) == []
+
+
+def test_propagation_follows_the_motion_vectors():
+    """A pan: each block is predicted from one block to its right, so the cost lands there, not on the edge."""
+    gop = _gop(2, 0.0, dx=BLOCK)  # frame 1's blocks all point one block right into frame 0
+    own = 101.0 * 20  # frame 0: 20 blocks of intra cost 100, plus the floor of 1
+    # each of frame 1's blocks hands on (100 + 1) * (1 - 1/101) = 100; the last column's 4 point outside
+    assert propagation(gop)[0] == pytest.approx(np.log2((own + 100 * 16) / own))
+    assert propagation(_gop(2, 0.0))[0] == pytest.approx(np.log2((own + 100 * 20) / own))  # no motion: all kept
+    # half a block: each block's cost split over two; only the last column's outer halves are lost
+    assert propagation(_gop(2, 0.0, dx=BLOCK // 2))[0] == pytest.approx(np.log2((own + 100 * 18) / own))

@@ -171,6 +171,27 @@ def test_requests_carry_first_pass_statistics(encode: dict) -> None:
     assert all(inter < intra for inter, intra in zip(first.inter_cost[1:], first.intra_cost[1:], strict=True))
 
 
+def test_requests_carry_each_frames_propagation_over_its_own_gop(encode: dict) -> None:
+    """first_pass.propagation: analysis.propagation over each GOP's frames of the source; VP9 sends none."""
+    from builtin_encoder.analysis import Analyzer, propagation
+
+    if encode["codec"] == "vp9":  # libvpx's first pass has no blocks
+        assert all(r.first_pass.propagation is None for r in encode["requests"])
+        assert '"propagation"' not in protocol.to_json(encode["requests"][0])  # left out, not null
+        return
+    analyzer, blocks = Analyzer(), []
+    for f in open_source(bundled_clip("carphone_pristine.mp4")).frames(FRAMES):
+        analyzer.add(f.y)
+        blocks.append(analyzer.blocks)
+    want = [p for g in range(0, FRAMES, KEYINT) for p in propagation(blocks[g : g + KEYINT])]
+    for r in encode["requests"]:
+        got = r.first_pass.propagation
+        assert got == pytest.approx(want[r.first_frame : r.first_frame + len(got)], abs=1e-4)
+    key = [r.first_pass.propagation[0] for r in encode["requests"] if r.mg_in_gop == 0]
+    assert len(key) == 3 and all(p > 1.0 for p in key)  # a talking head: most of the key frame lives on
+    assert want[KEYINT - 1] == want[2 * KEYINT - 1] == want[FRAMES - 1] == 0.0  # a GOP's last frame passes nothing on
+
+
 def _libvpx_analysis(source: list, noise: list[float]) -> list:
     from builtin_encoder.codec import CodecConfig, Measure
     from builtin_encoder.codec_vp9 import Vp9Codec, frame_analysis, libvpx_first_pass

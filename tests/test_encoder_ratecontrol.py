@@ -103,6 +103,23 @@ def test_version_1_stat_file_reads_without_analysis(tmp_path: Path) -> None:
         read_stats(path)
 
 
+def test_version_2_stat_file_reads_without_propagation(tmp_path: Path) -> None:
+    """Version 3 added each frame's propagation; a version 2 file reads with it None (requests leave it out)."""
+    header = StatHeader("x264", 176, 144, 24, 30.0, 16, 8, 1, 8)
+    synthetic = _synthetic_stats(24, 16)
+    stats = [dataclasses.replace(f, intra_cost=9.0, propagation=0.5 * (i % 16)) for i, f in enumerate(synthetic)]
+    path = tmp_path / "v3.stat"
+    write_stats(path, header, stats)
+    assert read_stats(path)[1] == stats  # version 3 round trip, propagation included
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[0]["version"] = 2
+    for d in lines[1:]:
+        del d["propagation"]
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    h, s = read_stats(path)
+    assert h.analysed and s[3].intra_cost == 9.0 and all(f.propagation is None for f in s)
+
+
 # ----------------------------------------------------------------------------- the closed loop, simulated
 
 

@@ -632,19 +632,6 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
         loso_value.parse_variants("x:k=2", loso_value.Variant("base", 2.0, ("fp_reuse",)))
 
 
-def test_key_propagation_grows_with_what_later_frames_reuse_of_the_key_frame():
-    from bench import key_diag
-
-    def gop(frames: int, inter: float) -> list[tuple[np.ndarray, ...]]:
-        intra, zero = np.full((4, 5), 100.0), np.zeros((4, 5), int)
-        return [(intra, np.full((4, 5), inter), zero, zero) for _ in range(frames)]
-
-    assert key_diag.key_propagation(gop(8, 100.0)) == pytest.approx(0.0)  # nothing predicted: nothing propagates
-    still = [key_diag.key_propagation(gop(n, 0.0)) for n in (2, 8, 32)]
-    assert 0.9 < still[0] < 1.1 and still[0] < still[1] < still[2]  # one copy doubles the cost: P = log2(2)
-    assert 0 < key_diag.key_propagation(gop(8, 50.0)) < still[1]  # half of each frame predicted
-
-
 def test_luma_concentration_is_high_for_flat_colours_and_low_for_noise():
     from bench import key_diag
 

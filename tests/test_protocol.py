@@ -68,6 +68,17 @@ def test_v2_request_with_first_pass_round_trips():
     assert protocol.parse_request(text, P) == req
 
 
+def test_first_pass_propagation_is_optional_and_round_trips():
+    without = make_request(first_pass=make_first_pass())
+    assert "propagation" not in protocol.to_json(without)  # left out, not null
+    assert protocol.parse_request(protocol.to_json(without), P).first_pass.propagation is None
+    req = make_request(first_pass=make_first_pass(propagation=[2.5 - 0.2 * i for i in range(12)]))
+    assert protocol.parse_request(protocol.to_json(req), P) == req
+    data = json.loads(protocol.to_json(without))
+    data["first_pass"]["propagation"] = None  # an encoder that writes null for "none"
+    assert protocol.parse_request(json.dumps(data), P).first_pass.propagation is None
+
+
 def test_v1_request_takes_the_v2_defaults():
     data = asdict(make_request())
     for name in ("qp_scale_max", "first_pass"):
@@ -84,6 +95,8 @@ def test_v1_request_takes_the_v2_defaults():
         (dict(inter_share=[0.8] * 11 + [1.5]), r"'first_pass.inter_share\[11\]' is 1.5, outside \[0, 1.0\]"),
         (dict(noise_sigma=[-1.0] * 12), r"'first_pass.noise_sigma\[0\]' is -1.0"),
         (dict(mv_mean=["x"] * 12), r"'first_pass.mv_mean\[0\]' must be a number"),
+        (dict(propagation=[1.0] * 13), r"'first_pass.propagation' has 13 entries, 'first_pass.intra_cost' 12"),
+        (dict(propagation=[1.0] * 11 + [-0.5]), r"'first_pass.propagation\[11\]' is -0.5, outside \[0, inf\]"),
     ],
 )
 def test_bad_first_pass_fields_are_named(over, match):
