@@ -517,18 +517,24 @@ def distill(actor: Actor, obs: np.ndarray, offsets: np.ndarray, max_delta_qp: in
     A full-batch fit of a step in a*(s) (a hinge term, parse_term) can stall on a plateau at the
     first learning rate (RMS 0.59 QP, 1.4 QP on the key mini-GOPs, for one seed in BENCHMARKS.md
     §2.4.18): while the RMS is above `tolerance`, up to `retries` more rounds of `epochs` go on
-    from there at a third of the rate. A fit that met the tolerance is left as it was.
+    from there at a third of the rate. A fresh optimiser can also climb out of a good fit, so the
+    actor ends with the best round's weights. A fit that met the tolerance is left as it was.
     """
     demos = Demos(obs.astype(np.float32), (offsets / max_delta_qp).astype(np.float32), np.zeros(len(obs), int),
                   np.zeros(len(obs), int), np.zeros(len(obs), int), [""], np.zeros(0))  # fmt: skip
     lr, rms = 3e-3, math.inf
+    best_rms, best = math.inf, None
     for _ in range(1 + retries):
         if rms <= tolerance:
             break
         fit_actor(actor, demos, epochs=epochs, lr=lr, weight_decay=weight_decay)
         rms = float(np.sqrt(np.mean((predict(actor, obs) * max_delta_qp - offsets) ** 2)))
+        if rms < best_rms:
+            best_rms, best = rms, {k: v.clone() for k, v in actor.state_dict().items()}
         lr /= 3.0
-    return rms
+    if best is not None and best_rms < rms:  # a later round made it worse: back to the best one
+        actor.load_state_dict(best)
+    return best_rms
 
 
 def payback_share(obs: np.ndarray) -> np.ndarray:

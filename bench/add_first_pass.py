@@ -10,6 +10,12 @@ before protocol v2 lack the first-pass statistics; those depend only on the wind
 they are recomputed here with the built-in encoder's own analysis (builtin_encoder/analysis.py,
 rounded as its stat files round them) instead of re-running the search. Each request gets the
 frames of its mini-GOP and of its lookahead mini-GOPs, as the encoder sends them.
+
+`--propagation` adds only `first_pass.propagation` (stat file version 3, analysis.propagation over
+each GOP) to requests that carry the other first-pass statistics, and leaves every other field as
+it was:
+
+    python bench/add_first_pass.py data/oracle_x264.jsonl --out data/oracle_x264_p.jsonl --propagation
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
-from builtin_encoder.analysis import Analyzer  # noqa: E402
+from builtin_encoder.analysis import Analyzer, propagation  # noqa: E402
 from builtin_encoder.session import analysis_fields  # noqa: E402
 from builtin_encoder.source import open_source  # noqa: E402
 
@@ -39,6 +45,22 @@ def analyse(win: clips.Window) -> list[dict[str, float]]:
     """Per-frame first-pass analysis of a window, as the encoder's stat file holds it."""
     analyzer = Analyzer()
     return [analysis_fields(analyzer.add(f.y)) for f in open_source(clips.materialise(win)).frames()]
+
+
+def gop_propagation(win: clips.Window, keyint: int) -> list[float]:
+    """Each frame's propagation over its own GOP (GOPs of `keyint` frames from frame 0), rounded as the stat file."""
+    analyzer, blocks = Analyzer(), []
+    for f in open_source(clips.materialise(win)).frames():
+        analyzer.add(f.y)
+        blocks.append(analyzer.blocks)
+    return [round(p, 4) for g in range(0, len(blocks), keyint) for p in propagation(blocks[g : g + keyint])]
+
+
+def add_propagation(request: dict, prop: list[float]) -> None:
+    """Sets first_pass.propagation of a request that has first_pass, for the frames its lists cover; in place."""
+    fp = request.get("first_pass")
+    if fp:
+        fp["propagation"] = prop[request["first_frame"] : request["first_frame"] + len(fp["intra_cost"])]
 
 
 def add_fields(request: dict, frames: list[dict[str, float]], codec: str, fp_bpp: list[float], lookahead: int) -> None:
@@ -60,13 +82,20 @@ def main() -> int:
     p.add_argument("records", help="JSON-lines file of bench/oracle_data.py")
     p.add_argument("--out", required=True, help="where to write the records with the v2 fields")
     p.add_argument("--lookahead", type=int, default=7, help="mini-GOPs of lookahead, as the encoder's --lookahead")
+    p.add_argument("--propagation", action="store_true", help="add only first_pass.propagation (v3 stat files)")
     ns = p.parse_args()
     wins = windows_by_name()
-    cache: dict[str, list[dict[str, float]]] = {}
+    cache: dict[str, list] = {}
     lines = [json.loads(line) for line in Path(ns.records).read_text().splitlines() if line.strip()]
     with open(ns.out, "w") as fh:
         for rec in lines:
-            if "error" not in rec:
+            if "error" not in rec and ns.propagation:
+                steps = rec["baseline_steps"] + rec.get("oracle_steps", [])
+                if rec["window"] not in cache:  # the encode's GOP length: its first GOP's
+                    cache[rec["window"]] = gop_propagation(wins[rec["window"]], steps[0]["request"]["gop_frames"])
+                for step in steps:
+                    add_propagation(step["request"], cache[rec["window"]])
+            elif "error" not in rec:
                 if rec["window"] not in cache:
                     cache[rec["window"]] = analyse(wins[rec["window"]])
                 fp_bpp = [step["request"]["fp_bpp"] for step in rec["baseline_steps"]]
