@@ -163,6 +163,8 @@ def records_and_judged(args: argparse.Namespace) -> tuple[list[dict], list[dict]
     set need not be fitted on: a check set such as `two` or `cut`), each file read once."""
     path = args.oracle or ROOT / f"data/oracle_{args.codec}.jsonl"
     oracle = oracle_data.of_window_sets(imitation.read_records([path]), args.sets, seed=args.oracle_seed)
+    for other, seed in args.pool:  # more draws of rates, fitted together (BENCHMARKS.md §2.4.29, rule 18)
+        oracle += oracle_data.of_window_sets(imitation.read_records([other]), args.sets, seed=seed)
     every = imitation.read_records([args.sweeps]) if args.sweeps else []
     return (oracle, oracle_data.of_window_sets(every, args.sets, "key"),
             oracle_data.of_window_sets(every, args.judge or args.sets, "key"))  # fmt: skip
@@ -409,6 +411,8 @@ def main() -> int:
     p.add_argument("--oracle", type=Path, default=None, help="features: oracle records (data/oracle_CODEC.jsonl)")
     p.add_argument("--oracle-seed", type=int, default=None,
                    help="the oracle records' draw of rates (oracle_data.py --seed; default: the shipped draw)")
+    p.add_argument("--pool", action="append", default=[], metavar="FILE:SEED",
+                   help="also fit on FILE's oracle records of draw SEED (oracle_data.py --seed; repeatable)")
     p.add_argument("--sweeps", type=Path, default=None, help="features/sweeps/history: key-sweep records")
     p.add_argument("--judge", default=None,
                    help="propagate/pixels: window sets whose key sweeps judge (default --sets; a set outside "
@@ -417,7 +421,14 @@ def main() -> int:
     for flag, sets in (("--sets", args.sets), ("--judge", args.judge or "")):
         if error := clips.window_sets_error(flag, sets):
             p.error(error)
-    for flag, path in (("--oracle", args.oracle), ("--sweeps", args.sweeps)):
+    pool = []
+    for value in args.pool:
+        name, _, seed = value.rpartition(":")
+        if not name or not seed.lstrip("-").isdigit():
+            p.error(f"--pool {value!r}: give FILE:SEED, e.g. data/oracle_x264_seed2.jsonl:2")
+        pool.append((Path(name), int(seed)))
+    args.pool = pool
+    for flag, path in (("--oracle", args.oracle), ("--sweeps", args.sweeps), *(("--pool", f) for f, _ in pool)):
         if path is not None and (error := oracle_data.missing_records(flag, [path])):
             p.error(error)
     with tempfile.TemporaryDirectory(prefix="key_diag_") as tmp:

@@ -99,6 +99,8 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["bench/loso_value.py", "--sweeps", missing, "--judge", "nope"], "--judge: unknown window set 'nope'"),
         (["bench/key_diag.py", "sweeps", "--sets", "train,nope"], "--sets: unknown window set 'nope'"),
         (["bench/key_diag.py", "propagate", "--judge", "fixd"], "--judge: unknown window set 'fixd'"),
+        (["bench/key_diag.py", "propagate", "--pool", "data/oracle_x264_seed2.jsonl"], "--pool 'data/oracle_x264_"),
+        (["bench/key_diag.py", "propagate", "--pool", f"{missing}:2"], "--pool:"),
         (["bench/loso_value.py", "--sweeps", __file__, "--oracle", __file__, "--lead-sweeps", missing],
          "--lead-sweeps:"),
         (["bench/learning_curve.py", missing, "--out", str(tmp_path / "lc")], "is not a file"),
