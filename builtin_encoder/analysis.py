@@ -168,8 +168,8 @@ def propagation(gop: list[BlockCosts], floor: float = 1.0) -> list[float]:
     amount_u,b = (intra_u,b + f + prop_u,b) * (1 - (inter_u,b + f) / (intra_u,b + f)) to the blocks
     of frame u - 1 its vector points at, split by overlap (bilinear). f = `floor` keeps flat blocks
     from dividing by zero. The GOP's last frame passes nothing on (P = 0); a still camera gives P
-    near log2 of the frames left, noise or a cut gives P near 0. Same units as the cost ratio: no
-    scale assumed, so any consistent block analysis gives comparable P.
+    near log2(1 + frames left), noise or a cut gives P near 0. A ratio of costs: any consistent
+    block analysis gives comparable P.
     """
     if not gop:
         return []
