@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
-from builtin_encoder.analysis import Analyzer, propagation  # noqa: E402
+from builtin_encoder.analysis import Analyzer, frame_blocks, propagation_by_gop  # noqa: E402
 from builtin_encoder.session import analysis_fields  # noqa: E402
 from builtin_encoder.source import open_source  # noqa: E402
 
@@ -49,11 +49,8 @@ def analyse(win: clips.Window) -> list[dict[str, float]]:
 
 def gop_propagation(win: clips.Window, keyint: int) -> list[float]:
     """Each frame's propagation over its own GOP (GOPs of `keyint` frames from frame 0), rounded as the stat file."""
-    analyzer, blocks = Analyzer(), []
-    for f in open_source(clips.materialise(win)).frames():
-        analyzer.add(f.y)
-        blocks.append(analyzer.blocks)
-    return [round(p, 4) for g in range(0, len(blocks), keyint) for p in propagation(blocks[g : g + keyint])]
+    blocks = frame_blocks(f.y for f in open_source(clips.materialise(win)).frames())
+    return [round(p, 4) for p in propagation_by_gop(blocks, keyint)]
 
 
 def add_propagation(request: dict, prop: list[float]) -> None:

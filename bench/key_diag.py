@@ -256,34 +256,24 @@ def cmd_history(args: argparse.Namespace, work: Path) -> None:
         print(f"| {name} | {corr:+.2f} | {r2:+.2f} | {np.nanmean(values[np.arange(len(act)), act + m]):+.4f} |")
 
 
-def block_costs(path: Path) -> list[analysis.BlockCosts]:
-    """Per frame of the clip: the per-block analysis the built-in encoder's pass 1 makes (analysis.Analyzer)."""
-    analyzer, out = analysis.Analyzer(), []
-    for frame in open_source(path).frames():
-        analyzer.add(frame.y)
-        out.append(analyzer.blocks)
-    return out
-
-
-def key_propagation(gop: list[analysis.BlockCosts]) -> float:
-    """P = log2(Σ(intra + propagated) / Σ intra) of the GOP's first frame (analysis.propagation): MB-tree on blocks."""
-    return analysis.propagation(gop)[0]
-
-
 def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
     gop = 8 * args.mgs_per_gop
+
+    def key_frames_p(path: Path) -> list[tuple[float, int]]:
+        """(P of the key frame, frames) of each GOP of the clip: analysis.propagation on pass 1's blocks."""
+        blocks = analysis.frame_blocks(f.y for f in open_source(path).frames())
+        p = analysis.propagation_by_gop(blocks, gop)
+        return [(p[g], len(blocks[g : g + gop])) for g in range(0, len(blocks), gop)]
+
     print("| held-out clip | P per GOP (frames) |\n|---|---|")
     for win in clips.heldout_windows():
-        costs = block_costs(clips.materialise(win))
-        gops = [costs[g : g + gop] for g in range(0, len(costs), gop)]
-        print(f"| {win.source} | {', '.join(f'{key_propagation(c):.2f} ({len(c)})' for c in gops)} |")
+        print(f"| {win.source} | {', '.join(f'{p:.2f} ({n})' for p, n in key_frames_p(clips.materialise(win)))} |")
     oracle, sweeps, judge_sweeps = records_and_judged(args)
     windows = window_index(args)
     names = sorted({r["window"] for r in oracle + sweeps + judge_sweeps})
     prop = {}  # window -> P of each of its GOPs
     for name in names:
-        costs = block_costs(clips.materialise(windows[name]))
-        prop[name] = [key_propagation(costs[g : g + gop]) for g in range(0, len(costs), gop)]
+        prop[name] = [p for p, _ in key_frames_p(clips.materialise(windows[name]))]
     print("\n| training window | P per GOP |\n|---|---|")
     for name in sorted(prop):
         print(f"| {name} | {', '.join(f'{v:.2f}' for v in prop[name])} |")

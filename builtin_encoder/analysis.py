@@ -18,6 +18,7 @@ cost each frame's content carries (the per-frame `propagation` entry of `first_p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,3 +195,17 @@ def propagation(gop: list[BlockCosts], floor: float = 1.0) -> list[float]:
                 ok = (ty >= 0) & (ty < bh) & (tx >= 0) & (tx < bw) & (part > 0)
                 np.add.at(prop, (ty[ok], tx[ok]), part[ok])
     return out
+
+
+def frame_blocks(lumas: Iterable[np.ndarray]) -> list[BlockCosts]:
+    """Each frame's per-block analysis (Analyzer.blocks) for luma frames in display order."""
+    analyzer, out = Analyzer(), []
+    for y in lumas:
+        analyzer.add(y)
+        out.append(analyzer.blocks)
+    return out
+
+
+def propagation_by_gop(blocks: list[BlockCosts], keyint: int) -> list[float]:
+    """`propagation` of every frame of an encode whose GOPs are `keyint` frames from frame 0."""
+    return [p for g in range(0, len(blocks), keyint) for p in propagation(blocks[g : g + keyint])]

@@ -238,6 +238,11 @@ def first_pass_message(stats: list[FrameStat], frames: range) -> protocol.FirstP
     return message
 
 
+def gop_frame_count(layout: list[MiniGop], gop: int) -> int:
+    """Frames in GOP `gop` of the layout."""
+    return sum(m.count for m in layout if m.gop == gop)
+
+
 def add_propagation(stats: list[FrameStat], blocks: list[BlockCosts]) -> None:
     """Sets `propagation` (analysis.propagation, rounded as the stat file rounds) on the last len(blocks)
     stats: one whole GOP's frames, in display order, with their per-block analysis."""
@@ -466,7 +471,7 @@ def encode_pass(
                         f"{psnr_from_mse(st.sse_v / chroma):.4f}", f"{st.ssim_y:.6f}",
                     ])  # fmt: skip
             if collect_features and mg.gop_end:
-                if len(gop_blocks) == sum(m.count for m in job.layout if m.gop == mg.gop):
+                if len(gop_blocks) == gop_frame_count(job.layout, mg.gop):
                     add_propagation(out_stats, gop_blocks)
                 gop_blocks = []
             if agent is not None:
@@ -490,7 +495,7 @@ def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: i
     s = job.settings
     nxt = job.layout[mg.index + 1 : mg.index + 1 + s.lookahead]
     seen = range(mg.first, (nxt[-1] if nxt else mg).first + (nxt[-1] if nxt else mg).count)
-    gop_frames = sum(m.count for m in job.layout if m.gop == mg.gop)
+    gop_frames = gop_frame_count(job.layout, mg.gop)
     assert rc.total_budget is not None
     return protocol.Request(
         mg_index=mg.index,

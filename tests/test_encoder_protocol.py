@@ -173,17 +173,14 @@ def test_requests_carry_first_pass_statistics(encode: dict) -> None:
 
 def test_requests_carry_each_frames_propagation_over_its_own_gop(encode: dict) -> None:
     """first_pass.propagation: analysis.propagation over each GOP's frames of the source; VP9 sends none."""
-    from builtin_encoder.analysis import Analyzer, propagation
+    from builtin_encoder.analysis import frame_blocks, propagation_by_gop
 
     if encode["codec"] == "vp9":  # libvpx's first pass has no blocks
         assert all(r.first_pass.propagation is None for r in encode["requests"])
         assert '"propagation"' not in protocol.to_json(encode["requests"][0])  # left out, not null
         return
-    analyzer, blocks = Analyzer(), []
-    for f in open_source(bundled_clip("carphone_pristine.mp4")).frames(FRAMES):
-        analyzer.add(f.y)
-        blocks.append(analyzer.blocks)
-    want = [p for g in range(0, FRAMES, KEYINT) for p in propagation(blocks[g : g + KEYINT])]
+    blocks = frame_blocks(f.y for f in open_source(bundled_clip("carphone_pristine.mp4")).frames(FRAMES))
+    want = propagation_by_gop(blocks, KEYINT)
     for r in encode["requests"]:
         got = r.first_pass.propagation
         assert got == pytest.approx(want[r.first_frame : r.first_frame + len(got)], abs=1e-4)
