@@ -332,14 +332,16 @@ class Recipe:
     windows: the oracle window sets it is fitted on (clips.WINDOW_SETS, comma-separated);
     consensus: k of consensus_offset, how far offsets shrink where the leave-one-source-out fits
     disagree (0 = the full model's a*(s)); key_sweeps: window sets whose key-mini-GOP sweeps
-    (bench/oracle_data.py --search key) are fitted too ("" = none). BENCHMARKS.md §2.4.8–2.4.9 say
-    how each was chosen.
+    (bench/oracle_data.py --search key) are fitted too ("" = none); draws: the seeds of the target-rate
+    draws whose oracle points are fitted together (bench/oracle_data.py --seed; more draws, more
+    rates per window). BENCHMARKS.md §2.4.8–2.4.9 say how each was chosen.
     """
 
     windows: str
     consensus: float
     features: GainFeatures = SHIPPED_FEATURES
     key_sweeps: str = ""
+    draws: tuple[int, ...] = (0,)
 
 
 SHIPPED_RECIPES = {

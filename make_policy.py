@@ -16,7 +16,8 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
    animation; never an evaluated source)
    at 3 target rates each, the Δ=0 encode and the oracle's coordinate descent, every candidate a
    real encode; with --key-sweeps, also every offset of the key mini-GOP alone on those sets (6
-   other rates each). Kept in --data (reused when present: delete it to start over).
+   other rates each); with --draws 0,2, the window sets again at a second draw of 3 rates (seed 2),
+   and both draws are fitted together. Kept in --data (reused when present: delete it to start over).
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
    training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
@@ -62,11 +63,14 @@ ROOT = Path(__file__).resolve().parent
 POSITIONS = 8  # mini-GOPs per GOP in the demonstrations (keyint 64, mini-GOP 8)
 
 
-def select_records(every: list[dict], label: str, windows: str, key_sweeps: str, inputs: list[str]) -> list[dict]:
-    """The records the fit uses: codec `label`'s points of the window sets (oracle_data.of_window_sets),
-    its key sweeps of `key_sweeps`, and every oracle point of the windows named in `inputs` (--inputs)."""
+def select_records(every: list[dict], label: str, windows: str, key_sweeps: str, inputs: list[str],
+                   draws: tuple[int, ...] = (0,)) -> list[dict]:  # fmt: skip
+    """The records the fit uses: codec `label`'s points of the window sets at the rates of each seed in
+    `draws` (oracle_data.of_window_sets), its key sweeps of `key_sweeps`, and every oracle point of the
+    windows named in `inputs` (--inputs)."""
     mine = [r for r in every if r["codec"] == label]
-    records = oracle_data.of_window_sets(mine, windows) + oracle_data.of_window_sets(mine, key_sweeps, "key")
+    records = [r for seed in draws for r in oracle_data.of_window_sets(mine, windows, seed=seed)]
+    records += oracle_data.of_window_sets(mine, key_sweeps, "key")
     return records + [r for r in mine if r["window"] in inputs and r.get("search", "oracle") == "oracle"]
 
 
@@ -97,6 +101,9 @@ def main() -> int:
                         "a term f>t is max(0, f - t), f<t max(0, t - f)")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
+    p.add_argument("--draws", default=None,
+                   help="seeds of the target-rate draws searched and fitted together (comma-separated, "
+                        "bench/oracle_data.py --seed); default: the codec's shipped recipe (0)")
     own_clips.add_own_flags(p, "--data")
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
@@ -135,13 +142,20 @@ def main() -> int:
     ns.windows = ns.windows or ("" if inputs else recipe.windows)
     ns.key_sweeps = ns.key_sweeps if ns.key_sweeps is not None else "" if inputs else recipe.key_sweeps
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
+    try:
+        draws = tuple(int(d) for d in ns.draws.split(",")) if ns.draws is not None else recipe.draws
+    except ValueError:
+        p.error(f"--draws {ns.draws!r}: give seeds, comma-separated (e.g. 0,2)")
+    if not draws or len(set(draws)) != len(draws) or min(draws) < 0:
+        p.error(f"--draws {ns.draws!r}: give distinct seeds >= 0, comma-separated (e.g. 0,2)")
     for flag, sets in (("--windows", ns.windows), ("--key-sweeps", ns.key_sweeps)):
         if error := clips.window_sets_error(flag, sets):
             p.error(error)
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}.jsonl")
     out = Path(ns.out or policy.shipped_policy(ns.codec))
-    searches = [(["--windows", name], "oracle") for name in filter(None, ns.windows.split(","))]
+    searches = [(["--windows", name, "--seed", str(seed)], "oracle")
+                for seed in draws for name in filter(None, ns.windows.split(","))]  # fmt: skip
     searches += [(["--windows", name], "key") for name in filter(None, ns.key_sweeps.split(","))]
     if inputs:
         searches += [(["--inputs", *ns.inputs, "--frames", str(ns.frames), *(["--augment"] if ns.augment else [])],
@@ -161,7 +175,7 @@ def main() -> int:
             return 1
 
     label = "encoder" if ns.encoder else ns.codec  # the records' codec (oracle_data.py)
-    records = select_records(imitation.read_records([data]), label, ns.windows, ns.key_sweeps, inputs)
+    records = select_records(imitation.read_records([data]), label, ns.windows, ns.key_sweeps, inputs, draws)
     if not records:
         print(f"make_policy.py: no oracle points of {ns.windows or ns.inputs} in {data}", file=sys.stderr)
         return 1
@@ -170,7 +184,8 @@ def main() -> int:
                                            ns.consensus, spec)  # fmt: skip
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d"), "windows": ns.windows,
-                  "key_sweeps": ns.key_sweeps, "consensus": str(ns.consensus), "features": spec.describe()}  # fmt: skip
+                  "key_sweeps": ns.key_sweeps, "consensus": str(ns.consensus), "features": spec.describe(),
+                  "draws": ",".join(map(str, draws))}  # fmt: skip
     if ns.encoder:
         provenance |= {"encoder": ns.encoder, "encoder_args": ns.encoder_args}
     if inputs:

@@ -321,6 +321,7 @@ def test_shipped_policy_was_made_with_its_codecs_recipe(codec):
     assert prov["windows"] == recipe.windows and float(prov["consensus"]) == recipe.consensus
     assert prov["features"] == recipe.features.describe()
     assert prov.get("key_sweeps", "") == recipe.key_sweeps  # files made before sweeps existed had none
+    assert prov.get("draws", "0") == ",".join(map(str, recipe.draws))  # and before draws were pooled, one: 0
 
 
 def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
@@ -335,6 +336,11 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2 and "--key-sweeps: unknown window set 'trian'" in res.stderr
     assert not data.exists()
+    for bad in ("0,x", "2,2", "-1", ""):
+        res = subprocess.run([sys.executable, str(root / "make_policy.py"), "--codec", "x264", "--draws", bad,
+                              "--data", str(data), "--out", str(tmp_path / "p.pt")],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 2 and f"--draws {bad!r}" in res.stderr, bad
     assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
 
 

@@ -143,3 +143,8 @@ def test_the_fit_takes_your_clips_and_the_window_sets_named_with_them():
     assert [(r["window"], r["key"]) for r in got] == [(window, screen), ("mine_s1_f0-64", every[0]["key"]),
                                                       ("mine_s1_r8n1_f0-64", every[1]["key"])]  # fmt: skip
     assert make_policy.select_records(every, "encoder", "", "", inputs) == every[:2]
+    # --draws 0,2: the set's points at the rates of both draws, not at a third draw's
+    at = {seed: sorted(oracle_data.point_keys("encoder", "screen", seed=seed)) for seed in (0, 2, 3)}
+    pooled = [rec("encoder", k.split("/")[1], float(k.split("/")[2])) for seed in (0, 2, 3) for k in at[seed]]
+    got = make_policy.select_records(pooled, "encoder", "screen", "", [], (0, 2))
+    assert sorted(r["key"] for r in got) == sorted(at[0] + at[2]) and not set(at[3]) & set(at[0] + at[2])
