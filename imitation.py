@@ -28,7 +28,7 @@ import torch
 
 from models import Actor
 from protocol import Feedback, Request, request_from_dict
-from state import FEATURE_NAMES, OBS_DIM, build_observation
+from state import FEATURE_NAMES, FEATURES_V2, OBS_DIM, build_observation
 
 _RECORD = Path("<oracle record>")  # the 'file' named in errors about a stored request
 
@@ -583,20 +583,35 @@ def consensus_offset(
     return np.sign(m) * np.maximum(0.0, np.abs(m) - k * sd)
 
 
+def used_features(spec: GainFeatures) -> set[str]:
+    """The state features a*(s) depends on: `spec`'s terms' and has_key."""
+    return {"has_key", *(parse_term(t)[0] for t in (*(spec.key or ()), *(spec.inter or ()), *spec.curvature))}
+
+
+def actor_inputs(spec: GainFeatures) -> tuple[str, ...]:
+    """The features a distilled actor reads: state.FEATURES_V2, and every later feature only where the
+    gain model uses it. A recipe that does not use a feature added later makes the same actor as
+    before it was added (same inputs, same shuffles, same fit: shipped policies reproduce)."""
+    every = spec.key is None or spec.inter is None  # a gain model on the whole state
+    later = [name for name in FEATURE_NAMES[len(FEATURES_V2) :] if every or name in used_features(spec)]
+    return FEATURES_V2 + tuple(later)
+
+
 def ignoring_unused(
-    obs: np.ndarray, target: np.ndarray, spec: GainFeatures, seed: int = 0, copies: int = 3
-) -> tuple[np.ndarray, np.ndarray]:
+    obs: np.ndarray, target: np.ndarray, spec: GainFeatures, seed: int = 0, copies: int = 3,
+    names: tuple[str, ...] = FEATURE_NAMES,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Training set for distilling a*(s) that teaches the actor to ignore the features the gain model did not use.
 
-    The actor sees the whole state; a*(s) depends only on `spec`'s features and has_key. Every
-    other feature is shuffled across the states in `copies` extra copies (same targets), so
-    the actor cannot pick up what those features happen to correlate with in the training clips.
-    Returns (obs, target), (N * (1 + copies), OBS_DIM) and (N * (1 + copies),).
+    The actor sees the features `names` (obs's columns); a*(s) depends only on `spec`'s features and
+    has_key. Every other feature is shuffled across the states in `copies` extra copies (same
+    targets), so the actor cannot pick up what those features happen to correlate with in the
+    training clips. Returns (obs, target), (N * (1 + copies), len(names)) and (N * (1 + copies),).
     """
     if spec.key is None or spec.inter is None:
         return obs, target
-    used = {"has_key", *(parse_term(t)[0] for t in (*spec.key, *spec.inter, *spec.curvature))}
-    unused = [i for i, name in enumerate(FEATURE_NAMES) if name not in used]
+    used = used_features(spec)
+    unused = [i for i, name in enumerate(names) if name not in used]
     rng = np.random.default_rng(seed)
     out = [obs]
     for _ in range(copies):
@@ -618,6 +633,8 @@ def train_policy(
 ) -> tuple[Actor, str]:
     """The whole recipe on oracle records: gain model -> a*(s) -> distilled actor; returns (actor, summary).
 
+    The actor reads the features actor_inputs(spec) (save the policy with them).
+
     consensus=k > 0 uses consensus_offset(k) instead of the full model's a*(s). payback=True
     scales a*(s) by payback_share(s) and fits it on short-GOP copies of the key
     states too (offsets fade where the rest of the GOP cannot pay them back): better rate
@@ -638,9 +655,11 @@ def train_policy(
     else:
         target = model.best_offset(obs, max_delta_qp)
     target = target * (payback_share(obs) if payback else 1.0)
-    fit_obs, fit_target = ignoring_unused(obs, target, spec, seed)
+    inputs = actor_inputs(spec)
+    cols = [FEATURE_NAMES.index(name) for name in inputs]
+    fit_obs, fit_target = ignoring_unused(obs[:, cols], target, spec, seed, names=inputs)
     torch.manual_seed(seed)
-    actor = Actor(OBS_DIM, 1, hidden)
+    actor = Actor(len(inputs), 1, hidden)
     rms = distill(actor, fit_obs, fit_target, max_delta_qp)
     key = obs[:, FEATURE_NAMES.index("has_key")] > 0.5
     summary = (f"gain model ({spec.describe()}) on {len(moves)} oracle moves from {len(records)} points "

@@ -860,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
 
     agent = SACAgent(OBS_DIM, ACT_DIM, cfg.sac, device, cfg.seed)
     if pol is not None:
-        agent.set_reference(pol.actor)  # the actor starts as the policy; --bc-weight keeps it near it
+        agent.set_reference(pol.full_actor())  # the actor starts as the policy; --bc-weight keeps it near it
         log.info("actor from the policy %s (%s)", pol.path, pol.provenance.get("summary", "no description"))
     if critics is not None:
         critic_pretrain.load_into(agent, critics[0])  # twin critics q1, q2

@@ -190,7 +190,7 @@ def main() -> int:
         provenance |= {"encoder": ns.encoder, "encoder_args": ns.encoder_args}
     if inputs:
         provenance |= {"inputs": ",".join(inputs)}
-    policy.save(out, actor, label, ns.max_delta_qp, 0.02, provenance)
+    policy.save(out, actor, label, ns.max_delta_qp, 0.02, provenance, imitation.actor_inputs(spec))
     print(f"{out}: {summary}")
     if ns.pattern_out:
         moves = imitation.move_samples(records)

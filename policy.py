@@ -7,6 +7,10 @@ A policy file (`policies/<codec>.pt`) holds only tensors and plain values, so it
      "hidden_sizes": [int], "actor": {name: tensor}, "max_delta_qp": int, "rate_tolerance": float,
      "provenance": {str: str}}
 
+The actor reads the features `feature_names` names (obs_dim of them), picked by name from the
+state (state.FEATURE_NAMES): a file made before a feature was added reads the features it knew, and
+answers as it did.
+
 `--load-checkpoint policies/svtav1.pt` works wherever a checkpoint does: `--mode infer` and
 `evaluate.py` answer with its deterministic action tanh(mean(s)); `--mode train` starts SAC with
 its actor (fine-tuning). Without `--load-checkpoint`, infer mode and evaluate.py use
@@ -62,17 +66,23 @@ def named(value: str) -> Path:
 class Policy:
     """A deterministic actor and the action range it was trained with."""
 
-    actor: Actor
+    actor: Actor  # reads the features `feature_names`, in that order
     codec: str
     max_delta_qp: int
     rate_tolerance: float
     provenance: dict[str, str] = field(default_factory=dict)
     path: str = ""
+    feature_names: tuple[str, ...] = FEATURE_NAMES
     _numpy: NumpyActor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
         return actor_hidden_sizes(self.actor)
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """Indices of the actor's features in the state vector (state.FEATURE_NAMES)."""
+        return np.array([FEATURE_NAMES.index(name) for name in self.feature_names])
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Deterministic action (1,) in [-1, 1] for one observation (OBS_DIM,), float32.
@@ -82,7 +92,23 @@ class Policy:
         """
         if self._numpy is None:
             self._numpy = NumpyActor(self.actor)
+        if len(self.feature_names) < OBS_DIM:
+            obs = np.asarray(obs)[self.inputs]
         return self._numpy.deterministic(obs)
+
+    def full_actor(self) -> Actor:
+        """The actor on the whole state (OBS_DIM inputs): weight 0 on the features it does not read, so
+        it answers as the policy does (a starting point for SAC, which acts on every feature)."""
+        if len(self.feature_names) == OBS_DIM:
+            return self.actor
+        full = Actor(OBS_DIM, 1, self.hidden_sizes)
+        state = {k: v.clone() for k, v in self.actor.state_dict().items()}
+        first = next(k for k in state if k.endswith("weight"))  # the first Linear: (hidden, inputs)
+        wide = torch.zeros(state[first].shape[0], OBS_DIM)
+        wide[:, torch.as_tensor(self.inputs)] = state[first]
+        state[first] = wide
+        full.load_state_dict(state)
+        return full
 
 
 def actor_hidden_sizes(actor: Actor) -> tuple[int, ...]:
@@ -91,13 +117,13 @@ def actor_hidden_sizes(actor: Actor) -> tuple[int, ...]:
 
 
 def save(path: Path, actor: Actor, codec: str, max_delta_qp: int, rate_tolerance: float,
-         provenance: dict[str, str]) -> None:  # fmt: skip
-    """Writes a policy file atomically (temporary file + rename)."""
+         provenance: dict[str, str], feature_names: tuple[str, ...] = FEATURE_NAMES) -> None:  # fmt: skip
+    """Writes a policy file atomically (temporary file + rename); `actor` reads `feature_names`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
-        "format": POLICY_FORMAT, "version": POLICY_VERSION, "codec": codec, "obs_dim": OBS_DIM,
-        "feature_names": list(FEATURE_NAMES), "hidden_sizes": list(actor_hidden_sizes(actor)),
+        "format": POLICY_FORMAT, "version": POLICY_VERSION, "codec": codec, "obs_dim": len(feature_names),
+        "feature_names": list(feature_names), "hidden_sizes": list(actor_hidden_sizes(actor)),
         "actor": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
         "max_delta_qp": int(max_delta_qp), "rate_tolerance": float(rate_tolerance),
         "provenance": {str(k): str(v) for k, v in provenance.items()},
@@ -132,19 +158,20 @@ def load(path: Path, data: dict[str, Any] | None = None) -> Policy:
         raise PolicyError(f"{path} is not a policy file (format {POLICY_FORMAT!r})")
     if data.get("version") != POLICY_VERSION:
         raise PolicyError(f"{path}: policy version {data.get('version')}, this code reads {POLICY_VERSION}")
-    if list(data.get("feature_names", [])) != list(FEATURE_NAMES):
+    names = [str(n) for n in data.get("feature_names", [])]
+    if not names or [n for n in FEATURE_NAMES if n in names] != names:  # a subset, in the state's order
         raise PolicyError(
             f"{path} was trained on the features {data.get('feature_names')}, this code builds {list(FEATURE_NAMES)}: "
             "retrain it (see README, 'Shipped policies')"
         )
-    actor = Actor(OBS_DIM, 1, tuple(int(h) for h in data["hidden_sizes"]))
+    actor = Actor(len(names), 1, tuple(int(h) for h in data["hidden_sizes"]))
     try:
         actor.load_state_dict(data["actor"])
     except (RuntimeError, KeyError) as exc:
         raise PolicyError(f"{path}: actor weights do not fit: {str(exc).splitlines()[0]}") from None
     actor.eval()
     return Policy(actor, str(data["codec"]), int(data["max_delta_qp"]), float(data["rate_tolerance"]),
-                  dict(data.get("provenance", {})), str(path))  # fmt: skip
+                  dict(data.get("provenance", {})), str(path), tuple(names))  # fmt: skip
 
 
 class PolicyLearner(Learner):

@@ -35,8 +35,13 @@ FEATURE_NAMES: tuple[str, ...] = (
     "fp_motion",  # log2(1 + mean motion-vector length, pixels) / 4 over all frames
     "fp_noise",  # log2(1 + mean noise sigma) / 4 over all frames
     "fp_reuse",  # log2(1 + later frames of the GOP that re-use this mini-GOP's content) / 4: gop_reuse
+    # From first_pass.propagation (optional); 0 without it.
+    "fp_propagation",  # the mini-GOP's first frame's block propagation over the rest of its GOP / 4
 )
 OBS_DIM = len(FEATURE_NAMES)
+# The features before fp_propagation: the inputs of the policies made before it (policy.py reads any
+# file whose features are a subset of FEATURE_NAMES, in this order).
+FEATURES_V2: tuple[str, ...] = FEATURE_NAMES[: FEATURE_NAMES.index("fp_propagation")]
 
 _EPS = 1e-6
 # The action's QP unit is defined on a 0..63 scale (AV1 QP, x264 QP); codecs with a finer scale
@@ -88,6 +93,15 @@ def first_pass_features(req: Request) -> list[float]:
         math.log2(1.0 + mean(fp.noise_sigma, *everything)) / 4.0,
         math.log2(1.0 + gop_reuse(req)) / 4.0,
     ]
+
+
+def propagation_feature(req: Request) -> float:
+    """fp_propagation: first_pass.propagation[0] / 4, the block propagation of the mini-GOP's first frame
+    over the rest of its GOP (PROTOCOL.md §4.1.1: log2 of (own + propagated cost) / own cost); 0 without it."""
+    fp = req.first_pass
+    if fp is None or not fp.propagation:
+        return 0.0
+    return fp.propagation[0] / 4.0
 
 
 def gop_reuse(req: Request) -> float:
@@ -166,6 +180,7 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
             prev_psnr,
             prev_delta,
             *first_pass_features(req),
+            propagation_feature(req),
         ],
         dtype=np.float32,
     )

@@ -60,7 +60,8 @@ def main() -> int:
         subset = [records[i] for i in order[:n]]
         actor, summary = imitation.train_policy(subset, consensus=recipe.consensus, spec=recipe.features)
         path = out / f"policy_{n}.pt"
-        policy.save(path, actor, ns.codec, 4, 0.02, {"summary": summary, "command": "bench/learning_curve.py"})
+        policy.save(path, actor, ns.codec, 4, 0.02, {"summary": summary, "command": "bench/learning_curve.py"},
+                    imitation.actor_inputs(recipe.features))  # fmt: skip
         folder = out / f"eval_{n}"
         cmd = [sys.executable, str(ROOT / "evaluate.py"), "--load-checkpoint", str(path), "--codec", ns.codec,
                "--inputs", str(heldout), "--skip-codec-rc", "--log-level", "0", "--out", str(folder)]  # fmt: skip

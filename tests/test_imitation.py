@@ -262,6 +262,41 @@ def test_policy_file_round_trip_gives_the_same_answers_and_loads_weights_only(tm
     assert np.array_equal(bundle.learner.choose(obs[0]), loaded.act(obs[0]))
 
 
+def test_a_policy_made_before_a_feature_was_added_reads_its_own_features_and_answers_as_before(tmp_path):
+    from state import FEATURES_V2
+
+    torch.manual_seed(3)
+    actor = Actor(len(FEATURES_V2), 1, (16, 16))  # a file of the features before fp_propagation
+    path = tmp_path / "old.pt"
+    policy.save(path, actor, "svtav1", 4, 0.02, {"summary": "test"}, FEATURES_V2)
+    loaded = policy.load(path)
+    obs = np.random.default_rng(0).uniform(-1, 1, (20, OBS_DIM)).astype(np.float32)
+    cols = [FEATURE_NAMES.index(n) for n in FEATURES_V2]
+    exported = imitation.predict(actor, obs[:, cols])
+    answers = np.stack([loaded.act(o)[0] for o in obs])
+    np.testing.assert_allclose(answers, exported, atol=1e-6)
+    later = obs.copy()
+    later[:, FEATURE_NAMES.index("fp_propagation")] += 1.0  # a feature it never read: no effect
+    assert np.array_equal(np.stack([loaded.act(o)[0] for o in later]), answers)
+    full = loaded.full_actor()  # SAC starts from it on the whole state: the same answers
+    np.testing.assert_allclose(imitation.predict(full, later), exported, atol=1e-6)
+    assert loaded.full_actor() is not loaded.actor and policy.load(path).feature_names == FEATURES_V2
+    data = torch.load(path, weights_only=True)
+    data["feature_names"] = list(reversed(FEATURES_V2))  # known names in another order: refused
+    torch.save(data, path)
+    with pytest.raises(policy.PolicyError, match="trained on the features"):
+        policy.load(path)
+
+
+def test_actor_inputs_add_a_later_feature_only_where_the_gain_model_uses_it():
+    from state import FEATURES_V2
+
+    assert imitation.actor_inputs(imitation.GainFeatures(key=("fp_reuse",), inter=())) == FEATURES_V2
+    with_p = imitation.GainFeatures.parse("gop_left,fp_propagation>0.8", "")
+    assert imitation.actor_inputs(with_p) == (*FEATURES_V2, "fp_propagation")
+    assert imitation.actor_inputs(imitation.ALL_FEATURES) == FEATURE_NAMES  # a model on the whole state
+
+
 def test_policy_trained_on_other_features_is_refused_with_a_clear_message(tmp_path):
     actor = Actor(OBS_DIM, 1, (8,))
     path = tmp_path / "p.pt"

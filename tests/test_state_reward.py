@@ -61,6 +61,17 @@ def test_first_pass_features_tell_still_content_from_unpredictable_content():
     assert o_still[FEATURE_NAMES.index("fp_inter_ratio")] == o_busy[FEATURE_NAMES.index("fp_inter_ratio")]
 
 
+def test_fp_propagation_is_the_first_frames_propagation_and_zero_without_it():
+    from test_protocol import make_first_pass
+
+    i = FEATURE_NAMES.index("fp_propagation")
+    without = make_first_pass(frames=16)  # first-pass statistics without propagation (VP9's)
+    assert build_observation(make_request(first_pass=without), None, None)[i] == 0.0
+    assert build_observation(make_request(), None, None)[i] == 0.0  # no first pass at all
+    prop = make_first_pass(frames=16, propagation=[3.6 - 0.2 * k for k in range(16)])
+    assert build_observation(make_request(first_pass=prop), None, None)[i] == pytest.approx(0.9)
+
+
 def test_gop_reuse_counts_the_later_frames_of_the_gop_that_reuse_the_content():
     from test_protocol import make_first_pass
 
