@@ -346,9 +346,10 @@ class Recipe:
 
 SHIPPED_RECIPES = {
     "svtav1": Recipe("train,static,natural", 1.0),
-    # The hinge lets rendered and screen content in without moving camera footage's keys (BENCHMARKS.md §2.4.18).
-    "x264": Recipe("train,static,natural,tail,extra,screen", 1.0,
-                   GainFeatures(key=("gop_left", "fp_reuse>0.9"), inter=())),
+    # The fp_reuse hinge lets rendered and screen content in without moving camera footage's keys (BENCHMARKS.md
+    # §2.4.18); the propagation hinge takes a fixed camera's key gain, and needs two draws of rates (§2.4.30).
+    "x264": Recipe("train,static,natural,tail,extra,screen,fixed", 1.0,
+                   GainFeatures(key=("gop_left", "fp_reuse>0.9", "fp_propagation>0.825"), inter=()), draws=(0, 2)),
     "vp9": Recipe("train,static", 1.0),
 }
 
