@@ -1,7 +1,7 @@
 """Reproduces a shipped policy from scratch: oracle demonstrations -> gain model -> actor -> policies/<codec>.pt.
 
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
-    python make_policy.py --codec x264              # about 60 min (378 oracle searches: two draws of rates, then 5 min of fit)
+    python make_policy.py --codec x264              # about 55 min (378 oracle searches: two draws, then 70 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
     python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
         --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe

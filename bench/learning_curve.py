@@ -2,12 +2,12 @@
 
     python bench/learning_curve.py data/oracle_x264.jsonl --codec x264 --out /tmp/curve --points 18,36,72
 
-For each size n, the first n oracle points (in a seeded shuffle, so every size mixes clips and
-rates) train a policy with the shipped recipe (imitation.train_policy with make_policy.py's
-defaults: imitation.SHIPPED_RECIPES[codec]), which is then evaluated
-on the held-out split (evaluate.py, 4 rates per clip, no codec RC). "Encodes" counts every encode
-behind those n points: pass 1, the Δ=0 encode and every oracle candidate. Prints one Markdown row
-per size.
+For each size n, the first n oracle points of the recipe's window sets and draws of rates (in a
+seeded shuffle, so every size mixes clips and rates) train a policy with the shipped recipe
+(imitation.train_policy with make_policy.py's defaults: imitation.SHIPPED_RECIPES[codec]), which is
+then evaluated on the held-out split (evaluate.py, 4 rates per clip, no codec RC). "Encodes" counts
+every encode behind those n points: pass 1, the Δ=0 encode and every oracle candidate. Prints one
+Markdown row per size.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def main() -> int:
         p.error(error)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = oracle_data.of_window_sets(imitation.read_records(ns.files), ns.windows)
+    every = imitation.read_records(ns.files)  # the recipe's draws of rates, pooled (make_policy.py --draws)
+    records = [r for seed in recipe.draws for r in oracle_data.of_window_sets(every, ns.windows, seed=seed)]
     order = np.random.default_rng(ns.seed).permutation(len(records))
     heldout = make_split(out, "heldout")
     rows = []
