@@ -21,11 +21,12 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
 2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
    training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
-   default the key mini-GOP's offset depends on one first-pass feature (SVT-AV1 and VP9:
+   default the key mini-GOP's offset depends on first-pass features (SVT-AV1 and VP9:
    fp_reuse, how many later frames of the GOP re-use its content, state.gop_reuse; x264: the
-   hinge fp_reuse>0.9 = max(0, fp_reuse - 0.9), only content most of the GOP re-uses, and
-   gop_left, short GOPs) and the other mini-GOPs get one offset (BENCHMARKS.md §2.4.6, §2.4.14
-   and §2.4.18 say how these were chosen). The
+   hinge fp_reuse>0.9 = max(0, fp_reuse - 0.9), only content most of the GOP re-uses, gop_left,
+   short GOPs, and the hinge fp_propagation>0.825, block propagation above 3.3: a fixed camera)
+   and the other mini-GOPs get one offset (BENCHMARKS.md §2.4.6, §2.4.14, §2.4.18 and §2.4.30 say
+   how these were chosen). The
    actor is fitted with the unused features shuffled (imitation.ignoring_unused), so it ignores them.
 3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
    trajectories (--payback: a*(s) x imitation.payback_share(s)) and written with its provenance.
@@ -103,7 +104,7 @@ def main() -> int:
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     p.add_argument("--draws", default=None,
                    help="seeds of the target-rate draws searched and fitted together (comma-separated, "
-                        "bench/oracle_data.py --seed); default: the codec's shipped recipe (0)")
+                        "bench/oracle_data.py --seed); default: the codec's shipped recipe (x264: 0,2; others: 0)")
     own_clips.add_own_flags(p, "--data")
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
