@@ -70,8 +70,7 @@ def select_records(every: list[dict], label: str, windows: str, key_sweeps: str,
     `draws` (oracle_data.of_window_sets), its key sweeps of `key_sweeps`, and every oracle point of the
     windows named in `inputs` (--inputs)."""
     mine = [r for r in every if r["codec"] == label]
-    records = [r for seed in draws for r in oracle_data.of_window_sets(mine, windows, seed=seed)]
-    records += oracle_data.of_window_sets(mine, key_sweeps, "key")
+    records = oracle_data.of_draws(mine, windows, draws) + oracle_data.of_window_sets(mine, key_sweeps, "key")
     return records + [r for r in mine if r["window"] in inputs and r.get("search", "oracle") == "oracle"]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,9 @@ class Policy:
     def hidden_sizes(self) -> tuple[int, ...]:
         return actor_hidden_sizes(self.actor)
 
-    @property
+    @cached_property
     def inputs(self) -> np.ndarray:
-        """Indices of the actor's features in the state vector (state.FEATURE_NAMES)."""
+        """Indices of the actor's features in the state (state.FEATURE_NAMES); found once, act runs per mini-GOP."""
         return np.array([FEATURE_NAMES.index(name) for name in self.feature_names])
 
     def act(self, obs: np.ndarray) -> np.ndarray:

@@ -51,8 +51,7 @@ def main() -> int:
         p.error(error)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    every = imitation.read_records(ns.files)  # the recipe's draws of rates, pooled (make_policy.py --draws)
-    records = [r for seed in recipe.draws for r in oracle_data.of_window_sets(every, ns.windows, seed=seed)]
+    records = oracle_data.of_draws(imitation.read_records(ns.files), ns.windows, recipe.draws)  # make_policy --draws
     order = np.random.default_rng(ns.seed).permutation(len(records))
     heldout = make_split(out, "heldout")
     rows = []

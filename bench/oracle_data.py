@@ -103,6 +103,11 @@ def of_window_sets(records: list[dict], windows: str, search: str = "oracle", se
     return [r for r in records if r["key"] in keys[r["codec"]]]
 
 
+def of_draws(records: list[dict], windows: str, draws: tuple[int, ...]) -> list[dict]:
+    """of_window_sets for each seed of `draws` (draws of the oracle's rates fitted together), in that order."""
+    return [r for seed in draws for r in of_window_sets(records, windows, seed=seed)]
+
+
 def missing_records(flag: str, paths: list[Path]) -> str | None:
     """The message for the first of `paths` that is not a file (a records file this script writes), or None."""
     for path in paths:
