@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reward import REWARD_METRICS
+
 
 @dataclass
 class SACConfig:
@@ -106,8 +108,8 @@ class Config:
             raise ValueError(f"--log-level must be 0, 1, 2 or 3, got {self.log_level}")
         if self.ckpt_interval < 1:
             raise ValueError(f"--ckpt-interval must be >= 1, got {self.ckpt_interval}")
-        if self.reward_metric not in ("psnr", "ssim", "psnr-rd"):  # reward.REWARD_METRICS
-            raise ValueError(f"--reward-metric must be psnr, ssim or psnr-rd, got {self.reward_metric!r}")
+        if self.reward_metric not in REWARD_METRICS:
+            raise ValueError(f"--reward-metric must be one of {', '.join(REWARD_METRICS)}, got {self.reward_metric!r}")
         if self.encoder_timeout_s <= 0:
             raise ValueError("--encoder-timeout must be > 0")
         if self.workers < 1:

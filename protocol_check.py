@@ -45,6 +45,8 @@ RULES: dict[str, str] = {
     "matches_request": "feedback's gop_index and frame_count are its request's (§4.3)",
     "qp_used": "qp_used is the reply's qp (§4.3)",
     "gop_end": "gop_end is 1 exactly on a GOP's last mini-GOP (or the encode's) (§4.3)",
+    "propagation": "first_pass.propagation, if sent, is in every request that has first_pass and is 0 on each "
+    "GOP's last frame (§4.1.1)",
     "session": "every file carries the session given with the session flag, \"\" if none (§1)",
     "end": "end.json after the last feedback, status ok, mini_gops / frames / bits add up (§4.4)",
     "exit": "the encoder exits 0 within 10 s of end.json ok (§4.4)",
@@ -67,6 +69,7 @@ SCRIPT: tuple[tuple[str, Callable[[Request], int]], ...] = (
     ("base-3", lambda r: max(r.base_qp - 3, r.qp_min)),
 )
 EXIT_WAIT_S = 10.0
+PROPAGATION_TOL = 1e-6  # log2 units: an encoder's float32 arithmetic gives 0 to about 1e-7
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Checker:
         self.early: set[int] = set()  # feedback seen before the previous one's
         self.broken: set[int] = set()  # feedback that did not parse (its failure recorded)
         self.seen: set[str] = set()  # names of the files read, broken ones included
+        self.propagation: bool | None = None  # whether the first request with first_pass had propagation
 
     # --- reading
 
@@ -201,6 +205,29 @@ class Checker:
         except ProtocolError as exc:
             rep.check("gop_sequence", False, path.name, reason(exc, path))
         self.requests[n] = req
+        self.check_propagation(req, path)
+
+    def check_propagation(self, req: Request, path: Path) -> None:
+        """§4.1.1's two checkable facts: sent in all requests or none; 0 where nothing in the GOP comes after.
+
+        An encoder that sends no first_pass, or never sends propagation, passes (the field is optional).
+        """
+        fp = req.first_pass
+        sent = fp is not None and fp.propagation is not None
+        if fp is not None and self.propagation is None:
+            self.propagation = sent
+        if fp is not None and sent != self.propagation:
+            why = (f"field 'first_pass.propagation' is {'sent' if sent else 'left out'}, unlike in the first "
+                   "request with first_pass")
+            self.report.check("propagation", False, path.name, why)
+            return
+        if sent and req.mg_in_gop == req.mgs_in_gop - 1:
+            i = req.frame_count - 1  # the GOP's last frame: nothing after it in the GOP to propagate to
+            v = fp.propagation[i]
+            why = f"field 'first_pass.propagation[{i}]' is {v}, not 0 on the GOP's last frame"
+            self.report.check("propagation", abs(v) <= PROPAGATION_TOL, path.name, why)
+            return
+        self.report.check("propagation", True)
 
     def answer(self, n: int, req: Request) -> None:
         """Writes the scripted reply (echoing only the session the encoder sent, as the agent does)."""

@@ -24,12 +24,15 @@ not UTF-8), rqgop (request FAULT_AT restarts the GOP: mg_in_gop 0), gopend0 (gop
 last mini-GOP, FAULT_AT + 2); for the conformance kit only
 (the agent accepts these): stray (a leftover temporary and the feedback of a mini-GOP never
 requested), exitcode (exit 1 after end.json status ok), nosession (session "" although one was
-given), inplace (feedback FAULT_AT written in place, in two halves).
+given), inplace (feedback FAULT_AT written in place, in two halves); inputs named prop* send first_pass
+with propagation (propok: right; propend: not 0 on the GOP's last frame, FAULT_AT + 2; propgap: left
+out of request FAULT_AT).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -76,14 +79,27 @@ def main(args: list[str]) -> int:
             total_bits_budget=int(kbps * 1000 * frames / fps), target_kbps=kbps, fps=fps, width=width,
             height=height, total_frames=frames, codec="fake", session=session,
         )  # fmt: skip
-        return asdict(req)
+        out = asdict(req)
+        del out["first_pass"]
+        if fault.startswith("prop"):  # first-pass statistics of a still camera, propagation included
+            left = [keyint - 1 - (n * mg_len + i) % keyint for i in range(mg_len)]  # frames after each in its GOP
+            out["first_pass"] = {
+                "intra_cost": [8.0] * mg_len, "inter_cost": [1.0] * mg_len, "sr_inter_cost": [1.0] * mg_len,
+                "inter_share": [1.0] * mg_len, "motion_share": [0.0] * mg_len, "mv_mean": [0.0] * mg_len,
+                "noise_sigma": [1.0] * mg_len, "propagation": [math.log2(1 + f) for f in left],
+            }  # fmt: skip
+            if n == FAULT_AT + 2 and fault == "propend":  # the GOP's last frame propagates
+                out["first_pass"]["propagation"][-1] = 0.5
+            if n == FAULT_AT and fault == "propgap":  # one request without the field
+                del out["first_pass"]["propagation"]
+        return out
 
     spent = [0]  # total bits, for end.json
 
     def feedback(n: int, qp: int) -> dict:
         bits = int(gop_budget / mgs_in_gop * 2 ** ((30 - qp) / 6))
         mse = 4.0 * 2 ** ((qp - 30) / 6)
-        psnr = 10 * __import__("math").log10(255**2 / mse)
+        psnr = 10 * math.log10(255**2 / mse)
         fb = protocol.Feedback(
             mg_index=n, gop_index=n // mgs_in_gop, frame_count=mg_len, bits=bits, qp_used=qp,
             frame_qps=[qp] * mg_len, frame_bits=[bits // mg_len + (i < bits % mg_len) for i in range(mg_len)],

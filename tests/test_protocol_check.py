@@ -44,6 +44,8 @@ FAULTS = {
     "exitcode": ("exit", "exit code 1 after end.json status 'ok'"),
     "kill": ("end", "end.json: the encoder exited (code -9) without writing it"),
     "exit": ("end", "end.json: the encoder exited (code 7) without writing it"),
+    "propend": ("propagation", "mg0007_rq.json: field 'first_pass.propagation[3]' is 0.5, not 0 on the GOP's last"),
+    "propgap": ("propagation", "mg0005_rq.json: field 'first_pass.propagation' is left out, unlike in the first"),
     "hang": ("progress", "nothing for 2 s (waiting for mg0005_fb.json or mg0006_rq.json or end.json)"),
 }
 # Faults after which the kit cannot go on (no answer to a broken request, a dead or silent encoder):
@@ -78,6 +80,9 @@ def test_a_conformant_double_is_clean(tmp_path, monkeypatch):
     report = run_kit(tmp_path, "ok")
     assert report.clean, report.table()
     assert report.replies[:5] == [30, 10, 51, 33, 27]  # base, qp_min, qp_max, base + 3, base - 3
+    (tmp_path / "p").mkdir()
+    with_fp = run_kit(tmp_path / "p", "propok")  # first_pass with a right propagation: checked, clean
+    assert with_fp.clean and with_fp.rules["propagation"].checked == 8, with_fp.table()
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
