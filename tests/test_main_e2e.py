@@ -306,3 +306,6 @@ def test_reward_metric_and_gamma_reach_the_config_and_a_gamma_of_1_is_refused():
         main.config_from_args(parser.parse_args(["--gamma", "1"]))
     with pytest.raises(SystemExit):  # argparse's own error (exit 2) for a metric it does not know
         parser.parse_args(["--reward-metric", "rate"])
+    cfg.reward_metric = "rate"  # a config built in code, not through argparse: validate names the choices
+    with pytest.raises(ValueError, match="--reward-metric must be one of psnr, ssim, psnr-rd, got 'rate'"):
+        cfg.validate()
