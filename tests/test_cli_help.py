@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import main
+import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def readme_flags() -> dict[str, str]:
 def help_flags() -> dict[str, list[str]]:
     """Flag -> every '(default: X)' its --help line shows."""
     out = {}
-    for action in main.build_parser()._actions:
+    for action in cli.build_parser()._actions:
         if isinstance(action, argparse._HelpAction):
             continue
         help_text = (action.help or "").replace("%%", "%")
@@ -42,7 +42,7 @@ def help_flags() -> dict[str, list[str]]:
 
 
 def test_every_flag_has_help_and_exactly_one_default():
-    for action in main.build_parser()._actions:
+    for action in cli.build_parser()._actions:
         assert action.help, action.option_strings
         assert action.help.count("default") <= 1, action.help
     for flag, defaults in help_flags().items():

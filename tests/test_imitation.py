@@ -322,7 +322,7 @@ def test_shipped_policy_loads_with_this_code(codec):
 
 
 def test_shipped_policies_load_by_name_and_are_listed_with_how_they_were_made(tmp_path, monkeypatch):
-    import main
+    import cli
 
     assert policy.shipped_names() == ["svtav1", "vp9", "x264"]
     assert policy.named("x264") == policy.shipped_policy("x264")
@@ -331,8 +331,8 @@ def test_shipped_policies_load_by_name_and_are_listed_with_how_they_were_made(tm
     (tmp_path / "x264").write_bytes(b"")  # a file of that name here wins over the shipped one
     assert policy.named("x264") == Path("x264")
     (tmp_path / "x264").unlink()
-    ns = main.build_parser().parse_args(["--mode", "infer", "--load-checkpoint", "vp9"])
-    assert main.config_from_args(ns).load_checkpoint == str(policy.shipped_policy("vp9"))
+    ns = cli.build_parser().parse_args(["--mode", "infer", "--load-checkpoint", "vp9"])
+    assert cli.config_from_args(ns).load_checkpoint == str(policy.shipped_policy("vp9"))
     res = subprocess.run([sys.executable, "-m", "policy"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
     assert res.returncode == 0

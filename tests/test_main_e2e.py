@@ -297,13 +297,13 @@ def test_deterministic_evaluation_during_training_is_logged_and_changes_nothing(
 
 
 def test_reward_metric_and_gamma_reach_the_config_and_a_gamma_of_1_is_refused():
-    import main
+    import cli
 
-    parser = main.build_parser()
-    cfg = main.config_from_args(parser.parse_args(["--reward-metric", "psnr-rd", "--gamma", "0.99"]))
+    parser = cli.build_parser()
+    cfg = cli.config_from_args(parser.parse_args(["--reward-metric", "psnr-rd", "--gamma", "0.99"]))
     assert cfg.reward_metric == "psnr-rd" and cfg.sac.gamma == 0.99
     with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\)"):
-        main.config_from_args(parser.parse_args(["--gamma", "1"]))
+        cli.config_from_args(parser.parse_args(["--gamma", "1"]))
     with pytest.raises(SystemExit):  # argparse's own error (exit 2) for a metric it does not know
         parser.parse_args(["--reward-metric", "rate"])
     cfg.reward_metric = "rate"  # a config built in code, not through argparse: validate names the choices
