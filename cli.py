@@ -151,6 +151,7 @@ def shown_default(action: argparse.Action) -> str:
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
+    """The parsed flags as a validated Config (ValueError names the flag); a shipped policy's name becomes its path."""
     sac = SACConfig(
         updates_per_step=ns.updates_per_step,
         batch_size=ns.batch_size,
