@@ -306,6 +306,43 @@ def run_epoch_on_workers(
     return results, failed.is_set()
 
 
+def start_workers(
+    cfg: Config, rl_args_template: str, agent: SACAgent, buffer: ReplayBuffer, counters: Counters, stop: StopFlag
+) -> tuple[workers.LearnerHub, list[Learner], Any]:
+    """--workers N > 1 or --ray: the learner hub (a thread or a process, started in train mode), one acting
+    copy per worker, and the Ray pool (None without --ray). RuntimeError says why they could not start;
+    nothing is left running then."""
+    hub_class = LearnerProcess if cfg.learner == "process" else workers.LearnerThread
+    hub = hub_class(agent, buffer, counters, cfg.weights_every)
+    worker_learners = [hub.worker(k, cfg.seed + 1 + k, learning=cfg.mode == "train") for k in range(cfg.workers)]
+    ray_pool = None
+    if cfg.ray:
+        import ray_workers
+
+        t0 = time.monotonic()
+        try:
+            ray_workers.connect(cfg.ray, cfg.workers)
+            ray_pool = ray_workers.RayPool(cfg.workers, cfg.sac.hidden_sizes, OBS_DIM, cfg.out_dir, cfg.encoder,
+                                           rl_args_template, cfg.encoder_timeout_s)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 (any failure to reach or use the cluster)
+            ray_workers.shutdown()
+            raise RuntimeError(f"--ray {cfg.ray}: cannot start the workers: {exc}") from exc
+        stop.install()  # after ray.init: the run's own handlers for SIGINT/SIGTERM
+        log.info("%d Ray actor(s) on %s ready in %.1f s", cfg.workers, ", ".join(sorted(set(ray_pool.nodes))),
+                 time.monotonic() - t0)  # fmt: skip
+    else:
+        log.info("%d workers (each in %s/wK), learning in a %s of its own", cfg.workers, cfg.rl_dir, cfg.learner)
+    if cfg.mode == "train":
+        try:
+            hub.start()
+        except RuntimeError:  # the learner process could not start
+            if ray_pool is not None:
+                ray_pool.close()
+                ray_workers.shutdown()
+            raise
+    return hub, worker_learners, ray_pool
+
+
 def run_epoch_on_ray(
     cfg: Config,
     specs: list[VideoSpec],
@@ -717,35 +754,11 @@ def main(argv: list[str] | None = None) -> int:
     worker_learners: list[Learner] = []
     ray_pool = None
     if cfg.workers > 1 or cfg.ray:
-        hub_class = LearnerProcess if cfg.learner == "process" else workers.LearnerThread
-        hub = hub_class(agent, buffer, counters, cfg.weights_every)
-        worker_learners = [hub.worker(k, cfg.seed + 1 + k, learning=cfg.mode == "train") for k in range(cfg.workers)]
-        if cfg.ray:
-            import ray_workers
-
-            t0 = time.monotonic()
-            try:
-                ray_workers.connect(cfg.ray, cfg.workers)
-                ray_pool = ray_workers.RayPool(cfg.workers, cfg.sac.hidden_sizes, OBS_DIM, cfg.out_dir, cfg.encoder,
-                                               ns.encoder_rl_args, cfg.encoder_timeout_s)  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 (any failure to reach or use the cluster)
-                log.error("--ray %s: cannot start the workers: %s", cfg.ray, exc)
-                ray_workers.shutdown()
-                return 1
-            stop.install()  # after ray.init: the run's own handlers for SIGINT/SIGTERM
-            log.info("%d Ray actor(s) on %s ready in %.1f s", cfg.workers, ", ".join(sorted(set(ray_pool.nodes))),
-                     time.monotonic() - t0)  # fmt: skip
-        else:
-            log.info("%d workers (each in %s/wK), learning in a %s of its own", cfg.workers, cfg.rl_dir, cfg.learner)
-        if cfg.mode == "train":
-            try:
-                hub.start()
-            except RuntimeError as exc:  # the learner process could not start
-                log.error("%s", exc)
-                if ray_pool is not None:
-                    ray_pool.close()
-                    ray_workers.shutdown()
-                return 1
+        try:
+            hub, worker_learners, ray_pool = start_workers(cfg, ns.encoder_rl_args, agent, buffer, counters, stop)
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return 1
 
     def record(
         spec: VideoSpec, res: EncodeResult, epoch: int, epoch_rows: list[dict[str, float]], extra: Any = None
