@@ -103,7 +103,9 @@ def main() -> int:
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     p.add_argument("--draws", default=None,
                    help="seeds of the target-rate draws searched and fitted together (comma-separated, "
-                        "bench/oracle_data.py --seed); default: the codec's shipped recipe (x264: 0,2; others: 0)")
+                        "bench/oracle_data.py --seed); default: the codec's shipped recipe ("
+                        + "; ".join(f"{c}: {','.join(map(str, r.draws))}" for c, r in imitation.SHIPPED_RECIPES.items())
+                        + ")")
     own_clips.add_own_flags(p, "--data")
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
