@@ -492,7 +492,13 @@ def test2_windows() -> list[Window]:
     ]
 
 
-EVAL_SPLITS = {"heldout": heldout_windows, "test": test_windows, "test2": test2_windows}
+def native_windows() -> list[Window]:
+    """The held-out sources that `heldout_windows` halves, at their own size (frames as there): the same content
+    at 2 to 4 times the pixels (up to 1280x720), a size the training windows (at most 320x180) never had."""
+    return [replace(w, scale=1) for w in heldout_windows() if w.scale > 1]
+
+
+EVAL_SPLITS = {"heldout": heldout_windows, "test": test_windows, "test2": test2_windows, "native": native_windows}
 
 
 def pan_windows(gop: int = 64) -> list[Pan]:

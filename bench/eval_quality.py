@@ -13,7 +13,9 @@ cityCC0 (360x202, 190), realshort (320x240, 36) and OpenCV's Megamind, tree, vte
 held-out split, so its figures are optimistic; `--splits test` is the test split (five example
 clips of other Debian packages, TEST_SOURCES, clips.test_windows()), evaluated once per shipped
 policy; `--splits test2` is a second one (six clips of other packages, TEST2_SOURCES,
-clips.test2_windows()), found after the first had been looked at three times. `--splits train`
+clips.test2_windows()), found after the first had been looked at three times. `--splits native`
+is the held-out split's six halved clips at their own size (640x480 to 1280x720, clips.native_windows()):
+the same content, four times the pixels, a size no training window had. `--splits train`
 adds the old bundled pair (carphone, bikes frames 0-119): clips the policies were trained on, for
 contrast.
 
@@ -120,14 +122,14 @@ def main() -> int:
     p.add_argument("--policy", action="append", default=[],
                    help="NAME=PATH of a policy or checkpoint, or NAME=x264 for a shipped one (repeatable; default: "
                         "agent=policies/CODEC.pt)")
-    p.add_argument("--splits", default="heldout", help="comma-separated: heldout, test, test2, train")
+    p.add_argument("--splits", default="heldout", help=f"comma-separated: {', '.join(clips.EVAL_SPLITS)}, train")
     p.add_argument("--oracle", action="store_true", help="also run the oracle on the heldout / test / test2 splits")
     p.add_argument("--oracle-frames", type=int, default=64, help="frames per clip for the oracle")
     p.add_argument("--codec-rc", action="store_true", help="also encode with the codec's own rate control")
     ns = p.parse_args()
     splits = ns.splits.split(",")
     if not set(splits) <= {*clips.EVAL_SPLITS, "train"}:
-        p.error(f"--splits: unknown split in {ns.splits!r} (heldout, test, test2, train)")
+        p.error(f"--splits: unknown split in {ns.splits!r} ({', '.join(clips.EVAL_SPLITS)}, train)")
     policies = {}
     for item in ns.policy:
         name, sep, path = item.partition("=")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from script_run import run_script
 
 import cli
 
@@ -58,7 +58,7 @@ def test_help_and_readme_list_the_same_flags_with_the_same_defaults():
 
 
 def test_help_runs_and_names_every_flag():
-    res = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, timeout=60)
+    res = run_script(ROOT / "main.py", "--help")
     assert res.returncode == 0, res.stderr
     for flag in readme_flags():
         assert flag in res.stdout
@@ -69,24 +69,15 @@ def test_every_bench_script_imports_and_shows_its_help():
     """A renamed helper (eval_quality.make_heldout) once broke learning_curve.py's import unseen: run each --help."""
     scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "machine_info.py"))
     assert len(scripts) >= 10
-    results = run_all([[str(script), "--help"] for script in scripts])
-    for script, (rc, out, err) in zip(scripts, results, strict=True):
-        assert rc == 0 and "usage" in out.lower(), f"{script.name}: {err[-500:]}"
-
-
-def run_all(commands: list[list[str]]) -> list[tuple[int, str, str]]:
-    """Runs python COMMAND for every command at once (the cores share the start-up time); (rc, stdout, stderr) each."""
-    procs = [subprocess.Popen([sys.executable, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-             for c in commands]  # fmt: skip
-    outputs = [p.communicate(timeout=240) for p in procs]
-    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+    for script in scripts:
+        res = run_script(script, "--help", cwd=ROOT)
+        assert res.returncode == 0 and "usage" in res.stdout.lower(), f"{script.name}: {res.stderr[-500:]}"
 
 
 def test_bench_loop_refuses_an_unknown_clip_or_codec_before_any_encode():
     cases = ((["--clips", "qcif"], "--clips: unknown clip 'qcif'"), (["--codecs", "av2"], "unknown codec 'av2'"))
     for args, named in cases:
-        res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_loop.py"), *args], capture_output=True,
-                             text=True, timeout=120)  # fmt: skip
+        res = run_script(ROOT / "bench" / "bench_loop.py", *args)
         assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr
         assert "machine:" not in res.stdout  # nothing ran
 
@@ -116,7 +107,7 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["bench/oracle_transfer.py"], "--data (oracle records) or --report"),
         (["bench/oracle_transfer.py", "--report", str(tmp_path), "--inputs", str(tmp_path)], "--report: [Errno 2]"),
     ]
-    results = run_all([[str(ROOT / args[0]), *args[1:]] for args, _ in cases])
-    for (args, named), (rc, _, err) in zip(cases, results, strict=True):
-        assert rc == 2 and named in err and "Traceback" not in err, (args, err[-300:])
+    for args, named in cases:
+        res = run_script(ROOT / args[0], *args[1:], cwd=ROOT)
+        assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr, (args, res.stderr[-300:])
     assert not (tmp_path / "lc").exists() and not (tmp_path / "eq").exists()  # refused before any work

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_run import run_script
 
 import clips
 import evaluate
@@ -361,20 +362,17 @@ def test_shipped_policy_was_made_with_its_codecs_recipe(codec):
 
 def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
     data = tmp_path / "oracle.jsonl"
-    root = Path(__file__).resolve().parent.parent
-    res = subprocess.run([sys.executable, str(root / "make_policy.py"), "--codec", "x264", "--windows", "train,heldout",
-                          "--data", str(data), "--out", str(tmp_path / "p.pt")],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    script = Path(__file__).resolve().parent.parent / "make_policy.py"
+    res = run_script(script, "--codec", "x264", "--windows", "train,heldout", "--data", str(data), "--out",
+                     str(tmp_path / "p.pt"))  # fmt: skip
     assert res.returncode == 2 and "unknown window set 'heldout'" in res.stderr
-    res = subprocess.run([sys.executable, str(root / "make_policy.py"), "--codec", "x264", "--key-sweeps", "trian",
-                          "--data", str(data), "--out", str(tmp_path / "p.pt")],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    res = run_script(script, "--codec", "x264", "--key-sweeps", "trian", "--data", str(data), "--out",
+                     str(tmp_path / "p.pt"))  # fmt: skip
     assert res.returncode == 2 and "--key-sweeps: unknown window set 'trian'" in res.stderr
     assert not data.exists()
     for bad in ("0,x", "2,2", "-1", ""):
-        res = subprocess.run([sys.executable, str(root / "make_policy.py"), "--codec", "x264", "--draws", bad,
-                              "--data", str(data), "--out", str(tmp_path / "p.pt")],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        res = run_script(script, "--codec", "x264", "--draws", bad, "--data", str(data), "--out",
+                         str(tmp_path / "p.pt"))  # fmt: skip
         assert res.returncode == 2 and f"--draws {bad!r}" in res.stderr, bad
     assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
 
@@ -395,7 +393,11 @@ def test_training_held_out_and_test_splits_share_no_source():
     assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
     test2 = {w.source for w in clips.test2_windows()}
     assert test2 == set(clips.TEST2_SOURCES) and not (train | more | held | test) & test2
-    assert set(clips.EVAL_SPLITS) == {"heldout", "test", "test2"}
+    assert set(clips.EVAL_SPLITS) == {"heldout", "test", "test2", "native"}
+    native = clips.native_windows()  # the held-out clips that split halves, at their own size
+    assert {w.source for w in native} <= held and all(w.scale == 1 for w in native) and len(native) == 6
+    halved = {(w.source, w.start, w.frames) for w in clips.heldout_windows() if w.scale > 1}
+    assert {(w.source, w.start, w.frames) for w in native} == halved
     # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
     assert {imitation.source_of(w.name) for w in more_windows} == {Path(s).stem for s in more}
     photos = {w.source for w in clips.pan_windows()} | {w.cut_to for w in clips.pan_windows() if w.cut_to}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from script_run import run_script
 
 import clips
 import imitation
@@ -84,7 +85,7 @@ def test_make_policy_refuses_own_inputs_it_cannot_use_before_any_encode(inputs, 
         (["--encoder-args", "--codec|x264", "--data", d, "--out", o], "--encoder-args needs --encoder"),
     ]
     for args, message in cases:
-        res = _make_policy("--codec", "x264", *args, timeout=60)  # a refusal is immediate; a search is not
+        res = run_script(ROOT / "make_policy.py", "--codec", "x264", *args, cwd=ROOT)  # refused before any work
         assert res.returncode == 2 and message in res.stderr, (args, res.stderr[-500:])
     assert not list(tmp_path.iterdir())  # nothing written
 
