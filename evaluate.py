@@ -291,7 +291,7 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
                    help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")  # fmt: skip
     p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
                    help="protocol arguments, {rl_dir} and {session} filled (as main.py)")  # fmt: skip
-    p.add_argument("--preset", type=int, default=None, help="codec speed preset (default: the encoder's)")
+    p.add_argument("--preset", type=int, default=None, help="codec speed preset; None: the encoder's own")
     p.add_argument("--frames", type=int, default=0, help="frames to code per clip (0 = all)")
     p.add_argument("--keyint", type=int, default=64, help="GOP length, frames")
     p.add_argument("--mini-gop", type=int, default=8, help="mini-GOP length, frames")
