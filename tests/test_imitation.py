@@ -16,6 +16,7 @@ import clips
 import evaluate
 import imitation
 import policy
+from bench import eval_quality
 from models import Actor
 from state import FEATURE_NAMES, OBS_DIM
 
@@ -398,6 +399,9 @@ def test_training_held_out_and_test_splits_share_no_source():
     assert {w.source for w in native} <= held and all(w.scale == 1 for w in native) and len(native) == 6
     halved = {(w.source, w.start, w.frames) for w in clips.heldout_windows() if w.scale > 1}
     assert {(w.source, w.start, w.frames) for w in native} == halved
+    # so eval_quality never pools it with the held-out split, whose sources it repeats
+    assert eval_quality.pooled_splits(["heldout", "native", "test"]) == ["heldout", "test"]
+    assert eval_quality.pooled_splits(["native", "test2"]) == ["native", "test2"]
     # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
     assert {imitation.source_of(w.name) for w in more_windows} == {Path(s).stem for s in more}
     photos = {w.source for w in clips.pan_windows()} | {w.cut_to for w in clips.pan_windows() if w.cut_to}
