@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_run import run_script
 
 import checkpoint
 from main import bundled_clip
@@ -134,7 +135,7 @@ def test_infer_mode_is_deterministic_and_does_not_learn(trained):
     ],
 )
 def test_bad_cli_input_fails_before_any_encoder_starts(tmp_path, args, match):
-    res = run_main(tmp_path, *args, timeout=60)
+    res = run_script(ROOT / "main.py", *args, cwd=tmp_path)  # in this process: a refusal needs no interpreter
     assert res.returncode == 2
     assert match in res.stderr
     assert not (tmp_path / "outputs" / "logs").exists()  # no encoder ran
