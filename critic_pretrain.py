@@ -1,6 +1,6 @@
 """Critics from search: every oracle candidate as a labelled action of a Q-network (issue 8, lever 2).
 
-An oracle candidate (imitation.MoveSamples) moved one mini-GOP's offset from a_old to a_new (QP) at
+An oracle candidate (gain_model.MoveSamples) moved one mini-GOP's offset from a_old to a_new (QP) at
 state s and measured the rate-neutral gain of the whole encode,
 
     y = ΔPSNR-Y - slope * log2(bits / parent bits)   (dB at equal rate).
@@ -11,7 +11,7 @@ fitted to those differences,
     loss = mean_moves (Q(s, a_new) - Q(s, a_old) - y)^2 + anchor * mean_moves Q(s, 0)^2,
 
 so Q(s, a) - Q(s, 0) is the rate-neutral value of answering a at s: the quantity the gain model
-(imitation.GainModel) fits with a quadratic in a, here with a free-form network. The anchor pins the
+(gain_model.GainModel) fits with a quadratic in a, here with a free-form network. The anchor pins the
 state-dependent constant that differences leave free (Q(s, 0) = 0: the Δ=0 answer is worth 0).
 
 `greedy_offsets` is the actor SAC's loss would converge to with α -> 0 on a fixed critic: the best
@@ -31,8 +31,10 @@ import copy
 import numpy as np
 import torch
 
+import gain_model
 import imitation
-from imitation import GainModel, MoveSamples
+import oracle_records
+from gain_model import GainModel, MoveSamples
 from models import QNetwork
 from state import OBS_DIM
 
@@ -52,7 +54,7 @@ def fit_move_critic(
     """A QNetwork fitted to the moves' rate-neutral gains (loss in the module docstring); full-batch Adam.
 
     Args:
-        m: the moves (imitation.move_samples), M rows.
+        m: the moves (gain_model.move_samples), M rows.
         max_delta_qp: QP offset of action 1.0.
         steps: full-batch Adam steps; weight_decay: AdamW's decoupled decay (the data are noisy).
     """
@@ -80,7 +82,7 @@ def move_value(critic: QNetwork, obs: np.ndarray, a_qp: np.ndarray, max_delta_qp
 
 
 def cross_validate_critic(m: MoveSamples, max_delta_qp: int = 4, **fit_kwargs: object) -> float:
-    """Leave-one-source-out R² of y = gain / Δa, the same rows and units as imitation.cross_validate_gain."""
+    """Leave-one-source-out R² of y = gain / Δa, the same rows and units as gain_model.cross_validate_gain."""
     y = m.gain_rate / (m.a_new - m.a_old)
     pred = np.zeros_like(y)
     for s in range(len(m.sources)):
@@ -149,12 +151,12 @@ def critics_from_records(
     hold no move of `codec`.
     """
     mine = sorted((r for r in records if r.get("codec") == codec), key=lambda r: (r["window"], r["bpp"]))
-    moves = imitation.move_samples(mine)
+    moves = gain_model.move_samples(mine)
     if len(moves) == 0:
         raise ValueError(f"no oracle moves of codec {codec} in the given records")
-    spec = imitation.SHIPPED_RECIPES[codec].features if codec in imitation.SHIPPED_RECIPES else imitation.ALL_FEATURES
-    model = imitation.fit_gain_model(moves, ridge, spec)
-    obs = imitation.trajectory_observations(mine)
+    spec = imitation.SHIPPED_RECIPES[codec].features if codec in imitation.SHIPPED_RECIPES else gain_model.ALL_FEATURES
+    model = gain_model.fit_gain_model(moves, ridge, spec)
+    obs = oracle_records.trajectory_observations(mine)
     (c1, rms1), (c2, rms2) = (gain_model_critic(model, obs, max_delta_qp, hidden, seed=s) for s in (seed, seed + 1))
     return (c1, c2), (f"critics from the gain model ({spec.describe()}) on {len(moves)} oracle moves of "
                       f"{len(mine)} {codec} points, fit RMS {max(rms1, rms2):.4f} dB")  # fmt: skip

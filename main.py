@@ -32,9 +32,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import checkpoint
 import critic_pretrain
 import encoder_proc
-import imitation
 import io_runner
 import log_limit
+import oracle_records
 import policy
 import protocol
 import workers
@@ -167,7 +167,7 @@ def pretrained_critics(cfg: Config, pol: policy.Policy | None) -> tuple[Any, str
         raise ValueError(f"{flag}: no such file (bench/oracle_data.py writes oracle records)")
     log.info("fitting the reward critics to the gain model of %s", path)
     try:
-        records = imitation.read_records([path])
+        records = oracle_records.read_records([path])
         return critic_pretrain.critics_from_records(records, pol.codec, cfg.sac.max_delta_qp, cfg.sac.hidden_sizes,
                                                     seed=cfg.seed)  # fmt: skip
     except (ValueError, KeyError, TypeError) as exc:

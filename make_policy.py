@@ -18,9 +18,9 @@ Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k),
    real encode; with --key-sweeps, also every offset of the key mini-GOP alone on those sets (6
    other rates each); with --draws 0,2, the window sets again at a second draw of 3 rates (seed 2),
    and both draws are fitted together. Kept in --data (reused when present: delete it to start over).
-2. The gain model (imitation.GainModel): ridge regression of every candidate's rate-neutral gain
+2. The gain model (gain_model.GainModel): ridge regression of every candidate's rate-neutral gain
    over its parent on the state; its optimum a*(s), shrunk where the models fitted without each
-   training source disagree (imitation.consensus_offset, --consensus k), is the policy. By
+   training source disagree (gain_model.consensus_offset, --consensus k), is the policy. By
    default the key mini-GOP's offset depends on first-pass features (SVT-AV1 and VP9:
    fp_reuse, how many later frames of the GOP re-use its content, state.gop_reuse; x264: the
    hinge fp_reuse>0.9 = max(0, fp_reuse - 0.9), only content most of the GOP re-uses, gop_left,
@@ -53,7 +53,9 @@ import torch
 
 import clips
 import encoder_proc
+import gain_model
 import imitation
+import oracle_records
 import own_clips
 import policy
 from bench import oracle_data
@@ -120,7 +122,7 @@ def main() -> int:
     if ns.key_curvature is None:
         ns.key_curvature = ",".join(recipe.features.curvature)
     try:
-        spec = imitation.GainFeatures.parse(ns.key_features, ns.inter_features, ns.key_curvature)
+        spec = gain_model.GainFeatures.parse(ns.key_features, ns.inter_features, ns.key_curvature)
     except ValueError as exc:
         p.error(str(exc))
     own = ns.inputs is not None or bool(ns.encoder)
@@ -177,7 +179,7 @@ def main() -> int:
             return 1
 
     label = "encoder" if ns.encoder else ns.codec  # the records' codec (oracle_data.py)
-    records = select_records(imitation.read_records([data]), label, ns.windows, ns.key_sweeps, inputs, draws)
+    records = select_records(oracle_records.read_records([data]), label, ns.windows, ns.key_sweeps, inputs, draws)
     if not records:
         print(f"make_policy.py: no oracle points of {ns.windows or ns.inputs} in {data}", file=sys.stderr)
         return 1
@@ -195,9 +197,9 @@ def main() -> int:
     policy.save(out, actor, label, ns.max_delta_qp, 0.02, provenance, imitation.actor_inputs(spec))
     print(f"{out}: {summary}")
     if ns.pattern_out:
-        moves = imitation.move_samples(records)
-        pattern = imitation.fixed_pattern(moves, ns.max_delta_qp, POSITIONS)
-        obs = imitation.trajectory_observations(records)
+        moves = gain_model.move_samples(records)
+        pattern = gain_model.fixed_pattern(moves, ns.max_delta_qp, POSITIONS)
+        obs = oracle_records.trajectory_observations(records)
         pos = np.round(obs[:, FEATURE_NAMES.index("gop_progress")] * POSITIONS).astype(int)
         torch.manual_seed(ns.seed)
         fixed = Actor(OBS_DIM, 1, hidden)

@@ -10,7 +10,7 @@ frame pays for the whole GOP):
 
 A window's name is the clip's file stem with every run of characters other than letters, digits and
 '-' made one '-', then the window part clips.Window.name writes (`_s1_f0-64`, `_s1_r8n1_f0-64`):
-imitation.source_of cuts names at '_s', so all windows of a clip are one source, left out together.
+oracle_records.source_of cuts names at '_s', so all windows of a clip are one source, left out together.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import clips  # noqa: E402
 import eval_runs  # noqa: E402
 import imitation  # noqa: E402
+import oracle_records  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 
@@ -114,7 +115,7 @@ def main() -> int:
     critic_data = out / "critic_records.jsonl"
     if uses_critic_data:  # the recipe's points only, as make_policy.py fits
         recipe = imitation.SHIPPED_RECIPES[ns.codec]
-        mine = [r for r in imitation.read_records([data]) if r["codec"] == ns.codec]
+        mine = [r for r in oracle_records.read_records([data]) if r["codec"] == ns.codec]
         kept = oracle_data.of_window_sets(mine, recipe.windows)
         critic_data.write_text("".join(json.dumps(r) + "\n" for r in kept))
     videos = video_args(wins, ns.codec, out, ns.seed)

@@ -20,10 +20,10 @@ The shipped policies make one decision per GOP that matters: the offset of its k
 - `reuse`: every held-out clip's Δ=0 encode at 0.08 bit/pixel: for each GOP, the key mini-GOP's
   first-pass features and r_k = inter/intra cost along the GOP (state.gop_reuse's r): where the
   GOP's content changes (r near 1: a cut) and where it stands still (r near 0).
-- `features`: leave-one-source-out R² of the gain model (imitation.cross_validate_gain, ridge 3) on
+- `features`: leave-one-source-out R² of the gain model (gain_model.cross_validate_gain, ridge 3) on
   the oracle records of --sets plus the key sweeps, with fp_reuse and each other feature added to it.
 - `sweeps`: per training window of the key sweeps, the rate-neutral best key offset at each rate
-  (gain = ΔPSNR-Y − window slope × log2 rate ratio, imitation.window_slopes) beside its features.
+  (gain = ΔPSNR-Y − window slope × log2 rate ratio, gain_model.window_slopes) beside its features.
 - `propagate`: x264's MB-tree on the first pass's blocks instead of frame means: each block of
   frame t hands (intra + propagated) × (1 − inter/intra) to the blocks of frame t−1 its motion
   vector points at (area-weighted), from the GOP's last frame back to its key frame; the figure is
@@ -66,7 +66,9 @@ import oracle_data  # noqa: E402
 import bdrate  # noqa: E402
 import clips  # noqa: E402
 import eval_runs  # noqa: E402
+import gain_model  # noqa: E402
 import imitation  # noqa: E402
+import oracle_records  # noqa: E402
 import state  # noqa: E402
 from builtin_encoder import analysis  # noqa: E402
 from builtin_encoder.source import open_source  # noqa: E402
@@ -162,10 +164,10 @@ def records_and_judged(args: argparse.Namespace) -> tuple[list[dict], list[dict]
     """The oracle records and key sweeps of --sets, and the key sweeps of --judge (default --sets; a judge
     set need not be fitted on: a check set such as `two` or `cut`), each file read once."""
     path = args.oracle or ROOT / f"data/oracle_{args.codec}.jsonl"
-    oracle = oracle_data.of_window_sets(imitation.read_records([path]), args.sets, seed=args.oracle_seed)
+    oracle = oracle_data.of_window_sets(oracle_records.read_records([path]), args.sets, seed=args.oracle_seed)
     for other, seed in args.pool:  # more draws of rates, fitted together (BENCHMARKS.md §2.4.29, rule 18)
-        oracle += oracle_data.of_window_sets(imitation.read_records([other]), args.sets, seed=seed)
-    every = imitation.read_records([args.sweeps]) if args.sweeps else []
+        oracle += oracle_data.of_window_sets(oracle_records.read_records([other]), args.sets, seed=seed)
+    every = oracle_records.read_records([args.sweeps]) if args.sweeps else []
     return (oracle, oracle_data.of_window_sets(every, args.sets, "key"),
             oracle_data.of_window_sets(every, args.judge or args.sets, "key"))  # fmt: skip
 
@@ -178,13 +180,13 @@ def window_index(args: argparse.Namespace) -> dict[str, clips.Window]:
 
 def cmd_features(args: argparse.Namespace, work: Path) -> None:
     oracle, sweeps = records(args)
-    moves = imitation.move_samples(oracle + sweeps)
+    moves = gain_model.move_samples(oracle + sweeps)
     print(f"{args.codec}, sets {args.sets}: {len(oracle)} oracle points + {len(sweeps)} key sweeps, "
           f"{len(moves)} moves from {len(set(moves.sources))} sources\n")  # fmt: skip
     print("| key mini-GOP features | LOSO R² | (no state) |\n|---|---:|---:|")
     unused = ("has_key", "qp_span", "fp_available", "gop_progress", "gop_left", "fp_reuse")
     for extra in [(), ("fp_reuse",)] + [("fp_reuse", f) for f in state.FEATURE_NAMES if f not in unused]:
-        r2, r2_none = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=extra, inter=()))
+        r2, r2_none = gain_model.cross_validate_gain(moves, 3.0, gain_model.GainFeatures(key=extra, inter=()))
         print(f"| {' + '.join(extra) or 'none'} | {r2:.3f} | ({r2_none:.3f}) |")
 
 
@@ -192,7 +194,7 @@ def cmd_sweeps(args: argparse.Namespace, work: Path) -> None:
     _, sweeps = records(args)
     if not sweeps:
         raise SystemExit("--sweeps: no key-sweep records of these sets")
-    obs, values, windows = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
+    obs, values, windows = loso_value.sweep_table(sweeps, gain_model.window_slopes(sweeps))
     names = state.FEATURE_NAMES
     best: dict[str, list[tuple[float, int]]] = {}
     feats: dict[str, np.ndarray] = {}
@@ -232,10 +234,10 @@ def cmd_history(args: argparse.Namespace, work: Path) -> None:
     sweeps = [r for r, gop in zip(every, gop_of, strict=True) if gop > 0]
     if not sweeps:
         raise SystemExit("--sweeps: no key sweeps of a GOP after the first in these sets (try --sets two,tail)")
-    obs, values, windows = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
+    obs, values, windows = loso_value.sweep_table(sweeps, gain_model.window_slopes(sweeps))
     m = loso_value.MAX_DELTA_QP
     g = (values[:, m + 1] - values[:, m - 1]) / 2  # (P,) dB per QP at offset 0
-    source = np.array([imitation.source_of(w) for w in windows])
+    source = np.array([oracle_records.source_of(w) for w in windows])
     prev = [previous_gop_stats(r["baseline_steps"], gop) for r, gop in zip(every, gop_of, strict=True) if gop > 0]
     columns = {f"previous GOP: {k}": np.array([p[k] for p in prev]) for k in prev[0]}
     shown = ("fp_inter_ratio", "fp_reuse", "log_fp_bpp", "lookahead_ratio", "fp_intra", "gop_left", "base_qp")
@@ -292,7 +294,7 @@ def cmd_propagate(args: argparse.Namespace, work: Path) -> None:
           f"{len(moves)} moves from {len(moves.sources)} sources\n")  # fmt: skip
     print("| key mini-GOP features | LOSO R² | (no state) |\n|---|---:|---:|")
     for key in [(), ("fp_reuse",), ("qp_span",), ("fp_reuse", "qp_span")]:
-        r2, r2_none = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=key, inter=()))
+        r2, r2_none = gain_model.cross_validate_gain(moves, 3.0, gain_model.GainFeatures(key=key, inter=()))
         shown = " + ".join(k.replace("qp_span", "P") for k in key) or "none"
         print(f"| {shown} | {r2:.3f} | ({r2_none:.3f}) |")
     judge_key_term(args, (oracle, sweeps, judge_sweeps), column,
@@ -317,7 +319,7 @@ def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
     conc = {n: luma_concentration(next(open_source(clips.materialise(windows[n])).frames(limit=1)).y) for n in names}
     by_source: dict[str, list[float]] = {}
     for n in names:
-        by_source.setdefault(imitation.source_of(n), []).append(conc[n])
+        by_source.setdefault(oracle_records.source_of(n), []).append(conc[n])
     print("| source | luma concentration of its windows' first frames |\n|---|---|")
     for src in sorted(by_source):
         print(f"| {src} | {', '.join(f'{c:.2f}' for c in by_source[src])} |")
@@ -330,14 +332,14 @@ def cmd_pixels(args: argparse.Namespace, work: Path) -> None:
 SPARE = state.FEATURE_NAMES.index("qp_span")
 
 
-def moves_with(chosen: list[dict], column: Callable[[str, np.ndarray], np.ndarray]) -> imitation.MoveSamples:
-    """imitation.move_samples of `chosen` with column(window, obs) in the SPARE column of each window's states."""
+def moves_with(chosen: list[dict], column: Callable[[str, np.ndarray], np.ndarray]) -> gain_model.MoveSamples:
+    """gain_model.move_samples of `chosen` with column(window, obs) in the SPARE column of each window's states."""
     parts = []
     for name in sorted({r["window"] for r in chosen}):  # one window at a time: window_slopes groups by window
-        m = imitation.move_samples([r for r in chosen if r["window"] == name])
+        m = gain_model.move_samples([r for r in chosen if r["window"] == name])
         m.obs[:, SPARE] = column(name, m.obs)
         parts.append(m)
-    return imitation.MoveSamples.concat(parts)
+    return gain_model.MoveSamples.concat(parts)
 
 
 def judge_key_term(args: argparse.Namespace, recs: tuple[list[dict], list[dict], list[dict]],
@@ -359,7 +361,7 @@ def judge_key_term(args: argparse.Namespace, recs: tuple[list[dict], list[dict],
     variants += [loso_value.Variant(name, k, (*recipe, "qp_span" + hinge)) for name, hinge in terms]
     print("| key mini-GOP terms | LOSO R² of the gain model |\n|---|---:|")
     for v in variants:
-        r2, _ = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures(key=v.key, inter=()))
+        r2, _ = gain_model.cross_validate_gain(moves, 3.0, gain_model.GainFeatures(key=v.key, inter=()))
         print(f"| {v.name} | {r2:.3f} |")
     if not judge_sweeps:
         return
@@ -374,11 +376,11 @@ def judge_key_term(args: argparse.Namespace, recs: tuple[list[dict], list[dict],
     print("|---|" + "---:|---:|" * len(groups))
     cells: dict[str, list[str]] = {v.name: [] for v in variants}
     for _, chosen in groups:
-        obs, values, wins = loso_value.sweep_table(chosen, imitation.window_slopes(chosen))
+        obs, values, wins = loso_value.sweep_table(chosen, gain_model.window_slopes(chosen))
         for w in set(wins):
             rows = np.array(wins) == w
             obs[rows, SPARE] = column(w, obs[rows], True)
-        source = np.array([imitation.source_of(w) for w in wins])
+        source = np.array([oracle_records.source_of(w) for w in wins])
         for v in variants:
             a = np.zeros(len(wins), int)
             for src in set(source):

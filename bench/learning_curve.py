@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
 import imitation  # noqa: E402
+import oracle_records  # noqa: E402
 import policy  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from bench.eval_quality import make_split  # noqa: E402
@@ -51,7 +52,8 @@ def main() -> int:
         p.error(error)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = oracle_data.of_draws(imitation.read_records(ns.files), ns.windows, recipe.draws)  # make_policy --draws
+    # make_policy --draws
+    records = oracle_data.of_draws(oracle_records.read_records(ns.files), ns.windows, recipe.draws)
     order = np.random.default_rng(ns.seed).permutation(len(records))
     heldout = make_split(out, "heldout")
     rows = []

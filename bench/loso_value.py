@@ -6,7 +6,7 @@
 The held-out split chose every recipe so far (BENCHMARKS.md §2.4), so its figures are optimistic,
 and the test split may be looked at only once per shipped policy. This script judges a recipe on
 the training content alone, by nested leave-one-source-out: for each training source i, the
-recipe (gain model, consensus over the remaining sources, imitation.consensus_offset) is fitted
+recipe (gain model, consensus over the remaining sources, gain_model.consensus_offset) is fitted
 on the oracle records of every other source, and its answer for the key mini-GOP of each of
 source i's key sweeps is looked up in that sweep, where every key offset -4..+4 was really
 encoded (bench/oracle_data.py --search key: the other mini-GOPs at 0, where the shipped policies
@@ -23,7 +23,7 @@ fitted without source i (what position alone says).
 
 A variant is "name:option=value,..." with options consensus (k), key ('+'-separated terms of g(s)
 on the key mini-GOP; empty = none; a term is a state feature or its hinge, "fp_reuse>0.9" =
-max(0, fp_reuse - 0.9), imitation.parse_term), curv ('+'-separated terms the key mini-GOP's
+max(0, fp_reuse - 0.9), gain_model.parse_term), curv ('+'-separated terms the key mini-GOP's
 curvature c(s) depends on; default one curvature), sweeps (1 = fit on the key sweeps of the
 fitting sets too, the left-out source's excepted), ridge, clamp (1 = clip the state features g(s)
 uses to the range seen in the fitting sources before predicting: no extrapolation).
@@ -42,7 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
+import gain_model  # noqa: E402
 import imitation  # noqa: E402
+import oracle_records  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from state import FEATURE_NAMES  # noqa: E402
 
@@ -87,11 +89,11 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
 
 
 def _terms(text: str, item: str) -> tuple[str, ...]:
-    """'fp_reuse>0.9+gop_left' -> its gain-model terms (imitation.parse_term), or exit naming the bad one."""
+    """'fp_reuse>0.9+gop_left' -> its gain-model terms (gain_model.parse_term), or exit naming the bad one."""
     terms = tuple(filter(None, text.split("+")))
     for t in terms:
         try:
-            imitation.parse_term(t)
+            gain_model.parse_term(t)
         except ValueError as e:
             raise SystemExit(f"--variants: {e} in {item!r}") from None
     return terms
@@ -108,7 +110,7 @@ def swept_minigop(sweep: dict) -> int:
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Key-mini-GOP states (P, OBS_DIM), value of each offset -4..+4 (P, 9), dB at equal rate, and the windows.
 
-    slopes: each window's RD slope, dB per doubling of bits (imitation.window_slopes of the sweeps).
+    slopes: each window's RD slope, dB per doubling of bits (gain_model.window_slopes of the sweeps).
     """
     obs, values, windows = [], [], []
     for r in sweeps:
@@ -117,9 +119,9 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
         v = np.full(2 * MAX_DELTA_QP + 1, np.nan)
         v[MAX_DELTA_QP] = 0.0
         for c in r["candidates"]:
-            gain = imitation.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
+            gain = gain_model.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
             v[c["offsets"][key] + MAX_DELTA_QP] = gain
-        obs.append(imitation.observations(r["baseline_steps"])[0][key])
+        obs.append(oracle_records.observations(r["baseline_steps"])[0][key])
         values.append(v)
         windows.append(r["window"])
     return np.asarray(obs), np.asarray(values), windows
@@ -138,22 +140,22 @@ def lead_table(leads: list[dict], sweeps: list[dict], slopes: dict[str, float]) 
         key, b = swept_minigop(r), lead["baseline"]
         out[i, MAX_DELTA_QP] = 0.0
         for c in lead["candidates"]:
-            gain = imitation.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
+            gain = gain_model.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
             out[i, c["offsets"][key] + MAX_DELTA_QP] = gain
     return out
 
 
 def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.ndarray:
     """The recipe's key offset, QP (rounded as the encoder applies it), for states obs, fitted on fit_records."""
-    return answer_from_moves(variant, imitation.move_samples(fit_records), obs)
+    return answer_from_moves(variant, gain_model.move_samples(fit_records), obs)
 
 
-def answer_from_moves(variant: Variant, moves: imitation.MoveSamples, obs: np.ndarray) -> np.ndarray:
-    """answer() from the fitting records' moves (imitation.move_samples)."""
-    spec = imitation.GainFeatures(key=variant.key, inter=(), curvature=variant.curvature)
+def answer_from_moves(variant: Variant, moves: gain_model.MoveSamples, obs: np.ndarray) -> np.ndarray:
+    """answer() from the fitting records' moves (gain_model.move_samples)."""
+    spec = gain_model.GainFeatures(key=variant.key, inter=(), curvature=variant.curvature)
     inside = np.ones(len(obs), bool)
     if (variant.clamp or variant.gate) and variant.key:
-        cols = sorted({FEATURE_NAMES.index(imitation.parse_term(t)[0]) for t in variant.key})
+        cols = sorted({FEATURE_NAMES.index(gain_model.parse_term(t)[0]) for t in variant.key})
         key_rows = moves.obs[:, FEATURE_NAMES.index("has_key")] > 0.5
         lo, hi = moves.obs[key_rows][:, cols].min(axis=0), moves.obs[key_rows][:, cols].max(axis=0)
         inside = ((obs[:, cols] >= lo) & (obs[:, cols] <= hi)).all(axis=1)
@@ -161,9 +163,9 @@ def answer_from_moves(variant: Variant, moves: imitation.MoveSamples, obs: np.nd
             obs = obs.copy()
             obs[:, cols] = np.clip(obs[:, cols], lo, hi)
     if variant.consensus > 0:
-        a = imitation.consensus_offset(moves, obs, MAX_DELTA_QP, variant.ridge, variant.consensus, spec)
+        a = gain_model.consensus_offset(moves, obs, MAX_DELTA_QP, variant.ridge, variant.consensus, spec)
     else:
-        a = imitation.fit_gain_model(moves, variant.ridge, spec).best_offset(obs, MAX_DELTA_QP)
+        a = gain_model.fit_gain_model(moves, variant.ridge, spec).best_offset(obs, MAX_DELTA_QP)
     a = np.where(inside | ~variant.gate, a, 0.0)
     return np.clip(np.round(a), -MAX_DELTA_QP, MAX_DELTA_QP).astype(int)
 
@@ -199,8 +201,8 @@ def main() -> int:
             continue
         if error := oracle_data.missing_records(flag, [path]):
             p.error(error)
-    oracle = oracle_data.of_window_sets(imitation.read_records([oracle_path]), windows, seed=ns.oracle_seed)
-    sweep_records = imitation.read_records([ns.sweeps])
+    oracle = oracle_data.of_window_sets(oracle_records.read_records([oracle_path]), windows, seed=ns.oracle_seed)
+    sweep_records = oracle_records.read_records([ns.sweeps])
     sweeps = oracle_data.of_window_sets(sweep_records, ns.judge or windows, "key")
     if not oracle or not sweeps:
         raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")
@@ -208,23 +210,23 @@ def main() -> int:
     shipped = Variant(f"shipped (key: {','.join(feats.key or ())}, k = {recipe.consensus:g})", recipe.consensus,
                       tuple(feats.key or ()), curvature=feats.curvature)  # fmt: skip
     variants = parse_variants(ns.variants, shipped) + [Variant("no state (one key offset)", 0.0, ())]
-    slopes = imitation.window_slopes(sweeps)
+    slopes = gain_model.window_slopes(sweeps)
     if ns.lead_sweeps:
-        leads = lead_table(oracle_data.of_window_sets(imitation.read_records([ns.lead_sweeps]), ns.judge or windows,
-                                                      "lead"), sweeps, slopes)  # fmt: skip
+        lead_records = oracle_records.read_records([ns.lead_sweeps])
+        leads = lead_table(oracle_data.of_window_sets(lead_records, ns.judge or windows, "lead"), sweeps, slopes)
         sweeps = [r for r, row in zip(sweeps, leads, strict=True) if not np.isnan(row).all()]
         leads = leads[~np.isnan(leads).all(axis=1)]
         if not sweeps:
             raise SystemExit(f"--lead-sweeps: no lead sweep at the key sweeps' points of {ns.judge or windows}")
     obs, values, wins = sweep_table(sweeps, slopes)
     slope = np.array([slopes[w] for w in wins])
-    source = np.array([imitation.source_of(w) for w in wins])
+    source = np.array([oracle_records.source_of(w) for w in wins])
     sources = sorted(set(source))
     answers = {v.name: np.zeros(len(wins), int) for v in variants}
     fit_sweeps = oracle_data.of_window_sets(sweep_records, windows, "key") if any(v.sweeps for v in variants) else []
     for s in sources:
-        fit = [r for r in oracle if imitation.source_of(r["window"]) != s]
-        more = [r for r in fit_sweeps if imitation.source_of(r["window"]) != s]
+        fit = [r for r in oracle if oracle_records.source_of(r["window"]) != s]
+        more = [r for r in fit_sweeps if oracle_records.source_of(r["window"]) != s]
         test = source == s
         for v in variants:
             answers[v.name][test] = answer(v, fit + more if v.sweeps else fit, obs[test])

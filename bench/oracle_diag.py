@@ -22,7 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import gain_model  # noqa: E402
 import imitation  # noqa: E402
+import oracle_records  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 from state import FEATURE_NAMES  # noqa: E402
@@ -66,7 +68,7 @@ def main() -> int:
     p.add_argument("--hidden", default="64,64")
     p.add_argument("--windows", default="train,static", help="window sets of the records used (clips.WINDOW_SETS)")
     ns = p.parse_args()
-    records = oracle_data.of_window_sets(imitation.read_records(ns.files), ns.windows)
+    records = oracle_data.of_window_sets(oracle_records.read_records(ns.files), ns.windows)
     demos = imitation.demos_from_records(records, ns.max_delta_qp)
     md = ns.max_delta_qp
     true_qp = demos.action * md
@@ -97,9 +99,9 @@ def main() -> int:
     print(f"| mean offset per GOP position (fixed pattern) | {fmt(fixed)} |")
     print(f"| behaviour cloning from the state, MLP {hidden} | {fmt(bc)} |")
     print(f"\n{bc.nonzero} of {len(demos)} oracle offsets are non-zero.")
-    moves = imitation.move_samples(records)
-    r2, r2_const = imitation.cross_validate_gain(moves, 3.0)
-    print(f"\nEvery candidate as data (imitation.GainModel, {len(moves)} moves): leave-one-source-out R² of the "
+    moves = gain_model.move_samples(records)
+    r2, r2_const = gain_model.cross_validate_gain(moves, 3.0)
+    print(f"\nEvery candidate as data (gain_model.GainModel, {len(moves)} moves): leave-one-source-out R² of the "
           f"rate-neutral gain per QP of a move {r2:.3f} with the state, {r2_const:.3f} without (position, curvature "
           "only).")
     old = ",".join(n for n in FEATURE_NAMES if not n.startswith("fp_"))
@@ -108,10 +110,10 @@ def main() -> int:
              ("fp_reuse", "", "key: fp_reuse; others: none (the shipped recipe)"),
              ("fp_reuse", "fp_reuse", "key: fp_reuse; others: fp_reuse"),
              ("fp_future_ratio,log_target_bpp", "", "key: fp_future_ratio, log_target_bpp; others: none")]
-    print("\nWhich features the gain model's slope g(s) may use (imitation.GainFeatures), the same R², ridge 3:\n")
+    print("\nWhich features the gain model's slope g(s) may use (gain_model.GainFeatures), the same R², ridge 3:\n")
     print("| features of g(s) | R² |\n|---|---|")
     for key, inter, label in specs:
-        r2_spec, _ = imitation.cross_validate_gain(moves, 3.0, imitation.GainFeatures.parse(key, inter))
+        r2_spec, _ = gain_model.cross_validate_gain(moves, 3.0, gain_model.GainFeatures.parse(key, inter))
         print(f"| {label} | {r2_spec:.3f} |")
     return 0
 

@@ -11,7 +11,7 @@ as a script. At 1.00 the replay must reproduce the stored encodes (a determinism
 others, a decision that is about the content keeps its gain, a lucky draw does not. Gain is at
 equal rate, the oracle's own measure:
 
-    gain = ΔPSNR-Y - slope * log2(bits / bits_Δ=0),   slope = the window's RD slope (imitation.window_slopes)
+    gain = ΔPSNR-Y - slope * log2(bits / bits_Δ=0),   slope = the window's RD slope (gain_model.window_slopes)
 
 It prints, per window set, in all and per kind of move (key mini-GOPs, the others, both): the
 stored gain, the replayed gain at each factor, and the share of the stored gain that survives
@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import clips  # noqa: E402
 import eval_runs  # noqa: E402
-import imitation  # noqa: E402
+import gain_model  # noqa: E402
+import oracle_records  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
@@ -89,7 +90,7 @@ def _replay(job: dict) -> dict:
 
 def report_records(report: Path, inputs: Path) -> tuple[dict, dict, dict]:
     """An `evaluate.py oracle` report as records of oracle_data's shape (the fields this script reads):
-    (records by key, RD slope per clip (imitation.window_slopes over its Δ=0 encodes), clip name ->
+    (records by key, RD slope per clip (gain_model.window_slopes over its Δ=0 encodes), clip name ->
     (folder name, clip path)). Mini-GOPs are numbered in GOPs of the report's 8 (evaluate.py's
     --keyint 64 / --mini-gop 8).
     """
@@ -110,7 +111,7 @@ def report_records(report: Path, inputs: Path) -> tuple[dict, dict, dict]:
             "baseline_steps": [{"request": {"mg_in_gop": k % 8}} for k in range(len(offsets))],
         }  # fmt: skip
         windows[name] = (inputs.name, paths[name])
-    return by_key, imitation.window_slopes(list(by_key.values())), windows
+    return by_key, gain_model.window_slopes(list(by_key.values())), windows
 
 
 DONORS = ("self", "same-source", "other-source")
@@ -121,7 +122,7 @@ DONOR_FEATURES = ("log_fp_bpp", "lookahead_ratio", "log_target_bpp", "fp_intra",
 def donor_features(records: dict[str, dict]) -> dict[str, np.ndarray]:
     """Each record's DONOR_FEATURES, the mean over its Δ=0 requests, standardised over `records`."""
     cols = [FEATURE_NAMES.index(f) for f in DONOR_FEATURES]
-    feats = {k: imitation.observations(r["baseline_steps"])[0][:, cols].mean(axis=0) for k, r in records.items()}
+    feats = {k: oracle_records.observations(r["baseline_steps"])[0][:, cols].mean(axis=0) for k, r in records.items()}
     allf = np.array(list(feats.values()))
     mu, sd = allf.mean(axis=0), allf.std(axis=0) + 1e-9
     return {k: (f - mu) / sd for k, f in feats.items()}
@@ -138,13 +139,13 @@ def donor(rec: dict, records: dict[str, dict], windows: dict, kind: str, feats: 
     if kind == "self":
         return rec
     n = len(rec["oracle"]["offsets"])
-    source, wset = imitation.source_of(rec["window"]), windows[rec["window"]][0]
+    source, wset = oracle_records.source_of(rec["window"]), windows[rec["window"]][0]
     pool = [r for r in records.values() if len(r["oracle"]["offsets"]) == n and r["window"] != rec["window"]
             and {s["request"]["gop_index"] for s in r["baseline_steps"]} == {0}]  # fmt: skip
     if kind == "same-source":
-        pool = [r for r in pool if imitation.source_of(r["window"]) == source and windows[r["window"]][0] == wset]
+        pool = [r for r in pool if oracle_records.source_of(r["window"]) == source and windows[r["window"]][0] == wset]
         return min(pool, key=lambda r: abs(math.log(r["bpp"] / rec["bpp"])), default=None)
-    pool = [r for r in pool if imitation.source_of(r["window"]) != source]
+    pool = [r for r in pool if oracle_records.source_of(r["window"]) != source]
     if not pool:
         return None
     mine = feats[rec["key"]]
@@ -240,8 +241,8 @@ def main() -> int:
 def data_points(data: Path, codec: str, window_sets: str, kind: str) -> tuple[dict, dict, dict, dict]:
     """The oracle points of `window_sets` in `data`: (records by key, RD slope per window, window name ->
     (its set, its materialised file), each point's donor record (donor(); None: no donor))."""
-    records = [r for r in imitation.read_records([data]) if r["codec"] == codec and "error" not in r]
-    slopes = imitation.window_slopes(records)
+    records = [r for r in oracle_records.read_records([data]) if r["codec"] == codec and "error" not in r]
+    slopes = gain_model.window_slopes(records)
     by_key = {r["key"]: r for r in oracle_data.of_window_sets(records, window_sets)}
     windows = {w.name: (name, w) for name in window_sets.split(",") for w in clips.WINDOW_SETS[name]()}
     for name, (wset, win) in windows.items():
@@ -278,9 +279,9 @@ def print_tables(ns: argparse.Namespace, results: list[dict], by_key: dict[str, 
             continue
         rec = by_key[res["key"]]
         slope = slopes[rec["window"]]
-        stored = imitation.equal_rate_gain(rec["oracle"]["psnr_y"], rec["oracle"]["bits"], rec["baseline"]["psnr_y"],
+        stored = gain_model.equal_rate_gain(rec["oracle"]["psnr_y"], rec["oracle"]["bits"], rec["baseline"]["psnr_y"],
                       rec["baseline"]["bits"], slope)  # fmt: skip
-        replayed = {f: imitation.equal_rate_gain(*v["oracle"], *v["base"], slope) for f, v in res["replays"].items()}
+        replayed = {f: gain_model.equal_rate_gain(*v["oracle"], *v["base"], slope) for f, v in res["replays"].items()}
         own = res.get("donor", res["key"]) == res["key"]  # a donor's offsets are not the stored oracle's
         identical = "1" not in res["replays"] or (
             (not own or res["replays"]["1"]["oracle"] == [rec["oracle"]["psnr_y"], rec["oracle"]["bits"]])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 import critic_pretrain
-import imitation
+import gain_model
+import oracle_records
 from config import SACConfig
 from sac_agent import SACAgent
 from state import FEATURE_NAMES, OBS_DIM
@@ -13,7 +14,7 @@ from state import FEATURE_NAMES, OBS_DIM
 KEY = FEATURE_NAMES.index("has_key")
 
 
-def synthetic_moves(n: int = 600, seed: int = 0) -> tuple[imitation.MoveSamples, np.ndarray]:
+def synthetic_moves(n: int = 600, seed: int = 0) -> tuple[gain_model.MoveSamples, np.ndarray]:
     """Moves of a known value J(a | s) = g(s) a - 0.01 a², g = +0.04 dB/QP on key mini-GOPs, -0.04 elsewhere."""
     rng = np.random.default_rng(seed)
     obs = rng.uniform(0.0, 1.0, size=(n, OBS_DIM)).astype(np.float32)
@@ -27,7 +28,7 @@ def synthetic_moves(n: int = 600, seed: int = 0) -> tuple[imitation.MoveSamples,
 
     gain = j(a_new) - j(a_old) + rng.normal(0.0, 0.002, n)
     source = np.arange(n) % 3
-    return imitation.MoveSamples(obs, a_old, a_new, gain, source, ["a", "b", "c"]), 2.0 * np.sign(g)
+    return gain_model.MoveSamples(obs, a_old, a_new, gain, source, ["a", "b", "c"]), 2.0 * np.sign(g)
 
 
 def test_a_critic_fitted_on_moves_answers_their_best_offset():
@@ -40,7 +41,7 @@ def test_a_critic_fitted_on_moves_answers_their_best_offset():
 
 def test_the_gain_models_critic_agrees_with_the_gain_model_and_loads_into_sac():
     moves, _ = synthetic_moves()
-    model = imitation.fit_gain_model(moves, ridge=1.0)
+    model = gain_model.fit_gain_model(moves, ridge=1.0)
     critic, rms = critic_pretrain.gain_model_critic(model, moves.obs[:200], 4, (32, 32), steps=800)
     assert rms < 0.01  # dB, on J values of about ±0.1
     want = np.clip(np.round(model.best_offset(moves.obs[:200], 4)), -4, 4)
@@ -53,7 +54,7 @@ def test_the_gain_models_critic_agrees_with_the_gain_model_and_loads_into_sac():
             assert np.array_equal(v.numpy(), want.state_dict()[k].numpy()), (name, k)
 
 
-def oracle_records() -> list[dict]:
+def sample_records() -> list[dict]:
     """x264 oracle records of two sources in which raising the key mini-GOP's QP by 3 paid (+0.05..0.1 dB)."""
     from test_imitation import key_raise_record
 
@@ -64,14 +65,14 @@ def oracle_records() -> list[dict]:
 def test_critics_from_records_value_what_the_candidates_measured():
     from test_imitation import _step
 
-    (one, two), summary = critic_pretrain.critics_from_records(oracle_records(), "x264", 4, (16, 16))
+    (one, two), summary = critic_pretrain.critics_from_records(sample_records(), "x264", 4, (16, 16))
     assert "on 4 oracle moves of 4 x264 points" in summary
-    obs, _ = imitation.observations([_step(0, 30), _step(1, 30)])
+    obs, _ = oracle_records.observations([_step(0, 30), _step(1, 30)])
     for critic in (one, two):  # two fits from two seeds: twin critics that differ
         assert critic_pretrain.greedy_offsets(critic, obs[:1], 4)[0] > 0  # the key: a higher QP paid
     assert not np.array_equal(one.net[0].weight.detach().numpy(), two.net[0].weight.detach().numpy())
     try:
-        critic_pretrain.critics_from_records(oracle_records(), "svtav1", 4, (16, 16))
+        critic_pretrain.critics_from_records(sample_records(), "svtav1", 4, (16, 16))
         raise AssertionError("records of another codec were used")
     except ValueError as exc:
         assert "no oracle moves of codec svtav1" in str(exc)

@@ -14,7 +14,9 @@ from script_run import run_script
 
 import clips
 import evaluate
+import gain_model
 import imitation
+import oracle_records
 import policy
 from bench import eval_quality
 from models import Actor
@@ -48,7 +50,7 @@ def test_behaviour_cloning_reduces_the_actors_error_on_a_fixed_demonstration_set
     assert float(np.mean((imitation.predict(actor, test.obs) - test.action) ** 2)) < 0.2 * float(np.var(test.action))
 
 
-def _moves(n: int = 3000, noise: float = 0.01, seed: int = 0) -> tuple[imitation.MoveSamples, float, float]:
+def _moves(n: int = 3000, noise: float = 0.01, seed: int = 0) -> tuple[gain_model.MoveSamples, float, float]:
     """Oracle-like moves from a known model J(a|s) = g(s) a - c a^2 with g(s) = slope * s_rate on key steps."""
     rng = np.random.default_rng(seed)
     slope, c = 0.03, 0.005
@@ -59,13 +61,13 @@ def _moves(n: int = 3000, noise: float = 0.01, seed: int = 0) -> tuple[imitation
     keep = a_new != a_old
     g = slope * obs[:, RATE] * obs[:, KEY]
     gain = g * (a_new - a_old) - c * (a_new**2 - a_old**2) + rng.normal(0, noise, n)
-    m = imitation.MoveSamples(obs[keep], a_old[keep], a_new[keep], gain[keep], np.zeros(keep.sum(), int), ["s"])
+    m = gain_model.MoveSamples(obs[keep], a_old[keep], a_new[keep], gain[keep], np.zeros(keep.sum(), int), ["s"])
     return m, slope, c
 
 
 def test_gain_model_recovers_a_known_optimum_from_noisy_moves():
     m, slope, c = _moves()
-    model = imitation.fit_gain_model(m, ridge=1.0)
+    model = gain_model.fit_gain_model(m, ridge=1.0)
     assert model.c == pytest.approx(c, rel=0.1)
     obs = np.zeros((3, OBS_DIM), dtype=np.float32)
     obs[:, KEY] = 1.0
@@ -90,15 +92,15 @@ def test_gain_model_with_a_state_dependent_curvature_recovers_a_flatter_key_curv
     a_new = np.clip(a_old + rng.choice([-2, -1, 1, 2], n), -4, 4).astype(np.float32)
     keep = a_new != a_old
     gain = g * (a_new - a_old) - c_true * (a_new**2 - a_old**2) + rng.normal(0, 0.005, n)
-    m = imitation.MoveSamples(obs[keep], a_old[keep], a_new[keep], gain[keep], np.zeros(keep.sum(), int), ["s"])
-    spec = imitation.GainFeatures(key=(), inter=(), curvature=("gop_left",))
-    model = imitation.fit_gain_model(m, ridge=1e-3, spec=spec)
+    m = gain_model.MoveSamples(obs[keep], a_old[keep], a_new[keep], gain[keep], np.zeros(keep.sum(), int), ["s"])
+    spec = gain_model.GainFeatures(key=(), inter=(), curvature=("gop_left",))
+    model = gain_model.fit_gain_model(m, ridge=1e-3, spec=spec)
     probe = np.zeros((2, OBS_DIM), np.float32)
     probe[:, KEY] = 1.0
     probe[:, gl] = [0.0, 1.0]
     assert model.curvature(probe) == pytest.approx([0.004, 0.012], abs=0.001)
     assert model.best_offset(probe, 4) == pytest.approx([3.0, 1.0], abs=0.3)  # g / 2c(s)
-    one = imitation.fit_gain_model(m, ridge=1e-3, spec=imitation.GainFeatures(key=(), inter=()))
+    one = gain_model.fit_gain_model(m, ridge=1e-3, spec=gain_model.GainFeatures(key=(), inter=()))
     assert np.ptp(one.best_offset(probe, 4)) < 0.1  # one curvature: the same answer for both
     assert "key curvature: gop_left" in spec.describe() and "curvature" not in one.spec.describe()
 
@@ -107,7 +109,7 @@ def test_gain_model_is_predictive_across_sources_only_when_the_state_matters():
     m, _, _ = _moves(noise=0.005)
     m.source = np.arange(len(m)) % 3
     m.sources = ["a", "b", "c"]
-    r2, r2_const = imitation.cross_validate_gain(m, ridge=1.0)
+    r2, r2_const = gain_model.cross_validate_gain(m, ridge=1.0)
     assert r2 > r2_const + 0.2
 
 
@@ -117,30 +119,30 @@ def test_gain_model_restricted_to_the_feature_that_matters_generalises_across_so
     m, slope, c = _moves(noise=0.02)
     m.source = np.arange(len(m)) % 3
     m.sources = ["a", "b", "c"]
-    only = imitation.GainFeatures.parse(FEATURE_NAMES[RATE], "")
-    r2_only, _ = imitation.cross_validate_gain(m, 1.0, only)
-    r2_all, _ = imitation.cross_validate_gain(m, 1.0)
+    only = gain_model.GainFeatures.parse(FEATURE_NAMES[RATE], "")
+    r2_only, _ = gain_model.cross_validate_gain(m, 1.0, only)
+    r2_all, _ = gain_model.cross_validate_gain(m, 1.0)
     assert r2_only >= r2_all - 0.01
-    model = imitation.fit_gain_model(m, 1.0, only)
+    model = gain_model.fit_gain_model(m, 1.0, only)
     assert len(model.w) == 3  # [1, key, key * s_rate]
     obs = np.zeros((2, OBS_DIM), dtype=np.float32)
     obs[:, KEY] = 1.0
     obs[:, RATE] = [-1.0, 1.0]
     assert model.best_offset(obs, 4) == pytest.approx(slope * obs[:, RATE] / (2 * c), abs=0.5)
     with pytest.raises(ValueError, match="unknown state feature 'nope'"):
-        imitation.GainFeatures.parse("nope", "")
-    curved = imitation.GainFeatures.parse("fp_inter_ratio,gop_left", "", "gop_left")
-    assert curved == imitation.GainFeatures(("fp_inter_ratio", "gop_left"), (), ("gop_left",))
+        gain_model.GainFeatures.parse("nope", "")
+    curved = gain_model.GainFeatures.parse("fp_inter_ratio,gop_left", "", "gop_left")
+    assert curved == gain_model.GainFeatures(("fp_inter_ratio", "gop_left"), (), ("gop_left",))
     assert "key curvature: gop_left" in curved.describe()
     with pytest.raises(ValueError, match="not 'all'"):
-        imitation.GainFeatures.parse("", "", "all")
+        gain_model.GainFeatures.parse("", "", "all")
 
 
 def test_distillation_set_hides_the_features_the_gain_model_did_not_use():
     rng = np.random.default_rng(0)
     obs = rng.uniform(-1, 1, (200, OBS_DIM)).astype(np.float32)
     target = rng.uniform(-4, 4, 200)
-    spec = imitation.GainFeatures.parse(FEATURE_NAMES[RATE], "")
+    spec = gain_model.GainFeatures.parse(FEATURE_NAMES[RATE], "")
     fit_obs, fit_target = imitation.ignoring_unused(obs, target, spec, copies=2)
     assert fit_obs.shape == (600, OBS_DIM) and np.array_equal(fit_target, np.tile(target, 3))
     assert np.array_equal(fit_obs[:200], obs)
@@ -149,7 +151,7 @@ def test_distillation_set_hides_the_features_the_gain_model_did_not_use():
     other = FEATURE_NAMES.index("prev_psnr_y")
     assert not np.array_equal(fit_obs[200:400, other], obs[:, other])
     assert sorted(fit_obs[200:400, other]) == sorted(obs[:, other])  # shuffled, not invented
-    everything = imitation.GainFeatures()
+    everything = gain_model.GainFeatures()
     assert imitation.ignoring_unused(obs, target, everything)[0] is obs
 
 
@@ -157,25 +159,25 @@ def test_hinge_terms_of_the_gain_model():
     obs = np.zeros((3, OBS_DIM), dtype=np.float32)
     reuse = FEATURE_NAMES.index("fp_reuse")
     obs[:, reuse] = [0.5, 0.9, 1.3]
-    assert np.allclose(imitation.term_column(obs, "fp_reuse"), [0.5, 0.9, 1.3])
-    assert np.allclose(imitation.term_column(obs, "fp_reuse>0.9"), [0.0, 0.0, 0.4], atol=1e-6)
-    assert np.allclose(imitation.term_column(obs, "fp_reuse<0.9"), [0.4, 0.0, 0.0], atol=1e-6)
-    spec = imitation.GainFeatures.parse("gop_left,fp_reuse>0.9", "")
+    assert np.allclose(gain_model.term_column(obs, "fp_reuse"), [0.5, 0.9, 1.3])
+    assert np.allclose(gain_model.term_column(obs, "fp_reuse>0.9"), [0.0, 0.0, 0.4], atol=1e-6)
+    assert np.allclose(gain_model.term_column(obs, "fp_reuse<0.9"), [0.4, 0.0, 0.0], atol=1e-6)
+    spec = gain_model.GainFeatures.parse("gop_left,fp_reuse>0.9", "")
     assert spec.key == ("gop_left", "fp_reuse>0.9")
-    phi = imitation.gain_features(obs, spec)  # [1, key, key * gop_left, key * hinge]; has_key is 0 here
+    phi = gain_model.gain_features(obs, spec)  # [1, key, key * gop_left, key * hinge]; has_key is 0 here
     assert phi.shape == (3, 4) and np.allclose(phi[:, 3], 0.0)
     obs[:, KEY] = 1.0
-    assert np.allclose(imitation.gain_features(obs, spec)[:, 3], [0.0, 0.0, 0.4], atol=1e-6)
+    assert np.allclose(gain_model.gain_features(obs, spec)[:, 3], [0.0, 0.0, 0.4], atol=1e-6)
     for bad in ("fp_reuse>x", "no_such>0.9"):
         with pytest.raises(ValueError, match="not a number|unknown state feature"):
-            imitation.GainFeatures.parse(bad, "")
+            gain_model.GainFeatures.parse(bad, "")
     # The hinge's feature is used: ignoring_unused leaves it paired with the targets (and shuffles
     # it when no term names it).
     many = np.zeros((50, OBS_DIM), dtype=np.float32)
     many[:, reuse] = np.linspace(0.0, 1.5, 50)
     fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), spec, copies=1)
     assert np.array_equal(fit_obs[50:, reuse], many[:, reuse])
-    fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), imitation.GainFeatures.parse("gop_left", ""), copies=1)
+    fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), gain_model.GainFeatures.parse("gop_left", ""), copies=1)
     assert not np.array_equal(fit_obs[50:, reuse], many[:, reuse])
 
 
@@ -240,10 +242,10 @@ def test_move_samples_replay_the_coordinate_descent_against_the_best_answer_of_t
             {"offsets": [3, 1], "psnr_y": 38.10, "bits": 10000},  # vs [3, 0]: +0.05 dB
         ],
     }  # fmt: skip
-    m = imitation.move_samples([rec])
+    m = gain_model.move_samples([rec])
     assert m.a_old.tolist() == [0, 0, 0] and m.a_new.tolist() == [3, 3, 1]
     assert m.gain_rate == pytest.approx([0.05, -0.05, 0.05])
-    demos_obs, offsets = imitation.observations(rec["oracle_steps"])
+    demos_obs, offsets = oracle_records.observations(rec["oracle_steps"])
     assert offsets.tolist() == [3, 1] and demos_obs.shape == (2, OBS_DIM)
 
 
@@ -293,10 +295,10 @@ def test_a_policy_made_before_a_feature_was_added_reads_its_own_features_and_ans
 def test_actor_inputs_add_a_later_feature_only_where_the_gain_model_uses_it():
     from state import FEATURES_V2
 
-    assert imitation.actor_inputs(imitation.GainFeatures(key=("fp_reuse",), inter=())) == FEATURES_V2
-    with_p = imitation.GainFeatures.parse("gop_left,fp_propagation>0.8", "")
+    assert imitation.actor_inputs(gain_model.GainFeatures(key=("fp_reuse",), inter=())) == FEATURES_V2
+    with_p = gain_model.GainFeatures.parse("gop_left,fp_propagation>0.8", "")
     assert imitation.actor_inputs(with_p) == (*FEATURES_V2, "fp_propagation")
-    assert imitation.actor_inputs(imitation.ALL_FEATURES) == FEATURE_NAMES  # a model on the whole state
+    assert imitation.actor_inputs(gain_model.ALL_FEATURES) == FEATURE_NAMES  # a model on the whole state
 
 
 def test_policy_trained_on_other_features_is_refused_with_a_clear_message(tmp_path):
@@ -402,8 +404,8 @@ def test_training_held_out_and_test_splits_share_no_source():
     # so eval_quality never pools it with the held-out split, whose sources it repeats
     assert eval_quality.pooled_splits(["heldout", "native", "test"]) == ["heldout", "test"]
     assert eval_quality.pooled_splits(["native", "test2"]) == ["native", "test2"]
-    # leave-one-source-out fits group windows by imitation.source_of: one group per source clip
-    assert {imitation.source_of(w.name) for w in more_windows} == {Path(s).stem for s in more}
+    # leave-one-source-out fits group windows by oracle_records.source_of: one group per source clip
+    assert {oracle_records.source_of(w.name) for w in more_windows} == {Path(s).stem for s in more}
     photos = {w.source for w in clips.pan_windows()} | {w.cut_to for w in clips.pan_windows() if w.cut_to}
     assert photos <= set(clips.DEBIAN_IMAGES) and not photos & held  # still photos, no held-out clip
 
@@ -481,7 +483,7 @@ def test_pan_window_moves_the_camera_over_the_photo_and_cuts():
     still = list(clips.pan_frames(clips.Pan("astronaut.png", 3, size=(64, 48), noise=1.0), photo))
     d = np.abs(still[0].y.astype(int) - still[1].y.astype(int))
     assert 0.3 < d.mean() < 2.0  # a still shot: only the sensor noise changes
-    assert imitation.source_of(win.name) == "astronaut"  # the photo is the source in leave-one-source-out fits
+    assert oracle_records.source_of(win.name) == "astronaut"  # the photo is the source in leave-one-source-out fits
     with pytest.raises(clips.ClipError, match="too small"):
         list(clips.pan_frames(clips.Pan("gravel.png", 80, step=(3, 0), size=(64, 48)), photo))
 
@@ -506,7 +508,7 @@ def test_train_policy_recipe_on_oracle_records_exports_a_loadable_policy(tmp_pat
     path = tmp_path / "p.pt"
     policy.save(path, actor, "svtav1", 4, 0.02, {"summary": summary, "command": "test"})
     pol = policy.load(path)
-    obs, _ = imitation.observations(records[0]["oracle_steps"])
+    obs, _ = oracle_records.observations(records[0]["oracle_steps"])
     # Raising the key mini-GOP's QP paid in every record: the policy raises it.
     assert float(pol.act(obs[0])[0]) * 4 > 0.5
     assert "does not follow" not in summary
@@ -530,7 +532,7 @@ def test_train_policy_warns_when_the_state_predicts_no_better_than_one_offset():
         }  # fmt: skip
 
     qps = [24, 28, 32, 36, 40, 44]
-    spec = imitation.GainFeatures(key=("base_qp",), inter=())
+    spec = gain_model.GainFeatures(key=("base_qp",), inter=())
     follows = [record(f"s{q}", q, 1.0 if q > 34 else -1.0, b) for q in qps for b in (0.05, 0.1)]
     _, summary = imitation.train_policy(follows, hidden=(8,), spec=spec)
     assert "WARNING" not in summary
@@ -557,7 +559,7 @@ def test_train_policy_does_not_depend_on_the_order_of_the_records():
 
     points = [("a", 0.05), ("b", 0.1), ("a", 0.2), ("c", 0.07), ("b", 0.3)]
     records = [record(f"{src}_s1_f0-8", bpp, 0.02 * i + bpp, 24 + 3 * i) for i, (src, bpp) in enumerate(points)]
-    spec = imitation.SHIPPED_FEATURES  # unused features shuffled: the row order would matter
+    spec = gain_model.SHIPPED_FEATURES  # unused features shuffled: the row order would matter
     one, _ = imitation.train_policy(records, hidden=(16,), spec=spec, consensus=1.0)
     other, _ = imitation.train_policy(records[::-1], hidden=(16,), spec=spec, consensus=1.0)
     for a, b in zip(one.state_dict().values(), other.state_dict().values(), strict=True):
@@ -570,13 +572,13 @@ def test_consensus_offset_acts_only_where_the_sources_agree():
     m.sources = ["a", "b", "c", "d"]
     obs = np.zeros((1, OBS_DIM), dtype=np.float32)
     obs[0, KEY], obs[0, RATE] = 1.0, 1.0  # a* = +3 QP in every source
-    assert imitation.consensus_offset(m, obs, 4, ridge=1.0)[0] == pytest.approx(3.0, abs=0.5)
+    assert gain_model.consensus_offset(m, obs, 4, ridge=1.0)[0] == pytest.approx(3.0, abs=0.5)
     # Source d now says the opposite: the four leave-one-source-out fits disagree, the offset shrinks.
     flip = m.source == 3
     g = slope * m.obs[:, RATE] * m.obs[:, KEY]
     m.gain_rate[flip] -= 2 * g[flip] * (m.a_new[flip] - m.a_old[flip])
-    full = imitation.fit_gain_model(m, 1.0).best_offset(obs, 4)[0]
-    cautious = imitation.consensus_offset(m, obs, 4, ridge=1.0)[0]
+    full = gain_model.fit_gain_model(m, 1.0).best_offset(obs, 4)[0]
+    cautious = gain_model.consensus_offset(m, obs, 4, ridge=1.0)[0]
     assert abs(cautious) < abs(full) - 0.3
 
 
@@ -663,7 +665,7 @@ def test_key_sweep_of_a_tail_window_moves_the_short_gops_key_mini_gop(tmp_path):
     assert [c["offsets"] for c in rec["candidates"]] == [[0] * 8 + [v] for v in (-4, -3, -2, -1, 1, 2, 3, 4)]
     assert loso_value.swept_minigop(rec) == 8
     obs, values, _ = loso_value.sweep_table([rec], {win.name: 5.0})
-    assert obs[0][OBS_DIM - 1] == pytest.approx(imitation.observations(rec["baseline_steps"])[0][8][OBS_DIM - 1])
+    assert obs[0][OBS_DIM - 1] == pytest.approx(oracle_records.observations(rec["baseline_steps"])[0][8][OBS_DIM - 1])
     assert values[0][4] == 0.0 and np.isfinite(values[0]).all()
 
 
@@ -680,9 +682,9 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
         }  # fmt: skip
 
     sweeps = [sweep(0.05, 10000), sweep(0.2, 40000)]  # two rates 2 doublings apart: the window's RD slope
-    slope = imitation.window_slopes(sweeps)["clip_s1_f0-8"]
+    slope = gain_model.window_slopes(sweeps)["clip_s1_f0-8"]
     assert slope == pytest.approx(0.0)  # both Δ=0 encodes at PSNR-Y 38.0
-    obs, values, windows = loso_value.sweep_table(sweeps, imitation.window_slopes(sweeps))
+    obs, values, windows = loso_value.sweep_table(sweeps, gain_model.window_slopes(sweeps))
     assert obs.shape == (2, OBS_DIM) and windows == ["clip_s1_f0-8"] * 2
     expected = [(4 - (a - 2) ** 2) / 100 for a in range(-4, 5)]  # slope 0: the PSNR-Y change itself
     assert values[0] == pytest.approx(expected) and int(np.argmax(values[0])) - 4 == 2
@@ -709,12 +711,12 @@ def test_luma_concentration_is_high_for_flat_colours_and_low_for_noise():
 
 
 def test_move_samples_concat_keeps_each_rows_source_and_subset_keeps_the_source_list():
-    def moves(names: list[str], src: list[int]) -> imitation.MoveSamples:
+    def moves(names: list[str], src: list[int]) -> gain_model.MoveSamples:
         n = len(src)
-        return imitation.MoveSamples(np.zeros((n, OBS_DIM), np.float32), np.zeros(n), np.ones(n),
+        return gain_model.MoveSamples(np.zeros((n, OBS_DIM), np.float32), np.zeros(n), np.ones(n),
                                      np.arange(n, dtype=float), np.array(src), names)  # fmt: skip
 
-    both = imitation.MoveSamples.concat([moves(["a"], [0, 0]), moves(["b", "a"], [0, 1, 0])])
+    both = gain_model.MoveSamples.concat([moves(["a"], [0, 0]), moves(["b", "a"], [0, 1, 0])])
     assert both.sources == ["a", "b"] and [both.sources[i] for i in both.source] == ["a", "a", "b", "a", "b"]
     assert list(both.gain_rate) == [0, 1, 0, 1, 2]
     sub = both.subset(both.source == 1)

@@ -249,15 +249,16 @@ def test_policy_file_answers_in_infer_mode_and_starts_training(tmp_path):
     assert "at equal rate" in res.stderr and not (tmp_path / "checkpoints").exists()
     # Train mode starts SAC with the policy's actor (fine-tuning), here with critics pretrained on oracle
     # records where raising the key QP paid (no gradient step: the checkpoint holds them as fitted).
-    from test_critic_pretrain import oracle_records
+    from test_critic_pretrain import sample_records
     from test_imitation import _step
 
     import critic_pretrain
     import imitation
+    import oracle_records
     from models import QNetwork
 
     recs = tmp_path / "oracle.jsonl"
-    recs.write_text("".join(json.dumps(r) + "\n" for r in oracle_records()))
+    recs.write_text("".join(json.dumps(r) + "\n" for r in sample_records()))
     res = run_main(tmp_path, "--videos", VIDEO, "--load-checkpoint", str(pol), "--epochs", "1", "--no-tensorboard",
                    "--pretrain-critics", str(recs), *FAST, "--updates-per-step", "0")  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -270,7 +271,7 @@ def test_policy_file_answers_in_infer_mode_and_starts_training(tmp_path):
         assert all(torch.equal(v, agent[twin][k]) for k, v in agent[name].items()), name
     q1 = QNetwork(OBS_DIM, 1, (8,))
     q1.load_state_dict(agent["q1"])
-    obs, _ = imitation.observations([_step(0, 30), _step(1, 30)])
+    obs, _ = oracle_records.observations([_step(0, 30), _step(1, 30)])
     assert critic_pretrain.greedy_offsets(q1, obs[:1], 4)[0] > 0  # the critic valued what the records measured
 
 

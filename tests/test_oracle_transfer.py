@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-import imitation
+import gain_model
 from bench import oracle_transfer
 
 
@@ -31,9 +31,9 @@ def test_moved_tells_key_from_other_mini_gops(offsets: list[int], kind: str) -> 
 
 def test_gain_is_the_psnr_gain_less_what_the_extra_bits_buy():
     # 0.2 dB more for 2x the bits on a 5 dB-per-doubling curve: 4.8 dB worse at equal rate.
-    assert imitation.equal_rate_gain(40.2, 2000, 40.0, 1000, 5.0) == pytest.approx(-4.8)
-    assert imitation.equal_rate_gain(40.1, 1000, 40.0, 1000, 5.0) == pytest.approx(0.1)
-    assert math.isclose(imitation.equal_rate_gain(40.0, 1000 * 2**-0.01, 40.0, 1000, 5.0), 0.05)
+    assert gain_model.equal_rate_gain(40.2, 2000, 40.0, 1000, 5.0) == pytest.approx(-4.8)
+    assert gain_model.equal_rate_gain(40.1, 1000, 40.0, 1000, 5.0) == pytest.approx(0.1)
+    assert math.isclose(gain_model.equal_rate_gain(40.0, 1000 * 2**-0.01, 40.0, 1000, 5.0), 0.05)
 
 
 def test_donors_are_another_window_of_the_same_source_or_the_nearest_other_source():

@@ -17,7 +17,7 @@ import pytest
 from script_run import run_script
 
 import clips
-import imitation
+import oracle_records
 import own_clips
 import policy
 from bench import oracle_data
@@ -106,7 +106,7 @@ def test_own_windows_keep_each_clip_one_source_and_augment_it_with_still_camera_
     found = own_clips.windows(clip, 16, True, tmp_path / "aug")
     assert [w.name for w in found] == ["carphone-pristine_s1_f0-16", "carphone-pristine_s1_r8n1_f0-16",
                                        "carphone-pristine_s1_r16n1_f0-16"]  # fmt: skip
-    assert {imitation.source_of(w.name) for w in found} == {"carphone-pristine"}  # left out together
+    assert {oracle_records.source_of(w.name) for w in found} == {"carphone-pristine"}  # left out together
     assert found[0].path == clip and own_clips.materialise(found[0]) == clip  # the clip itself: nothing written
     first = next(open_source(clip).frames(limit=1)).y.astype(float)
     for w in found[1:]:

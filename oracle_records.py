@@ -1,0 +1,60 @@
+"""Oracle records (bench/oracle_data.py's JSON lines): reading them, and the agent's states along them.
+
+A record is one oracle point: a window at one target rate, its Δ=0 encode and its oracle's, each
+with the requests, feedback and answered QP of every mini-GOP, and every candidate the search encoded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from protocol import Feedback, Request, request_from_dict
+from state import OBS_DIM, build_observation
+
+_RECORD = Path("<oracle record>")  # the 'file' named in errors about a stored request
+
+
+def _messages(steps: list[dict]) -> Iterable[tuple[Request, Feedback, int]]:
+    for st in steps:
+        yield request_from_dict(st["request"], _RECORD), Feedback(**st["feedback"]), int(st["qp"])
+
+
+def observations(steps: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Rebuilds the agent's observations along a stored trajectory; returns (obs (n, OBS_DIM), offsets (n,))."""
+    obs, offsets = [], []
+    prev_fb: Feedback | None = None
+    prev_base: int | None = None
+    for req, fb, qp in _messages(steps):
+        if req.mg_in_gop == 0:
+            prev_fb, prev_base = None, None
+        obs.append(build_observation(req, prev_fb, prev_base))
+        offsets.append(qp - req.base_qp)
+        prev_fb, prev_base = fb, req.base_qp
+    return np.asarray(obs, dtype=np.float32).reshape(-1, OBS_DIM), np.asarray(offsets, dtype=np.float32)
+
+
+def source_of(window: str) -> str:
+    """The source clip of a window name made by clips.Window.name (e.g. 'bikes_s2_f0-64' -> 'bikes')."""
+    return window.split("_s")[0]
+
+
+def read_records(paths: Iterable[Path]) -> list[dict]:
+    """Every record of the files without an `error` (a failed point), in file order."""
+    out = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if "error" not in rec:
+                    out.append(rec)
+    return out
+
+
+def trajectory_observations(records: list[dict]) -> np.ndarray:
+    """Every observation seen on the stored trajectories (Δ=0 and oracle), (N, OBS_DIM): where a policy is fitted."""
+    obs = [observations(r[k])[0] for r in records for k in ("baseline_steps", "oracle_steps")]
+    return np.concatenate(obs)
