@@ -268,10 +268,18 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+class OneDefaultHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already says what its default means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
+
+
 def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     prog = "evaluate.py oracle" if oracle_mode else "evaluate.py"
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] if __doc__ else None,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                formatter_class=OneDefaultHelp)  # fmt: skip
     optional = " (optional: to compare)" if oracle_mode else ""
     p.add_argument("--load-checkpoint", default="",
                    help="policy file or main.py checkpoint, or a shipped policy by name (x264) "
@@ -282,7 +290,7 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     g.add_argument("--bitrates", type=_floats, help="target rates, kbit/s, comma-separated (same for every clip)")
     default_bpp = ",".join(map(str, DEFAULT_BPP))
     g.add_argument("--bpp", type=_floats,
-                   help=f"target bits per luma pixel, comma-separated (default {default_bpp})")  # fmt: skip
+                   help=f"target bits per luma pixel, comma-separated (default: {default_bpp})")  # fmt: skip
     p.add_argument("--codec", choices=("svtav1", "x264", "vp9"), default="svtav1",
                    help="built-in encoder's codec; with --encoder: which shipped policy answers")  # fmt: skip
     p.add_argument("--encoder", default="", help="your own encoder command, split like a shell (as main.py "
@@ -291,7 +299,7 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
                    help="with --encoder: '|'-separated arguments for every encode (codec, GOP, preset)")  # fmt: skip
     p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
                    help="protocol arguments, {rl_dir} and {session} filled (as main.py)")  # fmt: skip
-    p.add_argument("--preset", type=int, default=None, help="codec speed preset; None: the encoder's own")
+    p.add_argument("--preset", type=int, default=None, help="codec speed preset (default: the encoder's own)")
     p.add_argument("--frames", type=int, default=0, help="frames to code per clip (0 = all)")
     p.add_argument("--keyint", type=int, default=64, help="GOP length, frames")
     p.add_argument("--mini-gop", type=int, default=8, help="mini-GOP length, frames")

@@ -111,3 +111,17 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         res = run_script(ROOT / args[0], *args[1:], cwd=ROOT)
         assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr, (args, res.stderr[-300:])
     assert not (tmp_path / "lc").exists() and not (tmp_path / "eq").exists()  # refused before any work
+
+
+def test_evaluate_help_gives_each_flag_one_default():
+    """evaluate.py's formatter appends "(default: X)" only where the help does not say it already."""
+    import evaluate
+
+    for oracle_mode in (False, True):
+        parser = evaluate.build_parser(oracle_mode)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            shown = formatter._expand_help(action) if action.help else ""
+            assert shown.count("(default") <= 1, (action.option_strings, shown)
+        text = " ".join(parser.format_help().split())
+        assert "(default: 0.04,0.08,0.16,0.32)" in text and "(default: None)" not in text.split("--bpp")[1][:80]
