@@ -126,7 +126,7 @@ class GainFeatures:
     def parse(key: str, inter: str, curvature: str = "") -> GainFeatures:
         """From comma-separated lists of terms ("all" = every feature, "" = none), e.g. ("fp_reuse>0.9,gop_left", "").
 
-        A term is a state feature or its hinge (parse_term).
+        A term is a state feature, its hinge (parse_term), or a product of those ("A*B", term_column).
 
         `curvature` names the features of the key mini-GOP's c(s) ("" = one curvature; "all" is refused).
         """
@@ -136,7 +136,7 @@ class GainFeatures:
                 return None
             names = tuple(n for n in text.split(",") if n)
             for n in names:
-                parse_term(n)
+                term_features(n)
             return names
 
         curv = one(curvature)
@@ -182,8 +182,19 @@ def parse_term(term: str) -> tuple[str, str, float]:
     return name, kind, threshold
 
 
+def term_features(term: str) -> tuple[str, ...]:
+    """The state features a term reads: one, or one per factor of a product "A*B" (each factor a parse_term)."""
+    return tuple(parse_term(factor)[0] for factor in term.split("*"))
+
+
 def term_column(obs: np.ndarray, term: str) -> np.ndarray:
-    """One term's value per state (N,): the feature itself, or its hinge (parse_term)."""
+    """One term's value per state (N,): the feature itself, its hinge (parse_term), or a product of those ("A*B").
+
+    A product lets one term's effect change with another feature, e.g. "fp_propagation>0.825*log_target_bpp":
+    the propagation hinge, larger or smaller with the target rate.
+    """
+    if "*" in term:
+        return np.prod([term_column(obs, factor) for factor in term.split("*")], axis=0)
     name, kind, threshold = parse_term(term)
     x = obs[:, FEATURE_NAMES.index(name)].astype(np.float64)
     if kind == ">":
@@ -329,4 +340,5 @@ def consensus_offset(
 
 def used_features(spec: GainFeatures) -> set[str]:
     """The state features a*(s) depends on: `spec`'s terms' and has_key."""
-    return {"has_key", *(parse_term(t)[0] for t in (*(spec.key or ()), *(spec.inter or ()), *spec.curvature))}
+    terms = (*(spec.key or ()), *(spec.inter or ()), *spec.curvature)
+    return {"has_key", *(name for t in terms for name in term_features(t))}

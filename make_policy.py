@@ -99,8 +99,10 @@ def main() -> int:
                         "default: the codec's shipped recipe")  # fmt: skip
     p.add_argument("--key-features", default=None,
                    help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none); "
-                        "default: the codec's shipped recipe (SVT-AV1, VP9: fp_reuse; x264: gop_left,fp_reuse>0.9); "
-                        "a term f>t is max(0, f - t), f<t max(0, t - f)")
+                        "default: the codec's shipped recipe ("
+                        + "; ".join(f"{c}: {','.join(r.features.key or ('all',))}"
+                                    for c, r in imitation.SHIPPED_RECIPES.items())
+                        + "); a term f>t is max(0, f - t), f<t max(0, t - f), A*B the product of two terms")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     p.add_argument("--draws", default=None,

@@ -93,7 +93,7 @@ def _terms(text: str, item: str) -> tuple[str, ...]:
     terms = tuple(filter(None, text.split("+")))
     for t in terms:
         try:
-            gain_model.parse_term(t)
+            gain_model.term_features(t)
         except ValueError as e:
             raise SystemExit(f"--variants: {e} in {item!r}") from None
     return terms
@@ -155,7 +155,7 @@ def answer_from_moves(variant: Variant, moves: gain_model.MoveSamples, obs: np.n
     spec = gain_model.GainFeatures(key=variant.key, inter=(), curvature=variant.curvature)
     inside = np.ones(len(obs), bool)
     if (variant.clamp or variant.gate) and variant.key:
-        cols = sorted({FEATURE_NAMES.index(gain_model.parse_term(t)[0]) for t in variant.key})
+        cols = sorted({FEATURE_NAMES.index(name) for t in variant.key for name in gain_model.term_features(t)})
         key_rows = moves.obs[:, FEATURE_NAMES.index("has_key")] > 0.5
         lo, hi = moves.obs[key_rows][:, cols].min(axis=0), moves.obs[key_rows][:, cols].max(axis=0)
         inside = ((obs[:, cols] >= lo) & (obs[:, cols] <= hi)).all(axis=1)

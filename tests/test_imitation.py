@@ -168,9 +168,16 @@ def test_hinge_terms_of_the_gain_model():
     assert phi.shape == (3, 4) and np.allclose(phi[:, 3], 0.0)
     obs[:, KEY] = 1.0
     assert np.allclose(gain_model.gain_features(obs, spec)[:, 3], [0.0, 0.0, 0.4], atol=1e-6)
-    for bad in ("fp_reuse>x", "no_such>0.9"):
+    for bad in ("fp_reuse>x", "no_such>0.9", "fp_reuse>0.9*no_such"):
         with pytest.raises(ValueError, match="not a number|unknown state feature"):
             gain_model.GainFeatures.parse(bad, "")
+    # A product term: the hinge times another feature; both are features the actor must read.
+    rate = FEATURE_NAMES.index("log_target_bpp")
+    obs[:, rate] = [-1.0, 2.0, -0.5]
+    assert np.allclose(gain_model.term_column(obs, "fp_reuse>0.9*log_target_bpp"), [0.0, 0.0, -0.2], atol=1e-6)
+    assert gain_model.term_features("fp_reuse>0.9*log_target_bpp") == ("fp_reuse", "log_target_bpp")
+    product = gain_model.GainFeatures.parse("fp_reuse>0.9*log_target_bpp", "")
+    assert gain_model.used_features(product) == {"has_key", "fp_reuse", "log_target_bpp"}
     # The hinge's feature is used: ignoring_unused leaves it paired with the targets (and shuffles
     # it when no term names it).
     many = np.zeros((50, OBS_DIM), dtype=np.float32)
