@@ -58,3 +58,23 @@ def trajectory_observations(records: list[dict]) -> np.ndarray:
     """Every observation seen on the stored trajectories (Δ=0 and oracle), (N, OBS_DIM): where a policy is fitted."""
     obs = [observations(r[k])[0] for r in records for k in ("baseline_steps", "oracle_steps")]
     return np.concatenate(obs)
+
+
+def merge_sweeps(records: list[dict]) -> list[dict]:
+    """Sweep records of the same point (`key`) as one: the first one's baseline and trajectories, and the
+    candidates of all of them (the first of each set of offsets), in file order.
+
+    A sweep of other offsets at the same points (bench/oracle_data.py --offsets) adds them to the sweep:
+    its Δ=0 encode is the same encode (deterministic), so each candidate's gain keeps its reference.
+    """
+    merged: dict[str, dict] = {}
+    for r in records:
+        first = merged.get(r["key"])
+        if first is None:
+            merged[r["key"]] = {**r, "candidates": list(r["candidates"])}
+            continue
+        if (first["baseline"]["bits"], first["baseline"]["psnr_y"]) != (r["baseline"]["bits"], r["baseline"]["psnr_y"]):
+            raise ValueError(f"{r['key']}: two sweeps of this point have different Δ=0 encodes")
+        seen = {tuple(c["offsets"]) for c in first["candidates"]}
+        first["candidates"] += [c for c in r["candidates"] if tuple(c["offsets"]) not in seen]
+    return list(merged.values())

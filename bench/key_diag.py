@@ -200,8 +200,8 @@ def cmd_sweeps(args: argparse.Namespace, work: Path) -> None:
     feats: dict[str, np.ndarray] = {}
     for r, o, v, w in zip(sweeps, obs, values, windows, strict=True):
         feats[w] = o
-        a = int(np.nanargmax(v)) - loso_value.MAX_DELTA_QP
-        best.setdefault(w, []).append((r["bpp"], a if v[a + loso_value.MAX_DELTA_QP] > 0 else 0))  # ties: 0
+        a = int(np.nanargmax(v)) - loso_value.TABLE
+        best.setdefault(w, []).append((r["bpp"], a if v[a + loso_value.TABLE] > 0 else 0))  # ties: 0
     print("| training window | fp_reuse | fp_inter_ratio | fp_motion | best key offset, rates ascending |")
     print("|---|---:|---:|---:|---|")
     for w in sorted(best):
@@ -235,7 +235,7 @@ def cmd_history(args: argparse.Namespace, work: Path) -> None:
     if not sweeps:
         raise SystemExit("--sweeps: no key sweeps of a GOP after the first in these sets (try --sets two,tail)")
     obs, values, windows = loso_value.sweep_table(sweeps, gain_model.window_slopes(sweeps))
-    m = loso_value.MAX_DELTA_QP
+    m = loso_value.TABLE
     g = (values[:, m + 1] - values[:, m - 1]) / 2  # (P,) dB per QP at offset 0
     source = np.array([oracle_records.source_of(w) for w in windows])
     prev = [previous_gop_stats(r["baseline_steps"], gop) for r, gop in zip(every, gop_of, strict=True) if gop > 0]
@@ -386,7 +386,7 @@ def judge_key_term(args: argparse.Namespace, recs: tuple[list[dict], list[dict],
             for src in set(source):
                 out = np.array([fit.sources[i] == src for i in fit.source])
                 a[source == src] = loso_value.answer_from_moves(v, fit.subset(~out), obs[source == src])
-            val = np.nan_to_num(values[np.arange(len(a)), a + loso_value.MAX_DELTA_QP], nan=0.0)
+            val = np.nan_to_num(values[np.arange(len(a)), a + loso_value.TABLE], nan=0.0)
             cells[v.name] += [f"{val.mean():+.4f}", f"{int((val < -1e-9).sum())} of {len(val)}"]
     for v in variants:
         print(f"| {v.name} | " + " | ".join(cells[v.name]) + " |")

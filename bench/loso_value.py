@@ -48,7 +48,8 @@ import oracle_records  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from state import FEATURE_NAMES  # noqa: E402
 
-MAX_DELTA_QP = 4
+MAX_DELTA_QP = 4  # the shipped policies' action range, QP
+TABLE = 8  # the sweep table holds offsets -TABLE..+TABLE (sweeps usually cover -4..+4; wider ones, more)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Variant:
     gate: bool = False
     curvature: tuple[str, ...] = ()
     sweeps: bool = False  # also fit on the key sweeps of the fitting sets (make_policy.py --key-sweeps)
+    low: int = -MAX_DELTA_QP  # the lowest key offset answered (the fits' range is then ±|low|); the highest is +4
 
 
 def parse_variants(text: str, base: Variant) -> list[Variant]:
@@ -81,8 +83,12 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
                 v = replace(v, ridge=float(val))
             elif k in ("clamp", "gate", "sweeps"):
                 v = replace(v, **{k: val == "1"})
+            elif k == "low":
+                v = replace(v, low=int(val))
+                if not -TABLE <= v.low <= -1:
+                    raise SystemExit(f"--variants: low={val} in {item!r}: want -{TABLE}..-1")
             else:
-                known = "consensus, key, curv, ridge, clamp, gate, sweeps"
+                known = "consensus, key, curv, ridge, clamp, gate, sweeps, low"
                 raise SystemExit(f"--variants: unknown option {k!r} in {item!r} ({known})")
         out.append(v)
     return out
@@ -108,7 +114,8 @@ def swept_minigop(sweep: dict) -> int:
 
 
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Key-mini-GOP states (P, OBS_DIM), value of each offset -4..+4 (P, 9), dB at equal rate, and the windows.
+    """Key-mini-GOP states (P, OBS_DIM), value of each offset -TABLE..+TABLE (P, 2 TABLE + 1; NaN where not swept),
+    dB at equal rate, and the windows.
 
     slopes: each window's RD slope, dB per doubling of bits (gain_model.window_slopes of the sweeps).
     """
@@ -116,11 +123,11 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
     for r in sweeps:
         b = r["baseline"]
         key = swept_minigop(r)
-        v = np.full(2 * MAX_DELTA_QP + 1, np.nan)
-        v[MAX_DELTA_QP] = 0.0
+        v = np.full(2 * TABLE + 1, np.nan)
+        v[TABLE] = 0.0
         for c in r["candidates"]:
             gain = gain_model.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
-            v[c["offsets"][key] + MAX_DELTA_QP] = gain
+            v[c["offsets"][key] + TABLE] = gain
         obs.append(oracle_records.observations(r["baseline_steps"])[0][key])
         values.append(v)
         windows.append(r["window"])
@@ -128,20 +135,20 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
 
 
 def lead_table(leads: list[dict], sweeps: list[dict], slopes: dict[str, float]) -> np.ndarray:
-    """Value of each offset -4..+4 given to the key mini-GOP and the next one together (P, 9), dB at equal
-    rate, at each key sweep's point (bench/oracle_data.py --search lead); a row of NaN where that point
+    """Value of each offset -TABLE..+TABLE given to the key mini-GOP and the next one together (P, 2 TABLE + 1),
+    dB at equal rate, at each key sweep's point (bench/oracle_data.py --search lead); a row of NaN where that point
     has no lead sweep."""
     by_point = {(r["window"], f"{r['bpp']:.5f}"): r for r in leads}
-    out = np.full((len(sweeps), 2 * MAX_DELTA_QP + 1), np.nan)
+    out = np.full((len(sweeps), 2 * TABLE + 1), np.nan)
     for i, r in enumerate(sweeps):
         lead = by_point.get((r["window"], f"{r['bpp']:.5f}"))
         if lead is None:
             continue
         key, b = swept_minigop(r), lead["baseline"]
-        out[i, MAX_DELTA_QP] = 0.0
+        out[i, TABLE] = 0.0
         for c in lead["candidates"]:
             gain = gain_model.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
-            out[i, c["offsets"][key] + MAX_DELTA_QP] = gain
+            out[i, c["offsets"][key] + TABLE] = gain
     return out
 
 
@@ -162,12 +169,13 @@ def answer_from_moves(variant: Variant, moves: gain_model.MoveSamples, obs: np.n
         if variant.clamp:
             obs = obs.copy()
             obs[:, cols] = np.clip(obs[:, cols], lo, hi)
+    reach = -variant.low
     if variant.consensus > 0:
-        a = gain_model.consensus_offset(moves, obs, MAX_DELTA_QP, variant.ridge, variant.consensus, spec)
+        a = gain_model.consensus_offset(moves, obs, reach, variant.ridge, variant.consensus, spec)
     else:
-        a = gain_model.fit_gain_model(moves, variant.ridge, spec).best_offset(obs, MAX_DELTA_QP)
+        a = gain_model.fit_gain_model(moves, variant.ridge, spec).best_offset(obs, reach)
     a = np.where(inside | ~variant.gate, a, 0.0)
-    return np.clip(np.round(a), -MAX_DELTA_QP, MAX_DELTA_QP).astype(int)
+    return np.clip(np.round(a), variant.low, MAX_DELTA_QP).astype(int)
 
 
 def as_rate(value_db: np.ndarray, slope: np.ndarray) -> np.ndarray:
@@ -179,7 +187,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default="x264", choices=("svtav1", "x264", "vp9"))
     p.add_argument("--oracle", type=Path, default=None, help="oracle records (default data/oracle_CODEC.jsonl)")
-    p.add_argument("--sweeps", type=Path, required=True, help="key-sweep records (bench/oracle_data.py --search key)")
+    p.add_argument("--sweeps", type=Path, required=True, action="append",
+                   help="key-sweep records (bench/oracle_data.py --search key); repeat it to add a sweep of other "
+                        "offsets at the same points (--offsets): their candidates join (oracle_records.merge_sweeps)")
     p.add_argument("--windows", default=None, help="window sets (default: the codec's shipped recipe)")
     p.add_argument("--judge", default=None,
                    help="window sets whose key sweeps judge (default: --windows); e.g. tail: the short last GOPs")
@@ -196,13 +206,17 @@ def main() -> int:
         if error := clips.window_sets_error(flag, sets):
             p.error(error)
     oracle_path = ns.oracle or ROOT / f"data/oracle_{ns.codec}.jsonl"
-    for flag, path in (("--sweeps", ns.sweeps), ("--oracle", oracle_path), ("--lead-sweeps", ns.lead_sweeps)):
+    inputs = [*(("--sweeps", f) for f in ns.sweeps), ("--oracle", oracle_path), ("--lead-sweeps", ns.lead_sweeps)]
+    for flag, path in inputs:
         if path is None:
             continue
         if error := oracle_data.missing_records(flag, [path]):
             p.error(error)
     oracle = oracle_data.of_window_sets(oracle_records.read_records([oracle_path]), windows, seed=ns.oracle_seed)
-    sweep_records = oracle_records.read_records([ns.sweeps])
+    try:
+        sweep_records = oracle_records.merge_sweeps(oracle_records.read_records(ns.sweeps))
+    except ValueError as e:
+        p.error(f"--sweeps: {e}")
     sweeps = oracle_data.of_window_sets(sweep_records, ns.judge or windows, "key")
     if not oracle or not sweeps:
         raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")
@@ -242,10 +256,13 @@ def main() -> int:
           f"(mean over its sweep points) and as rate %")  # fmt: skip
     print("\n| recipe | " + " | ".join(sources) + " | mean over points, dB | as rate % | points worse than Δ=0 |")
     print("|---|" + "---:|" * (len(sources) + 3))
-    rows = [(v.name, values[np.arange(len(wins)), answers[v.name] + MAX_DELTA_QP]) for v in variants]
+    rows = [(v.name, values[np.arange(len(wins)), answers[v.name] + TABLE]) for v in variants]
+    for name, val in rows:  # an answer no sweep encoded would count as Δ=0: say so
+        if missing := int(np.isnan(val).sum()):
+            print(f"WARNING: {name}: {missing} answers outside the swept offsets count as 0 dB")
     if ns.lead_sweeps:
         at = np.arange(len(wins))
-        rows += [(f"{v.name}, the next mini-GOP too (lead)", leads[at, answers[v.name] + MAX_DELTA_QP])
+        rows += [(f"{v.name}, the next mini-GOP too (lead)", leads[at, answers[v.name] + TABLE])
                  for v in variants]
     rows.append(("each window's best offset at all its rates (content known)", window_best))
     rows.append(("each sweep's best offset (upper bound)", best))
@@ -257,10 +274,10 @@ def main() -> int:
         per = " | ".join(f"{val[source == s].mean():+.3f}" for s in sources)
         worse = int((val < -1e-9).sum())
         print(f"| {name} | {per} | **{val.mean():+.4f}** | {as_rate(val, slope).mean():+.2f} | {worse} of {len(val)} |")
-    print("\n| recipe | key offsets answered (-4..+4: count) |\n|---|---|")
+    print("\n| recipe | key offsets answered (count) |\n|---|---|")
     for v in variants:
-        counts = np.bincount(answers[v.name] + MAX_DELTA_QP, minlength=2 * MAX_DELTA_QP + 1)
-        print(f"| {v.name} | " + ", ".join(f"{a - MAX_DELTA_QP:+d}: {n}" for a, n in enumerate(counts) if n) + " |")
+        counts = np.bincount(answers[v.name] + TABLE, minlength=2 * TABLE + 1)
+        print(f"| {v.name} | " + ", ".join(f"{a - TABLE:+d}: {n}" for a, n in enumerate(counts) if n) + " |")
     return 0
 
 

@@ -163,7 +163,7 @@ def _search_point(job: dict) -> dict:
     if not base.ok:
         return error_record(job, base.message)
     if job.get("search") in SWEEPS:
-        oracle = key_sweep(runner, point, base, lead=job["search"] == "lead")
+        oracle = key_sweep(runner, point, base, lead=job["search"] == "lead", offsets=job.get("offsets"))
     else:
         oracle = oracle_search.run_oracle(runner, point, base, oracle_search.OracleSettings())
     best_steps = oracle.best_steps or base_res.done_steps
@@ -181,9 +181,10 @@ def _search_point(job: dict) -> dict:
 
 
 def key_sweep(
-    runner: eval_runs.Runner, point: eval_runs.Point, base: eval_runs.RunRecord, lead: bool = False
+    runner: eval_runs.Runner, point: eval_runs.Point, base: eval_runs.RunRecord, lead: bool = False,
+    offsets: list[int] | None = None,
 ) -> oracle_search.OracleResult:
-    """Every offset of the last GOP's key mini-GOP in [-max_offset, max_offset], the others 0.
+    """Every offset of the last GOP's key mini-GOP in [-max_offset, max_offset] (or `offsets`), the others 0.
 
     The decision the shipped policies make: a cheaper and evenly spread sample of it than the
     oracle's coordinate descent (2 x max_offset encodes per point). In a one-GOP window that is the
@@ -196,10 +197,12 @@ def key_sweep(
     n, budget = len(base.minigops), base.bits
     moved = moved_minigops([m.gop for m in base.minigops], lead)
     best, best_offsets, best_steps, candidates = base, [0] * n, [], []
-    for value in [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]:
+    values = offsets or [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]
+    reach = max(cfg.max_offset, *(abs(v) for v in values))
+    for value in values:
         cand = [value if i in moved else 0 for i in range(n)]
-        rec, res = runner.protocol_encode(point, "oracle", eval_runs.ScriptedLearner(cand, cfg.max_offset),
-                                          cfg.max_offset, 0.02, "key_sweep")  # fmt: skip
+        rec, res = runner.protocol_encode(point, "oracle", eval_runs.ScriptedLearner(cand, reach),
+                                          reach, 0.02, "key_sweep")  # fmt: skip
         if not rec.ok:
             raise RuntimeError(f"{'lead' if lead else 'key'} sweep encode failed: {rec.message}")
         candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "ssim_y": rec.ssim_y, "bits": rec.bits})
@@ -267,8 +270,19 @@ def main() -> int:
                    help="oracle: coordinate descent over every mini-GOP (oracle_search.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point); lead: every offset of the key "
                         "mini-GOP and the next one together, at the key sweep's points")  # fmt: skip
+    p.add_argument("--offsets", default=None,
+                   help="with --search key: the key offsets swept, comma-separated (e.g. -8,-7,-6,-5; default "
+                        "-4..+4 without 0); the points are the same as the default sweep's, so such a file adds "
+                        "offsets to the same sweeps")  # fmt: skip
     # values that start with "--" ("--codec|x264") stay values, as in evaluate.py
     ns = p.parse_args(encoder_proc.glue_dash_values(sys.argv[1:], ("--encoder-args", "--encoder-rl-args")))
+    if ns.offsets is not None:
+        try:
+            ns.offsets = [int(v) for v in ns.offsets.split(",")]
+        except ValueError:
+            p.error(f"--offsets {ns.offsets!r}: want comma-separated integers")
+        if ns.search != "key" or 0 in ns.offsets or not ns.offsets:
+            p.error("--offsets: with --search key only, non-zero offsets")
     if ns.inputs is not None and ns.windows is not None:
         p.error("--inputs and --windows: give one (your clips or a bundled window set)")
     if ns.encoder_args and not ns.encoder:
@@ -293,7 +307,7 @@ def main() -> int:
         key = point_key(pt["codec"], name, pt["bpp"], ns.search)
         if key not in done:
             work = Path(ns.work) / pt["codec"] / ns.search / name / f"{pt['bpp']:.5f}"
-            jobs.append({**pt, "key": key, "work": str(work), "search": ns.search})
+            jobs.append({**pt, "key": key, "work": str(work), "search": ns.search, "offsets": ns.offsets})
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files

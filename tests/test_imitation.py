@@ -654,10 +654,11 @@ def test_lead_sweep_moves_the_key_mini_gop_and_the_next_one_together(tmp_path):
     # loso_value reads the lead sweep at its key sweep's point, offset by offset, against the lead's own Δ=0
     slopes = {win.name: 5.0}
     table = loso_value.lead_table([{**lead, "bpp": 0.1}], [{**key, "bpp": 0.1}], slopes)
-    assert table.shape == (1, 9) and table[0][4] == 0.0
+    t = loso_value.TABLE  # column t holds offset 0
+    assert table.shape == (1, 2 * t + 1) and table[0][t] == 0.0 and np.isnan(table[0][: t - 4]).all()
     c = lead["candidates"][0]  # offset -4
     expected = c["psnr_y"] - lead["baseline"]["psnr_y"] - 5.0 * np.log2(c["bits"] / lead["baseline"]["bits"])
-    assert table[0][0] == pytest.approx(expected)
+    assert table[0][t - 4] == pytest.approx(expected)
     assert np.isnan(loso_value.lead_table([{**lead, "bpp": 0.2}], [{**key, "bpp": 0.1}], slopes)).all()
 
 
@@ -673,7 +674,18 @@ def test_key_sweep_of_a_tail_window_moves_the_short_gops_key_mini_gop(tmp_path):
     assert loso_value.swept_minigop(rec) == 8
     obs, values, _ = loso_value.sweep_table([rec], {win.name: 5.0})
     assert obs[0][OBS_DIM - 1] == pytest.approx(oracle_records.observations(rec["baseline_steps"])[0][8][OBS_DIM - 1])
-    assert values[0][4] == 0.0 and np.isfinite(values[0]).all()
+    t = loso_value.TABLE
+    assert values[0][t] == 0.0 and np.isfinite(values[0][t - 4 : t + 5]).all() and np.isnan(values[0][: t - 4]).all()
+    # --offsets: other offsets at the same point (the same Δ=0 encode); merged, the sweep holds both
+    wide = oracle_data.run_point({**job, "work": str(tmp_path / "wide"), "offsets": [-6, -5]})
+    assert [c["offsets"] for c in wide["candidates"]] == [[0] * 8 + [-6], [0] * 8 + [-5]]
+    assert wide["baseline"] == rec["baseline"]
+    (both,) = oracle_records.merge_sweeps([rec, wide, rec])
+    assert len(both["candidates"]) == 10 and len(rec["candidates"]) == 8
+    _, values, _ = loso_value.sweep_table([both], {win.name: 5.0})
+    assert np.isfinite(values[0][t - 6 : t + 5]).all() and np.isnan(values[0][: t - 6]).all()
+    with pytest.raises(ValueError, match="different Δ=0 encodes"):
+        oracle_records.merge_sweeps([rec, {**wide, "baseline": {**wide["baseline"], "bits": 1}}])
 
 
 def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
@@ -694,7 +706,8 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
     obs, values, windows = loso_value.sweep_table(sweeps, gain_model.window_slopes(sweeps))
     assert obs.shape == (2, OBS_DIM) and windows == ["clip_s1_f0-8"] * 2
     expected = [(4 - (a - 2) ** 2) / 100 for a in range(-4, 5)]  # slope 0: the PSNR-Y change itself
-    assert values[0] == pytest.approx(expected) and int(np.argmax(values[0])) - 4 == 2
+    t = loso_value.TABLE
+    assert values[0][t - 4 : t + 5] == pytest.approx(expected) and int(np.nanargmax(values[0])) - t == 2
     assert loso_value.as_rate(np.array([0.0, 1.0]), np.array([2.0, 2.0])) == pytest.approx([0.0, 100 * (2**-0.5 - 1)])
     # the moved mini-GOP is read off the candidates: here the second, as in a tail window's sweep
     moved = [{**c, "offsets": c["offsets"][::-1]} for c in sweeps[0]["candidates"]]
@@ -703,6 +716,9 @@ def test_loso_value_reads_each_key_offsets_rate_neutral_value_off_the_sweep():
         loso_value.swept_minigop({**sweeps[0], "key": "k", "candidates": moved + sweeps[0]["candidates"]})
     with pytest.raises(SystemExit, match="unknown option 'k'"):
         loso_value.parse_variants("x:k=2", loso_value.Variant("base", 2.0, ("fp_reuse",)))
+    assert loso_value.parse_variants("w:low=-8", loso_value.Variant("base", 2.0, ()))[1].low == -8
+    with pytest.raises(SystemExit, match="low=-9"):
+        loso_value.parse_variants("w:low=-9", loso_value.Variant("base", 2.0, ()))
 
 
 def test_luma_concentration_is_high_for_flat_colours_and_low_for_noise():
