@@ -26,7 +26,9 @@ on the key mini-GOP; empty = none; a term is a state feature or its hinge, "fp_r
 max(0, fp_reuse - 0.9), gain_model.parse_term), curv ('+'-separated terms the key mini-GOP's
 curvature c(s) depends on; default one curvature), sweeps (1 = fit on the key sweeps of the
 fitting sets too, the left-out source's excepted), ridge, clamp (1 = clip the state features g(s)
-uses to the range seen in the fitting sources before predicting: no extrapolation).
+uses to the range seen in the fitting sources before predicting: no extrapolation), low (the lowest
+key offset answered, default -4; answers below -4 need sweeps of those offsets: bench/oracle_data.py
+--offsets, passed as a second --sweeps; an answer no sweep encoded is counted as 0 dB and warned about).
 """
 
 from __future__ import annotations
