@@ -15,7 +15,9 @@ clips of other Debian packages, TEST_SOURCES, clips.test_windows()), evaluated o
 policy; `--splits test2` is a second one (six clips of other packages, TEST2_SOURCES,
 clips.test2_windows()), found after the first had been looked at three times. `--splits native`
 is the held-out split's six halved clips at their own size (640x480 to 1280x720, clips.native_windows()):
-the same content, four times the pixels, a size no training window had. `--splits train`
+the same content, four times the pixels, a size no training window had. `--keyint`, `--mini-gop`,
+`--preset` and `--bpp` pass another GOP structure, preset or set of rates to every encode (BENCHMARKS.md
+§2.4.33 has the shipped x264 policy under each). `--splits train`
 adds the old bundled pair (carphone, bikes frames 0-119): clips the policies were trained on, for
 contrast.
 
@@ -132,7 +134,20 @@ def main() -> int:
     p.add_argument("--oracle", action="store_true", help="also run the oracle on the heldout / test / test2 splits")
     p.add_argument("--oracle-frames", type=int, default=64, help="frames per clip for the oracle")
     p.add_argument("--codec-rc", action="store_true", help="also encode with the codec's own rate control")
+    g = p.add_argument_group("encode settings, passed to every evaluate.py run (default: evaluate.py's)")
+    g.add_argument("--keyint", type=int, default=None, help="GOP length, frames (evaluate.py's default 64)")
+    g.add_argument("--mini-gop", type=int, default=None, help="mini-GOP length, frames (default 8)")
+    g.add_argument("--preset", type=int, default=None, help="the built-in encoder's preset number")
+    g.add_argument("--bpp", default=None, help="target bits per luma pixel, comma-separated (default 0.04-0.32)")
     ns = p.parse_args()
+    settings = [f for flag, value in (("--keyint", ns.keyint), ("--mini-gop", ns.mini_gop), ("--preset", ns.preset),
+                                      ("--bpp", ns.bpp)) if value is not None for f in (flag, str(value))]  # fmt: skip
+    if ns.bpp is not None:
+        try:
+            if not all(float(v) > 0 for v in ns.bpp.split(",")):
+                raise ValueError
+        except ValueError:
+            p.error(f"--bpp {ns.bpp!r}: want comma-separated positive numbers")
     splits = ns.splits.split(",")
     if not set(splits) <= {*clips.EVAL_SPLITS, "train"}:
         p.error(f"--splits: unknown split in {ns.splits!r} ({', '.join(clips.EVAL_SPLITS)}, train)")
@@ -157,13 +172,13 @@ def main() -> int:
             folder = out / f"{split}_{name}"
             extra = [] if ns.codec_rc else ["--skip-codec-rc"]
             run_evaluate(["--load-checkpoint", path, "--codec", ns.codec, "--log-level", "1", *inputs[split],
-                          *extra, "--out", str(folder)])  # fmt: skip
+                          *extra, *settings, "--out", str(folder)])  # fmt: skip
             tables.setdefault(split, {})[name] = folder
     oracle_splits = unseen if ns.oracle else []
     for split in oracle_splits:
         first = next(iter(policies.values()))
         run_evaluate(["oracle", "--load-checkpoint", first, "--codec", ns.codec, *inputs[split], "--frames",
-                      str(ns.oracle_frames), "--out", str(out / f"{split}_oracle")])  # fmt: skip
+                      str(ns.oracle_frames), *settings, "--out", str(out / f"{split}_oracle")])  # fmt: skip
     print(f"\n`python bench/eval_quality.py {' '.join(sys.argv[1:])}` — {machine()}, {time.monotonic() - t0:.0f} s")
     for name, path in policies.items():
         print(f"- {name}: {path}")

@@ -97,6 +97,8 @@ def test_bench_scripts_refuse_bad_input_with_a_message_naming_the_flag(tmp_path)
         (["bench/learning_curve.py", missing, "--out", str(tmp_path / "lc")], "is not a file"),
         (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--policy", "agent"], "--policy 'agent'"),
         (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--splits", "test,test3"], "unknown split"),
+        (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--keyint", "x"], "--keyint: invalid int value"),
+        (["bench/eval_quality.py", "--out", str(tmp_path / "eq"), "--bpp", "0.1,-2"], "--bpp '0.1,-2'"),
         (["bench/pool_eval.py", f"agent={tmp_path / 'nowhere'}"], "no bdrate.csv in"),
         (["make_policy.py", "--windows", "train,nope", "--out", str(tmp_path / "p.pt")], "unknown window set 'nope'"),
         (["make_policy.py", "--key-curvature", "gop_lft", "--out", str(tmp_path / "p.pt")], "unknown state feature"),
