@@ -494,7 +494,7 @@ def test2_windows() -> list[Window]:
 
 def native_windows() -> list[Window]:
     """The held-out sources that `heldout_windows` halves, at their own size (frames as there): the same content
-    at 2 to 4 times the pixels (up to 1280x720), a size the training windows (at most 320x180) never had."""
+    at four times the pixels (640x480 to 1280x720), wider than any training window (at most 480 wide)."""
     return [replace(w, scale=1) for w in heldout_windows() if w.scale > 1]
 
 

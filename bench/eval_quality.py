@@ -131,7 +131,7 @@ def main() -> int:
                    help="NAME=PATH of a policy or checkpoint, or NAME=x264 for a shipped one (repeatable; default: "
                         "agent=policies/CODEC.pt)")
     p.add_argument("--splits", default="heldout", help=f"comma-separated: {', '.join(clips.EVAL_SPLITS)}, train")
-    p.add_argument("--oracle", action="store_true", help="also run the oracle on the heldout / test / test2 splits")
+    p.add_argument("--oracle", action="store_true", help="also run the oracle on every split but train")
     p.add_argument("--oracle-frames", type=int, default=64, help="frames per clip for the oracle")
     p.add_argument("--codec-rc", action="store_true", help="also encode with the codec's own rate control")
     g = p.add_argument_group("encode settings, passed to every evaluate.py run (default: evaluate.py's)")
