@@ -46,6 +46,7 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,11 @@ def select_records(every: list[dict], label: str, windows: str, key_sweeps: str,
     return records + [r for r in mine if r["window"] in inputs and r.get("search", "oracle") == "oracle"]
 
 
+def recipe_defaults(values: Callable[[imitation.Recipe], Iterable[object]]) -> str:
+    """Each codec's shipped value of a flag, for its help: "svtav1: a; x264: b,c; vp9: a"."""
+    return "; ".join(f"{codec}: {','.join(map(str, values(r)))}" for codec, r in imitation.SHIPPED_RECIPES.items())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
@@ -100,16 +106,14 @@ def main() -> int:
     p.add_argument("--key-features", default=None,
                    help="state features the gain model may use on the key mini-GOP (comma-separated; all; '' = none); "
                         "default: the codec's shipped recipe ("
-                        + "; ".join(f"{c}: {','.join(r.features.key or ('all',))}"
-                                    for c, r in imitation.SHIPPED_RECIPES.items())
-                        + "); a term f>t is max(0, f - t), f<t max(0, t - f), A*B the product of two terms")
+                        f"{recipe_defaults(lambda r: r.features.key or ('all',))}); "
+                        "a term f>t is max(0, f - t), f<t max(0, t - f), A*B the product of two terms")
     p.add_argument("--inter-features", default=None,
                    help="the same for the other mini-GOPs (default: the recipe's, none: one offset)")
     p.add_argument("--draws", default=None,
                    help="seeds of the target-rate draws searched and fitted together (comma-separated, "
-                        "bench/oracle_data.py --seed); default: the codec's shipped recipe ("
-                        + "; ".join(f"{c}: {','.join(map(str, r.draws))}" for c, r in imitation.SHIPPED_RECIPES.items())
-                        + ")")
+                        "bench/oracle_data.py --seed); default: the codec's shipped recipe "
+                        f"({recipe_defaults(lambda r: r.draws)})")
     own_clips.add_own_flags(p, "--data")
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
