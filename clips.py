@@ -449,6 +449,14 @@ def fixed_windows(gop: int = 64) -> list[Window]:
     ]
 
 
+def fixed_clean_windows(gop: int = 64) -> list[Window]:
+    """The fixed-camera windows without sensor noise: a still background reused as it is, as a clean
+    (or downscaled) camera gives it. On SVT-AV1, whose key frame is coded 20-24 QP below the base,
+    the noise decides the key: with it a lower key only codes noise no later frame re-uses, without
+    it a lower key pays (BENCHMARKS.md §2.4.34)."""
+    return [replace(w, noise=0.0) for w in fixed_windows(gop)]
+
+
 def heldout_windows() -> list[Window]:
     """The held-out split: the HELDOUT clips from their first frame, at most 190 frames, at most 640 pixels wide.
 
@@ -644,6 +652,6 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows, "anim": anim_windows, "blupi": blupi_windows,
                "tail": tail_windows, "two": two_gop_windows, "media": media_windows, "rtail": rtail_windows,
-               "cut": cut_windows, "fixed": fixed_windows}  # fmt: skip
+               "cut": cut_windows, "fixed": fixed_windows, "fixed0": fixed_clean_windows}  # fmt: skip
 
 
