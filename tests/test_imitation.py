@@ -399,6 +399,11 @@ def test_training_held_out_and_test_splits_share_no_source():
     checks = clips.tail_windows() + clips.two_gop_windows() + clips.cut_windows() + clips.rtail_windows()
     checks += clips.fixed_windows()
     assert {w.source for w in checks} <= train | more
+    # fixed0: the fixed-camera windows, same sources and boxes, without the sensor noise
+    clean, noisy = clips.fixed_clean_windows(), clips.fixed_windows()
+    assert [(w.source, w.start, w.live) for w in clean] == [(w.source, w.start, w.live) for w in noisy]
+    assert all(w.noise == 0 for w in clean) and all(w.noise > 0 for w in noisy)
+    assert not {w.name for w in clean} & {w.name for w in noisy}
     test = {w.source for w in clips.test_windows()}
     assert test == set(clips.TEST_SOURCES) and not (train | more | held) & test
     test2 = {w.source for w in clips.test2_windows()}
