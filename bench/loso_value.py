@@ -115,6 +115,18 @@ def swept_minigop(sweep: dict) -> int:
     return moved.pop()
 
 
+def offset_values(sweep: dict, minigop: int, slope: float) -> np.ndarray:
+    """Value of each offset -TABLE..+TABLE given at mini-GOP `minigop` in one sweep record (2 TABLE + 1; 0 at Δ=0,
+    NaN where not swept), dB at equal rate against the record's Δ=0 encode; slope: the window's RD slope."""
+    b = sweep["baseline"]
+    v = np.full(2 * TABLE + 1, np.nan)
+    v[TABLE] = 0.0
+    for c in sweep["candidates"]:
+        v[c["offsets"][minigop] + TABLE] = gain_model.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"],
+                                                                      slope)  # fmt: skip
+    return v
+
+
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Key-mini-GOP states (P, OBS_DIM), value of each offset -TABLE..+TABLE (P, 2 TABLE + 1; NaN where not swept),
     dB at equal rate, and the windows.
@@ -123,15 +135,9 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
     """
     obs, values, windows = [], [], []
     for r in sweeps:
-        b = r["baseline"]
         key = swept_minigop(r)
-        v = np.full(2 * TABLE + 1, np.nan)
-        v[TABLE] = 0.0
-        for c in r["candidates"]:
-            gain = gain_model.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
-            v[c["offsets"][key] + TABLE] = gain
         obs.append(oracle_records.observations(r["baseline_steps"])[0][key])
-        values.append(v)
+        values.append(offset_values(r, key, slopes[r["window"]]))
         windows.append(r["window"])
     return np.asarray(obs), np.asarray(values), windows
 
@@ -144,13 +150,8 @@ def lead_table(leads: list[dict], sweeps: list[dict], slopes: dict[str, float]) 
     out = np.full((len(sweeps), 2 * TABLE + 1), np.nan)
     for i, r in enumerate(sweeps):
         lead = by_point.get((r["window"], f"{r['bpp']:.5f}"))
-        if lead is None:
-            continue
-        key, b = swept_minigop(r), lead["baseline"]
-        out[i, TABLE] = 0.0
-        for c in lead["candidates"]:
-            gain = gain_model.equal_rate_gain(c["psnr_y"], c["bits"], b["psnr_y"], b["bits"], slopes[r["window"]])
-            out[i, c["offsets"][key] + TABLE] = gain
+        if lead is not None:
+            out[i] = offset_values(lead, swept_minigop(r), slopes[r["window"]])
     return out
 
 
