@@ -682,24 +682,11 @@ class DirWatcher:
     def uses_inotify(self) -> bool:
         return self._fd >= 0
 
-    def wait(self, timeout_s: float, spin_s: float = 0.0) -> None:
-        """Returns after an event in the directory or after `timeout_s` seconds.
-
-        For the first `spin_s` of those seconds it polls without sleeping: a process that sleeps
-        pays for waking up (BENCHMARKS.md §3.7), a polling one sees the event at once.
-        """
+    def wait(self, timeout_s: float) -> None:
+        """Returns after an event in the directory or after `timeout_s` seconds."""
         if self._fd < 0:
             time.sleep(min(self.poll_interval_s, max(timeout_s, 0.0)))
             return
-        if spin_s > 0:
-            now = time.monotonic()
-            until = now + min(spin_s, timeout_s)
-            while now < until:
-                if select.select([self._fd], [], [], 0)[0]:
-                    self._drain()
-                    return
-                now = time.monotonic()
-            timeout_s -= spin_s
         ready, _, _ = select.select([self._fd], [], [], max(timeout_s, 0.0))
         if ready:
             self._drain()
@@ -725,18 +712,13 @@ class DirWatcher:
         self.close()
 
 
-def read_when_present(
-    path: Path, watcher: DirWatcher, deadline: float, alive: Any = None, spin_s: float = 0.0
-) -> str | None:
+def read_when_present(path: Path, watcher: DirWatcher, deadline: float, alive: Any = None) -> str | None:
     """Waits for `path` (written atomically by the peer) and returns its text.
 
     Returns None when `deadline` (time.monotonic()) passes or `alive()` returns False. A link, a
     non-regular file or an oversized file at `path` is a ProtocolError naming it (see `read_bytes`).
-    For the first `spin_s` seconds it polls for file events instead of sleeping (`DirWatcher.wait`):
-    worth a core's time only where the file is expected within about a millisecond.
     """
     path = Path(path)
-    spin_until = time.monotonic() + spin_s
     while True:
         text = read_text(path)
         if text is not None:
@@ -745,4 +727,4 @@ def read_when_present(
         if now >= deadline or (alive is not None and not alive()):
             return None
         # Wake at least every 0.2 s to notice a dead peer even without a file event.
-        watcher.wait(min(deadline - now, 0.2), spin_s=max(0.0, spin_until - now))
+        watcher.wait(min(deadline - now, 0.2))

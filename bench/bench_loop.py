@@ -69,11 +69,9 @@ def encoder_shim(out_path: str, argv: list[str]) -> int:
     waits: list[float] = []
     original = protocol.read_when_present
 
-    def timed(
-        path: Path, watcher: protocol.DirWatcher, deadline: float, alive: object = None, spin_s: float = 0.0
-    ) -> str | None:
+    def timed(path: Path, watcher: protocol.DirWatcher, deadline: float, alive: object = None) -> str | None:
         t0 = time.perf_counter()
-        text = original(path, watcher, deadline, alive, spin_s)
+        text = original(path, watcher, deadline, alive)
         waits.append(time.perf_counter() - t0)
         return text
 
@@ -88,11 +86,11 @@ def encoder_shim(out_path: str, argv: list[str]) -> int:
 PAYLOAD = json.dumps({"pad": "x" * 900})  # about the size of a real request, bytes
 
 
-def _wait_inotify(path: Path, watcher: object, spin_s: float = 0.0) -> None:
+def _wait_inotify(path: Path, watcher: object) -> None:
     import protocol
 
     assert isinstance(watcher, protocol.DirWatcher)
-    if protocol.read_when_present(path, watcher, time.monotonic() + 30.0, spin_s=spin_s) is None:
+    if protocol.read_when_present(path, watcher, time.monotonic() + 30.0) is None:
         raise TimeoutError(path)
 
 
@@ -118,14 +116,11 @@ def pong(directory: str, count: int, mode: str) -> int:
     return 0
 
 
-def bare_round_trips(
-    mode: str, count: int, root: Path, warmup: int = 20, idle_s: float = 0.0, spin_s: float = 0.0
-) -> np.ndarray:
+def bare_round_trips(mode: str, count: int, root: Path, warmup: int = 20, idle_s: float = 0.0) -> np.ndarray:
     """Round-trip times (s) of `count` ping -> pong exchanges of two Python processes in a new directory in `root`.
 
     `idle_s`: both processes sleep that long before each ping (as encoder and agent do while a
-    mini-GOP is coded), so each exchange starts from idle CPUs instead of back to back. `spin_s`: the
-    pinging side (the encoder's) polls that long for each pong before it blocks (`--rl-spin-ms`).
+    mini-GOP is coded), so each exchange starts from idle CPUs instead of back to back.
     """
     import protocol
 
@@ -141,10 +136,7 @@ def bare_round_trips(
                         time.sleep(idle_s)
                     t0 = time.perf_counter()
                     protocol.write_atomic(d / f"ping{k:05d}.json", PAYLOAD)
-                    if mode == "inotify":
-                        _wait_inotify(d / f"pong{k:05d}.json", watcher, spin_s)
-                    else:
-                        wait(d / f"pong{k:05d}.json", watcher)
+                    wait(d / f"pong{k:05d}.json", watcher)
                     times.append(time.perf_counter() - t0)
             finally:
                 peer.wait(30)
@@ -199,9 +191,7 @@ class LoopRow:
     encode_ms_per_mg: float  # encoder's final-pass wall time per mini-GOP, ms
 
 
-def run_config(
-    c: Config, repeats: int, work: Path, rl_dir: Path, label: str, workers: int = 1, spin_ms: float = 0.0
-) -> list[LoopRow]:
+def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str, workers: int = 1) -> list[LoopRow]:
     """Pass 1, the Δ=0 encode, then `repeats` SAC train, infer, learner-thread and learner-process train encodes.
 
     Returns one row each for Δ=0, infer, train, and train with the learner thread and process (on `workers` workers).
@@ -216,8 +206,6 @@ def run_config(
     stat = work / f"{tag}.stat"
     args = ["--input", str(clip), "--codec", c.codec, "--frames", str(c.frames), "--bitrate", str(c.kbps),
             "--pass", "2", "--stat-in", str(stat), "--quiet"]  # fmt: skip
-    if spin_ms:
-        args += ["--rl-spin-ms", f"{spin_ms:g}"]
     spec = encoder_proc.VideoSpec(name=tag, args=args)
     p1 = encoder_proc.pass1_args(spec)  # None when an earlier rl root already made the stat file
     if p1 is not None:
@@ -420,8 +408,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (default 0: torch's own)")
     p.add_argument("--workers", type=int, default=1,
                    help="workers at once for the learner-thread train encodes (default 1)")  # fmt: skip
-    p.add_argument("--encoder-spin-ms", type=float, default=0.0,
-                   help="the encoder's --rl-spin-ms, and the pinging side's poll in table 2's last row (default 0)")
     ns = p.parse_args(argv)
     from builtin_encoder.session import CODECS
 
@@ -453,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                     for clip in ns.clips.split(","):
                         file, kbps = CLIPS[clip]
                         rows += run_config(Config(codec, file, kbps, ns.frames), ns.repeats, work, Path(rl_tmp),
-                                           fs_label(root).split()[-1], ns.workers, ns.encoder_spin_ms)  # fmt: skip
+                                           fs_label(root).split()[-1], ns.workers)  # fmt: skip
                         print(f"  done {codec} {clip} in {root} ({time.monotonic() - t_start:.0f} s, "
                               f"load {load()})", file=sys.stderr)  # fmt: skip
                 request_text = protocol.request_path(Path(rl_tmp), 1).read_text()
@@ -473,13 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| directory | wait | round trips | p50 ms | p99 ms | mean ms |")
     print("|---|---|---:|---:|---:|---:|")
     for root in roots:
-        modes = [("inotify", ns.round_trips, 0.0, 0.0), ("inotify, 10 ms idle before each", 200, 0.01, 0.0),
-                 ("10 ms sleep-poll", ns.poll_round_trips, 0.0, 0.0)]  # fmt: skip
-        if ns.encoder_spin_ms:
-            modes.append((f"inotify, 10 ms idle before each, pinger spins {ns.encoder_spin_ms:g} ms", 200, 0.01,
-                          ns.encoder_spin_ms / 1000))  # fmt: skip
-        for mode, n, idle, spin in modes:
-            rt = bare_round_trips("poll" if "poll" in mode else "inotify", n, root, idle_s=idle, spin_s=spin)
+        for mode, n, idle in (("inotify", ns.round_trips, 0.0), ("inotify, 10 ms idle before each", 200, 0.01),
+                              ("10 ms sleep-poll", ns.poll_round_trips, 0.0)):  # fmt: skip
+            rt = bare_round_trips("poll" if "poll" in mode else "inotify", n, root, idle_s=idle)
             print(f"| {fs_label(root)} | {mode} | {n} | {1e3 * np.percentile(rt, 50):.3f} | "
                   f"{1e3 * np.percentile(rt, 99):.3f} | {1e3 * rt.mean():.3f} |")  # fmt: skip
 

@@ -97,9 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("agent protocol")
     g.add_argument("--rl-dir", help="protocol directory; absent = no agent (the encoder's own base QP)")
     g.add_argument("--rl-timeout", type=float, default=60.0, help="seconds to wait for each reply (default 60)")
-    g.add_argument("--rl-spin-ms", type=float, default=0.0,
-                   help="poll for each reply without sleeping for up to this many ms before blocking "
-                        "(default 0: block at once); saves the wake-up, costs a core while it polls")  # fmt: skip
     g.add_argument("--rl-session", default="", help="session string echoed in every message (default none)")
     g.add_argument("--lookahead", type=int, default=7,
                    help="mini-GOPs of first-pass look-ahead in each request (default 7: the rest of a "
@@ -122,8 +119,6 @@ def _validate(s: Settings) -> None:
         raise BadInput(f"--lookahead must be >= 0 (got {s.lookahead})")
     if not s.rl_timeout > 0:
         raise BadInput(f"--rl-timeout must be > 0 (got {s.rl_timeout})")
-    if not 0 <= s.rl_spin_ms <= 1000:
-        raise BadInput(f"--rl-spin-ms must be in [0, 1000] (got {s.rl_spin_ms})")
     if s.bitrate is not None and not s.bitrate > 0:
         raise BadInput(f"--bitrate must be > 0 kbit/s (got {s.bitrate})")
     for flag, value in (("--o", s.out), ("--csv", s.csv), ("--stat-out", s.stat_out), ("--summary-json",

@@ -83,7 +83,6 @@ class Settings:
     stat_out: str | None = None
     rl_dir: str | None = None
     rl_timeout: float = 60.0  # seconds
-    rl_spin_ms: float = 0.0  # ms of polling for each reply before blocking
     rl_session: str = ""
     lookahead: int = 7  # mini-GOPs of look-ahead (fp_bpp, first_pass) in each request
     summary_json: str | None = None
@@ -258,11 +257,10 @@ def add_propagation(stats: list[FrameStat], blocks: list[BlockCosts]) -> None:
 class AgentClient:
     """The encoder's side of rl_io: writes requests / feedback / end, waits for replies."""
 
-    def __init__(self, rl_dir: Path, session: str, timeout_s: float, spin_s: float = 0.0) -> None:
+    def __init__(self, rl_dir: Path, session: str, timeout_s: float) -> None:
         self.rl_dir = Path(rl_dir)
         self.session = session
         self.timeout_s = timeout_s
-        self.spin_s = spin_s
         try:
             # Created 0700; refused if it belongs to another user or group/others may write to it.
             protocol.prepare_rl_dir(self.rl_dir)
@@ -281,7 +279,7 @@ class AgentClient:
         t0 = time.monotonic()
         try:
             # A link, a non-regular or an oversized file at `path` is a ProtocolError (a bad reply).
-            text = protocol.read_when_present(path, self.watcher, t0 + self.timeout_s, spin_s=self.spin_s)
+            text = protocol.read_when_present(path, self.watcher, t0 + self.timeout_s)
             self.wait_s += time.monotonic() - t0
             if text is None:
                 raise ReplyTimeout(f"{path}: no reply within --rl-timeout {self.timeout_s:g} s (field 'qp' never came)")
@@ -696,7 +694,7 @@ class Program:
                 # run beside a live pass 2 cannot clear that encode's files.
                 print("builtin_encoder: --rl-dir is not used in --pass 1", file=sys.stderr)
             if s.rl_dir is not None and s.pass_no != 1 and s.rc_mode in (0, 1):
-                self.agent = AgentClient(Path(s.rl_dir), s.rl_session, s.rl_timeout, s.rl_spin_ms / 1000)
+                self.agent = AgentClient(Path(s.rl_dir), s.rl_session, s.rl_timeout)
             summary = self._run()
             message = summary_line(summary)
         except EncoderError as exc:

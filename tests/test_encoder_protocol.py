@@ -85,7 +85,6 @@ def encode(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "--codec", codec, "--frames", str(FRAMES), "--keyint", str(KEYINT), "--mini-gop", str(MINI_GOP),
         "--bitrate", "150", "--o", str(out), "--csv", str(csv_path), "--summary-json", str(summary),
         "--rl-dir", str(rl_dir), "--rl-session", SESSION, "--rl-timeout", "30",
-        *(["--rl-spin-ms", "2"] if codec == "x264" else []),  # the polling wait, end to end
     ]  # fmt: skip
     encoder = subprocess.Popen(enc_cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The responder starts once the encoder has cleared the directory (it does so before its first
