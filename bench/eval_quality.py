@@ -17,7 +17,9 @@ clips.test2_windows()), found after the first had been looked at three times. `-
 is the held-out split's six halved clips at their own size (640x480 to 1280x720, clips.native_windows()):
 the same content, four times the pixels, a size no training window had. `--keyint`, `--mini-gop`,
 `--preset` and `--bpp` pass another GOP structure, preset or set of rates to every encode (BENCHMARKS.md
-§2.4.33 has the shipped x264 policy under each). `--splits train`
+§2.4.33 has the shipped x264 policy under each). `--rate-draws 0.97,1,1.03` evaluates every policy again
+with every target times each factor and adds a table of each clip's mean over the draws: one draw's luck
+moves a clip by up to 2 points (§2.4.34-2.4.35). `--splits train`
 adds the old bundled pair (carphone, bikes frames 0-119): clips the policies were trained on, for
 contrast.
 
