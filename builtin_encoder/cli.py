@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"vp9 {DEFAULT_PRESET['vp9']} of 0..5 = libvpx --cpu-used, good quality)")  # fmt: skip
     g.add_argument("--keyint", type=int, default=64, help="GOP length in frames, a multiple of --mini-gop (default 64)")
     g.add_argument("--mini-gop", type=int, default=8, help="mini-GOP length in frames (default 8)")
+    g.add_argument("--layer-offset-scale", type=float, default=1.0,
+                   help="temporal-layer QP offsets times this, a deeper (> 1) or flatter (< 1) hierarchy; the key "
+                        "frame's offset is kept (svtav1; x264 and vp9 have one layer; default 1: the codec's own)")
     g.add_argument("--threads", type=int, default=0,
                    help="codec threads (default 0 = SVT-AV1's choice; x264: 1, since with sliced threads its "
                         "PSNR is not the decoded picture's)")  # fmt: skip
@@ -115,6 +118,8 @@ def _validate(s: Settings) -> None:
         raise BadInput(f"--keyint ({s.keyint}) must be a positive multiple of --mini-gop ({s.mini_gop})")
     if s.threads < 0:
         raise BadInput(f"--threads must be >= 0 (got {s.threads})")
+    if not 0 <= s.layer_offset_scale <= 3:
+        raise BadInput(f"--layer-offset-scale must be in [0, 3] (got {s.layer_offset_scale})")
     if s.lookahead < 0:
         raise BadInput(f"--lookahead must be >= 0 (got {s.lookahead})")
     if not s.rl_timeout > 0:

@@ -85,6 +85,7 @@ class Settings:
     rl_timeout: float = 60.0  # seconds
     rl_session: str = ""
     lookahead: int = 7  # mini-GOPs of look-ahead (fp_bpp, first_pass) in each request
+    layer_offset_scale: float = 1.0  # temporal-layer QP offsets times this (frame_qps); 1 = the codec's own
     summary_json: str | None = None
     quiet: bool = False
 
@@ -167,9 +168,18 @@ def layer_offsets(codec: Codec, base_qp: int) -> list[int]:
     return codec.layer_qp_offsets()
 
 
-def frame_qps(codec: Codec, base_qp: int, mg: MiniGop) -> list[int]:
-    """Per-frame QPs of a mini-GOP at `base_qp`: layer / key offsets, clamped to the codec's range."""
-    offsets = layer_offsets(codec, base_qp)
+def scaled_offsets(offsets: list[int], scale: float) -> list[int]:
+    """Layer QP offsets (<= 0) times `scale`, each magnitude rounded half up: a deeper (> 1) or flatter
+    (< 1) hierarchy than the codec's own. scale 1 returns them unchanged."""
+    return [-math.floor(-o * scale + 0.5) for o in offsets]
+
+
+def frame_qps(codec: Codec, base_qp: int, mg: MiniGop, layer_scale: float = 1.0) -> list[int]:
+    """Per-frame QPs of a mini-GOP at `base_qp`: layer / key offsets, clamped to the codec's range.
+
+    layer_scale: the temporal layers' offsets times this (scaled_offsets); the key frame's is kept.
+    """
+    offsets = scaled_offsets(layer_offsets(codec, base_qp), layer_scale)
     qps = []
     for pos in range(mg.count):
         if pos == 0 and mg.key_first:
@@ -436,7 +446,7 @@ def encode_pass(
             if agent is not None:
                 assert isinstance(rc, RateController)  # pass 1 never talks to the agent
                 qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass))
-            qps = frame_qps(codec, qp, mg)
+            qps = frame_qps(codec, qp, mg, s.layer_offset_scale)
             try:
                 stats = codec.encode(frames, qps, key_first=mg.key_first)
             except EncoderError:  # Interrupted (SIGTERM) arrives inside the codec call

@@ -93,6 +93,8 @@ def test_bad_arguments(tmp_path: Path, clip: Path) -> None:
         (["--pass", "1", "--bitrate", "100"], "--stat-out"),
         (["--rc-mode", "3", "--crf", "30", "--rl-dir", str(tmp_path / "rl")], "--rl-dir"),
         (["--bitrate", "-5"], "--bitrate"),
+        (["--layer-offset-scale", "nan"], "--layer-offset-scale"),
+        (["--layer-offset-scale", "4"], "--layer-offset-scale"),
         (["--no-such-flag"], "--no-such-flag"),
     ]
     for extra, needle in cases:

@@ -294,6 +294,26 @@ def test_constant_qp_mode(tmp_path: Path) -> None:
     assert [int(r["qp"]) for r in rows[:2]] == [30, 33]  # x264's key frame offset is -3
 
 
+@pytest.mark.parametrize("scale", ["0.5", "1.5"])
+def test_layer_offset_scale(tmp_path: Path, scale: str) -> None:
+    """--layer-offset-scale deepens or flattens SVT-AV1's hierarchy: each layer's offset times the scale,
+    the key frame's and the top layer's unchanged."""
+    rows = {}
+    for s in ("1", scale):
+        csv_path = tmp_path / f"{s}.csv"
+        res = _encode("--input", bundled_clip("carphone_pristine.mp4"), "--codec", "svtav1", "--frames", "16",
+                      "--rc-mode", "0", "--qp", "35", "--layer-offset-scale", s, "--csv", csv_path)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        rows[s] = [(int(r["layer"]), int(r["qp"]) - 35) for r in csv.DictReader(csv_path.read_text().splitlines())]
+    # Frame 0 is the key frame (-24 at QP 35); frames 8..15 are one mini-GOP, layers [0, 3, 2, 3, 1, 3, 2, 3].
+    assert rows["1"][0] == rows[scale][0] == (0, -24)
+    own = {layer: off for layer, off in rows["1"][8:]}
+    assert own == {0: -15, 1: -5, 2: -2, 3: 0}
+    expected = {layer: session.scaled_offsets([off], float(scale))[0] for layer, off in own.items()}
+    assert dict(rows[scale][8:]) == expected
+    assert expected[0] == (-8 if scale == "0.5" else -23) and expected[3] == 0
+
+
 def test_passes_measure_only_what_they_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SSIM (and decoding for SSE) only where an output shows it: never in pass 1 without --csv.
 
