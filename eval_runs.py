@@ -52,6 +52,7 @@ class EvalSettings:
     preset: int | None = None  # None = the encoder's default for the codec
     keyint: int = 64  # frames per GOP
     mini_gop: int = 8  # frames per mini-GOP
+    layer_offset_scale: float = 1.0  # the built-in encoder's --layer-offset-scale (1 = the codec's own pyramid)
     input_res: str | None = None  # for .yuv inputs
     encoder_timeout_s: float = 60.0  # seconds without a protocol file before an encoder counts as hung
     device: str = "cpu"
@@ -182,6 +183,8 @@ class Point:
                  "--mini-gop", str(s.mini_gop), "--bitrate", f"{self.target_kbps:g}"]  # fmt: skip
         if s.preset is not None:
             args += ["--preset", str(s.preset)]
+        if s.layer_offset_scale != 1.0:
+            args += ["--layer-offset-scale", f"{s.layer_offset_scale:g}"]
         return args
 
     @property

@@ -300,6 +300,8 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
                    help="protocol arguments, {rl_dir} and {session} filled (as main.py)")  # fmt: skip
     p.add_argument("--preset", type=int, default=None, help="codec speed preset (default: the encoder's own)")
+    p.add_argument("--layer-offset-scale", type=float, default=1.0, metavar="S",
+                   help="built-in encoder: temporal-layer QP offsets times S, both passes (BENCHMARKS.md §2.4.36)")
     p.add_argument("--frames", type=int, default=0, help="frames to code per clip (0 = all)")
     p.add_argument("--keyint", type=int, default=64, help="GOP length, frames")
     p.add_argument("--mini-gop", type=int, default=8, help="mini-GOP length, frames")
@@ -360,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(ns.log_level)
     settings = EvalSettings(codec=ns.codec, frames=ns.frames, preset=ns.preset, keyint=ns.keyint,
-                            mini_gop=ns.mini_gop, input_res=ns.input_res, encoder_timeout_s=ns.encoder_timeout,
-                            device=ns.device, encoder=ns.encoder,
+                            mini_gop=ns.mini_gop, layer_offset_scale=ns.layer_offset_scale, input_res=ns.input_res,
+                            encoder_timeout_s=ns.encoder_timeout, device=ns.device, encoder=ns.encoder,
                             encoder_args=tuple(t for t in ns.encoder_args.split("|") if t),
                             rl_args=ns.encoder_rl_args)  # fmt: skip
     try:
@@ -369,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--frames must be >= 0, got {ns.frames}")
         if ns.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {ns.workers}")
+        if not 0 <= ns.layer_offset_scale <= 3 or (ns.encoder and ns.layer_offset_scale != 1.0):
+            raise ValueError(f"--layer-offset-scale: want a number in [0, 3], for the built-in encoder only "
+                             f"(got {ns.layer_offset_scale})")
         videos = probe_videos(find_inputs(ns.inputs), settings)
         agent_path = named_agent(ns.load_checkpoint) or default_policy(ns.codec, oracle_mode)
         if not agent_path and not oracle_mode:

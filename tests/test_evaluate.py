@@ -254,6 +254,26 @@ def test_cli_refuses_missing_inputs(tmp_path):
     assert "--inputs: no video file matches" in res.stderr
 
 
+@pytest.mark.parametrize("scale", ["-1", "nan"])
+def test_cli_refuses_a_bad_layer_offset_scale_before_any_encode(tmp_path, scale):
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "--inputs", str(tmp_path / "nothing*.mp4"),
+         "--out", str(tmp_path / "o"), "--layer-offset-scale", scale],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "--layer-offset-scale" in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_layer_offset_scale_reaches_both_passes_of_the_builtin_encoder(tmp_path):
+    video = eval_runs.Video("a", tmp_path / "a.y4m", 176, 144, 30.0, 64)
+    own = eval_runs.Point(video, 100.0, tmp_path, eval_runs.EvalSettings())
+    flat = eval_runs.Point(video, 100.0, tmp_path, eval_runs.EvalSettings(layer_offset_scale=0.75))
+    assert "--layer-offset-scale" not in own.base_args() + own.pass2_args("t")
+    for args in (flat.base_args(), flat.pass2_args("t")):
+        assert args[args.index("--layer-offset-scale") + 1] == "0.75"
+
+
 @pytest.mark.parametrize("lo,hi", [(30, 45), (31, 39), (20, 2000)])
 def test_rd_plot_rate_axis_labels_are_plain_and_do_not_overlap(lo, hi):
     import matplotlib
