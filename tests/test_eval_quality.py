@@ -49,3 +49,13 @@ def test_rate_draws_refuses_bad_factors_before_any_encode(tmp_path, bad, monkeyp
     with pytest.raises(SystemExit) as exc:
         eval_quality.main()
     assert exc.value.code == 2 and "--rate-draws" in capsys.readouterr().err and not encodes
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan", "x"])
+def test_layer_offset_scale_refused_before_any_encode(tmp_path, bad, monkeypatch, capsys):
+    encodes: list[list[str]] = []
+    monkeypatch.setattr(eval_quality, "run_evaluate", lambda args: encodes.append(args) or 0.0)
+    monkeypatch.setattr("sys.argv", ["eval_quality.py", "--out", str(tmp_path / "eq"), "--layer-offset-scale", bad])
+    with pytest.raises(SystemExit) as exc:
+        eval_quality.main()
+    assert exc.value.code == 2 and "--layer-offset-scale" in capsys.readouterr().err and not encodes
