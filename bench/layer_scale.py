@@ -84,7 +84,8 @@ def window_jobs(sets: list[str], scales: tuple[float, ...], work: Path) -> list[
     """The key sweeps' points of the window sets (6 rates per window, seed 10), one job each."""
     jobs = []
     for name in sets:
-        for pt in oracle_data.points("svtav1", 6, 0.02, 0.4, 10, name):
+        rates, seed = oracle_data.default_rates(name, "key"), oracle_data.default_seed("key")
+        for pt in oracle_data.points("svtav1", rates, 0.02, 0.4, seed, name):
             win = pt["window"]
             jobs.append({"window": win, "window_name": win.name, "set": name, "bpp": pt["bpp"], "scales": scales,
                          "key": oracle_data.point_key("svtav1", win.name, pt["bpp"], "layers"),
