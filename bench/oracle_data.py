@@ -10,11 +10,11 @@ baseline and oracle_search.run_oracle (coordinate descent over per-mini-GOP offs
 real encode through the protocol; with --search key, `key_sweep`: every offset of the last GOP's key
 mini-GOP alone (the first mini-GOP of a one-GOP window), at 6 rates per window drawn with seed
 10; with --search lead, the same points with every offset given to the key mini-GOP and the next
-one together), and appends one JSON line per point: the baseline's and the
-best encode's requests and feedback (so any state can be rebuilt offline), the oracle's offsets,
-and every candidate tried (offsets, PSNR-Y, bits). Points already in --out are skipped, so an
-interrupted run resumes. `imitation.py` turns the file into a policy; `bench/oracle_diag.py`
-reports how predictable the oracle is.
+one together; with --search ramp, to the five mini-GOPs after the key, the key at Δ=0), and appends
+one JSON line per point: the baseline's and the best encode's requests and feedback (so any state
+can be rebuilt offline), the oracle's offsets, and every candidate tried (offsets, PSNR-Y, bits).
+Points already in --out are skipped, so an interrupted run resumes. `imitation.py` turns the file
+into a policy; `bench/oracle_diag.py` reports how predictable the oracle is.
 
     python bench/oracle_data.py --inputs CLIPS/ --frames 64 --encoder "YOUR ENCODER" --encoder-args="A|B" --out F
 
@@ -49,7 +49,7 @@ import own_clips  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
 # The sweeps of one decision at every offset (key_sweep), beside the oracle's coordinate descent.
-SWEEPS = ("key", "lead")
+SWEEPS = ("key", "lead", "ramp")
 
 
 def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, windows: str = "train") -> list[dict]:
@@ -68,14 +68,14 @@ def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, wi
 
 
 def default_rates(windows: str, search: str = "oracle") -> int:
-    """Target rates per window: 6 for a key or lead sweep (8 encodes a point), 2 for pan (many windows), else 3."""
+    """Target rates per window: 6 for a sweep (key, lead, ramp: 8 encodes a point), 2 for pan (many windows), else 3."""
     if search in SWEEPS:
         return 6
     return 2 if windows == "pan" else 3
 
 
 def default_seed(search: str = "oracle") -> int:
-    """The seed of the rate draws: a key or lead sweep draws other rates (10) than the oracle's points (0)."""
+    """The seed of the rate draws: a key, lead or ramp sweep draws other rates (10) than the oracle's points (0)."""
     return 10 if search in SWEEPS else 0
 
 
@@ -163,7 +163,7 @@ def _search_point(job: dict) -> dict:
     if not base.ok:
         return error_record(job, base.message)
     if job.get("search") in SWEEPS:
-        oracle = key_sweep(runner, point, base, lead=job["search"] == "lead", offsets=job.get("offsets"))
+        oracle = key_sweep(runner, point, base, job["search"], offsets=job.get("offsets"))
     else:
         oracle = oracle_search.run_oracle(runner, point, base, oracle_search.OracleSettings())
     best_steps = oracle.best_steps or base_res.done_steps
@@ -181,7 +181,7 @@ def _search_point(job: dict) -> dict:
 
 
 def key_sweep(
-    runner: eval_runs.Runner, point: eval_runs.Point, base: eval_runs.RunRecord, lead: bool = False,
+    runner: eval_runs.Runner, point: eval_runs.Point, base: eval_runs.RunRecord, search: str = "key",
     offsets: list[int] | None = None,
 ) -> oracle_search.OracleResult:
     """Every offset of the last GOP's key mini-GOP in [-max_offset, max_offset] (or `offsets`), the others 0.
@@ -189,13 +189,15 @@ def key_sweep(
     The decision the shipped policies make: a cheaper and evenly spread sample of it than the
     oracle's coordinate descent (2 x max_offset encodes per point). In a one-GOP window that is the
     first mini-GOP; in a `tail` window (a full GOP then a short one) the short GOP's key mini-GOP.
-    With `lead`, the mini-GOP after the key gets the same offset (moved_minigops): the first 16
-    frames of the GOP as one decision.
+    With search "lead", the mini-GOP after the key gets the same offset (moved_minigops): the first 16
+    frames of the GOP as one decision; with "ramp", the RAMP mini-GOPs after the key get it and the key 0.
     The result has the oracle's form: the best candidate by the same objective, every candidate as tried.
     """
     cfg = oracle_search.OracleSettings()
     n, budget = len(base.minigops), base.bits
-    moved = moved_minigops([m.gop for m in base.minigops], lead)
+    moved = moved_minigops([m.gop for m in base.minigops], search)
+    if not moved:
+        raise ValueError(f"{search} sweep: the last GOP has no mini-GOP after its key")
     best, best_offsets, best_steps, candidates = base, [0] * n, [], []
     values = offsets or [v for v in range(-cfg.max_offset, cfg.max_offset + 1) if v != 0]
     reach = max(cfg.max_offset, *(abs(v) for v in values))
@@ -204,7 +206,7 @@ def key_sweep(
         rec, res = runner.protocol_encode(point, "oracle", eval_runs.ScriptedLearner(cand, reach),
                                           reach, 0.02, "key_sweep")  # fmt: skip
         if not rec.ok:
-            raise RuntimeError(f"{'lead' if lead else 'key'} sweep encode failed: {rec.message}")
+            raise RuntimeError(f"{search} sweep encode failed: {rec.message}")
         candidates.append({"offsets": cand, "psnr_y": rec.psnr_y, "ssim_y": rec.ssim_y, "bits": rec.bits})
         if oracle_search.oracle_objective(rec, budget, cfg) > oracle_search.oracle_objective(best, budget, cfg):
             best, best_offsets, best_steps = rec, cand, res.done_steps
@@ -213,12 +215,20 @@ def key_sweep(
                                       best_steps, candidates)  # fmt: skip
 
 
-def moved_minigops(gops: list[int], lead: bool) -> list[int]:
-    """The mini-GOPs a sweep moves, from each mini-GOP's GOP index: the last GOP's first (key) mini-GOP,
-    and with `lead` the next one too when that GOP has one."""
+# Mini-GOPs after the key that a ramp sweep moves together (BENCHMARKS.md §2.4.37: the held-out clips' oracle).
+RAMP = 5
+
+
+def moved_minigops(gops: list[int], search: str = "key") -> list[int]:
+    """The mini-GOPs a sweep moves, from each mini-GOP's GOP index: the last GOP's first (key) mini-GOP;
+    with "lead" the next one too when that GOP has one; with "ramp" the RAMP mini-GOPs after the key (as
+    many as the GOP has), the key left at Δ=0."""
     last = max(gops)
     key = gops.index(last)
-    return [key, key + 1] if lead and key + 1 < len(gops) else [key]
+    after = [i for i in range(key + 1, len(gops)) if gops[i] == last]
+    if search == "ramp":
+        return after[:RAMP]
+    return [key, *after[:1]] if search == "lead" else [key]
 
 
 def planned_points(ns: argparse.Namespace) -> list[dict]:
@@ -255,11 +265,11 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/rlrc_oracle", help="scratch folder for encodes")
     p.add_argument("--jobs", type=int, default=2, help="points searched in parallel")
     p.add_argument("--rates", type=int, default=None,
-                   help="target rates per window (default 3; 2 for pan; 6 with --search key or lead)")  # fmt: skip
+                   help="target rates per window (default 3; 2 for pan; 6 with a --search sweep)")  # fmt: skip
     p.add_argument("--bpp-min", type=float, default=0.02)
     p.add_argument("--bpp-max", type=float, default=0.4)
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of the rate draws (default 0; 10 with --search key or lead)")
+                   help="seed of the rate draws (default 0; 10 with --search key, lead or ramp)")
     p.add_argument("--limit", type=int, default=0, help="at most this many points (0 = all)")
     p.add_argument("--windows", default=None, choices=sorted(clips.WINDOW_SETS),
                    help="; ".join(f"{name}: clips.{fn.__name__}()" for name, fn in clips.WINDOW_SETS.items())
@@ -269,7 +279,8 @@ def main() -> int:
     p.add_argument("--search", default="oracle", choices=("oracle", *SWEEPS),
                    help="oracle: coordinate descent over every mini-GOP (oracle_search.run_oracle); key: every offset "
                         "of the key mini-GOP alone (key_sweep, 8 encodes per point); lead: every offset of the key "
-                        "mini-GOP and the next one together, at the key sweep's points")  # fmt: skip
+                        "mini-GOP and the next one together, at the key sweep's points; ramp: every offset of the "
+                        "five mini-GOPs after the key together, the key at 0, at the same points")  # fmt: skip
     p.add_argument("--offsets", default=None,
                    help="with --search key: the key offsets swept, comma-separated (e.g. -8,-7,-6,-5; default "
                         "-4..+4 without 0); the points are the same as the default sweep's, so such a file adds "

@@ -646,9 +646,13 @@ def test_lead_sweep_moves_the_key_mini_gop_and_the_next_one_together(tmp_path):
     sweep's offset the key alone would give another stream. A one-mini-GOP last GOP moves its key alone."""
     from bench import loso_value, oracle_data
 
-    assert oracle_data.moved_minigops([0] * 8, lead=True) == [0, 1]
-    assert oracle_data.moved_minigops([0] * 8 + [1], lead=True) == [8]  # a 4-frame last GOP: one mini-GOP
-    assert oracle_data.moved_minigops([0] * 8 + [1, 1], lead=False) == [8]
+    assert oracle_data.moved_minigops([0] * 8, "lead") == [0, 1]
+    assert oracle_data.moved_minigops([0] * 8 + [1], "lead") == [8]  # a 4-frame last GOP: one mini-GOP
+    assert oracle_data.moved_minigops([0] * 8 + [1, 1], "key") == [8]
+    # A ramp moves the five mini-GOPs after the last GOP's key, as many as that GOP has, never the key.
+    assert oracle_data.moved_minigops([0] * 8, "ramp") == [1, 2, 3, 4, 5]
+    assert oracle_data.moved_minigops([0] * 8 + [1, 1, 1], "ramp") == [9, 10]
+    assert oracle_data.moved_minigops([0] * 8 + [1], "ramp") == []
     win = clips.Window("carphone_pristine.mp4", 0, 16, scale=2)  # 88x72, 16 frames: 2 mini-GOPs
     jobs = [{"window": win, "codec": "x264", "bpp": 0.1, "key": search, "work": str(tmp_path / search),
              "search": search} for search in ("lead", "key")]  # fmt: skip
