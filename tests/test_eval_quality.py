@@ -41,21 +41,12 @@ def test_draws_table_gives_each_clips_mean_range_and_worst(tmp_path, capsys):
     assert cells[5] == "-0.05 / -1.75 / -1.65"
 
 
-@pytest.mark.parametrize("bad", ["0.97,x", "1,-0.5", "1,1", ""])
-def test_rate_draws_refuses_bad_factors_before_any_encode(tmp_path, bad, monkeypatch, capsys):
+@pytest.mark.parametrize("flag,bad", [*(("--rate-draws", v) for v in ("0.97,x", "1,-0.5", "1,1", "")),
+                                      *(("--layer-offset-scale", v) for v in ("-1", "nan", "x"))])
+def test_bad_flags_refused_before_any_encode(tmp_path, flag, bad, monkeypatch, capsys):
     encodes: list[list[str]] = []
     monkeypatch.setattr(eval_quality, "run_evaluate", lambda args: encodes.append(args) or 0.0)
-    monkeypatch.setattr("sys.argv", ["eval_quality.py", "--out", str(tmp_path / "eq"), "--rate-draws", bad])
+    monkeypatch.setattr("sys.argv", ["eval_quality.py", "--out", str(tmp_path / "eq"), flag, bad])
     with pytest.raises(SystemExit) as exc:
         eval_quality.main()
-    assert exc.value.code == 2 and "--rate-draws" in capsys.readouterr().err and not encodes
-
-
-@pytest.mark.parametrize("bad", ["-1", "nan", "x"])
-def test_layer_offset_scale_refused_before_any_encode(tmp_path, bad, monkeypatch, capsys):
-    encodes: list[list[str]] = []
-    monkeypatch.setattr(eval_quality, "run_evaluate", lambda args: encodes.append(args) or 0.0)
-    monkeypatch.setattr("sys.argv", ["eval_quality.py", "--out", str(tmp_path / "eq"), "--layer-offset-scale", bad])
-    with pytest.raises(SystemExit) as exc:
-        eval_quality.main()
-    assert exc.value.code == 2 and "--layer-offset-scale" in capsys.readouterr().err and not encodes
+    assert exc.value.code == 2 and flag in capsys.readouterr().err and not encodes
