@@ -43,7 +43,7 @@ import clips  # noqa: E402
 import eval_runs  # noqa: E402
 import gain_model  # noqa: E402
 import oracle_records  # noqa: E402
-from bench import eval_quality, oracle_data  # noqa: E402
+from bench import eval_quality, loso_value, oracle_data  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 from state import FEATURE_NAMES  # noqa: E402
@@ -115,11 +115,7 @@ def window_gains(records: list[dict]) -> tuple[np.ndarray, list[float]]:
 
 def content_known(gains: np.ndarray, windows: list[str]) -> float:
     """Mean gain when each window gets the S that is best over all its rates (chosen in-sample), dB."""
-    picked = np.zeros(len(gains))
-    for w in set(windows):
-        rows = np.array([x == w for x in windows])
-        picked[rows] = gains[rows, int(np.argmax(gains[rows].mean(axis=0)))]
-    return float(picked.mean())
+    return float(loso_value.window_best_values(gains, windows).mean())
 
 
 def loso_choice(gains: np.ndarray, sources: list[str], feature: np.ndarray | None) -> np.ndarray:
@@ -207,11 +203,9 @@ def main() -> int:
         if not ns.records or not Path(ns.records).is_file():
             p.error("report: give the records file a windows or split run wrote")
         recs = [json.loads(line) for line in Path(ns.records).read_text().splitlines() if line.strip()]
-        failed = [r for r in recs if "error" in r]
-        recs = [r for r in recs if "error" not in r]
-        if not recs:
-            p.error(f"{ns.records}: no finished record")
-        print(f"{len(recs)} points" + (f" ({len(failed)} failed, left out)" if failed else ""))
+        if not recs:  # a failed point is not written: the next run encodes it again
+            p.error(f"{ns.records}: no record")
+        print(f"{len(recs)} points")
         if "window_name" in recs[0]:
             unknown = [f for f in ns.features.split(",") if f and f not in FEATURE_NAMES]
             if unknown:

@@ -127,6 +127,16 @@ def offset_values(sweep: dict, minigop: int, slope: float) -> np.ndarray:
     return v
 
 
+def window_best_values(values: np.ndarray, windows: list[str]) -> np.ndarray:
+    """What knowing the content (not the rate) is worth: each point's value (P,) under its window's one best
+    column at all the window's rates (chosen in-sample); values (P, choices), NaN where not encoded."""
+    picked = np.zeros(len(values))
+    for w in set(windows):
+        rows = np.array([x == w for x in windows])
+        picked[rows] = values[rows, int(np.nanargmax(np.nanmean(values[rows], axis=0)))]
+    return picked
+
+
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Key-mini-GOP states (P, OBS_DIM), value of each offset -TABLE..+TABLE (P, 2 TABLE + 1; NaN where not swept),
     dB at equal rate, and the windows.
@@ -248,11 +258,7 @@ def main() -> int:
         for v in variants:
             answers[v.name][test] = answer(v, fit + more if v.sweeps else fit, obs[test])
     best = np.nanmax(values, axis=1)
-    # What knowing the content (not the rate) is worth: each window's one best offset at all its rates.
-    window_best = np.zeros(len(wins))
-    for w in set(wins):
-        rows = np.array(wins) == w
-        window_best[rows] = values[rows, int(np.nanargmax(np.nanmean(values[rows], axis=0)))]
+    window_best = window_best_values(values, wins)
     print(f"{ns.codec}, window sets {windows}: {len(oracle)} oracle points fit, {len(sweeps)} key sweeps of "
           f"{ns.judge or windows} judge, "
           f"{len(sources)} sources; value of the key decision on the left-out source, dB at equal rate "
