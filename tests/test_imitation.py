@@ -390,7 +390,7 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
 def test_training_held_out_and_test_splits_share_no_source():
     train = {w.source for w in clips.training_windows() + clips.static_windows()}
     more_windows = (clips.natural_windows() + clips.screen_windows() + clips.extra_windows() + clips.anim_windows()
-                    + clips.blupi_windows() + clips.media_windows())
+                    + clips.blupi_windows() + clips.media_windows() + clips.visp_windows())
     more = {w.source for w in more_windows}
     held = {w.source for w in clips.heldout_windows()}
     assert train == set(clips.TRAIN_SOURCES) and held == set(clips.HELDOUT_SOURCES)
@@ -435,6 +435,29 @@ def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
     assert 0.3 < d_copy < 2.0 and d_next > d_copy
     first = clips.materialise(win, cache=tmp_path).stat().st_mtime_ns
     assert clips.materialise(win, cache=tmp_path).stat().st_mtime_ns == first  # written once, then reused
+
+
+def test_image_sequence_becomes_one_clip_in_name_order(tmp_path):
+    from builtin_encoder.source import open_source
+
+    def pgm(path, level, width=7, height=5):  # binary PGM: header, then one byte a pixel
+        path.write_bytes(f"P5\n{width} {height}\n255\n".encode() + bytes([level]) * (width * height))
+
+    # Five gray pictures 7x5 (odd: the clip cuts to 6x4), each one level, written out of order.
+    levels = [0, 60, 120, 180, 255]
+    for i in (3, 0, 4, 1, 2):
+        pgm(tmp_path / f"image.{i:04d}.pgm", levels[i])
+    clips._write_sequence(sorted(tmp_path.glob("image.*.pgm")), tmp_path / "seq.y4m")
+    src = open_source(tmp_path / "seq.y4m")
+    assert (src.width, src.height, src.frame_count, src.fps) == (6, 4, 5, 30.0)
+    frames = list(src.frames())
+    # Gray to limited-range luma (16 + 219 * level / 255), flat chroma, in name order.
+    assert [int(f.y[0, 0]) for f in frames] == [round(16 + 219 * v / 255) for v in levels]
+    assert all((f.y == f.y[0, 0]).all() and (f.u == 128).all() and (f.v == 128).all() for f in frames)
+    assert frames[0].u.shape == (2, 3)
+    pgm(tmp_path / "image.0009.pgm", 0, height=6)
+    with pytest.raises(clips.ClipError, match=r"image.0009.pgm is 7x6, not 7x5"):
+        clips._write_sequence(sorted(tmp_path.glob("image.*.pgm")), tmp_path / "bad.y4m")
 
 
 def test_window_with_a_jump_cut_shows_the_source_before_and_after_the_jump(tmp_path):
