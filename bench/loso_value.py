@@ -2,6 +2,7 @@
 
     python bench/loso_value.py --codec x264 --sweeps data/keysweep_x264.jsonl            # seconds
     python bench/loso_value.py --codec x264 --sweeps data/keysweep_x264.jsonl --variants "k=1:consensus=1;no state:key="
+    python bench/loso_value.py --codec x264 --sweeps S --judge visp --policy x264   # a policy file's own answers too
 
 The held-out split chose every recipe so far (BENCHMARKS.md §2.4), so its figures are optimistic,
 and the test split may be looked at only once per shipped policy. This script judges a recipe on
@@ -20,6 +21,10 @@ PSNR-Y). Beside it: the best offset of each sweep (the sweep's oracle, an upper 
 selected noise in it), each window's one best offset at all its rates (what a policy that knew
 the content but not the rate could get, selected in-sample too) and the best constant key offset
 fitted without source i (what position alone says).
+
+--policy FILE (a path or a shipped name; repeatable) adds a policy file's own key answers, round(action x its
+max ΔQP) as the encoder applies them, with no refit: judged on sweeps of content it was not fitted on (--judge
+a set outside its recipe), an out-of-sample figure; on its own training sets, an in-sample one.
 
 A variant is "name:option=value,..." with options consensus (k), key ('+'-separated terms of g(s)
 on the key mini-GOP; empty = none; a term is a state feature or its hinge, "fp_reuse>0.9" =
@@ -47,6 +52,7 @@ import clips  # noqa: E402
 import gain_model  # noqa: E402
 import imitation  # noqa: E402
 import oracle_records  # noqa: E402
+import policy  # noqa: E402
 from bench import oracle_data  # noqa: E402
 from state import FEATURE_NAMES  # noqa: E402
 
@@ -191,6 +197,13 @@ def answer_from_moves(variant: Variant, moves: gain_model.MoveSamples, obs: np.n
     return np.clip(np.round(a), variant.low, MAX_DELTA_QP).astype(int)
 
 
+def policy_key_answers(pol: policy.Policy, obs: np.ndarray) -> np.ndarray:
+    """A policy file's key offsets, QP, at states obs (P, OBS_DIM): round(action * max_delta_qp), as the encoder
+    applies them (state.action_to_qp with a QP unit of 1)."""
+    acts = np.array([float(pol.act(o.astype(np.float32))[0]) for o in obs])
+    return np.clip(np.round(acts * pol.max_delta_qp), -TABLE, TABLE).astype(int)
+
+
 def as_rate(value_db: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """dB at equal rate -> % rate at equal PSNR-Y (negative = fewer bits)."""
     return 100.0 * (np.power(2.0, -value_db / slope) - 1.0)
@@ -212,7 +225,13 @@ def main() -> int:
     p.add_argument("--lead-sweeps", type=Path, default=None,
                    help="lead-sweep records (bench/oracle_data.py --search lead): also judge each recipe's key "
                         "offset given to the next mini-GOP too, on the points both sweeps have")  # fmt: skip
+    p.add_argument("--policy", type=Path, action="append", default=[],
+                   help="a policy file (or shipped name) whose own key answers (no refit) are judged too; repeatable")
     ns = p.parse_args()
+    try:
+        policies = [policy.load(policy.named(str(f))) for f in ns.policy]
+    except policy.PolicyError as e:
+        p.error(f"--policy: {e}")
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
     windows = ns.windows or recipe.windows
     for flag, sets in (("--windows", windows), ("--judge", ns.judge or "")):
@@ -265,7 +284,9 @@ def main() -> int:
           f"(mean over its sweep points) and as rate %")  # fmt: skip
     print("\n| recipe | " + " | ".join(sources) + " | mean over points, dB | as rate % | points worse than Δ=0 |")
     print("|---|" + "---:|" * (len(sources) + 3))
-    rows = [(v.name, values[np.arange(len(wins)), answers[v.name] + TABLE]) for v in variants]
+    for pol in policies:  # the file as it answers, fitted on whatever it was fitted on: not left-out
+        answers[f"policy {pol.path} (its own answers)"] = policy_key_answers(pol, obs)
+    rows = [(name, values[np.arange(len(wins)), a + TABLE]) for name, a in answers.items()]
     for name, val in rows:  # an answer no sweep encoded would count as Δ=0: say so
         if missing := int(np.isnan(val).sum()):
             print(f"WARNING: {name}: {missing} answers outside the swept offsets count as 0 dB")
@@ -284,9 +305,9 @@ def main() -> int:
         worse = int((val < -1e-9).sum())
         print(f"| {name} | {per} | **{val.mean():+.4f}** | {as_rate(val, slope).mean():+.2f} | {worse} of {len(val)} |")
     print("\n| recipe | key offsets answered (count) |\n|---|---|")
-    for v in variants:
-        counts = np.bincount(answers[v.name] + TABLE, minlength=2 * TABLE + 1)
-        print(f"| {v.name} | " + ", ".join(f"{a - TABLE:+d}: {n}" for a, n in enumerate(counts) if n) + " |")
+    for name, a in answers.items():
+        counts = np.bincount(a + TABLE, minlength=2 * TABLE + 1)
+        print(f"| {name} | " + ", ".join(f"{a - TABLE:+d}: {n}" for a, n in enumerate(counts) if n) + " |")
     return 0
 
 

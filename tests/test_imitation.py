@@ -793,3 +793,18 @@ def test_previous_gop_stats_read_the_gop_before_the_swept_key():
     assert stats["psnr_drop"] == pytest.approx(40.0 - 37.0)  # second half: mini-GOPs 1 and 2 of 3
     with pytest.raises(ValueError, match="no mini-GOP of GOP 2"):
         key_diag.previous_gop_stats(steps, gop=3)
+
+
+def test_loso_value_judges_a_policy_files_own_key_answers_as_the_encoder_applies_them():
+    from test_protocol import make_request
+
+    from bench import loso_value
+    from state import action_to_qp
+
+    pol = policy.load(policy.shipped_policy("x264"))
+    # States around the training range, some far out: the answers must span several offsets.
+    obs = np.random.default_rng(0).normal(0.0, 1.5, (200, OBS_DIM)).astype(np.float32)
+    got = loso_value.policy_key_answers(pol, obs)
+    req = make_request(base_qp=30, qp_min=0, qp_max=63)
+    want = [action_to_qp(float(pol.act(o)[0]), req, pol.max_delta_qp) - 30 for o in obs]
+    assert got.tolist() == want and len(set(want)) >= 3
