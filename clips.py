@@ -8,7 +8,9 @@ Clips come from packages, never from the repository:
     BSD-2-Clause), python-kivy-examples (cityCC0.mpg 720x405, the file named CC0) and opencv-doc
     (OpenCV's sample videos Megamind.avi, tree.avi, vtest.avi, box.mp4, cup.mp4);
   - still photos from python3-skimage (BSD-3-Clause), from which `Pan` makes synthetic training
-    shots: a camera still, panning or cutting over a photo, with sensor noise.
+    shots: a camera still, panning or cutting over a photo, with sensor noise;
+  - numbered image sequences in Debian packages (DEBIAN_SEQUENCES), written once as one .y4m clip:
+    real fixed-camera footage from visp-images-data (visp_windows).
 
 A `Window` is a piece of a clip: a temporal range, an optional integer box-filter downscale and an
 optional centre crop (training windows may also be slowed, cut or made a fixed camera's), written
