@@ -139,7 +139,10 @@ def window_best_values(values: np.ndarray, windows: list[str]) -> np.ndarray:
     picked = np.zeros(len(values))
     for w in set(windows):
         rows = np.array([x == w for x in windows])
-        picked[rows] = values[rows, int(np.nanargmax(np.nanmean(values[rows], axis=0)))]
+        swept = ~np.isnan(values[rows])
+        # mean of each column over the rates that encoded it; a column no rate encoded never wins
+        means = np.where(swept.any(axis=0), np.nansum(values[rows], axis=0) / np.maximum(swept.sum(axis=0), 1), -np.inf)
+        picked[rows] = values[rows, int(np.argmax(means))]
     return picked
 
 
