@@ -289,7 +289,7 @@ def main() -> int:
     print("|---|" + "---:|" * (len(sources) + 3))
     for pol in policies:  # the file as it answers, fitted on whatever it was fitted on: not left-out
         answers[f"policy {pol.path} (its own answers)"] = policy_key_answers(pol, obs)
-    rows = [(name, values[np.arange(len(wins)), a + TABLE]) for name, a in answers.items()]
+    rows = [(name, values[np.arange(len(wins)), offsets + TABLE]) for name, offsets in answers.items()]
     for name, val in rows:  # an answer no sweep encoded would count as Δ=0: say so
         if missing := int(np.isnan(val).sum()):
             print(f"WARNING: {name}: {missing} answers outside the swept offsets count as 0 dB")
@@ -308,9 +308,9 @@ def main() -> int:
         worse = int((val < -1e-9).sum())
         print(f"| {name} | {per} | **{val.mean():+.4f}** | {as_rate(val, slope).mean():+.2f} | {worse} of {len(val)} |")
     print("\n| recipe | key offsets answered (count) |\n|---|---|")
-    for name, a in answers.items():
-        counts = np.bincount(a + TABLE, minlength=2 * TABLE + 1)
-        print(f"| {name} | " + ", ".join(f"{a - TABLE:+d}: {n}" for a, n in enumerate(counts) if n) + " |")
+    for name, offsets in answers.items():
+        counts = np.bincount(offsets + TABLE, minlength=2 * TABLE + 1)
+        print(f"| {name} | " + ", ".join(f"{i - TABLE:+d}: {n}" for i, n in enumerate(counts) if n) + " |")
     return 0
 
 
