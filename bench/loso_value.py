@@ -228,11 +228,11 @@ def main() -> int:
     p.add_argument("--lead-sweeps", type=Path, default=None,
                    help="lead-sweep records (bench/oracle_data.py --search lead): also judge each recipe's key "
                         "offset given to the next mini-GOP too, on the points both sweeps have")  # fmt: skip
-    p.add_argument("--policy", type=Path, action="append", default=[],
+    p.add_argument("--policy", action="append", default=[], metavar="FILE",
                    help="a policy file (or shipped name) whose own key answers (no refit) are judged too; repeatable")
     ns = p.parse_args()
     try:
-        policies = [policy.load(policy.named(str(f))) for f in ns.policy]
+        policies = [policy.load(policy.named(name)) for name in ns.policy]
     except policy.PolicyError as e:
         p.error(f"--policy: {e}")
     recipe = imitation.SHIPPED_RECIPES[ns.codec]
