@@ -41,21 +41,6 @@ from bench import loso_value, oracle_data  # noqa: E402
 SHOWN = 4  # the offsets -SHOWN..+SHOWN shown per clip
 
 
-def ramp_values(ramps: list[dict], sweeps: list[dict], slopes: dict[str, float]) -> np.ndarray:
-    """Value of each ramp offset -TABLE..+TABLE at each key sweep's point (P, 2 TABLE + 1), dB at equal rate; a row
-    of NaN where that point has no ramp sweep. A ramp record moves several mini-GOPs by one offset: read at the
-    first of them."""
-    by_point = {(r["window"], f"{r['bpp']:.5f}"): r for r in ramps}
-    out = np.full((len(sweeps), 2 * loso_value.TABLE + 1), np.nan)
-    for i, r in enumerate(sweeps):
-        ramp = by_point.get((r["window"], f"{r['bpp']:.5f}"))
-        if ramp is None:
-            continue
-        first = min(j for c in ramp["candidates"] for j, a in enumerate(c["offsets"]) if a != 0)
-        out[i] = loso_value.offset_values(ramp, first, slopes[r["window"]])
-    return out
-
-
 def ceiling_rows(key: np.ndarray, ramp: np.ndarray | None, windows: list[str]) -> dict[str, np.ndarray]:
     """The ceilings per point (P,), dB at equal rate: key (P, choices) and ramp values (NaN where not swept)."""
     rows = {
@@ -94,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ramp = None
     if ns.ramp is not None:
         ramps = [r for r in oracle_records.read_records([ns.ramp]) if "error" not in r and r["key"].endswith("/ramp")]
-        ramp = ramp_values(ramps, sweeps, slopes)
+        ramp = loso_value.paired_table(ramps, sweeps, slopes)
         if np.isnan(ramp).all():
             p.error(f"--ramp: no ramp sweep of {ns.ramp} is at a key sweep's point")
     slope = np.array([slopes[w] for w in windows])

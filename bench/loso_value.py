@@ -161,16 +161,22 @@ def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarra
     return np.asarray(obs), np.asarray(values), windows
 
 
-def lead_table(leads: list[dict], sweeps: list[dict], slopes: dict[str, float]) -> np.ndarray:
-    """Value of each offset -TABLE..+TABLE given to the key mini-GOP and the next one together (P, 2 TABLE + 1),
-    dB at equal rate, at each key sweep's point (bench/oracle_data.py --search lead); a row of NaN where that point
-    has no lead sweep."""
-    by_point = {(r["window"], f"{r['bpp']:.5f}"): r for r in leads}
+def first_moved_minigop(record: dict) -> int:
+    """The first mini-GOP a sweep's candidates move: a key or lead sweep's key, a ramp's first after the key."""
+    return min(i for c in record["candidates"] for i, a in enumerate(c["offsets"]) if a != 0)
+
+
+def paired_table(others: list[dict], sweeps: list[dict], slopes: dict[str, float]) -> np.ndarray:
+    """Value of each offset -TABLE..+TABLE of another sweep kind at each key sweep's point (P, 2 TABLE + 1), dB at
+    equal rate against that sweep's own Δ=0 encode, read at the first mini-GOP it moves (bench/oracle_data.py
+    --search lead: the key and the next mini-GOP together; --search ramp: the five after the key); a row of NaN
+    where that point has no such sweep."""
+    by_point = {(r["window"], f"{r['bpp']:.5f}"): r for r in others}
     out = np.full((len(sweeps), 2 * TABLE + 1), np.nan)
     for i, r in enumerate(sweeps):
-        lead = by_point.get((r["window"], f"{r['bpp']:.5f}"))
-        if lead is not None:
-            out[i] = offset_values(lead, swept_minigop(r), slopes[r["window"]])
+        other = by_point.get((r["window"], f"{r['bpp']:.5f}"))
+        if other is not None:
+            out[i] = offset_values(other, first_moved_minigop(other), slopes[r["window"]])
     return out
 
 
@@ -262,7 +268,7 @@ def main() -> int:
     slopes = gain_model.window_slopes(sweeps)
     if ns.lead_sweeps:
         lead_records = oracle_records.read_records([ns.lead_sweeps])
-        leads = lead_table(oracle_data.of_window_sets(lead_records, ns.judge or windows, "lead"), sweeps, slopes)
+        leads = paired_table(oracle_data.of_window_sets(lead_records, ns.judge or windows, "lead"), sweeps, slopes)
         sweeps = [r for r, row in zip(sweeps, leads, strict=True) if not np.isnan(row).all()]
         leads = leads[~np.isnan(leads).all(axis=1)]
         if not sweeps:

@@ -685,13 +685,13 @@ def test_lead_sweep_moves_the_key_mini_gop_and_the_next_one_together(tmp_path):
     assert [c["bits"] for c in lead["candidates"]] != [c["bits"] for c in key["candidates"]]
     # loso_value reads the lead sweep at its key sweep's point, offset by offset, against the lead's own Δ=0
     slopes = {win.name: 5.0}
-    table = loso_value.lead_table([{**lead, "bpp": 0.1}], [{**key, "bpp": 0.1}], slopes)
+    table = loso_value.paired_table([{**lead, "bpp": 0.1}], [{**key, "bpp": 0.1}], slopes)
     t = loso_value.TABLE  # column t holds offset 0
     assert table.shape == (1, 2 * t + 1) and table[0][t] == 0.0 and np.isnan(table[0][: t - 4]).all()
     c = lead["candidates"][0]  # offset -4
     expected = c["psnr_y"] - lead["baseline"]["psnr_y"] - 5.0 * np.log2(c["bits"] / lead["baseline"]["bits"])
     assert table[0][t - 4] == pytest.approx(expected)
-    assert np.isnan(loso_value.lead_table([{**lead, "bpp": 0.2}], [{**key, "bpp": 0.1}], slopes)).all()
+    assert np.isnan(loso_value.paired_table([{**lead, "bpp": 0.2}], [{**key, "bpp": 0.1}], slopes)).all()
 
 
 def test_key_sweep_of_a_tail_window_moves_the_short_gops_key_mini_gop(tmp_path):

@@ -40,7 +40,7 @@ def test_ceilings_pick_each_clips_one_best_choice_and_each_sweeps_best():
     keys, ramps = _records()
     slopes = {"a_s1_f0-8": 0.0, "b_s1_f0-8": 0.0}  # equal bits everywhere: the value is the PSNR-Y change
     _, key, windows = loso_value.sweep_table(keys, slopes)
-    ramp = key_ceiling.ramp_values(ramps, keys, slopes)
+    ramp = loso_value.paired_table(ramps, keys, slopes)  # read at the ramp's first mini-GOP: the second
     assert np.isnan(ramp[:2]).all() and ramp[2, T + 1] == pytest.approx(0.1) and ramp[3, T + 3] == pytest.approx(0.4)
     rows = key_ceiling.ceiling_rows(key, ramp, windows)
     # a: one key offset for both rates: -2 (0.2, 0.2) beats -4 (0.3, -0.5); each sweep's best takes -4 at the first
