@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         if np.isnan(ramp).all():
             p.error(f"--ramp: no ramp sweep of {ns.ramp} is at a key sweep's point")
     slope = np.array([slopes[w] for w in windows])
-    rows = {f"policy {pol.path}: its own key answers": key[np.arange(len(key)), loso_value.policy_key_answers(pol, obs)
-                                                             + loso_value.TABLE] for pol in policies}  # fmt: skip
+    rows = {}
+    for pol in policies:
+        column = loso_value.policy_key_answers(pol, obs) + loso_value.TABLE  # its offset, as a column of `key`
+        rows[f"policy {pol.path}: its own key answers"] = key[np.arange(len(key)), column]
     rows |= ceiling_rows(key, ramp, windows)
     clips = sorted(set(windows))
     names = [oracle_records.source_of(c) for c in clips]
