@@ -229,24 +229,19 @@ def _encode(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[
     ("codec", "clip", "kbps"),
     [
         ("svtav1", "carphone_pristine.mp4", 100),
-        ("svtav1", "carphone_pristine.mp4", 400),
-        ("svtav1", "bikes.mp4", 150),
         ("svtav1", "bikes.mp4", 600),
         ("x264", "carphone_pristine.mp4", 100),
-        ("x264", "carphone_pristine.mp4", 400),
-        ("x264", "bikes.mp4", 150),
         ("x264", "bikes.mp4", 600),
         ("vp9", "carphone_pristine.mp4", 100),
-        ("vp9", "carphone_pristine.mp4", 400),
-        ("vp9", "bikes.mp4", 150),
         ("vp9", "bikes.mp4", 600),
     ],
 )
 def test_two_pass_bitrate_accuracy(tmp_path: Path, codec: str, clip: str, kbps: int) -> None:
     """No agent, rc-mode 1 (pass 1 in memory): the encode lands within +-3 % of --bitrate.
 
-    carphone whole (120 frames), bikes' first 128 of 250 frames (two GOPs, half the test's time;
-    BENCHMARKS.md §1.1 and §4.1 measure the whole clips)."""
+    Each codec at a low rate on the small clip and a high rate on the large one: carphone whole (120 frames),
+    bikes' first 128 of 250 frames (two GOPs, half the test's time). BENCHMARKS.md §1.1 and §4.1 measure the
+    whole clips at three to five rates each; the suite keeps two points per codec for time."""
     csv_path, summary = tmp_path / "f.csv", tmp_path / "s.json"
     frames = {"carphone_pristine.mp4": 120, "bikes.mp4": 128}[clip]
     res = _encode("--input", bundled_clip(clip), "--codec", codec, "--bitrate", kbps, "--frames", frames,
