@@ -41,6 +41,11 @@ from bench import loso_value, oracle_data  # noqa: E402
 SHOWN = 4  # the offsets -SHOWN..+SHOWN shown per clip
 
 
+def of_search(records: list[dict], search: str) -> list[dict]:
+    """The records of points searched by `search` (oracle_data.py --search), whatever their window or clip."""
+    return [r for r in records if r["key"] == oracle_data.point_key(r["codec"], r["window"], r["bpp"], search)]
+
+
 def ceiling_rows(key: np.ndarray, ramp: np.ndarray | None, windows: list[str]) -> dict[str, np.ndarray]:
     """The ceilings per point (P,), dB at equal rate: key (P, choices) and ramp values (NaN where not swept)."""
     rows = {
@@ -71,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         policies = [policy.load(policy.named(name)) for name in ns.policy]
     except policy.PolicyError as e:
         p.error(f"--policy: {e}")
-    sweeps = [r for r in oracle_records.read_records([ns.sweeps]) if "error" not in r and r["key"].endswith("/key")]
+    sweeps = of_search(oracle_records.read_records([ns.sweeps]), "key")
     if not sweeps:
         p.error(f"--sweeps: {ns.sweeps} holds no key sweep (oracle_data.py --search key)")
     slopes = gain_model.window_slopes(sweeps)
     obs, key, windows = loso_value.sweep_table(sweeps, slopes)
     ramp = None
     if ns.ramp is not None:
-        ramps = [r for r in oracle_records.read_records([ns.ramp]) if "error" not in r and r["key"].endswith("/ramp")]
+        ramps = of_search(oracle_records.read_records([ns.ramp]), "ramp")
         ramp = loso_value.paired_table(ramps, sweeps, slopes)
         if np.isnan(ramp).all():
             p.error(f"--ramp: no ramp sweep of {ns.ramp} is at a key sweep's point")

@@ -23,7 +23,7 @@ def _sweep(window: str, bpp: float, kind: str, gain: dict[int, float]) -> dict:
             offsets = [0, 0]
             offsets[at] = a
             cands.append({"offsets": offsets, "psnr_y": 38.0 + gain.get(a, -0.5), "bits": 10000})
-    return {"key": f"svtav1/{window}/{bpp:.5f}/{kind}", "window": window, "bpp": bpp,
+    return {"key": f"svtav1/{window}/{bpp:.5f}/{kind}", "codec": "svtav1", "window": window, "bpp": bpp,
             "baseline": {"psnr_y": 38.0, "bits": 10000}, "baseline_steps": [_step(0, 30), _step(1, 30)],
             "candidates": cands}  # fmt: skip
 
