@@ -202,6 +202,12 @@ def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
     return target
 
 
+def _yuv420(yuv: np.ndarray) -> YuvFrame:
+    """(3, H, W) float Y, U, V planes (H, W even) -> a 4:2:0 frame: chroma box-filtered, planes rounded to 8 bits."""
+    chroma = yuv[1:].reshape(2, yuv.shape[1] // 2, 2, yuv.shape[2] // 2, 2).mean(axis=(2, 4))
+    return YuvFrame(*(np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (yuv[0], chroma[0], chroma[1])))
+
+
 def _write_sequence(pictures: list[Path], out: Path) -> None:
     """Writes numbered pictures as one 30 fps .y4m (4:2:0, chroma box-filtered, odd edges cut)."""
     first = _photo_yuv444(pictures[0])
@@ -212,9 +218,7 @@ def _write_sequence(pictures: list[Path], out: Path) -> None:
             yuv = _photo_yuv444(path)
             if yuv.shape != first.shape:
                 raise ClipError(f"{path.name} is {yuv.shape[2]}x{yuv.shape[1]}, not {first.shape[2]}x{first.shape[1]}")
-            yuv = yuv[:, :h, :w].astype(np.float32)
-            chroma = yuv[1:].reshape(2, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
-            yield YuvFrame(yuv[0].astype(np.uint8), *(np.rint(c).astype(np.uint8) for c in chroma))
+            yield _yuv420(yuv[:, :h, :w].astype(np.float32))
 
     write_y4m(frames(), out, w, h, 30, 1)
 
@@ -409,9 +413,7 @@ def pan_frames(win: Pan, first: np.ndarray, second: np.ndarray | None = None) ->
         yuv = photo[:, y0 : y0 + h, x0 : x0 + w].astype(np.float32)
         if win.noise > 0:
             yuv[0] += rng.normal(0.0, win.noise, yuv[0].shape)
-        chroma = yuv[1:].reshape(2, h // 2, 2, w // 2, 2).mean(axis=(2, 4))  # 4:4:4 -> 4:2:0, box filter
-        planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (yuv[0], chroma[0], chroma[1])]
-        yield YuvFrame(*planes)
+        yield _yuv420(yuv)
 
 
 def materialise(win: Window | Pan, cache: Path = DEFAULT_CACHE) -> Path:
