@@ -1,6 +1,6 @@
 """What a key-frame decision (and a ramp after it) could gain on any clips, and what a policy takes, off real sweeps.
 
-    python bench/oracle_data.py --codec svtav1 --search key --inputs CLIPS/ --frames 64 --out K    # 48 sweeps: 4.5 min
+    python bench/oracle_data.py --codec svtav1 --search key --inputs CLIPS/ --frames 64 --out K    # 48 sweeps: 3.5 min
     python bench/oracle_data.py --codec svtav1 --search ramp --inputs CLIPS/ --frames 64 --out R   # optional
     python bench/key_ceiling.py --sweeps K [--ramp R] [--policy svtav1] [--policy mine.pt]
 
