@@ -13,6 +13,9 @@ slope from its sweeps, loso_value.offset_values) and as rate %:
   - each policy file's own answers (loso_value.policy_key_answers: the QPs the encoder applies);
   - each clip's one best key offset at all its rates: what a policy that knew the clip (not the rate)
     could get, chosen in-sample: the ceiling of a content-dependent key decision on these clips;
+  - the same chosen out of sample: each rate gets the offset that is best on the clip's other rates, so
+    that no rate's own noise picks its offset (what is left is the part of the ceiling a clip-level
+    decision can really take);
   - each sweep's best offset: the upper bound, with each rate's noise selected in;
   - with --ramp (oracle_data.py --search ramp: every offset given to the five mini-GOPs after the key
     together, at the same points): the same for that decision, and each clip's one best choice among
@@ -50,10 +53,15 @@ def ceiling_rows(key: np.ndarray, ramp: np.ndarray | None, windows: list[str]) -
     """The ceilings per point (P,), dB at equal rate: key (P, choices) and ramp values (NaN where not swept)."""
     rows = {
         "key: each clip's one best offset (content known)": loso_value.window_best_values(key, windows),
+        "key: each clip's best offset on its other rates (content known, out of sample)":
+            loso_value.window_best_other_rates(key, windows),
         "key: each sweep's best offset (upper bound)": np.nanmax(key, axis=1),
     }
     if ramp is not None:
         rows["ramp: each clip's one best offset (content known)"] = loso_value.window_best_values(ramp, windows)
+        rows["ramp: each clip's best offset on its other rates (out of sample)"] = loso_value.window_best_other_rates(
+            ramp, windows
+        )
         rows["ramp: each sweep's best offset (upper bound)"] = np.nanmax(np.nan_to_num(ramp, nan=0.0), axis=1)
         both = np.concatenate([key, ramp], axis=1)
         rows["each clip's one best choice, key or ramp offset (content known)"] = loso_value.window_best_values(

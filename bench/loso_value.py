@@ -139,11 +139,27 @@ def window_best_values(values: np.ndarray, windows: list[str]) -> np.ndarray:
     picked = np.zeros(len(values))
     for w in set(windows):
         rows = np.array([x == w for x in windows])
-        swept = ~np.isnan(values[rows])
         # mean of each column over the rates that encoded it; a column no rate encoded never wins
-        means = np.where(swept.any(axis=0), np.nansum(values[rows], axis=0) / np.maximum(swept.sum(axis=0), 1), -np.inf)
-        picked[rows] = values[rows, int(np.argmax(means))]
+        picked[rows] = values[rows, int(np.argmax(window_best_means(values[rows])))]
     return picked
+
+
+def window_best_other_rates(values: np.ndarray, windows: list[str]) -> np.ndarray:
+    """window_best_values out of sample: each point's value (P,) under the column that is best on its window's
+    other rates (leave one rate out), so that no point's own noise picks its column; values (P, choices), NaN
+    where not encoded. A window with one rate has nothing to choose from: it answers Δ=0 (value 0)."""
+    picked = np.zeros(len(values))
+    for i, w in enumerate(windows):
+        others = np.array([x == w and j != i for j, x in enumerate(windows)])
+        if others.any():
+            picked[i] = values[i, int(np.argmax(window_best_means(values[others])))]
+    return picked
+
+
+def window_best_means(values: np.ndarray) -> np.ndarray:
+    """Each column's mean over the rows that encoded it (choices,); -inf for a column no row encoded."""
+    swept = ~np.isnan(values)
+    return np.where(swept.any(axis=0), np.nansum(values, axis=0) / np.maximum(swept.sum(axis=0), 1), -np.inf)
 
 
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -304,6 +320,8 @@ def main() -> int:
         rows += [(f"{v.name}, the next mini-GOP too (lead)", leads[at, answers[v.name] + TABLE])
                  for v in variants]
     rows.append(("each window's best offset at all its rates (content known)", window_best))
+    rows.append(("each window's best offset on its other rates (content known, out of sample)",
+                 window_best_other_rates(values, wins)))  # fmt: skip
     rows.append(("each sweep's best offset (upper bound)", best))
     if ns.lead_sweeps:
         rows.append(("each lead sweep's best offset (upper bound)", np.nanmax(leads, axis=1)))

@@ -46,6 +46,14 @@ def test_ceilings_pick_each_clips_one_best_choice_and_each_sweeps_best():
     # a: one key offset for both rates: -2 (0.2, 0.2) beats -4 (0.3, -0.5); each sweep's best takes -4 at the first
     assert rows["key: each clip's one best offset (content known)"] == pytest.approx([0.2, 0.2, 0.0, 0.0])
     assert rows["key: each sweep's best offset (upper bound)"] == pytest.approx([0.3, 0.2, 0.0, 0.0])
+    # out of sample, each rate takes the offset best on the clip's other rate: a's first rate gets -2 (0.2), its
+    # second gets the first rate's -4 (-0.5 there); b's key never pays, so both its rates take Δ=0
+    oos = rows["key: each clip's best offset on its other rates (content known, out of sample)"]
+    assert oos == pytest.approx([0.2, -0.5, 0.0, 0.0])
+    ramp_oos = rows["ramp: each clip's best offset on its other rates (out of sample)"]
+    assert np.isnan(ramp_oos[:2]).all() and ramp_oos[2:] == pytest.approx([-0.5, 0.1])  # +3 at 0.05, +1 at 0.2
+    # a window with one rate has no other rate to choose on: it answers Δ=0, whatever its own best
+    assert loso_value.window_best_other_rates(np.array([[0.3, 0.0, -0.1]]), ["w"]) == pytest.approx([0.0])
     # b: the ramp's +1 (0.1, 0.1) beats +3 (-0.5, 0.4) as one choice; a has no ramp sweep
     assert np.nan_to_num(rows["ramp: each clip's one best offset (content known)"]) == pytest.approx([0, 0, 0.1, 0.1])
     assert rows["ramp: each sweep's best offset (upper bound)"] == pytest.approx([0.0, 0.0, 0.1, 0.4])
