@@ -133,6 +133,12 @@ def offset_values(sweep: dict, minigop: int, slope: float) -> np.ndarray:
     return v
 
 
+def window_best_means(values: np.ndarray) -> np.ndarray:
+    """Each column's mean over the rows that encoded it (choices,); -inf for a column no row encoded."""
+    swept = ~np.isnan(values)
+    return np.where(swept.any(axis=0), np.nansum(values, axis=0) / np.maximum(swept.sum(axis=0), 1), -np.inf)
+
+
 def window_best_values(values: np.ndarray, windows: list[str]) -> np.ndarray:
     """What knowing the content (not the rate) is worth: each point's value (P,) under its window's one best
     column at all the window's rates (chosen in-sample); values (P, choices), NaN where not encoded."""
@@ -154,12 +160,6 @@ def window_best_other_rates(values: np.ndarray, windows: list[str]) -> np.ndarra
         if others.any():
             picked[i] = values[i, int(np.argmax(window_best_means(values[others])))]
     return picked
-
-
-def window_best_means(values: np.ndarray) -> np.ndarray:
-    """Each column's mean over the rows that encoded it (choices,); -inf for a column no row encoded."""
-    swept = ~np.isnan(values)
-    return np.where(swept.any(axis=0), np.nansum(values, axis=0) / np.maximum(swept.sum(axis=0), 1), -np.inf)
 
 
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
