@@ -8,7 +8,8 @@
 script needs no fit and no window set: on any clips' key sweeps (every key offset -4..+4 really
 encoded at 6 rates per clip; your own clips with --inputs, or a window set with --windows) it
 reports, per clip and overall, dB at equal rate against each sweep's Δ=0 encode (the clip's RD
-slope from its sweeps, loso_value.offset_values) and as rate %:
+slope from its sweeps, loso_value.offset_values) and as rate % (a mean of per-point figures in which flat,
+low-slope points weigh most: direction, not size; loso_value.as_rate):
 
   - each policy file's own answers (loso_value.policy_key_answers: the QPs the encoder applies);
   - each clip's one best key offset at all its rates: what a policy that knew the clip (not the rate)

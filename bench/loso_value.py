@@ -230,7 +230,11 @@ def policy_key_answers(pol: policy.Policy, obs: np.ndarray) -> np.ndarray:
 
 
 def as_rate(value_db: np.ndarray, slope: np.ndarray) -> np.ndarray:
-    """dB at equal rate -> % rate at equal PSNR-Y (negative = fewer bits)."""
+    """dB at equal rate -> % rate at equal PSNR-Y (negative = fewer bits), point by point.
+
+    The tables print the mean of these per-point figures, where points with a small RD slope (flat content, high
+    rates) weigh most: read that column for direction and a real BD-rate for size (BENCHMARKS.md §2.4.40: +5% here
+    was +0.45% of BD-rate on the same windows)."""
     return 100.0 * (np.power(2.0, -value_db / slope) - 1.0)
 
 
