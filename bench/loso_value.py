@@ -155,10 +155,12 @@ def window_best_other_rates(values: np.ndarray, windows: list[str]) -> np.ndarra
     other rates (leave one rate out), so that no point's own noise picks its column; values (P, choices), NaN
     where not encoded. A window with one rate has nothing to choose from: it answers Δ=0 (value 0)."""
     picked = np.zeros(len(values))
-    for i, w in enumerate(windows):
-        others = np.array([x == w and j != i for j, x in enumerate(windows)])
-        if others.any():
-            picked[i] = values[i, int(np.argmax(window_best_means(values[others])))]
+    for w in set(windows):
+        rows = np.flatnonzero([x == w for x in windows])
+        if len(rows) < 2:
+            continue  # no other rate to choose on: Δ=0
+        for i in rows:
+            picked[i] = values[i, int(np.argmax(window_best_means(values[rows[rows != i]])))]
     return picked
 
 
