@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if oracle_mode:
         argv = argv[1:]
     ns = build_parser(oracle_mode).parse_args(encoder_proc.glue_dash_values(argv, DASH_VALUE_FLAGS))
-    from main import setup_logging
+    from progress import setup_logging
 
     setup_logging(ns.log_level)
     settings = EvalSettings(codec=ns.codec, frames=ns.frames, preset=ns.preset, keyint=ns.keyint,

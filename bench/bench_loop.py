@@ -198,8 +198,8 @@ def run_config(c: Config, repeats: int, work: Path, rl_dir: Path, label: str, wo
     """
     import encoder_proc
     import io_runner
+    from inputs import bundled_clip
     from learners import Counters, SacLearner, ZeroDeltaLearner
-    from main import bundled_clip
 
     clip = bundled_clip(c.clip)
     tag = f"{c.codec}_{Path(c.clip).stem}"

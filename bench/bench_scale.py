@@ -91,9 +91,9 @@ def run_case(codec: str, clip: str, frames: int, encodes: int, worker_counts: li
     import encoder_proc
     import io_runner
     import workers
+    from inputs import bundled_clip
     from learner_process import LearnerProcess
     from learners import Counters, SacLearner, ZeroDeltaLearner
-    from main import bundled_clip
 
     file, kbps = CLIPS[clip]
     tag = f"{codec}_{clip}"

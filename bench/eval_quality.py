@@ -47,7 +47,7 @@ import policy  # noqa: E402
 from bench.machine_info import machine  # noqa: E402
 from bench.pool_eval import bd_rows, clip_bdrates, print_pooled  # noqa: E402
 from eval_runs import DEFAULT_BPP  # noqa: E402
-from main import bundled_clip  # noqa: E402
+from inputs import bundled_clip  # noqa: E402
 
 
 def make_split(out: Path, split: str) -> Path:

@@ -17,6 +17,7 @@ import bdrate
 import eval_report
 import eval_runs
 import evaluate as ev
+import inputs
 import learners
 import main
 import oracle_search
@@ -26,7 +27,7 @@ from sac_agent import SACAgent
 from state import OBS_DIM
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIP = main.bundled_clip("carphone_pristine.mp4")
+CLIP = inputs.bundled_clip("carphone_pristine.mp4")
 
 # VCEG-M33's sample curves (the data shipped with the public Bjøntegaard reference scripts): kbit/s, dB.
 ANCHOR = ([686.76, 309.58, 157.11, 85.95], [40.28, 37.18, 34.24, 31.42])

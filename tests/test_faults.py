@@ -20,8 +20,8 @@ import torch
 
 import checkpoint
 import protocol
+from inputs import bundled_clip
 from io_runner import RlIoChannel
-from main import bundled_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = bundled_clip("carphone_pristine.mp4")

@@ -14,7 +14,7 @@ import torch
 from script_run import run_script
 
 import checkpoint
-from main import bundled_clip
+from inputs import bundled_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = bundled_clip("carphone_pristine.mp4")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from inputs import bundled_clip
 from io_runner import EncoderFailure
-from main import bundled_clip
 from reward import VideoBaseline
 from rl_env import EncoderEnv
 from state import OBS_DIM

@@ -28,8 +28,9 @@ import protocol
 from builtin_encoder.errors import BadInput, BadReply
 from builtin_encoder.session import AgentClient
 from encoder_proc import VideoSpec
+from inputs import bundled_clip
 from io_runner import RlIoChannel
-from main import ZeroDeltaLearner, bundled_clip
+from learners import ZeroDeltaLearner
 from protocol import ProtocolError, RlDirError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -196,12 +196,12 @@ def test_budget_out_of_reach_when_even_the_highest_qp_overshoots():
 
 
 def test_encoder_warnings_are_read_from_its_log(tmp_path):
-    import main
+    import baselines
 
     log = tmp_path / "v.baseline.log"
     log.write_text("starting\nbuiltin_encoder: warning: x.avi: the container says 444 frames but 68 decode\n")
-    assert main.encoder_warnings(log) == ["x.avi: the container says 444 frames but 68 decode"]
-    assert main.encoder_warnings(tmp_path / "missing.log") == []
+    assert baselines.encoder_warnings(log) == ["x.avi: the container says 444 frames but 68 decode"]
+    assert baselines.encoder_warnings(tmp_path / "missing.log") == []
 
 
 def test_lossless_mini_gops_report_the_protocols_100_db_cap():

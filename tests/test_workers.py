@@ -19,9 +19,9 @@ from test_faults import FAKE, error_for, fake_videos, procs_in, run_main, start_
 import checkpoint
 import workers
 from config import SACConfig
+from inputs import bundled_clip
 from learner_process import LearnerProcess
 from learners import Counters
-from main import bundled_clip
 from replay import ReplayBuffer
 from sac_agent import SACAgent
 from state import OBS_DIM
