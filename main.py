@@ -150,6 +150,8 @@ def seed_everything(seed: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(glue_dash_values(sys.argv[1:] if argv is None else argv))
+    if ns.torch_threads > 0:  # before any torch work: --pretrain-critics fits its critics below
+        torch.set_num_threads(ns.torch_threads)
     try:
         cfg = config_from_args(ns)
         setup_logging(cfg.log_level)
@@ -164,8 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
 
-    if ns.torch_threads > 0:
-        torch.set_num_threads(ns.torch_threads)
     stop = StopFlag()
     stop.consequence = "ending the encoder and exiting; nothing is trained yet, so no checkpoint is written"
     stop.install()
