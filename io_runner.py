@@ -131,6 +131,11 @@ class RlIoChannel:
             if (rq := self._read(rq_path, protocol.parse_request)) is not None:
                 if rq.mg_index != next_request:
                     raise ProtocolError(f"{rq_path}: field 'mg_index' is {rq.mg_index}, expected {next_request}")
+                # An encoder without lookahead writes feedback k, then request k + 1; both may have appeared
+                # since the feedback was looked for above. Feedback first, so that the request's state sees
+                # it (state.build_observation's previous mini-GOP); the request is read again next call.
+                if fb_path is not None and (fb := self._read_feedback(fb_path, pending[0])) is not None:
+                    return fb
                 return rq
             if (end := self._read(end_path, protocol.parse_end)) is not None:
                 # The encoder writes the last feedback before end.json; both may have appeared

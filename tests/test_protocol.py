@@ -309,3 +309,31 @@ def test_reply_echoes_only_the_session_the_encoder_sent(tmp_path):
         assert json.loads(protocol.reply_path(tmp_path / "rl", 4).read_text())["session"] == "enc-1"
     finally:
         channel.close()
+
+
+def test_feedback_written_before_the_next_request_is_taken_first_even_if_it_lands_late(tmp_path):
+    """The race: the agent looks for feedback 3 (not there yet), then the encoder writes feedback 3 and request 4,
+    then the agent finds request 4. It must take feedback 3 first, or request 4's state would describe mini-GOP 2."""
+    import io_runner
+
+    rl = tmp_path / "rl"
+    channel = io_runner.RlIoChannel(rl, "s1", 1.0)
+    looked = []
+    real = channel._read_feedback
+
+    def late(path, mg_index):
+        if not looked:  # the first look: nothing yet; the encoder writes both files right after it
+            looked.append(path)
+            protocol.write_message(protocol.feedback_path(rl, 3), make_feedback())
+            protocol.write_message(protocol.request_path(rl, 4), make_request(mg_index=4, mg_in_gop=4, first_frame=32))
+            return None
+        return real(path, mg_index)
+
+    channel._read_feedback = late
+    try:
+        first = channel.next_message(4, [3], lambda: True)
+        assert isinstance(first, Feedback) and first.mg_index == 3
+        second = channel.next_message(4, [], lambda: True)  # the request waited on disk
+        assert isinstance(second, Request) and second.mg_index == 4
+    finally:
+        channel.close()
