@@ -1,0 +1,317 @@
+"""A policy for use inside your own encoder: its actor as plain weights and a C header, with test vectors.
+
+    python -m policy_export x264 --out export/                        # a shipped policy, by name
+    python -m policy_export checkpoints/checkpoint_epoch_20.pt --out export/ --codec svtav1
+
+The agent answers over the file protocol (PROTOCOL.md); an encoder team that wants the decision
+inside its encoder needs three things, written to OUT as NAME.json, NAME.h and NAME_vectors.json:
+
+- **The network**, `NAME.json`: the deterministic actor as lists of float32 weights. The
+  observation is state.build_observation's OBS_DIM features (state.FEATURE_NAMES, formulas in
+  state.py); the actor reads `inputs` of them (indices into the observation), then for each layer
+  h = W h + b (W: out x in), ReLU between layers; of the last layer's two outputs the first is the
+  pre-tanh mean (the second, the log standard deviation, only matters while exploring), and the
+  action is a = tanh(mean), in [-1, 1].
+- **The QP**: `unit = max(1, qp_scale_max / 63)`, `delta = round_half_even(a * max_delta_qp * unit)`
+  in double precision (Python's round, C's rint/nearbyint in the default rounding mode),
+  `qp = clamp(base_qp + delta, qp_min, qp_max)` with the request's fields (state.action_to_qp).
+- **A C99 header**, `NAME.h`: the same two functions with the weights inlined, no dependency but
+  <math.h>: `rlrc_NAME_action(const float obs[OBS_DIM])` and `rlrc_NAME_qp(action, base_qp, qp_min,
+  qp_max, qp_scale_max)`.
+- **Test vectors**, `NAME_vectors.json`: every mini-GOP of a real encode with the built-in encoder
+  (the policy's codec, a bundled clip, two rates): the request as the encoder wrote it, the
+  previous mini-GOP's feedback and base QP (what the state reads), the observation, the action and
+  the QP the agent answered; plus random observations with their actions, which reach the corners
+  of the network a short encode does not. A port of state.py and of the network is right when it
+  gives these observations (within 1e-5), actions (within 1e-5) and QPs.
+
+tests/test_policy_export.py compiles the header with the system's C compiler and checks it on the
+vectors against the agent's own answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from state import FEATURE_NAMES, OBS_DIM
+
+EXPORT_FORMAT = "rlrc-policy-export"
+EXPORT_VERSION = 1
+_REFERENCE_QP_SCALE = 63.0  # as state.qp_unit
+# The vectors' encode: a bundled clip and two targets (kbit/s) per codec, short enough for a test.
+VECTOR_CLIP = "carphone_pristine.mp4"
+VECTOR_KBPS = (100, 300)
+
+
+class ExportError(ValueError):
+    """The policy cannot be exported; the message names the file and the reason."""
+
+
+@dataclass
+class ExportedActor:
+    """A deterministic actor as plain arrays: what NAME.json holds."""
+
+    name: str
+    codec: str
+    max_delta_qp: int
+    inputs: list[int]  # indices into the observation (state.FEATURE_NAMES) of the actor's inputs
+    weights: list[np.ndarray]  # per layer (out, in), float32
+    biases: list[np.ndarray]  # per layer (out,), float32
+    source: str  # the file it came from
+    provenance: dict[str, str]
+
+    def action(self, obs: np.ndarray) -> float:
+        """tanh(mean) for one observation (OBS_DIM,), computed layer by layer in float32."""
+        h = np.asarray(obs, dtype=np.float32)[self.inputs]
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = (w @ h + b).astype(np.float32)
+            if i < len(self.weights) - 1:
+                h = np.maximum(h, np.float32(0.0))
+        return float(np.tanh(h[0]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "name": self.name, "codec": self.codec,
+            "obs_dim": OBS_DIM, "feature_names": list(FEATURE_NAMES), "inputs": self.inputs,
+            "max_delta_qp": self.max_delta_qp,
+            "layers": [{"weight": w.tolist(), "bias": b.tolist()}
+                       for w, b in zip(self.weights, self.biases, strict=True)],
+            "activation": "relu between layers; action = tanh(output[0])",
+            "qp": "unit = max(1, qp_scale_max / 63); "
+                  "qp = clamp(base_qp + round_half_even(action * max_delta_qp * unit), qp_min, qp_max)",
+            "source": self.source, "provenance": self.provenance,
+        }  # fmt: skip
+
+
+def exported_actor(path_or_name: str) -> ExportedActor:
+    """The deterministic actor of a policy file, a shipped policy's name or a main.py checkpoint."""
+    import checkpoint
+    import evaluate
+    import policy
+
+    path = policy.named(path_or_name)
+    if not path.is_file():
+        raise ExportError(f"{path_or_name}: no such file, nor a shipped policy ({', '.join(policy.shipped_names())})")
+    try:
+        bundle = evaluate.load_agent(path)
+    except checkpoint.CheckpointError as exc:
+        raise ExportError(str(exc).removeprefix("--load-checkpoint: ")) from None
+    learner = bundle.learner
+    if isinstance(learner, policy.PolicyLearner):
+        pol = learner.policy
+        actor, codec, provenance = pol.actor, pol.codec, pol.provenance
+        inputs = [FEATURE_NAMES.index(n) for n in pol.feature_names]
+    else:  # a training checkpoint: the SAC actor on every feature
+        actor, codec, provenance = learner.agent.actor, "", {"checkpoint_epoch": str(bundle.epoch)}
+        inputs = list(range(OBS_DIM))
+    linears = [m for m in actor.net if isinstance(m, torch.nn.Linear)]
+    return ExportedActor(
+        name=c_identifier(path.stem), codec=codec, max_delta_qp=int(bundle.max_delta_qp), inputs=inputs,
+        weights=[m.weight.detach().cpu().numpy().astype(np.float32) for m in linears],
+        biases=[m.bias.detach().cpu().numpy().astype(np.float32) for m in linears],
+        source=str(path), provenance={str(k): str(v) for k, v in provenance.items()},
+    )  # fmt: skip
+
+
+def c_identifier(stem: str) -> str:
+    """A file stem as a C identifier: lower case, [a-z0-9_], not starting with a digit."""
+    name = re.sub(r"[^a-z0-9_]", "_", stem.lower())
+    return name if name and not name[0].isdigit() else f"p_{name}"
+
+
+def qp_for(action: float, base_qp: int, qp_min: int, qp_max: int, qp_scale_max: int, max_delta_qp: int) -> int:
+    """The QP answered for `action`: state.action_to_qp on plain numbers (what the header's _qp computes)."""
+    unit = max(1.0, qp_scale_max / _REFERENCE_QP_SCALE)
+    delta = int(round(float(np.clip(action, -1.0, 1.0)) * max_delta_qp * unit))
+    return int(min(max(base_qp + delta, qp_min), qp_max))
+
+
+def _c_floats(values: np.ndarray) -> str:
+    """float32 values as C literals that read back to the same float32 ('%.9g' round-trips a float)."""
+    return ", ".join(f"{float(v):.9g}f" for v in np.asarray(values, dtype=np.float32).reshape(-1))
+
+
+def c_header(ex: ExportedActor) -> str:
+    """A C99 header computing the action and the QP of `ex` (only <math.h>; link with -lm)."""
+    p, guard = f"rlrc_{ex.name}", f"RLRC_POLICY_{ex.name.upper()}_H"
+    lines = [
+        f"/* rlrc policy '{ex.name}' ({ex.codec or 'codec not recorded'}), exported by policy_export.py from",
+        f" * {ex.source}. {ex.provenance.get('summary', '')}".rstrip(),
+        " * The observation is state.py's build_observation (OBS_DIM floats, state.FEATURE_NAMES order);",
+        f" * {p}_action reads {len(ex.inputs)} of them. Check a port with the exported test vectors. */",
+        f"#ifndef {guard}",
+        f"#define {guard}",
+        "",
+        "#include <math.h>",
+        "",
+        f"#define {p.upper()}_OBS_DIM {OBS_DIM}",
+        f"#define {p.upper()}_MAX_DELTA_QP {ex.max_delta_qp}",
+        "",
+        f"static const int {p}_inputs[{len(ex.inputs)}] = {{{', '.join(map(str, ex.inputs))}}};",
+    ]
+    for i, (w, b) in enumerate(zip(ex.weights, ex.biases, strict=True)):
+        lines.append(f"static const float {p}_w{i}[{w.shape[0]}][{w.shape[1]}] = {{")
+        lines += [f"    {{{_c_floats(row)}}}," for row in w]
+        lines.append("};")
+        lines.append(f"static const float {p}_b{i}[{b.shape[0]}] = {{{_c_floats(b)}}};")
+    width = max(w.shape[0] for w in ex.weights[:-1]) if len(ex.weights) > 1 else 1
+    body = [
+        "",
+        "/* The deterministic action tanh(mean(obs)), in [-1, 1]. */",
+        f"static inline float {p}_action(const float obs[{OBS_DIM}]) {{",
+        f"    float x[{max(len(ex.inputs), width)}], y[{max(len(ex.inputs), width)}];",
+        f"    int n = {len(ex.inputs)};",
+        f"    for (int i = 0; i < n; i++) x[i] = obs[{p}_inputs[i]];",
+    ]
+    for i, w in enumerate(ex.weights):
+        last = i == len(ex.weights) - 1
+        rows = 1 if last else w.shape[0]  # the last layer: its first output, the mean
+        body += [
+            f"    for (int o = 0; o < {rows}; o++) {{",
+            f"        float s = {p}_b{i}[o];",
+            f"        for (int k = 0; k < n; k++) s += {p}_w{i}[o][k] * x[k];",
+            "        y[o] = s;" if last else "        y[o] = s > 0.0f ? s : 0.0f;",
+            "    }",
+        ]
+        if not last:
+            body += [f"    n = {w.shape[0]};", "    for (int k = 0; k < n; k++) x[k] = y[k];"]
+    body += [
+        "    return tanhf(y[0]);",
+        "}",
+        "",
+        "/* The QP to answer: base_qp + round_half_even(action * MAX_DELTA_QP * unit), in [qp_min, qp_max];",
+        " * unit = max(1, qp_scale_max / 63) (1 for AV1 and x264 QPs, ~4 for VP9's q_index). */",
+        f"static inline int {p}_qp(float action, int base_qp, int qp_min, int qp_max, int qp_scale_max) {{",
+        "    double a = action < -1.0f ? -1.0 : action > 1.0f ? 1.0 : (double)action;",
+        "    double unit = qp_scale_max / 63.0 > 1.0 ? qp_scale_max / 63.0 : 1.0;",
+        f"    int qp = base_qp + (int)nearbyint(a * {ex.max_delta_qp} * unit);",
+        "    return qp < qp_min ? qp_min : qp > qp_max ? qp_max : qp;",
+        "}",
+        "",
+        f"#endif /* {guard} */",
+        "",
+    ]
+    return "\n".join(lines + body)
+
+
+def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> list[dict[str, Any]]:
+    """Every mini-GOP of real encodes (built-in encoder, `codec`, VECTOR_CLIP at VECTOR_KBPS) answered by `ex`:
+    the request, the previous feedback and base QP, the observation, the action and the QP."""
+    import encoder_proc
+    import io_runner
+    import protocol
+    from encoder_proc import VideoSpec
+    from inputs import bundled_clip
+
+    class ExportedLearner(io_runner.Learner):  # acts with the exported arrays, learns nothing
+        learning = False
+
+        def choose(self, obs: np.ndarray) -> np.ndarray:
+            return np.array([ex.action(obs)], dtype=np.float32)
+
+    clip = bundled_clip(VECTOR_CLIP)
+    rows: list[dict[str, Any]] = []
+    for kbps in VECTOR_KBPS:
+        args = ["--input", str(clip), "--codec", codec, "--frames", str(frames), "--bitrate", str(kbps)]
+        spec = VideoSpec(f"{clip.stem}@{kbps}", args)
+        rl_dir = work / f"rl_{kbps}"
+        protocol.prepare_rl_dir(rl_dir)
+        rl_args = encoder_proc.rl_args(encoder_proc.DEFAULT_RL_ARGS, rl_dir, "x")
+        command = encoder_proc.encoder_command("") + args + rl_args
+        res = io_runner.run_encode(spec, command, rl_dir, "x", ExportedLearner(), None, ex.max_delta_qp, 0.02, 60.0,
+                                   work / f"{kbps}.log")  # fmt: skip
+        if not res.ok:
+            raise ExportError(f"the test vectors' encode failed: {res.message}")
+        prev = None
+        for step in res.done_steps:
+            first = step.request.mg_in_gop == 0
+            rows.append({
+                "video": spec.name,
+                "request": json.loads(protocol.to_json(step.request)),
+                "prev_feedback": None if first or prev is None else json.loads(protocol.to_json(prev.feedback)),
+                "prev_base_qp": None if first or prev is None else prev.request.base_qp,
+                "observation": [float(v) for v in step.obs],
+                "action": float(step.action[0]),
+                "qp": int(step.qp),
+            })  # fmt: skip
+            prev = step
+    return rows
+
+
+def random_vectors(ex: ExportedActor, n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` observations drawn uniformly in [-2, 2] (the features' scale) with their actions."""
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-2.0, 2.0, size=(n, OBS_DIM)).astype(np.float32)
+    return [{"observation": [float(v) for v in o], "action": ex.action(o)} for o in obs]
+
+
+def export(path_or_name: str, out: Path, codec: str = "", frames: int = 64, n_random: int = 200) -> list[Path]:
+    """Writes NAME.json, NAME.h and NAME_vectors.json into `out`; returns their paths."""
+    ex = exported_actor(path_or_name)
+    codec = codec or ex.codec or "svtav1"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rlrc-export-") as tmp:
+        steps = encode_vectors(ex, codec, frames, Path(tmp))
+    vectors = {
+        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "name": ex.name, "obs_dim": OBS_DIM,
+        "feature_names": list(FEATURE_NAMES), "max_delta_qp": ex.max_delta_qp, "codec": codec,
+        "made": time.strftime("%Y-%m-%d"), "encode": steps, "random": random_vectors(ex, n_random, seed=0),
+    }  # fmt: skip
+    paths = [out / f"{ex.name}.json", out / f"{ex.name}.h", out / f"{ex.name}_vectors.json"]
+    texts = [json.dumps(ex.to_json(), indent=1), c_header(ex), json.dumps(vectors, indent=1)]
+    for p, text in zip(paths, texts, strict=True):
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(p)
+    return paths
+
+
+def load_exported(path: Path) -> ExportedActor:
+    """Reads NAME.json back (what a port in another language would read)."""
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != EXPORT_FORMAT or data.get("version") != EXPORT_VERSION:
+        raise ExportError(f"{path}: not a {EXPORT_FORMAT} file of version {EXPORT_VERSION}")
+    return ExportedActor(
+        name=data["name"], codec=data["codec"], max_delta_qp=int(data["max_delta_qp"]), inputs=list(data["inputs"]),
+        weights=[np.array(layer["weight"], dtype=np.float32) for layer in data["layers"]],
+        biases=[np.array(layer["bias"], dtype=np.float32) for layer in data["layers"]],
+        source=data["source"], provenance=data["provenance"],
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m policy_export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("policy", help="a policy file, a shipped policy's name (python -m policy lists them), a checkpoint")
+    p.add_argument("--out", required=True, help="folder for NAME.json, NAME.h and NAME_vectors.json")
+    p.add_argument("--codec", default="", choices=["", "svtav1", "x264", "vp9"],
+                   help="the test vectors' encoder (default: the policy's codec; svtav1 for a checkpoint)")  # fmt: skip
+    p.add_argument("--frames", type=int, default=64, help="frames of the test vectors' encodes (default 64)")
+    ns = p.parse_args(argv)
+    if ns.frames < 1:
+        print("policy_export: error: --frames must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        paths = export(ns.policy, Path(ns.out), ns.codec, ns.frames)
+    except ExportError as exc:
+        print(f"policy_export: error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,161 @@
+"""policy_export.py: the shipped policies as JSON weights and a C header, checked against the agent's own answers
+on a real encode's requests (built-in encoder) and on random observations; the header compiled with the system's C
+compiler."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import policy
+import policy_export
+import protocol
+from state import OBS_DIM, action_to_qp, build_observation
+
+ROOT = Path(__file__).resolve().parent.parent
+CC = shutil.which("cc") or shutil.which("gcc")
+
+
+@pytest.fixture(scope="module", params=policy.shipped_names())
+def exported(request, tmp_path_factory):
+    """(name, folder): the shipped policy `name` exported with 40-frame encodes for its vectors."""
+    out = tmp_path_factory.mktemp(f"export_{request.param}")
+    paths = policy_export.export(request.param, out, frames=40, n_random=100)
+    assert [p.name for p in paths] == [f"{request.param}.json", f"{request.param}.h", f"{request.param}_vectors.json"]
+    return request.param, out
+
+
+def _vectors(name: str, out: Path) -> dict:
+    return json.loads((out / f"{name}_vectors.json").read_text())
+
+
+def test_json_weights_answer_as_the_policy(exported):
+    name, out = exported
+    ex = policy_export.load_exported(out / f"{name}.json")
+    pol = policy.load(policy.shipped_policy(name))
+    vec = _vectors(name, out)
+    assert len(vec["encode"]) >= 8 and len(vec["random"]) == 100
+    for row in vec["encode"] + vec["random"]:
+        obs = np.array(row["observation"], dtype=np.float32)
+        assert abs(ex.action(obs) - float(pol.act(obs)[0])) < 1e-5
+        assert abs(ex.action(obs) - row["action"]) < 1e-6
+    # the shipped policies answer something other than 0 somewhere: the check is not on a constant
+    assert len({round(r["action"], 3) for r in vec["random"]}) > 10
+
+
+def test_vectors_rebuild_from_their_messages(exported, tmp_path):
+    """What a port of state.py checks itself against: observation and QP from the request and feedback as written."""
+    name, out = exported
+    vec = _vectors(name, out)
+    firsts = 0
+    for row in vec["encode"]:
+        req = protocol.parse_request(json.dumps(row["request"]), tmp_path / "rq.json")
+        fb = row["prev_feedback"]
+        prev = None if fb is None else protocol.parse_feedback(json.dumps(fb), tmp_path / "fb.json")
+        firsts += prev is None
+        obs = build_observation(req, prev, row["prev_base_qp"])
+        np.testing.assert_allclose(obs, np.array(row["observation"], dtype=np.float32), atol=1e-6)
+        assert row["qp"] == action_to_qp(row["action"], req, vec["max_delta_qp"])
+        assert row["qp"] == policy_export.qp_for(row["action"], req.base_qp, req.qp_min, req.qp_max,
+                                                  req.qp_scale_max, vec["max_delta_qp"])  # fmt: skip
+    assert 0 < firsts < len(vec["encode"])  # GOP starts and mini-GOPs with a previous feedback both checked
+
+
+DRIVER = r"""
+#include <stdio.h>
+#include "POLICY.h"
+int main(void) {
+    float obs[OBS_DIM];
+    int base, lo, hi, scale;
+    for (;;) {
+        for (int i = 0; i < OBS_DIM; i++)
+            if (scanf("%f", &obs[i]) != 1) return 0;
+        if (scanf("%d %d %d %d", &base, &lo, &hi, &scale) != 4) return 1;
+        float a = rlrc_POLICY_action(obs);
+        printf("%.9g %d\n", a, rlrc_POLICY_qp(a, base, lo, hi, scale));
+    }
+}
+"""
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on this machine")
+def test_c_header_gives_the_agents_answers(exported, tmp_path):
+    name, out = exported
+    vec = _vectors(name, out)
+    source = tmp_path / "driver.c"
+    source.write_text(DRIVER.replace("POLICY", name).replace("OBS_DIM", f"RLRC_{name.upper()}_OBS_DIM"))
+    exe = tmp_path / "driver"
+    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{out}", str(source), "-o", str(exe),
+                    "-lm"], check=True, capture_output=True, text=True)  # fmt: skip
+    rows = vec["encode"] + [dict(r, request={"base_qp": 30, "qp_min": 0, "qp_max": 63, "qp_scale_max": 63})
+                            for r in vec["random"]]  # fmt: skip
+    lines = []
+    for row in rows:
+        rq = row["request"]
+        lines.append(" ".join(f"{v:.9g}" for v in row["observation"]) +
+                     f" {rq['base_qp']} {rq['qp_min']} {rq['qp_max']} {rq['qp_scale_max']}")  # fmt: skip
+    done = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
+    answers = [line.split() for line in done.stdout.splitlines()]
+    assert len(answers) == len(rows)
+    for row, (action, qp) in zip(rows, answers, strict=True):
+        assert abs(float(action) - row["action"]) < 1e-5
+        rq = row["request"]
+        want = row.get("qp", policy_export.qp_for(row["action"], rq["base_qp"], rq["qp_min"], rq["qp_max"],
+                                                   rq["qp_scale_max"], vec["max_delta_qp"]))  # fmt: skip
+        assert int(qp) == want
+    assert len(rows) == len(vec["encode"]) + 100 and len(vec["feature_names"]) == OBS_DIM
+
+
+def test_qp_rounds_half_to_even_as_the_agent_does():
+    # action * 4 = 2.5 and -2.5: Python's round (and C's nearbyint) give 2 and -2, not 3 and -3
+    assert policy_export.qp_for(0.625, 30, 0, 63, 63, 4) == 32
+    assert policy_export.qp_for(-0.625, 30, 0, 63, 63, 4) == 28
+    assert policy_export.qp_for(0.875, 30, 0, 63, 63, 4) == 34  # 3.5 -> 4
+    assert policy_export.qp_for(1.0, 62, 0, 63, 63, 4) == 63  # clamped to qp_max
+    assert policy_export.qp_for(0.5, 100, 0, 255, 255, 4) == 108  # VP9: unit 255/63, 8.10 -> 8
+
+
+def test_unknown_policy_is_a_clear_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "policy_export", "no-such-policy", "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2
+    assert "no-such-policy: no such file, nor a shipped policy" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_file_that_is_not_a_policy_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    done = subprocess.run([sys.executable, "-m", "policy_export", str(bad), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and str(bad) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_training_checkpoint_exports_its_actor_on_every_feature(tmp_path):
+    import evaluate
+    import learners
+    import main
+    from config import Config
+    from replay import ReplayBuffer
+    from sac_agent import SACAgent
+
+    cfg = Config(ckpt_dir=str(tmp_path))
+    agent = SACAgent(OBS_DIM, learners.ACT_DIM, cfg.sac, "cpu", seed=3)
+    path = tmp_path / "checkpoint_epoch_1.pt"
+    main.save_checkpoint(cfg, path, agent, ReplayBuffer(8, OBS_DIM, learners.ACT_DIM), learners.Counters(), 1, "")
+    out = tmp_path / "export"
+    policy_export.export(str(path), out, codec="x264", frames=16, n_random=20)
+    ex = policy_export.load_exported(out / "checkpoint_epoch_1.json")
+    assert ex.inputs == list(range(OBS_DIM)) and ex.max_delta_qp == cfg.sac.max_delta_qp
+    learner = evaluate.load_agent(path).learner
+    vec = _vectors("checkpoint_epoch_1", out)
+    assert vec["codec"] == "x264"
+    for row in vec["encode"] + vec["random"]:
+        obs = np.array(row["observation"], dtype=np.float32)
+        assert abs(ex.action(obs) - float(learner.choose(obs)[0])) < 1e-5
