@@ -14,7 +14,7 @@ inside its encoder needs three things, written to OUT as NAME.json, NAME.h and N
   action is a = tanh(mean), in [-1, 1].
 - **The QP**: `unit = max(1, qp_scale_max / 63)`, `delta = round_half_even(a * max_delta_qp * unit)`
   in double precision (Python's round, C's rint/nearbyint in the default rounding mode),
-  `qp = clamp(base_qp + delta, qp_min, qp_max)` with the request's fields (state.action_to_qp).
+  `qp = clamp(base_qp + delta, qp_min, qp_max)` with the request's fields (state.qp_answer).
 - **A C99 header**, `NAME.h`: the same two functions with the weights inlined, no dependency but
   <math.h>: `rlrc_NAME_action(const float obs[OBS_DIM])` and `rlrc_NAME_qp(action, base_qp, qp_min,
   qp_max, qp_scale_max)`.
@@ -48,7 +48,6 @@ from state import FEATURE_NAMES, OBS_DIM
 
 EXPORT_FORMAT = "rlrc-policy-export"
 EXPORT_VERSION = 1
-_REFERENCE_QP_SCALE = 63.0  # as state.qp_unit
 # The vectors' encode: a bundled clip and two targets (kbit/s) per codec, short enough for a test.
 VECTOR_CLIP = "carphone_pristine.mp4"
 VECTOR_KBPS = (100, 300)
@@ -128,13 +127,6 @@ def c_identifier(stem: str) -> str:
     """A file stem as a C identifier: lower case, [a-z0-9_], not starting with a digit."""
     name = re.sub(r"[^a-z0-9_]", "_", stem.lower())
     return name if name and not name[0].isdigit() else f"p_{name}"
-
-
-def qp_for(action: float, base_qp: int, qp_min: int, qp_max: int, qp_scale_max: int, max_delta_qp: int) -> int:
-    """The QP answered for `action`: state.action_to_qp on plain numbers (what the header's _qp computes)."""
-    unit = max(1.0, qp_scale_max / _REFERENCE_QP_SCALE)
-    delta = int(round(float(np.clip(action, -1.0, 1.0)) * max_delta_qp * unit))
-    return int(min(max(base_qp + delta, qp_min), qp_max))
 
 
 def _c_floats(values: np.ndarray) -> str:
@@ -314,4 +306,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

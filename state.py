@@ -188,6 +188,16 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
 
 
 def action_to_qp(action: float, req: Request, max_delta_qp: int) -> int:
-    """Maps an action in [-1, 1] to the QP answered: base + round(action * max_delta_qp * qp_unit), in range."""
-    delta = int(round(float(np.clip(action, -1.0, 1.0)) * max_delta_qp * qp_unit(req)))
-    return int(min(max(req.base_qp + delta, req.qp_min), req.qp_max))
+    """Maps an action in [-1, 1] to the QP answered to `req` (qp_answer on its fields)."""
+    return qp_answer(action, req.base_qp, req.qp_min, req.qp_max, req.qp_scale_max, max_delta_qp)
+
+
+def qp_answer(action: float, base_qp: int, qp_min: int, qp_max: int, qp_scale_max: int, max_delta_qp: int) -> int:
+    """qp = clamp(base_qp + round(a * max_delta_qp * unit), qp_min, qp_max), a = clip(action, -1, 1).
+
+    unit = max(1, qp_scale_max / 63) (qp_unit); round is Python's, half to even, in double precision
+    (C's nearbyint/rint in the default rounding mode: policy_export's header).
+    """
+    unit = max(1.0, qp_scale_max / _REFERENCE_QP_SCALE)
+    delta = int(round(float(np.clip(action, -1.0, 1.0)) * max_delta_qp * unit))
+    return int(min(max(base_qp + delta, qp_min), qp_max))

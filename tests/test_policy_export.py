@@ -16,7 +16,7 @@ import pytest
 import policy
 import policy_export
 import protocol
-from state import OBS_DIM, action_to_qp, build_observation
+from state import OBS_DIM, action_to_qp, build_observation, qp_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 CC = shutil.which("cc") or shutil.which("gcc")
@@ -62,7 +62,7 @@ def test_vectors_rebuild_from_their_messages(exported, tmp_path):
         obs = build_observation(req, prev, row["prev_base_qp"])
         np.testing.assert_allclose(obs, np.array(row["observation"], dtype=np.float32), atol=1e-6)
         assert row["qp"] == action_to_qp(row["action"], req, vec["max_delta_qp"])
-        assert row["qp"] == policy_export.qp_for(row["action"], req.base_qp, req.qp_min, req.qp_max,
+        assert row["qp"] == qp_answer(row["action"], req.base_qp, req.qp_min, req.qp_max,
                                                   req.qp_scale_max, vec["max_delta_qp"])  # fmt: skip
     assert 0 < firsts < len(vec["encode"])  # GOP starts and mini-GOPs with a previous feedback both checked
 
@@ -106,19 +106,19 @@ def test_c_header_gives_the_agents_answers(exported, tmp_path):
     for row, (action, qp) in zip(rows, answers, strict=True):
         assert abs(float(action) - row["action"]) < 1e-5
         rq = row["request"]
-        want = row.get("qp", policy_export.qp_for(row["action"], rq["base_qp"], rq["qp_min"], rq["qp_max"],
+        want = row.get("qp", qp_answer(row["action"], rq["base_qp"], rq["qp_min"], rq["qp_max"],
                                                    rq["qp_scale_max"], vec["max_delta_qp"]))  # fmt: skip
         assert int(qp) == want
     assert len(rows) == len(vec["encode"]) + 100 and len(vec["feature_names"]) == OBS_DIM
 
 
-def test_qp_rounds_half_to_even_as_the_agent_does():
+def test_qp_rounds_half_to_even_as_the_header_does():
     # action * 4 = 2.5 and -2.5: Python's round (and C's nearbyint) give 2 and -2, not 3 and -3
-    assert policy_export.qp_for(0.625, 30, 0, 63, 63, 4) == 32
-    assert policy_export.qp_for(-0.625, 30, 0, 63, 63, 4) == 28
-    assert policy_export.qp_for(0.875, 30, 0, 63, 63, 4) == 34  # 3.5 -> 4
-    assert policy_export.qp_for(1.0, 62, 0, 63, 63, 4) == 63  # clamped to qp_max
-    assert policy_export.qp_for(0.5, 100, 0, 255, 255, 4) == 108  # VP9: unit 255/63, 8.10 -> 8
+    assert qp_answer(0.625, 30, 0, 63, 63, 4) == 32
+    assert qp_answer(-0.625, 30, 0, 63, 63, 4) == 28
+    assert qp_answer(0.875, 30, 0, 63, 63, 4) == 34  # 3.5 -> 4
+    assert qp_answer(1.0, 62, 0, 63, 63, 4) == 63  # clamped to qp_max
+    assert qp_answer(0.5, 100, 0, 255, 255, 4) == 108  # VP9: unit 255/63, 8.10 -> 8
 
 
 def test_unknown_policy_is_a_clear_error(tmp_path):
