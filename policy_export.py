@@ -4,7 +4,7 @@
     python -m policy_export checkpoints/checkpoint_epoch_20.pt --out export/ --codec svtav1
 
 The agent answers over the file protocol (PROTOCOL.md); an encoder team that wants the decision
-inside its encoder needs three things, written to OUT as NAME.json, NAME.h and NAME_vectors.json:
+inside its encoder needs these, written to OUT as NAME.json, NAME.h, rlrc_state.h and NAME_vectors.json:
 
 - **The network**, `NAME.json`: the deterministic actor as lists of float32 weights. The
   observation is state.build_observation's OBS_DIM features (state.FEATURE_NAMES, formulas in
@@ -18,15 +18,18 @@ inside its encoder needs three things, written to OUT as NAME.json, NAME.h and N
 - **A C99 header**, `NAME.h`: the same two functions with the weights inlined, no dependency but
   <math.h>: `rlrc_NAME_action(const float obs[OBS_DIM])` and `rlrc_NAME_qp(action, base_qp, qp_min,
   qp_max, qp_scale_max)`.
-- **Test vectors**, `NAME_vectors.json`: every mini-GOP of a real encode with the built-in encoder
-  (the policy's codec, a bundled clip, two rates): the request as the encoder wrote it, the
-  previous mini-GOP's feedback and base QP (what the state reads), the observation, the action and
-  the QP the agent answered; plus random observations with their actions, which reach the corners
-  of the network a short encode does not. A port of state.py and of the network is right when it
-  gives these observations (within 1e-5), actions (within 1e-5) and QPs.
+- **The observation in C**, `rlrc_state.h` (a copy of c/rlrc_state.h): `rlrc_observation(&request,
+  &previous, obs)`, state.build_observation from the request's fields and the previous mini-GOP's.
+- **Test vectors**, `NAME_vectors.json`: every mini-GOP of two real encodes with the built-in encoder
+  (the policy's codec, a bundled clip, two rates, mini-GOPs of 8 and of 4 frames): the request as the
+  encoder wrote it, the previous mini-GOP's feedback and base QP (what the state reads), the
+  observation, the action and the QP the agent answered; plus random observations with their
+  actions, which reach the corners of the network a short encode does not. A port of state.py and
+  of the network is right when it gives these observations (within 1e-5), actions (within 1e-5) and
+  QPs; c/rlrc_state.h and NAME.h give them within 1e-6 and 1e-5.
 
-tests/test_policy_export.py compiles the header with the system's C compiler and checks it on the
-vectors against the agent's own answers.
+tests/test_policy_export.py compiles both headers with the system's C compiler and checks them on the
+vectors against the agent's own observations and answers.
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ import torch
 
 from state import FEATURE_NAMES, OBS_DIM
 
+STATE_HEADER = Path(__file__).resolve().parent / "c" / "rlrc_state.h"  # state.build_observation in C
 EXPORT_FORMAT = "rlrc-policy-export"
 EXPORT_VERSION = 1
-# The vectors' encode: a bundled clip and two targets (kbit/s) per codec, short enough for a test.
+# The vectors' encodes: a bundled clip at two targets (kbit/s), short enough for a test; the second with
+# 4-frame mini-GOPs, so that a GOP reaches past the requests' lookahead (7 mini-GOPs), which gop_reuse
+# then extrapolates.
 VECTOR_CLIP = "carphone_pristine.mp4"
-VECTOR_KBPS = (100, 300)
+VECTOR_RUNS: tuple[tuple[int, tuple[str, ...]], ...] = ((100, ()), (300, ("--mini-gop", "4")))
 
 
 class ExportError(ValueError):
@@ -198,7 +204,7 @@ def c_header(ex: ExportedActor) -> str:
 
 
 def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> list[dict[str, Any]]:
-    """Every mini-GOP of real encodes (built-in encoder, `codec`, VECTOR_CLIP at VECTOR_KBPS) answered by `ex`:
+    """Every mini-GOP of real encodes (built-in encoder, `codec`, VECTOR_CLIP, VECTOR_RUNS) answered by `ex`:
     the request, the previous feedback and base QP, the observation, the action and the QP."""
     import encoder_proc
     import io_runner
@@ -214,8 +220,8 @@ def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> li
 
     clip = bundled_clip(VECTOR_CLIP)
     rows: list[dict[str, Any]] = []
-    for kbps in VECTOR_KBPS:
-        args = ["--input", str(clip), "--codec", codec, "--frames", str(frames), "--bitrate", str(kbps)]
+    for kbps, extra in VECTOR_RUNS:
+        args = ["--input", str(clip), "--codec", codec, "--frames", str(frames), "--bitrate", str(kbps), *extra]
         spec = VideoSpec(f"{clip.stem}@{kbps}", args)
         rl_dir = work / f"rl_{kbps}"
         protocol.prepare_rl_dir(rl_dir)
@@ -249,7 +255,7 @@ def random_vectors(ex: ExportedActor, n: int, seed: int) -> list[dict[str, Any]]
 
 
 def export(path_or_name: str, out: Path, codec: str = "", frames: int = 64, n_random: int = 200) -> list[Path]:
-    """Writes NAME.json, NAME.h and NAME_vectors.json into `out`; returns their paths."""
+    """Writes NAME.json, NAME.h, rlrc_state.h and NAME_vectors.json into `out`; returns their paths."""
     ex = exported_actor(path_or_name)
     codec = codec or ex.codec or "svtav1"
     out.mkdir(parents=True, exist_ok=True)
@@ -260,8 +266,8 @@ def export(path_or_name: str, out: Path, codec: str = "", frames: int = 64, n_ra
         "feature_names": list(FEATURE_NAMES), "max_delta_qp": ex.max_delta_qp, "codec": codec,
         "made": time.strftime("%Y-%m-%d"), "encode": steps, "random": random_vectors(ex, n_random, seed=0),
     }  # fmt: skip
-    paths = [out / f"{ex.name}.json", out / f"{ex.name}.h", out / f"{ex.name}_vectors.json"]
-    texts = [json.dumps(ex.to_json(), indent=1), c_header(ex), json.dumps(vectors, indent=1)]
+    paths = [out / f"{ex.name}.json", out / f"{ex.name}.h", out / STATE_HEADER.name, out / f"{ex.name}_vectors.json"]
+    texts = [json.dumps(ex.to_json(), indent=1), c_header(ex), STATE_HEADER.read_text(), json.dumps(vectors, indent=1)]
     for p, text in zip(paths, texts, strict=True):
         tmp = p.with_name(f".{p.name}.tmp")
         tmp.write_text(text)
@@ -282,11 +288,82 @@ def load_exported(path: Path) -> ExportedActor:
     )  # fmt: skip
 
 
+# A C program for checking both headers: it reads requests (driver_line), prints each one's observation
+# (rlrc_state.h), action and QP (the policy header POLICY.h); tests/test_policy_export.py and
+# bench/export_check.py compile it.
+C_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "rlrc_state.h"
+#include "POLICY.h"
+
+static double *read_list(int n) {
+    double *v = malloc(sizeof(double) * (n > 0 ? n : 1));
+    for (int i = 0; i < n; i++)
+        if (scanf("%lf", &v[i]) != 1) exit(3);
+    return v;
+}
+
+/* One request a line (policy_export.driver_line), then: the observation, the action and the QP. */
+int main(void) {
+    rlrc_request rq;
+    rlrc_previous prev;
+    while (scanf("%d %d %d %d %d %d %d %d %d %d %d %d %d %lf %lf %lf %lf %lf %lf %lf", &rq.mg_in_gop,
+                 &rq.mgs_in_gop, &rq.gop_frames, &rq.first_frame, &rq.frame_count, &rq.total_frames, &rq.first_is_key,
+                 &rq.base_qp, &rq.qp_min, &rq.qp_max, &rq.qp_scale_max, &rq.width, &rq.height, &rq.fps,
+                 &rq.target_kbps, &rq.fp_bpp, &rq.gop_bits_spent, &rq.gop_bits_budget, &rq.total_bits_spent,
+                 &rq.total_bits_budget) == 20) {
+        if (scanf("%d", &rq.n_lookahead) != 1) return 1;
+        rq.lookahead_fp_bpp = read_list(rq.n_lookahead);
+        if (scanf("%d", &rq.n_first_pass) != 1) return 1;
+        rq.intra_cost = read_list(rq.n_first_pass);
+        rq.inter_cost = read_list(rq.n_first_pass);
+        rq.sr_inter_cost = read_list(rq.n_first_pass);
+        rq.mv_mean = read_list(rq.n_first_pass);
+        rq.noise_sigma = read_list(rq.n_first_pass);
+        if (scanf("%d", &rq.n_propagation) != 1) return 1;
+        rq.propagation = rq.n_propagation > 0 ? read_list(rq.n_propagation) : NULL;
+        if (scanf("%d %lf %lf %d %d", &prev.present, &prev.bits, &prev.psnr_y, &prev.qp_used, &prev.base_qp) != 5)
+            return 1;
+        float obs[RLRC_OBS_DIM];
+        rlrc_observation(&rq, &prev, obs);
+        for (int i = 0; i < RLRC_OBS_DIM; i++) printf("%.9g ", obs[i]);
+        float a = rlrc_POLICY_action(obs);
+        printf("%.9g %d\n", a, rlrc_POLICY_qp(a, rq.base_qp, rq.qp_min, rq.qp_max, rq.qp_scale_max));
+    }
+    return 0;
+}
+"""
+
+
+def driver_line(row: dict) -> str:
+    """A vector's request and previous mini-GOP as C_DRIVER reads them: numbers, each list after its length."""
+    rq, fb = row["request"], row["prev_feedback"]
+    fp = rq.get("first_pass")
+    ints = [rq["mg_in_gop"], rq["mgs_in_gop"], rq["gop_frames"], rq["first_frame"], rq["frame_count"],
+            rq["total_frames"], int(rq["frame_types"][0] == "KEY"), rq["base_qp"], rq["qp_min"], rq["qp_max"],
+            rq.get("qp_scale_max", 63), rq["width"], rq["height"]]  # fmt: skip
+    doubles = [rq["fps"], rq["target_kbps"], rq["fp_bpp"], rq["gop_bits_spent"], rq["gop_bits_budget"],
+               rq["total_bits_spent"], rq["total_bits_budget"]]  # fmt: skip
+    parts = [*map(str, ints), *map(repr, map(float, doubles))]
+    look = rq.get("lookahead_fp_bpp", [])
+    parts += [str(len(look)), *map(repr, look)]
+    lists = ["intra_cost", "inter_cost", "sr_inter_cost", "mv_mean", "noise_sigma"]
+    parts += [str(len(fp["intra_cost"]) if fp else 0), *(repr(float(v)) for k in lists for v in (fp or {}).get(k, []))]
+    prop = (fp or {}).get("propagation") or []
+    parts += [str(len(prop)), *(repr(float(v)) for v in prop)]
+    if fb is None:
+        parts += ["0", "0", "0", "0", "0"]
+    else:
+        parts += ["1", repr(float(fb["bits"])), repr(float(fb["psnr_y"])), str(fb["qp_used"]), str(row["prev_base_qp"])]
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m policy_export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("policy", help="a policy file, a shipped policy's name (python -m policy lists them), a checkpoint")
-    p.add_argument("--out", required=True, help="folder for NAME.json, NAME.h and NAME_vectors.json")
+    p.add_argument("--out", required=True, help="folder for NAME.json, NAME.h, rlrc_state.h and NAME_vectors.json")
     p.add_argument("--codec", default="", choices=["", "svtav1", "x264", "vp9"],
                    help="the test vectors' encoder (default: the policy's codec; svtav1 for a checkpoint)")  # fmt: skip
     p.add_argument("--frames", type=int, default=64, help="frames of the test vectors' encodes (default 64)")

@@ -27,7 +27,8 @@ def exported(request, tmp_path_factory):
     """(name, folder): the shipped policy `name` exported with 40-frame encodes for its vectors."""
     out = tmp_path_factory.mktemp(f"export_{request.param}")
     paths = policy_export.export(request.param, out, frames=40, n_random=100)
-    assert [p.name for p in paths] == [f"{request.param}.json", f"{request.param}.h", f"{request.param}_vectors.json"]
+    names = [f"{request.param}.json", f"{request.param}.h", "rlrc_state.h", f"{request.param}_vectors.json"]
+    assert [p.name for p in paths] == names
     return request.param, out
 
 
@@ -67,49 +68,52 @@ def test_vectors_rebuild_from_their_messages(exported, tmp_path):
     assert 0 < firsts < len(vec["encode"])  # GOP starts and mini-GOPs with a previous feedback both checked
 
 
-DRIVER = r"""
-#include <stdio.h>
-#include "POLICY.h"
-int main(void) {
-    float obs[OBS_DIM];
-    int base, lo, hi, scale;
-    for (;;) {
-        for (int i = 0; i < OBS_DIM; i++)
-            if (scanf("%f", &obs[i]) != 1) return 0;
-        if (scanf("%d %d %d %d", &base, &lo, &hi, &scale) != 4) return 1;
-        float a = rlrc_POLICY_action(obs);
-        printf("%.9g %d\n", a, rlrc_POLICY_qp(a, base, lo, hi, scale));
-    }
-}
-"""
-
-
 @pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on this machine")
-def test_c_header_gives_the_agents_answers(exported, tmp_path):
+def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
+    """The whole decision in C: rlrc_state.h's observation from the request, the policy header's action and QP."""
     name, out = exported
     vec = _vectors(name, out)
     source = tmp_path / "driver.c"
-    source.write_text(DRIVER.replace("POLICY", name).replace("OBS_DIM", f"RLRC_{name.upper()}_OBS_DIM"))
+    source.write_text(policy_export.C_DRIVER.replace("POLICY", name))
     exe = tmp_path / "driver"
     subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{out}", str(source), "-o", str(exe),
                     "-lm"], check=True, capture_output=True, text=True)  # fmt: skip
-    rows = vec["encode"] + [dict(r, request={"base_qp": 30, "qp_min": 0, "qp_max": 63, "qp_scale_max": 63})
-                            for r in vec["random"]]  # fmt: skip
-    lines = []
-    for row in rows:
-        rq = row["request"]
-        lines.append(" ".join(f"{v:.9g}" for v in row["observation"]) +
-                     f" {rq['base_qp']} {rq['qp_min']} {rq['qp_max']} {rq['qp_scale_max']}")  # fmt: skip
-    done = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
+    rows = vec["encode"]
+    assert all("first_pass" in r["request"] for r in rows)  # the fp_* features too (propagation: x264, SVT-AV1)
+    # gop_reuse past the lookahead: a GOP longer than the request's first_pass lists
+    assert any(len(r["request"]["first_pass"]["intra_cost"]) < r["request"]["gop_frames"] - r["request"]["mg_in_gop"]
+               * r["request"]["frame_count"] for r in rows)  # fmt: skip
+    assert any(r["request"]["first_pass"].get("propagation") for r in rows) or name == "vp9"
+    lines = "\n".join(map(policy_export.driver_line, rows)) + "\n"
+    done = subprocess.run([str(exe)], input=lines, capture_output=True, text=True, check=True)
     answers = [line.split() for line in done.stdout.splitlines()]
     assert len(answers) == len(rows)
-    for row, (action, qp) in zip(rows, answers, strict=True):
-        assert abs(float(action) - row["action"]) < 1e-5
-        rq = row["request"]
-        want = row.get("qp", qp_answer(row["action"], rq["base_qp"], rq["qp_min"], rq["qp_max"],
-                                                   rq["qp_scale_max"], vec["max_delta_qp"]))  # fmt: skip
-        assert int(qp) == want
-    assert len(rows) == len(vec["encode"]) + 100 and len(vec["feature_names"]) == OBS_DIM
+    for row, got in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(np.array(got[:OBS_DIM], dtype=np.float32), row["observation"], atol=1e-6)
+        assert abs(float(got[OBS_DIM]) - row["action"]) < 1e-5
+        assert int(got[OBS_DIM + 1]) == row["qp"]
+
+
+def test_random_observations_give_the_same_actions_in_c(exported, tmp_path):
+    """The network alone on observations a short encode does not reach (random in [-2, 2])."""
+    name, out = exported
+    if CC is None:
+        pytest.skip("no C compiler (cc or gcc) on this machine")
+    vec = _vectors(name, out)
+    source = tmp_path / "net.c"
+    source.write_text(
+        '#include <stdio.h>\n#include "NAME.h"\nint main(void) {\n    float obs[RLRC_NAME_OBS_DIM];\n    for (;;) {\n'
+        '        for (int i = 0; i < RLRC_NAME_OBS_DIM; i++)\n            if (scanf("%f", &obs[i]) != 1) return 0;\n'
+        '        printf("%.9g\\n", rlrc_NAME_action(obs));\n    }\n}\n'.replace("RLRC_NAME", f"RLRC_{name.upper()}")
+        .replace("rlrc_NAME", f"rlrc_{name}").replace("NAME.h", f"{name}.h")
+    )  # fmt: skip
+    exe = tmp_path / "net"
+    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{out}", str(source), "-o", str(exe),
+                    "-lm"], check=True, capture_output=True, text=True)  # fmt: skip
+    text = "\n".join(" ".join(f"{v:.9g}" for v in r["observation"]) for r in vec["random"]) + "\n"
+    got = [float(x) for x in subprocess.run([str(exe)], input=text, capture_output=True, text=True).stdout.split()]
+    assert len(got) == len(vec["random"]) == 100
+    assert max(abs(g - r["action"]) for g, r in zip(got, vec["random"], strict=True)) < 1e-5
 
 
 def test_qp_rounds_half_to_even_as_the_header_does():
