@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         paths = export(ns.policy, Path(ns.out), ns.codec, ns.frames)
-    except ExportError as exc:
+    except (ExportError, ValueError, OSError) as exc:  # ValueError: encoder_proc.VideoSpecError (no bundled clip)
         print(f"policy_export: error: {exc}", file=sys.stderr)
         return 2
     for path in paths:

@@ -163,3 +163,11 @@ def test_a_training_checkpoint_exports_its_actor_on_every_feature(tmp_path):
     for row in vec["encode"] + vec["random"]:
         obs = np.array(row["observation"], dtype=np.float32)
         assert abs(ex.action(obs) - float(learner.choose(obs)[0])) < 1e-5
+
+
+def test_an_output_folder_that_is_a_file_is_a_clear_error(tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("")
+    done = subprocess.run([sys.executable, "-m", "policy_export", "x264", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and str(out) in done.stderr and "Traceback" not in done.stderr
