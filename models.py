@@ -125,6 +125,15 @@ class NumpyActor:
                        for m in linears]  # fmt: skip
         self.act_dim = actor.act_dim
 
+    @classmethod
+    def from_arrays(cls, weights: list[np.ndarray], biases: list[np.ndarray], act_dim: int = 1) -> NumpyActor:
+        """The same from plain arrays: per layer an (out, in) weight and an (out,) bias (policy_export's JSON)."""
+        self = cls.__new__(cls)
+        self.layers = [(np.asarray(w, dtype=np.float32).T.copy(), np.asarray(b, dtype=np.float32).copy())
+                       for w, b in zip(weights, biases, strict=True)]  # fmt: skip
+        self.act_dim = act_dim
+        return self
+
     def mean_log_std(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """obs (obs_dim,) -> (mean, log_std), each (act_dim,), pre-tanh, log_std clamped as in Actor."""
         h = np.asarray(obs, dtype=np.float32).reshape(-1)

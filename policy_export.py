@@ -40,13 +40,14 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from models import NumpyActor
 from state import FEATURE_NAMES, OBS_DIM
 
 STATE_HEADER = Path(__file__).resolve().parent / "c" / "rlrc_state.h"  # state.build_observation in C
@@ -75,15 +76,13 @@ class ExportedActor:
     biases: list[np.ndarray]  # per layer (out,), float32
     source: str  # the file it came from
     provenance: dict[str, str]
+    _net: NumpyActor | None = field(default=None, init=False, repr=False, compare=False)
 
     def action(self, obs: np.ndarray) -> float:
-        """tanh(mean) for one observation (OBS_DIM,), computed layer by layer in float32."""
-        h = np.asarray(obs, dtype=np.float32)[self.inputs]
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = (w @ h + b).astype(np.float32)
-            if i < len(self.weights) - 1:
-                h = np.maximum(h, np.float32(0.0))
-        return float(np.tanh(h[0]))
+        """tanh(mean) for one observation (OBS_DIM,): these arrays through models.NumpyActor, in float32."""
+        if self._net is None:
+            self._net = NumpyActor.from_arrays(self.weights, self.biases)
+        return float(self._net.deterministic(np.asarray(obs, dtype=np.float32)[self.inputs])[0])
 
     def to_json(self) -> dict[str, Any]:
         return {
