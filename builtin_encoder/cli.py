@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="temporal-layer QP offsets times this, a deeper (> 1) or flatter (< 1) hierarchy; the key "
                         "frame's offset is kept (svtav1; x264 and vp9 have one layer; default 1: the codec's own)")
     g.add_argument("--threads", type=int, default=0,
-                   help="codec threads (default 0 = SVT-AV1's choice; x264: 1, since with sliced threads its "
-                        "PSNR is not the decoded picture's)")  # fmt: skip
+                   help="codec threads (default 0 = SVT-AV1's choice; x264: 1, since its slices, one per "
+                        "thread, change the bitstream; with more, each frame is decoded to measure it)")  # fmt: skip
 
     g = p.add_argument_group("rate control")
     g.add_argument("--rc-mode", type=int, choices=(0, 1, 2, 3), default=1, help="see below (default 1)")

@@ -41,7 +41,7 @@ import av
 import numpy as np
 
 from builtin_encoder import metrics
-from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame
+from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame, decoded_plane
 
 logger = logging.getLogger(__name__)
 
@@ -335,10 +335,14 @@ class X264Codec:
     Keywords for baselines and measurements only: `crf` (x264's CRF at that value) or
     `bitrate_kbps` (x264's one-pass ABR at that target, kbit/s) make x264 choose every frame's QP
     (`i_qpplus1 = 0`); the `qps` passed to `encode` are then ignored and FrameStats.qp is the QP
-    x264 chose. Forced IDR frames at GOP starts are kept in every mode. In these modes the
-    SSE of each plane is measured on the output of PyAV's H.264 decoder: x264's own PSNR is then
-    not that of the decoded picture (measured on carphone: 0.02-0.36 dB too low), while with
-    forced QPs it is exact (and is used as is). SSIM-Y stays x264's own in every mode.
+    x264 chose. Forced IDR frames at GOP starts are kept in every mode.
+
+    Distortion: with one thread x264's own PSNR and SSIM are those of the decoded picture (equal
+    to `metrics.sse` and `metrics.x264_ssim` on PyAV's H.264 decoder output) and are used as they
+    are. With sliced threads (`cfg.threads` other than 1) x264 measures each slice's rows before
+    the slice edges are deblocked (0.02-0.44 dB too low on carphone), so every frame is then
+    decoded and measured here: SSE exactly, SSIM-Y by `metrics.x264_ssim`, x264's own definition.
+    The codec rate-control modes are measured on the decoder's output too.
     """
 
     name = "x264"
@@ -367,6 +371,8 @@ class X264Codec:
             raise ValueError(f"x264: bad keyint/fps/threads: {cfg.keyint}/{cfg.fps}/{cfg.threads}")
         self.cfg = cfg
         self.out_path = Path(out_path)
+        # Distortion from the decoded picture, not x264's own measurement (see the class doc).
+        self._measures_decoded = cfg.measure > Measure.NONE and (self.codec_rc or cfg.threads != 1)
         self._lib = load_libx264()
         self._encoder: int | None = None
         self._frames_in = 0  # frames sent so far = display index of the next frame
@@ -387,7 +393,7 @@ class X264Codec:
         self._nals = ctypes.POINTER(_Nal)()
         self._n_nals = ctypes.c_int(0)
         self._decoder: av.CodecContext | None = None
-        if self.codec_rc and cfg.measure > Measure.NONE:
+        if self._measures_decoded:
             # P-only, no reordering: one packet in, its picture out.
             self._decoder = av.CodecContext.create("h264", "r")
             self._decoder.options = {"threads": "1"}
@@ -478,8 +484,8 @@ class X264Codec:
             "aq-mode": "0",  # every macroblock at the forced QP
             # Statistics: PSNR/SSIM need log level >= INFO; our pf_log keeps the output off stderr.
             # Only what cfg.measure asks for (they cost time, and do not change the bitstream).
-            "psnr": "1" if cfg.measure >= Measure.SSE else "0",
-            "ssim": "1" if cfg.measure >= Measure.SSIM else "0",
+            "psnr": "1" if cfg.measure >= Measure.SSE and not self._measures_decoded else "0",
+            "ssim": "1" if cfg.measure >= Measure.SSIM and not self._measures_decoded else "0",
             "log": str(_X264_LOG_INFO),
             # Bitstream: Annex-B, SPS/PPS before every IDR.
             "annexb": "1",
@@ -583,13 +589,15 @@ class X264Codec:
         is_key = out.i_type in (_X264_TYPE_IDR, _X264_TYPE_I, _X264_TYPE_KEYFRAME) or bool(out.b_keyframe)
         luma, chroma = w * h, (w // 2) * (h // 2)
         measure = self.cfg.measure
-        sse_y = sse_u = sse_v = math.nan
+        sse_y = sse_u = sse_v = ssim_y = math.nan
         if self._decoder is not None:
-            sse_y, sse_u, sse_v = self._decoded_sse(frame, data, index)
+            sse_y, sse_u, sse_v, ssim_y = self._decoded_distortion(frame, data, index)
         elif measure >= Measure.SSE:
             sse_y = _sse_from_psnr(out.prop.f_psnr[0], luma)
             sse_u = _sse_from_psnr(out.prop.f_psnr[1], chroma)
             sse_v = _sse_from_psnr(out.prop.f_psnr[2], chroma)
+            if measure >= Measure.SSIM:
+                ssim_y = float(out.prop.f_ssim)
         return FrameStats(
             index=index,
             frame_type="KEY" if is_key else "INTER",
@@ -599,21 +607,18 @@ class X264Codec:
             sse_y=sse_y,
             sse_u=sse_u,
             sse_v=sse_v,
-            ssim_y=float(out.prop.f_ssim) if measure >= Measure.SSIM else math.nan,
+            ssim_y=ssim_y,
         )
 
-    def _decoded_sse(self, frame: YuvFrame, data: bytes, index: int) -> tuple[float, float, float]:
-        """Decodes one frame's packet (codec rate-control modes) and returns the SSE of Y, U, V."""
+    def _decoded_distortion(self, frame: YuvFrame, data: bytes, index: int) -> tuple[float, float, float, float]:
+        """Decodes one frame's packet and returns the SSE of Y, U, V and SSIM-Y (NaN unless measured)."""
         assert self._decoder is not None
         pictures = self._decoder.decode(av.Packet(data))
         if len(pictures) != 1:
             raise X264Error(f"x264: frame {index}: the H.264 decoder returned {len(pictures)} pictures for one packet")
-        out = []
-        for i, src in enumerate((frame.y, frame.u, frame.v)):
-            p = pictures[0].planes[i]
-            dec = np.frombuffer(p, dtype=np.uint8).reshape(-1, p.line_size)[: src.shape[0], : src.shape[1]]
-            out.append(metrics.sse(src, dec))
-        return out[0], out[1], out[2]
+        y, u, v = (decoded_plane(pictures[0], i, src.shape) for i, src in enumerate((frame.y, frame.u, frame.v)))
+        ssim_y = metrics.x264_ssim(frame.y, y) if self.cfg.measure >= Measure.SSIM else math.nan
+        return metrics.sse(frame.y, y), metrics.sse(frame.u, u), metrics.sse(frame.v, v), ssim_y
 
     def _free_encoder(self) -> None:
         if self._encoder is not None:

@@ -1,7 +1,9 @@
 """Picture quality metrics on 8-bit planes, pure numpy.
 
-Every codec backend reports its distortion through these functions (or through numbers the
-codec computed the same way), so rewards stay comparable across codecs:
+Every codec backend reports its distortion through these functions, or through numbers the codec
+computed the same way (x264's PSNR and SSIM with one thread: equal to `sse` and `x264_ssim` of the
+decoded picture). SSIM-Y is `ssim` for SVT-AV1 and VP9 and `x264_ssim` for x264, so compare SSIM
+within a codec, as every BD-rate here does:
 
 - `sse`: sum of squared errors of one plane, the raw material of PSNR;
 - `psnr_from_mse`: PSNR in dB from a mean squared error;
@@ -10,7 +12,9 @@ codec computed the same way), so rewards stay comparable across codecs:
   (windows entirely inside the picture), averaged over all window positions. This is the
   definition of the reference MATLAB code (without its optional downsampling) and of
   scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=255)`.
+  use_sample_covariance=False, data_range=255)`;
+- `x264_ssim`: x264's own SSIM (8x8 windows of uniform weight at 4-pixel steps), the SSIM-Y the
+  x264 backend reports, so that its value does not depend on whether x264 measured it or we did.
 """
 
 from __future__ import annotations
@@ -196,3 +200,44 @@ def ssim(ref: np.ndarray, dist: np.ndarray) -> float:
         np.matmul(_band(SSIM_STRIP)[:k, :kk], cols.reshape(4, kk, out_w), out=filtered)
         total += _ssim_map_sum(filtered, shift, c1, c2)
     return total / (out_h * out_w)
+
+
+X264_SSIM_C1 = int(0.01 * 0.01 * 255 * 255 * 64 + 0.5)  # x264's constants, scaled to sums over 64 pixels
+X264_SSIM_C2 = int(0.03 * 0.03 * 255 * 255 * 64 * 63 + 0.5)
+
+
+def x264_ssim(ref: np.ndarray, dist: np.ndarray) -> float:
+    """x264's frame SSIM-Y (0..1) of two 8-bit planes of the same shape (h, w).
+
+    x264 starts 2 pixels in from the top and left edges (so its windows do not line up with the
+    transform blocks), sums the plane in 4x4 blocks and takes every 8x8 window of 2x2 blocks, one
+    every 4 pixels; in integer sums over a window's 64 pixels (s1 = Σx, s2 = Σy, ss = Σx² + Σy²,
+    s12 = Σxy), each window's SSIM is
+
+        (2·s1·s2 + C1)(2·(64·s12 − s1·s2) + C2) / ((s1² + s2² + C1)(64·ss − s1² − s2² + C2))
+
+    with C1 = round(0.01² · 255² · 64), C2 = round(0.03² · 255² · 64 · 63), each factor in float32,
+    and the frame's SSIM is the mean over windows. Equal to what x264 reports with one thread
+    within 1e-7 (tests/test_codec_x264.py); with sliced threads x264 measures before the slice
+    edges are deblocked, so the x264 backend then computes it here on the decoded picture.
+    """
+    if ref.shape != dist.shape or ref.ndim != 2:
+        raise ValueError(f"need two planes of the same 2-D shape, got {ref.shape} and {dist.shape}")
+    bh, bw = (ref.shape[0] - 2) // 4, (ref.shape[1] - 2) // 4  # whole 4x4 blocks from (2, 2)
+    if bh < 2 or bw < 2:
+        raise ValueError(f"x264 SSIM needs a plane of at least 10x10 pixels, got {ref.shape}")
+    # int32 is exact for 8-bit samples: the largest term, 64·ss, is below 2^31.
+    x = ref[2 : 2 + 4 * bh, 2 : 2 + 4 * bw].astype(np.int32)
+    y = dist[2 : 2 + 4 * bh, 2 : 2 + 4 * bw].astype(np.int32)
+
+    def windows(a: np.ndarray) -> np.ndarray:  # (4bh, 4bw) -> the (bh-1, bw-1) sums over 8x8 windows
+        b = a.reshape(bh, 4, bw, 4).sum(axis=(1, 3), dtype=np.int32)
+        return b[:-1, :-1] + b[1:, :-1] + b[:-1, 1:] + b[1:, 1:]
+
+    s1, s2, ss, s12 = windows(x), windows(y), windows(x * x + y * y), windows(x * y)
+    variances = 64 * ss - s1 * s1 - s2 * s2
+    covariance = 64 * s12 - s1 * s2
+    f32 = np.float32
+    num = (2 * s1 * s2 + X264_SSIM_C1).astype(f32) * (2 * covariance + X264_SSIM_C2).astype(f32)
+    den = (s1 * s1 + s2 * s2 + X264_SSIM_C1).astype(f32) * (variances + X264_SSIM_C2).astype(f32)
+    return float(np.mean(num / den, dtype=np.float64))

@@ -358,9 +358,9 @@ class Job:
         s = self.settings
         threads = s.threads
         if threads == 0 and s.codec == "x264":
-            # x264 with sliced threads reports PSNR that is not the decoded picture's (0.03-0.4 dB
-            # off: slice edges are deblocked after its measurement), and the agent learns from
-            # that feedback. One thread keeps it exact; --threads N > 1 still asks for speed.
+            # x264 codes one slice per thread, so x264's "auto" would make the bitstream depend on
+            # the machine's cores. One thread also lets x264 measure PSNR/SSIM itself; with
+            # --threads N > 1 each frame is decoded and measured instead (codec_x264.X264Codec).
             threads = X264_DEFAULT_THREADS
         return CodecConfig(self.source.width, self.source.height, self.fps, s.keyint, s.mini_gop, preset, threads,
                            measure)  # fmt: skip

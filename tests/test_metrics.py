@@ -186,3 +186,37 @@ def test_ssim_strip_and_block_edges() -> None:
         ref = rng.integers(0, 256, (h, w), dtype=np.uint8)
         dist = np.clip(ref + rng.integers(-30, 31, (h, w)), 0, 255).astype(np.uint8)
         assert abs(metrics.ssim(ref, dist) - float64_ssim(ref, dist)) < TOLERANCE, (h, w)
+
+
+def loop_x264_ssim(ref: np.ndarray, dist: np.ndarray) -> float:
+    """x264's SSIM window by window in float64: 8x8 windows every 4 pixels from (2, 2), uniform weights."""
+    x, y = ref.astype(np.float64), dist.astype(np.float64)
+    c1, c2 = metrics.X264_SSIM_C1, metrics.X264_SSIM_C2
+    total, count = 0.0, 0
+    for r in range(2, ref.shape[0] - 7 - (ref.shape[0] - 2) % 4 + 1, 4):
+        for c in range(2, ref.shape[1] - 7 - (ref.shape[1] - 2) % 4 + 1, 4):
+            a, b = x[r : r + 8, c : c + 8], y[r : r + 8, c : c + 8]
+            s1, s2, ss, s12 = a.sum(), b.sum(), (a * a).sum() + (b * b).sum(), (a * b).sum()
+            var, cov = 64 * ss - s1 * s1 - s2 * s2, 64 * s12 - s1 * s2
+            total += (2 * s1 * s2 + c1) * (2 * cov + c2) / ((s1 * s1 + s2 * s2 + c1) * (var + c2))
+            count += 1
+    return total / count
+
+
+def test_x264_ssim_matches_its_definition(real_pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """metrics.x264_ssim (block sums, float32 factors) against the window-by-window definition.
+
+    That it equals what x264 itself reports is tested on real encodes in tests/test_codec_x264.py.
+    """
+    rng = np.random.default_rng(3)
+    synthetic = []
+    for h, w in ((10, 10), (13, 27), (37, 22)):  # the smallest plane, and sizes that leave partial blocks
+        ref = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        synthetic.append((ref, np.clip(ref + rng.integers(-20, 21, (h, w)), 0, 255).astype(np.uint8)))
+    for ref, dist in real_pairs[:2] + synthetic:
+        assert metrics.x264_ssim(ref, dist) == pytest.approx(loop_x264_ssim(ref, dist), abs=1e-6), ref.shape
+        assert metrics.x264_ssim(ref, ref) == 1.0
+    ref, dist = real_pairs[1]
+    assert abs(metrics.x264_ssim(ref, dist) - metrics.x264_ssim(ref[1:], dist[1:])) > 1e-5  # the (2, 2) start counts
+    with pytest.raises(ValueError, match="10x10"):
+        metrics.x264_ssim(ref[:9, :9], dist[:9, :9])
