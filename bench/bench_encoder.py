@@ -19,6 +19,9 @@ Tables (Markdown):
   3. BD-rate (overall PSNR-Y, `bdrate.bd_rate`, PCHIP) of the 2-pass baseline against the codec's
      own rate control (rc-mode 2) at the same 4 targets, and against the codec's CRF (rc-mode 3) at
      4 CRFs. Negative = the baseline needs fewer bits for the same PSNR-Y.
+  4. what the encoder reports (its summary's overall PSNR-Y and mean SSIM-Y, the numbers the agent's
+     feedback carries) against the same measured here on the stream decoded by PyAV (libdav1d,
+     FFmpeg's h264), at the 2nd target: x264 with `--threads 1` (the default) and `--threads 2`.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+
 from bdrate import bd_rate  # noqa: E402
-from builtin_encoder.source import bundled_clip  # noqa: E402
+from builtin_encoder import metrics  # noqa: E402
+from builtin_encoder.source import bundled_clip, open_source  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 CLIPS = {  # name: (file, frames, 4 target bitrates in kbit/s)
@@ -96,7 +103,25 @@ def run_encode(work: Path, codec: str, clip: str, frames: int, *extra: str, agen
     result = json.loads(summary.read_text(encoding="utf-8"))
     result["wall_s"] = wall
     result["file_bytes"] = out.stat().st_size
+    result["out"] = out
     return result
+
+
+def decoded_quality(codec: str, clip: str, frames: int, stream: Path) -> tuple[float, float]:
+    """Overall PSNR-Y (from the total MSE) and mean SSIM-Y of `stream` decoded by PyAV against the clip.
+
+    SSIM-Y is the one the encoder reports for that codec: x264's own (`metrics.x264_ssim`), else `metrics.ssim`.
+    """
+    ssim = metrics.x264_ssim if codec == "x264" else metrics.ssim
+    sources = open_source(bundled_clip(clip)).frames(frames)
+    sse, pixels, ssims = 0.0, 0, []
+    with av.open(str(stream), format="h264" if codec == "x264" else None) as container:
+        for src, picture in zip(sources, container.decode(video=0), strict=True):
+            p = picture.planes[0]
+            y = np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+            sse, pixels = sse + metrics.sse(src.y, y), pixels + y.size
+            ssims.append(ssim(src.y, y))
+    return metrics.psnr_from_mse(sse / pixels), float(np.mean(ssims))
 
 
 def fmt_bd(rates_a: list[float], q_a: list[float], rates_b: list[float], q_b: list[float]) -> str:
@@ -116,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = [c for c in args.clips.split(",") if c]
     t_start = time.perf_counter()
 
-    speed_rows, error_rows, bd_rows, curve_rows = [], [], [], []
+    speed_rows, error_rows, bd_rows, curve_rows, measure_rows = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench_encoder_") as tmp:
         work = Path(tmp)
         for codec in codecs:
@@ -157,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
                 bd_own = fmt_bd(br, bq, [own[t]["kbps"] for t in targets], [own[t]["psnr_y"] for t in targets])
                 bd_crf = fmt_bd(br, bq, [v["kbps"] for v in crf.values()], [v["psnr_y"] for v in crf.values()])
                 bd_rows.append(f"| {label} | {bd_own} | {bd_crf} | {crf_points} |")
+                for threads in (1, 2) if codec == "x264" else (0,):
+                    r = enc("--rc-mode", "1", "--bitrate", str(mid), "--threads", str(threads)) if threads else plain
+                    psnr, ssim = decoded_quality(codec, clip, frames, r["out"])
+                    measure_rows.append(
+                        f"| {label} | {threads or 'default'} | {r['wall_s']:.2f} | {r['psnr_y']:.4f} | {psnr:.4f} "
+                        f"| {r['psnr_y'] - psnr:+.4f} | {r['ssim_y']:.6f} | {ssim:.6f} | {r['ssim_y'] - ssim:+.6f} |"
+                    )
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     print(f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
@@ -186,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     print("| codec | clip | frames | target | 2-pass baseline | codec RC (rc-mode 2) |")
     print("|---|---|---|---|---|---|")
     print("\n".join(curve_rows))
+    print()
+    print("### 4. What the encoder reports vs the decoded stream (rc-mode 1 at the 2nd target)")
+    print()
+    print("| codec | clip | frames | --threads | wall s | PSNR-Y reported | decoded | difference "
+          "| SSIM-Y reported | decoded | difference |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(measure_rows))
     print()
     print(f"Total {time.perf_counter() - t_start:.0f} s.")
     return 0
