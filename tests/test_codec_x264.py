@@ -374,13 +374,14 @@ def test_codec_crf_mode(tmp_path: Path) -> None:
     assert sizes[0] > sizes[1]
 
 
-@pytest.mark.parametrize("rc", [{}, {"crf": 30}])  # forced QPs (x264's PSNR) / x264's CRF (our decoder's SSE)
-def test_measure_levels_keep_the_stream(tmp_path: Path, rc: dict) -> None:
+# forced QPs (x264's PSNR) / x264's CRF (measured on the decoded picture) / forced QPs on sliced threads (the same)
+@pytest.mark.parametrize(("rc", "threads"), [({}, 1), ({"crf": 30}, 1), ({}, 2)])
+def test_measure_levels_keep_the_stream(tmp_path: Path, rc: dict, threads: int) -> None:
     """CodecConfig.measure only drops measurements: same bitstream, same bits / QPs, NaN where not measured."""
     frames = [_split(a) for a in _read_clip("carphone_pristine.mp4", 12)]
     runs = {}
     for measure in Measure:
-        cfg = CodecConfig(176, 144, 30.0, keyint=8, mini_gop=4, preset=7, threads=1, measure=measure)
+        cfg = CodecConfig(176, 144, 30.0, keyint=8, mini_gop=4, preset=7, threads=threads, measure=measure)
         out = tmp_path / f"{measure.name}.264"
         with X264Codec(cfg, out, **rc) as codec:
             stats = [st for k in range(3) for st in codec.encode(frames[4 * k : 4 * k + 4], [31] * 4, k % 2 == 0)]
