@@ -4,9 +4,12 @@
 
 Runs `python -m builtin_encoder --pass 1 --stat-out F` (the pass that main.py and evaluate.py run
 once per video) on the bundled clips, alternately in this tree and in a temporary `git worktree`
-of --before (a commit without the analysis), --repeats times each, and prints the median
-wall-clock fps of the whole process beside the analysis alone (Analyzer.add over the same frames,
-in this process). Alternating keeps a changing machine load from favouring either side.
+of --before (a commit without the analysis, or an older version of it), --repeats times each, and
+prints the median wall-clock fps of the whole process beside the analysis alone (Analyzer.add over
+the same frames, in this process), and whether the two trees wrote the same stat file (a speed-up of
+the analysis must not change a bit of it). Alternating keeps a changing machine load from favouring
+either side. Clips: the bundled carphone (176x144) and bikes (640x272), and `cockatoo` (1280x720,
+from Debian's python3-imageio, fetched by `clips.clip_path`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 from bench.machine_info import machine  # noqa: E402
 from builtin_encoder.analysis import Analyzer  # noqa: E402
 from builtin_encoder.source import bundled_clip, open_source  # noqa: E402
+from clips import clip_path  # noqa: E402
 
-CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
+CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4", "cockatoo": "cockatoo.mp4"}
 
 
 def pass1_seconds(tree: Path, clip: str, codec: str, frames: int, stat: Path) -> float:
@@ -57,15 +61,16 @@ def main() -> int:
     ns = p.parse_args()
     print(f"`python bench/bench_first_pass.py {' '.join(sys.argv[1:])}` — {machine()}, "
           f"load {os.getloadavg()[0]:.1f} at the start\n")  # fmt: skip
-    print("| codec | clip | pass 1 before (fps) | pass 1 now (fps) | now / before | analysis alone (fps) |")
-    print("|---|---|---|---|---|---|")
+    print("| codec | clip | pass 1 before (fps) | pass 1 now (fps) | now / before | analysis alone (fps) "
+          "| same stat file |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_fp.") as tmp:
         old = Path(tmp) / "before"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old), ns.before], cwd=ROOT, check=True)
         try:
             for codec in ns.codecs.split(","):
                 for name in ns.clips.split(","):
-                    clip = str(bundled_clip(CLIPS[name]))
+                    clip = str(clip_path(CLIPS[name]) if name == "cockatoo" else bundled_clip(CLIPS[name]))
                     before, now = [], []
                     for _ in range(ns.repeats):
                         before.append(pass1_seconds(old, clip, codec, ns.frames, Path(tmp) / "a.stat"))
@@ -73,8 +78,9 @@ def main() -> int:
                     fps_before = ns.frames / statistics.median(before)
                     fps_now = ns.frames / statistics.median(now)
                     alone = ns.frames / analysis_seconds(clip, ns.frames)
+                    same = (Path(tmp) / "a.stat").read_bytes() == (Path(tmp) / "b.stat").read_bytes()
                     print(f"| {codec} | {name} | {fps_before:.1f} | {fps_now:.1f} | {fps_now / fps_before:.2f} | "
-                          f"{alone:.0f} |", flush=True)  # fmt: skip
+                          f"{alone:.0f} | {'yes' if same else 'no'} |", flush=True)  # fmt: skip
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
     print(f"\nload {os.getloadavg()[0]:.1f} at the end")
