@@ -570,7 +570,7 @@ def _feedback(job: Job, mg: MiniGop, qp: int, stats: list[FrameStats], session: 
 
 def _prepare(s: Settings) -> Job:
     """Validates settings that need the input, opens it and resolves frames / fps / layout."""
-    source = open_source(s.input, s.input_res)
+    source = open_source(s.input, s.input_res, max(s.frames, 0))
     for warning in source.warnings:
         print(f"builtin_encoder: warning: {warning}", file=sys.stderr)
     if s.frames < 0:

@@ -87,7 +87,7 @@ class FrameSource:
     width: int
     height: int
     fps: float | None  # frames per second from the file, None if the file does not say (raw .yuv)
-    frame_count: int  # frames in the file
+    frame_count: int  # frames in the file (a container opened for fewer: at most those, see open_source)
     src_width: int  # stored luma size before cropping to even
     src_height: int
     _y4m_offsets: list[int] | None = None  # byte offset of each frame's pixels in a .y4m
@@ -140,8 +140,12 @@ def _plane_array(plane: object) -> np.ndarray:
     return arr.reshape(plane.height, plane.line_size)[:, : plane.width]  # type: ignore[attr-defined]
 
 
-def open_source(path: str | Path, input_res: str | None = None) -> FrameSource:
-    """Opens an input by its extension: .yuv (needs `input_res` "WxH"), .y4m, anything else via PyAV."""
+def open_source(path: str | Path, input_res: str | None = None, frames: int = 0) -> FrameSource:
+    """Opens an input by its extension: .yuv (needs `input_res` "WxH"), .y4m, anything else via PyAV.
+
+    `frames` > 0: only that many frames are wanted, so a container (whose frames are counted by
+    decoding them) is counted up to there; its `frame_count` is then at most `frames`.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--input: cannot read {path}: no such file")
@@ -154,7 +158,7 @@ def open_source(path: str | Path, input_res: str | None = None) -> FrameSource:
         return _open_yuv(path, *parse_resolution(input_res))
     if ext == ".y4m":
         return _open_y4m(path)
-    return _open_container(path)
+    return _open_container(path, frames)
 
 
 def _source(path: Path, kind: str, w: int, h: int, fps: float | None, n: int, **kw: object) -> FrameSource:
@@ -227,11 +231,13 @@ COUNT_SLACK_FRAMES = 2
 COUNT_SLACK_FRACTION = 0.01
 
 
-def _open_container(path: Path) -> FrameSource:
+def _open_container(path: Path, wanted: int = 0) -> FrameSource:
     """Opens a file PyAV reads; its frame count is what decodes, the container's own count is a hint.
 
     Decoding stops quietly at the first undecodable packet (a truncated file): the frames before it
     are the input. A warning notes a header count that disagrees with the decoded count by much.
+    `wanted` > 0: counting stops there (decoding a whole long clip to code its first frames is
+    what opening it used to cost), and the header is not checked.
     """
     import av
 
@@ -245,27 +251,29 @@ def _open_container(path: Path) -> FrameSource:
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else None
             header = int(stream.frames or 0)
-            count, stopped = _count_decodable(container, stream)
+            count, stopped = _count_decodable(container, stream, wanted)
     except InputError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise InputError(f"--input: cannot decode {path}: {exc}") from None
     source = _source(path, "container", width, height, fps, count)
-    if header and abs(header - count) > max(COUNT_SLACK_FRAMES, COUNT_SLACK_FRACTION * header):
+    if header and count != wanted and abs(header - count) > max(COUNT_SLACK_FRAMES, COUNT_SLACK_FRACTION * header):
         source.warnings.append(
             f"{path}: the container says {header} frames but {count} decode{stopped}; coding the {count}"
         )
     return source
 
 
-def _count_decodable(container: object, stream: object) -> tuple[int, str]:
-    """Frames of `stream` that decode, and a note on why decoding stopped early ('' if it did not)."""
+def _count_decodable(container: object, stream: object, wanted: int = 0) -> tuple[int, str]:
+    """Frames of `stream` that decode (at most `wanted` if > 0), and a note on why decoding stopped ('' if not)."""
     import av
 
     count = 0
     try:
         for _ in container.decode(stream):  # type: ignore[attr-defined]
             count += 1
+            if count == wanted:
+                break
     except av.error.FFmpegError as exc:
         return count, f" (decoding stopped: {exc})"
     return count, ""

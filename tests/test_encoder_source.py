@@ -194,3 +194,24 @@ def test_container_whose_header_overstates_its_frames_is_coded_with_a_warning(tm
     res = _encoder("--input", clip, "--codec", "x264", "--qp", "30", "--rc-mode", "0", "--o", tmp_path / "o.264")
     assert res.returncode == 0, res.stderr
     assert f"builtin_encoder: warning: {clip}: the container says 40 frames" in res.stderr
+
+
+def test_a_container_opened_for_fewer_frames_is_counted_up_to_them(tmp_path: Path, carphone: Path) -> None:
+    """open_source(frames=N) decodes a container only as far as it must: N frames, or fewer when fewer decode."""
+    whole, first = open_source(carphone), open_source(carphone, frames=16)
+    assert (whole.frame_count, first.frame_count) == (120, 16)
+    assert all(
+        np.array_equal(a.y, b.y) and np.array_equal(a.v, b.v)
+        for a, b in zip(first.frames(), whole.frames(16), strict=True)
+    )
+    assert open_source(carphone, frames=500).frame_count == 120  # the file is shorter: what decodes
+    clip = tmp_path / "cut.avi"  # its header says 40 frames, a few decode
+    _write_container(clip, 40)
+    with open(clip, "r+b") as fh:
+        fh.truncate(clip.stat().st_size // 3)
+    assert open_source(clip, frames=2).frame_count == 2 and open_source(clip, frames=2).warnings == []
+    short = open_source(clip, frames=35)
+    assert short.frame_count < 30 and short.warnings and "the container says 40 frames" in short.warnings[0]
+    res = _encoder("--input", clip, "--frames", "35", "--codec", "x264", "--qp", "30", "--rc-mode", "0",
+                   "--o", tmp_path / "o.264")  # fmt: skip
+    assert res.returncode == 2 and f"--frames 35 exceeds the {short.frame_count} frames" in res.stderr
