@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 
 from bdrate import bd_rate  # noqa: E402
 from builtin_encoder import metrics  # noqa: E402
+from builtin_encoder.codec import decoded_plane  # noqa: E402
 from builtin_encoder.source import bundled_clip, open_source  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -117,8 +118,7 @@ def decoded_quality(codec: str, clip: str, frames: int, stream: Path) -> tuple[f
     sse, pixels, ssims = 0.0, 0, []
     with av.open(str(stream), format="h264" if codec == "x264" else None) as container:
         for src, picture in zip(sources, container.decode(video=0), strict=True):
-            p = picture.planes[0]
-            y = np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+            y = decoded_plane(picture, 0, src.y.shape)
             sse, pixels = sse + metrics.sse(src.y, y), pixels + y.size
             ssims.append(ssim(src.y, y))
     return metrics.psnr_from_mse(sse / pixels), float(np.mean(ssims))
