@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -288,8 +289,8 @@ def load_exported(path: Path) -> ExportedActor:
 
 
 # A C program for checking both headers: it reads requests (driver_line), prints each one's observation
-# (rlrc_state.h), action and QP (the policy header POLICY.h); tests/test_policy_export.py and
-# bench/export_check.py compile it.
+# (rlrc_state.h), action and QP (the policy header POLICY.h); run_c_driver compiles and runs it for
+# tests/test_policy_export.py and bench/export_check.py.
 C_DRIVER = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -333,6 +334,20 @@ int main(void) {
     return 0;
 }
 """
+
+
+def run_c_driver(header_dir: Path, name: str, rows: list[dict], cc: str, work: Path,
+                 flags: tuple[str, ...] = ()) -> list[list[str]]:
+    """Compiles C_DRIVER against `header_dir`'s rlrc_state.h and NAME.h with `cc` (C99, -O2 and `flags`) in
+    `work`, feeds it `rows` (vectors: request, prev_feedback, prev_base_qp) and returns each row's output
+    fields: OBS_DIM observation entries, the action, the QP. Raises CalledProcessError if either step fails."""
+    source, exe = work / "driver.c", work / "driver"
+    source.write_text(C_DRIVER.replace("POLICY", name))
+    subprocess.run([cc, "-std=c99", "-O2", *flags, f"-I{header_dir}", str(source), "-o", str(exe), "-lm"],
+                   check=True, capture_output=True, text=True)  # fmt: skip
+    lines = "\n".join(map(driver_line, rows)) + "\n"
+    done = subprocess.run([str(exe)], input=lines, capture_output=True, text=True, check=True)
+    return [line.split() for line in done.stdout.splitlines()]
 
 
 def driver_line(row: dict) -> str:

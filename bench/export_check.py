@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import oracle_records  # noqa: E402
 import policy  # noqa: E402
 import policy_export  # noqa: E402
-from protocol import parse_request  # noqa: E402
+from protocol import request_from_dict  # noqa: E402
 from state import OBS_DIM, action_to_qp  # noqa: E402
 
 
@@ -65,17 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         (out / f"{ex.name}.h").write_text(policy_export.c_header(ex))
         shutil.copy(policy_export.STATE_HEADER, out)
-        (out / "driver.c").write_text(policy_export.C_DRIVER.replace("POLICY", ex.name))
-        subprocess.run([cc, "-std=c99", "-O2", f"-I{out}", str(out / "driver.c"), "-o", str(out / "driver"), "-lm"],
-                       check=True)  # fmt: skip
-        done = subprocess.run([str(out / "driver")], input="\n".join(map(policy_export.driver_line, rows)) + "\n",
-                              capture_output=True, text=True, check=True)  # fmt: skip
-    got = np.array([line.split() for line in done.stdout.splitlines()], dtype=np.float64)
+        got = np.array(policy_export.run_c_driver(out, ex.name, rows, cc, out), dtype=np.float64)
     want_obs = np.array([r["observation"] for r in rows], dtype=np.float32)
     obs_err = np.abs(got[:, :OBS_DIM].astype(np.float32) - want_obs)
     want_act = np.array([float(pol.act(o)[0]) for o in want_obs])
     act_err = np.abs(got[:, OBS_DIM] - want_act)
-    want_qp = [action_to_qp(a, parse_request(_json(r["request"]), Path("rq")), pol.max_delta_qp)
+    want_qp = [action_to_qp(a, request_from_dict(r["request"], Path("rq")), pol.max_delta_qp)
                for a, r in zip(want_act, rows, strict=True)]  # fmt: skip
     qp_diff = int(sum(int(g) != w for g, w in zip(got[:, OBS_DIM + 1], want_qp, strict=True)))
     print(f"command: python bench/export_check.py --policy {ns.policy} {' '.join(ns.records)}")
@@ -91,11 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     return 0
 
-
-def _json(obj: dict) -> str:
-    import json
-
-    return json.dumps(obj)
 
 
 if __name__ == "__main__":

@@ -73,20 +73,13 @@ def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
     """The whole decision in C: rlrc_state.h's observation from the request, the policy header's action and QP."""
     name, out = exported
     vec = _vectors(name, out)
-    source = tmp_path / "driver.c"
-    source.write_text(policy_export.C_DRIVER.replace("POLICY", name))
-    exe = tmp_path / "driver"
-    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{out}", str(source), "-o", str(exe),
-                    "-lm"], check=True, capture_output=True, text=True)  # fmt: skip
     rows = vec["encode"]
     assert all("first_pass" in r["request"] for r in rows)  # the fp_* features too (propagation: x264, SVT-AV1)
     # gop_reuse past the lookahead: a GOP longer than the request's first_pass lists
     assert any(len(r["request"]["first_pass"]["intra_cost"]) < r["request"]["gop_frames"] - r["request"]["mg_in_gop"]
                * r["request"]["frame_count"] for r in rows)  # fmt: skip
     assert any(r["request"]["first_pass"].get("propagation") for r in rows) or name == "vp9"
-    lines = "\n".join(map(policy_export.driver_line, rows)) + "\n"
-    done = subprocess.run([str(exe)], input=lines, capture_output=True, text=True, check=True)
-    answers = [line.split() for line in done.stdout.splitlines()]
+    answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
     assert len(answers) == len(rows)
     for row, got in zip(rows, answers, strict=True):
         np.testing.assert_allclose(np.array(got[:OBS_DIM], dtype=np.float32), row["observation"], atol=1e-6)
