@@ -27,11 +27,13 @@ that fails is a record with its error.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing as mp
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -258,11 +260,23 @@ def input_windows(patterns: list[str], frames: int, augment: bool, records: Path
     return found
 
 
+def work_folder(out: Path) -> Path:
+    """The default scratch folder of the search that appends to `out`: its own, named from out's path.
+
+    Every point starts by emptying its folder; two searches that shared one (two tests, two users'
+    runs of the same clips) emptied each other's live encodes.
+    """
+    tag = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / "rlrc_oracle" / f"{out.stem}-{tag}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default="svtav1", choices=("svtav1", "x264", "vp9"))
     p.add_argument("--out", required=True, help="JSON-lines file (appended; existing points are skipped)")
-    p.add_argument("--work", default="/tmp/rlrc_oracle", help="scratch folder for encodes")
+    p.add_argument("--work", default=None,
+                   help="scratch folder for encodes (default: one of the --out file's own under the system's "
+                        "temporary folder, so two searches never share one)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=2, help="points searched in parallel")
     p.add_argument("--rates", type=int, default=None,
                    help="target rates per window (default 3; 2 for pan; 6 with a --search sweep)")  # fmt: skip
@@ -307,6 +321,7 @@ def main() -> int:
         ns.seed = default_seed(ns.search)
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    ns.work = ns.work or str(work_folder(out))
     done = finished_keys(out)
     try:
         todo = planned_points(ns)

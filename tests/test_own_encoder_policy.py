@@ -98,6 +98,10 @@ def test_a_failing_outside_encoder_is_reported_per_point_without_a_traceback(inp
     assert "no oracle points" in res.stderr and not (tmp_path / "p.pt").exists()
     records = [json.loads(line) for line in data.read_text().splitlines()]
     assert len(records) == 6 and all("exited with code 1" in r["error"] and "logs in" in r["error"] for r in records)
+    # each search encodes in a folder of its own output file's, never one another run may empty
+    own = oracle_data.work_folder(data)
+    assert all(f"logs in {own}/" in r["error"] for r in records)
+    assert own != oracle_data.work_folder(tmp_path / "other" / data.name)
     assert oracle_data.finished_keys(data) == set()  # failed points are searched again next time
 
 
