@@ -67,7 +67,9 @@ def test_a_killed_encoder_ends_only_its_workers_encode(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "(exit code -9)" in error_for(res.stderr, "kill")
     rows = json.loads((tmp_path / "outputs" / "report_train.json").read_text())
-    assert sorted(r["video"] for r in rows) == ["careless", "ok", "reorder"] and all(r["gops"] == 2 for r in rows)
+    # (the log says why, should an encode other than "kill" have failed)
+    assert sorted(r["video"] for r in rows) == ["careless", "ok", "reorder"], res.stderr[-3000:]
+    assert all(r["gops"] == 2 for r in rows)
     ck = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")
     assert ck["replay"]["size"] == 4 + 3 * 8  # the killed encode's complete first GOP only
     assert procs_in(tmp_path) == []
