@@ -32,8 +32,10 @@ log = logging.getLogger("rlrc")
 DETAILED = 15  # between INFO (important) and DEBUG
 # A protocol file that does not parse is re-read until it has not changed for PARSE_SETTLE_S, at
 # most PARSE_GRACE_S, before it counts as malformed (PROTOCOL.md §5: encoders that write in place).
-PARSE_SETTLE_S = 0.3
-PARSE_GRACE_S = 1.0
+# A writer descheduled between two writes on a loaded machine leaves a half file unchanged for a
+# while: 0.3 s was seen to pass (a fake encoder writing in two halves 0.1 s apart, 2 busy cores).
+PARSE_SETTLE_S = 1.0
+PARSE_GRACE_S = 3.0
 
 
 class EncoderFailure(RuntimeError):
