@@ -148,7 +148,8 @@ def _search_point(job: dict) -> dict:
     # A fresh folder: pass-1 statistics left by another run (another window once at this place in
     # a set's list) would be reused and refused by the encoder.
     shutil.rmtree(work, ignore_errors=True)
-    settings = eval_runs.EvalSettings(codec=codec, frames=job.get("frames", 0), encoder=job.get("encoder", ""),
+    settings = eval_runs.EvalSettings(codec=codec, frames=job.get("frames", 0), preset=job.get("preset"),
+                                      encoder=job.get("encoder", ""),
                                       encoder_args=tuple(job.get("encoder_args", ())),
                                       rl_args=job.get("rl_args", encoder_proc.DEFAULT_RL_ARGS))  # fmt: skip
     if "input" in job:  # one of --inputs
@@ -179,6 +180,7 @@ def _search_point(job: dict) -> dict:
         "baseline_steps": [step_record(s) for s in base_res.done_steps],
         "oracle_steps": [step_record(s) for s in best_steps],
         "candidates": oracle.candidates, "seconds": time.monotonic() - t0, "search": job.get("search", "oracle"),
+        **({"preset": job["preset"]} if job.get("preset") is not None else {}),
     }  # fmt: skip
 
 
@@ -278,6 +280,9 @@ def main() -> int:
                    help="scratch folder for encodes (default: one of the --out file's own under the system's "
                         "temporary folder, so two searches never share one)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=2, help="points searched in parallel")
+    p.add_argument("--preset", type=int, default=None,
+                   help="the built-in encoder's --preset for every encode (default: the codec's own); the records' "
+                        "keys end in /pN, so they never stand for the default preset's")  # fmt: skip
     p.add_argument("--rates", type=int, default=None,
                    help="target rates per window (default 3; 2 for pan; 6 with a --search sweep)")  # fmt: skip
     p.add_argument("--bpp-min", type=float, default=0.02)
@@ -310,6 +315,8 @@ def main() -> int:
             p.error("--offsets: with --search key only, non-zero offsets")
     if ns.inputs is not None and ns.windows is not None:
         p.error("--inputs and --windows: give one (your clips or a bundled window set)")
+    if ns.preset is not None and ns.encoder:
+        p.error("--preset is the built-in encoder's; give your encoder's in --encoder-args")
     if ns.encoder_args and not ns.encoder:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
     if ns.frames < 0:
@@ -330,10 +337,11 @@ def main() -> int:
     jobs = []
     for pt in todo:
         name = pt["name"] if "input" in pt else pt["window"].name
-        key = point_key(pt["codec"], name, pt["bpp"], ns.search)
+        key = point_key(pt["codec"], name, pt["bpp"], ns.search) + ("" if ns.preset is None else f"/p{ns.preset}")
         if key not in done:
             work = Path(ns.work) / pt["codec"] / ns.search / name / f"{pt['bpp']:.5f}"
-            jobs.append({**pt, "key": key, "work": str(work), "search": ns.search, "offsets": ns.offsets})
+            jobs.append({**pt, "key": key, "work": str(work), "search": ns.search, "offsets": ns.offsets,
+                         "preset": ns.preset})  # fmt: skip
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files

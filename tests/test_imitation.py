@@ -677,6 +677,20 @@ def test_key_sweep_encodes_every_offset_of_the_key_mini_gop_alone(tmp_path):
     assert len({c["bits"] for c in rec["candidates"]}) > 4
 
 
+def test_a_sweep_at_another_preset_codes_every_encode_at_it_under_its_own_key(tmp_path):
+    """oracle_data --preset: the baseline and every candidate at that preset, the record saying so."""
+    from bench import oracle_data
+
+    win = clips.Window("carphone_pristine.mp4", 0, 16, scale=2)
+    job = {"window": win, "codec": "x264", "bpp": 0.1, "key": "k", "search": "key", "offsets": [-3, 3]}
+    default = oracle_data.run_point({**job, "work": str(tmp_path / "d")})
+    fast = oracle_data.run_point({**job, "work": str(tmp_path / "f"), "preset": 9})  # ultrafast
+    assert "preset" not in default and fast["preset"] == 9
+    assert [c["offsets"] for c in fast["candidates"]] == [[-3, 0], [3, 0]]
+    assert fast["baseline"]["bits"] != default["baseline"]["bits"]
+    assert [c["bits"] for c in fast["candidates"]] != [c["bits"] for c in default["candidates"]]
+
+
 def test_lead_sweep_moves_the_key_mini_gop_and_the_next_one_together(tmp_path):
     """--search lead on a real x264 encode: both mini-GOPs of a 16-frame GOP take each offset; at its key
     sweep's offset the key alone would give another stream. A one-mini-GOP last GOP moves its key alone."""
