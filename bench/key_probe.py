@@ -1,0 +1,169 @@
+"""Would a probe encode tell the key decision? Two fast-preset encodes of the point against its full key sweep.
+
+    python bench/oracle_data.py --codec svtav1 --search key --windows W --out K                            # sweeps
+    python bench/oracle_data.py --codec svtav1 --search key --offsets=-3,3 --preset 13 --windows W --out P # probes
+    python bench/key_probe.py --sweeps K --probes P [--judge-sweeps HK --judge-probes HP] [--policy svtav1]
+
+The probe is what an encoder could measure before coding a GOP: the same GOP under the same rate
+control at a fast preset, once with the key mini-GOP 3 QP finer and once 3 QP coarser. Its figure is
+the contrast p = v(-3) - v(+3), dB at equal rate (loso_value.offset_values; the Δ=0 encode cancels
+out, so the two probe encodes are all it needs). The label is the full sweep's contrast at the
+encoder's own preset, c = mean v(-4..-1) - mean v(+1..+4).
+
+On the sweeps and probes of --sweeps/--probes (the training side) it prints r(p, c) beside the state's
+best single feature, and the value of the rule "key -m if p > τ, +m if p < -τ, else 0" for m = 1, 2,
+3, with τ chosen leave one source out from TAUS: each source's points get the τ best on the other
+sources. With --judge-sweeps/--judge-probes (other clips: the held-out split, only described) the
+rule's τ is the one best on all training points. Each table also gives the state-only references: a
+policy file's own key answers (--policy), and the content-known ceilings of bench/key_ceiling.py.
+BENCHMARKS.md §2.4.41.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import gain_model  # noqa: E402
+import oracle_records  # noqa: E402
+import policy  # noqa: E402
+from bench import key_ceiling, loso_value, oracle_data  # noqa: E402
+from state import FEATURE_NAMES  # noqa: E402
+
+TAUS = (0.0, 0.02, 0.05, 0.1, 0.2)  # dB of probe contrast below which the rule answers Δ=0
+PROBE = 3  # the probe's offsets: -PROBE and +PROBE
+T = loso_value.TABLE
+
+
+@dataclass
+class ProbeTable:
+    """Key sweeps with a probe at the same point: the sweep values (P, 2 TABLE + 1; dB at equal rate, NaN where not
+    swept), the probe contrast p (P,), dB, key states (P, OBS_DIM), windows, sources and RD slopes (P,)."""
+
+    values: np.ndarray
+    probe: np.ndarray
+    obs: np.ndarray
+    windows: list[str]
+    sources: np.ndarray
+    slopes: np.ndarray
+
+
+def point_of(record: dict) -> tuple[str, str]:
+    return record["window"], f"{record['bpp']:.5f}"
+
+
+def probe_table(sweep_file: Path, probe_file: Path) -> ProbeTable:
+    """The key sweeps of `sweep_file` that have a probe in `probe_file` (oracle_data.py --search key --offsets=-3,3
+    --preset N at the same points), valued with the sweeps' window slopes."""
+    sweeps = key_ceiling.of_search(oracle_records.read_records([sweep_file]), "key")
+    probes = {point_of(r): r for r in oracle_records.read_records([probe_file]) if r.get("search") == "key"}
+    sweeps = [r for r in sweeps if point_of(r) in probes]
+    if not sweeps:
+        raise ValueError(f"{probe_file}: no probe at a key sweep's point of {sweep_file}")
+    slopes = gain_model.window_slopes(sweeps)
+    obs, values, windows = loso_value.sweep_table(sweeps, slopes)
+    probe = np.empty(len(sweeps))
+    for i, r in enumerate(sweeps):
+        pr = probes[point_of(r)]
+        v = loso_value.offset_values(pr, loso_value.swept_minigop(pr), slopes[r["window"]])
+        probe[i] = v[T - PROBE] - v[T + PROBE]
+    return ProbeTable(values, probe, obs, windows, np.array([oracle_records.source_of(w) for w in windows]),
+                      np.array([slopes[w] for w in windows]))  # fmt: skip
+
+
+def sweep_contrast(values: np.ndarray) -> np.ndarray:
+    """c (P,): mean value of the finer key offsets -TABLE..-1 minus that of the coarser ones +1..+TABLE, dB."""
+    return np.nanmean(values[:, :T], axis=1) - np.nanmean(values[:, T + 1 :], axis=1)
+
+
+def rule(probe: np.ndarray, tau: float, mag: int) -> np.ndarray:
+    """Key offsets (P,): -mag where the probe says finer pays (p > tau), +mag where coarser does (p < -tau), else 0."""
+    return np.where(probe > tau, -mag, np.where(probe < -tau, mag, 0))
+
+
+def value_of(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each point's value (P,) under its answered offset, dB at equal rate; an offset no sweep encoded counts as 0."""
+    return np.nan_to_num(values[np.arange(len(offsets)), offsets + T], nan=0.0)
+
+
+def best_tau(t: ProbeTable, mag: int, rows: np.ndarray | None = None) -> float:
+    """The τ of TAUS with the most mean value over `rows` of t (all points by default)."""
+    rows = np.ones(len(t.probe), bool) if rows is None else rows
+    return max(TAUS, key=lambda tau: value_of(t.values[rows], rule(t.probe[rows], tau, mag)).mean())
+
+
+def loso_answers(t: ProbeTable, mag: int) -> np.ndarray:
+    """The rule's offsets (P,), each source's points under the τ best on the other sources."""
+    out = np.zeros(len(t.probe), int)
+    for s in np.unique(t.sources):
+        mine = t.sources == s
+        out[mine] = rule(t.probe[mine], best_tau(t, mag, ~mine), mag)
+    return out
+
+
+def print_rows(t: ProbeTable, rows: dict[str, np.ndarray]) -> None:
+    print("| key decision | mean dB | as rate % | points worse than Δ=0 | points moved |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (val, moved) in rows.items():
+        print(f"| {name} | **{val.mean():+.4f}** | {loso_value.as_rate(val, t.slopes).mean():+.2f} | "
+              f"{int((val < -1e-9).sum())} | {moved} |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweeps", type=Path, required=True, help="training-side key sweeps (oracle_data.py --search key)")
+    p.add_argument("--probes", type=Path, required=True, help="probes at their points (--offsets=-3,3 --preset N)")
+    p.add_argument("--judge-sweeps", type=Path, default=None, help="other clips' key sweeps, only described")
+    p.add_argument("--judge-probes", type=Path, default=None, help="their probes")
+    p.add_argument("--policy", action="append", default=[], metavar="FILE",
+                   help="a policy file or shipped name whose own key answers are shown (repeatable)")  # fmt: skip
+    ns = p.parse_args(argv)
+    if (ns.judge_sweeps is None) != (ns.judge_probes is None):
+        p.error("--judge-sweeps and --judge-probes go together")
+    files = [("--sweeps", ns.sweeps), ("--probes", ns.probes), ("--judge-sweeps", ns.judge_sweeps),
+             ("--judge-probes", ns.judge_probes)]  # fmt: skip
+    for flag, path in files:
+        if path is not None and (error := oracle_data.missing_records(flag, [path])):
+            p.error(error)
+    try:
+        policies = [policy.load(policy.named(name)) for name in ns.policy]
+        train = probe_table(ns.sweeps, ns.probes)
+        judged = None if ns.judge_sweeps is None else probe_table(ns.judge_sweeps, ns.judge_probes)
+    except (policy.PolicyError, ValueError) as e:
+        p.error(str(e))
+
+    for label, t in (("training side", train), ("judged clips", judged)):
+        if t is None:
+            continue
+        c = sweep_contrast(t.values)
+        fp = t.obs[:, FEATURE_NAMES.index("fp_propagation")]
+        where = f"{len(set(t.windows))} windows, {len(set(t.sources))} sources"
+        print(f"\n## {label}: {len(t.probe)} key sweeps of {where}")
+        print(f"r(probe contrast, sweep contrast) = {np.corrcoef(t.probe, c)[0, 1]:+.3f}; "
+              f"r(fp_propagation, sweep contrast) = {np.corrcoef(fp, c)[0, 1]:+.3f}\n")
+        rows = {}
+        for mag in (1, 2, 3):
+            if t is train:
+                a, how = loso_answers(t, mag), "τ left-out source"
+            else:
+                tau = best_tau(train, mag)
+                a, how = rule(t.probe, tau, mag), f"τ {tau} from the training side"
+            rows[f"probe rule ±{mag}, {how}"] = (value_of(t.values, a), int((a != 0).sum()))
+        for pol in policies:
+            a = loso_value.policy_key_answers(pol, t.obs)
+            rows[f"policy {pol.path}: its own key answers"] = (value_of(t.values, a), int((a != 0).sum()))
+        for name, val in key_ceiling.ceiling_rows(t.values, None, t.windows).items():
+            rows[name] = (np.nan_to_num(val, nan=0.0), 0)
+        print_rows(t, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

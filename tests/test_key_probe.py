@@ -1,0 +1,44 @@
+"""bench/key_probe.py: the probe rule and its leave-one-source-out threshold, on tables of known values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench import key_probe
+from bench.key_probe import ProbeTable, T
+
+
+def _table(probe: list[float], best: list[int], sources: list[str]) -> ProbeTable:
+    """Points whose value is 0.1 dB at offset `best` (0.05 at offsets of the same sign), -0.1 at the others'."""
+    values = np.full((len(probe), 2 * T + 1), -0.1)
+    values[:, T] = 0.0
+    for i, b in enumerate(best):
+        if b:
+            values[i, T + np.sign(b) * np.arange(1, T + 1)] = 0.05
+            values[i, T + b] = 0.1
+    n = len(probe)
+    return ProbeTable(values, np.array(probe), np.zeros((n, 1)), [f"w{i}" for i in range(n)], np.array(sources),
+                      np.full(n, 5.0))  # fmt: skip
+
+
+def test_the_rule_answers_finer_where_the_probe_says_finer_pays_and_zero_inside_tau():
+    probe = np.array([0.3, -0.3, 0.01, -0.01])
+    assert key_probe.rule(probe, 0.05, 2).tolist() == [-2, 2, 0, 0]
+    assert key_probe.rule(probe, 0.0, 1).tolist() == [-1, 1, -1, 1]
+    values = np.full((2, 2 * T + 1), np.nan)
+    values[:, T] = 0.0
+    values[0, T - 2] = 0.4
+    assert key_probe.value_of(values, np.array([-2, 3])).tolist() == [0.4, 0.0]  # not encoded: Δ=0's value
+
+
+def test_each_source_gets_the_threshold_best_on_the_others():
+    # Source a: small probe figures that mislead (the best offset has the other sign), large ones that are right;
+    # source b: every probe right. On b alone τ 0 is best; on a alone a τ that skips the misleading ones.
+    t = _table([0.03, -0.03, 0.3, -0.3, 0.03, -0.03, 0.3],
+               [2, -2, -2, 2, -2, 2, -2], ["a", "a", "a", "a", "b", "b", "b"])  # fmt: skip
+    answers = key_probe.loso_answers(t, 2)
+    assert answers[4:].tolist() == [0, 0, -2]  # b under a's best τ (0.05: a's small figures mislead)
+    assert answers[:4].tolist() == [-2, 2, -2, 2]  # a under b's best τ (0): every figure followed
+    assert key_probe.best_tau(t, 2, t.sources == "a") == 0.05
+    c = key_probe.sweep_contrast(t.values)
+    assert c[0] < 0 < c[1]  # point 0's best offset is +2: the coarser side pays
