@@ -283,6 +283,9 @@ def main() -> int:
     p.add_argument("--preset", type=int, default=None,
                    help="the built-in encoder's --preset for every encode (default: the codec's own); the records' "
                         "keys end in /pN, so they never stand for the default preset's")  # fmt: skip
+    p.add_argument("--first-frames", type=int, default=None, metavar="N",
+                   help="code only each point's first N frames, at the point's own rate (a shorter probe of the same "
+                        "point); keys end in /fN")  # fmt: skip
     p.add_argument("--rates", type=int, default=None,
                    help="target rates per window (default 3; 2 for pan; 6 with a --search sweep)")  # fmt: skip
     p.add_argument("--bpp-min", type=float, default=0.02)
@@ -315,6 +318,8 @@ def main() -> int:
             p.error("--offsets: with --search key only, non-zero offsets")
     if ns.inputs is not None and ns.windows is not None:
         p.error("--inputs and --windows: give one (your clips or a bundled window set)")
+    if ns.first_frames is not None and ns.first_frames < 1:
+        p.error(f"--first-frames: {ns.first_frames} is not a positive number of frames")
     if ns.preset is not None and ns.encoder:
         p.error("--preset is the built-in encoder's; give your encoder's in --encoder-args")
     if ns.encoder_args and not ns.encoder:
@@ -338,6 +343,9 @@ def main() -> int:
     for pt in todo:
         name = pt["name"] if "input" in pt else pt["window"].name
         key = point_key(pt["codec"], name, pt["bpp"], ns.search) + ("" if ns.preset is None else f"/p{ns.preset}")
+        if ns.first_frames is not None:
+            key += f"/f{ns.first_frames}"
+            pt = {**pt, "frames": ns.first_frames}
         if key not in done:
             work = Path(ns.work) / pt["codec"] / ns.search / name / f"{pt['bpp']:.5f}"
             jobs.append({**pt, "key": key, "work": str(work), "search": ns.search, "offsets": ns.offsets,
