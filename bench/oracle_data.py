@@ -155,7 +155,7 @@ def _search_point(job: dict) -> dict:
     if "input" in job:  # one of --inputs
         path, name = Path(job["input"]), job["name"]
     else:
-        path, name = clips.materialise(job["window"]), job["window"].name
+        path, name = clips.materialise(probe_window(job["window"], job.get("scale", 1))), job["window"].name
     video = eval_runs.probe_videos([path], settings)[0]
     (kbps,) = eval_runs.targets_for(video, None, [job["bpp"]])
     point = eval_runs.Point(video, kbps, work, settings)
@@ -262,6 +262,14 @@ def input_windows(patterns: list[str], frames: int, augment: bool, records: Path
     return found
 
 
+def probe_window(win: clips.Window, scale: int) -> clips.Window:
+    """`win` `scale` times smaller (its downscale multiplied, its crop divided, kept even): the same picture."""
+    if scale == 1:
+        return win
+    crop = None if win.crop is None else tuple(c // scale // 2 * 2 for c in win.crop)
+    return replace(win, scale=win.scale * scale, crop=crop)
+
+
 def work_folder(out: Path) -> Path:
     """The default scratch folder of the search that appends to `out`: its own, named from out's path.
 
@@ -283,6 +291,9 @@ def main() -> int:
     p.add_argument("--preset", type=int, default=None,
                    help="the built-in encoder's --preset for every encode (default: the codec's own); the records' "
                         "keys end in /pN, so they never stand for the default preset's")  # fmt: skip
+    p.add_argument("--probe-scale", type=int, default=1, metavar="K",
+                   help="with --windows: code each window K times smaller (its downscale times K) at the point's own "
+                        "bit/pixel, a cheaper probe of the same point; keys end in /sK")  # fmt: skip
     p.add_argument("--first-frames", type=int, default=None, metavar="N",
                    help="code only each point's first N frames, at the point's own rate (a shorter probe of the same "
                         "point); keys end in /fN")  # fmt: skip
@@ -318,6 +329,8 @@ def main() -> int:
             p.error("--offsets: with --search key only, non-zero offsets")
     if ns.inputs is not None and ns.windows is not None:
         p.error("--inputs and --windows: give one (your clips or a bundled window set)")
+    if ns.probe_scale < 1 or (ns.probe_scale > 1 and ns.inputs is not None):
+        p.error(f"--probe-scale {ns.probe_scale}: a whole number ≥ 1, with --windows only")
     if ns.first_frames is not None and ns.first_frames < 1:
         p.error(f"--first-frames: {ns.first_frames} is not a positive number of frames")
     if ns.preset is not None and ns.encoder:
@@ -346,6 +359,9 @@ def main() -> int:
         if ns.first_frames is not None:
             key += f"/f{ns.first_frames}"
             pt = {**pt, "frames": ns.first_frames}
+        if ns.probe_scale != 1:
+            key += f"/s{ns.probe_scale}"
+            pt = {**pt, "scale": ns.probe_scale}
         if key not in done:
             work = Path(ns.work) / pt["codec"] / ns.search / name / f"{pt['bpp']:.5f}"
             jobs.append({**pt, "key": key, "work": str(work), "search": ns.search, "offsets": ns.offsets,
@@ -355,7 +371,7 @@ def main() -> int:
     for pt in jobs:  # materialise once, before the workers race for the same files
         try:
             if "window" in pt:
-                clips.materialise(pt["window"])
+                clips.materialise(probe_window(pt["window"], pt.get("scale", 1)))
             else:
                 own_clips.materialise(pt.pop("own_window"))
         except (clips.ClipError, OSError, ValueError) as exc:  # an unreadable clip, a full disk: before any encode

@@ -691,13 +691,17 @@ def test_a_sweep_at_another_preset_codes_every_encode_at_it_under_its_own_key(tm
     assert [c["bits"] for c in fast["candidates"]] != [c["bits"] for c in default["candidates"]]
     short = oracle_data.run_point({**job, "work": str(tmp_path / "s"), "frames": 8})  # --first-frames 8
     assert short["frames"] == 8 and len(short["baseline_steps"]) == 1  # the key mini-GOP alone
+    small = oracle_data.run_point({**job, "work": str(tmp_path / "h"), "scale": 2})  # --probe-scale 2
+    assert (small["width"], small["height"]) == (44, 36) and small["window"] == win.name  # the same point
+    assert oracle_data.probe_window(clips.Window("b.mp4", 0, 64, 2, (288, 226)), 2).crop == (144, 112)
 
 
 def test_oracle_data_refuses_a_probe_it_cannot_run_before_any_encode(tmp_path):
     script = Path(__file__).resolve().parent.parent / "bench" / "oracle_data.py"
     out = tmp_path / "r.jsonl"
     for args, message in ((["--first-frames", "0"], "--first-frames: 0 is not a positive number"),
-                          (["--preset", "9", "--encoder", "enc"], "--preset is the built-in encoder's")):  # fmt: skip
+                          (["--preset", "9", "--encoder", "enc"], "--preset is the built-in encoder's"),
+                          (["--probe-scale", "2", "--inputs", "x.y4m"], "with --windows only")):  # fmt: skip
         res = run_script(script, "--codec", "x264", "--out", str(out), *args)
         assert res.returncode == 2 and message in res.stderr, res.stderr[-500:]
     assert not out.exists()
