@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bdrate  # noqa: E402
 import gain_model  # noqa: E402
 import oracle_records  # noqa: E402
 import policy  # noqa: E402
@@ -53,6 +54,7 @@ class ProbeTable:
     windows: list[str]
     sources: np.ndarray
     slopes: np.ndarray
+    encodes: np.ndarray  # (P, 2 TABLE + 1, 2): each offset's encode, (bits, PSNR-Y dB); NaN where not swept
 
 
 def point_of(record: dict) -> tuple[str, str]:
@@ -70,12 +72,16 @@ def probe_table(sweep_file: Path, probe_file: Path) -> ProbeTable:
     slopes = gain_model.window_slopes(sweeps)
     obs, values, windows = loso_value.sweep_table(sweeps, slopes)
     probe = np.empty(len(sweeps))
+    encodes = np.full((len(sweeps), 2 * T + 1, 2), np.nan)
     for i, r in enumerate(sweeps):
+        encodes[i, T] = r["baseline"]["bits"], r["baseline"]["psnr_y"]
+        for c in r["candidates"]:
+            encodes[i, c["offsets"][loso_value.swept_minigop(r)] + T] = c["bits"], c["psnr_y"]
         pr = probes[point_of(r)]
         v = loso_value.offset_values(pr, loso_value.swept_minigop(pr), slopes[r["window"]])
         probe[i] = v[T - PROBE] - v[T + PROBE]
     return ProbeTable(values, probe, obs, windows, np.array([oracle_records.source_of(w) for w in windows]),
-                      np.array([slopes[w] for w in windows]))  # fmt: skip
+                      np.array([slopes[w] for w in windows]), encodes)  # fmt: skip
 
 
 def sweep_contrast(values: np.ndarray) -> np.ndarray:
@@ -105,6 +111,32 @@ def loso_answers(t: ProbeTable, mag: int) -> np.ndarray:
     for s in np.unique(t.sources):
         mine = t.sources == s
         out[mine] = rule(t.probe[mine], best_tau(t, mag, ~mine), mag)
+    return out
+
+
+def window_bd_rates(t: ProbeTable, offsets: np.ndarray) -> dict[str, float]:
+    """BD-rate (%, PSNR-Y) per window of its points answered with `offsets` (P,) against their Δ=0 encodes: each
+    window's rates make the two curves (an offset no sweep encoded counts as Δ=0; of rates whose Δ=0 encodes are the
+    same stream, the first). NaN where no BD-rate exists."""
+    out = {}
+    for w in sorted(set(t.windows)):
+        rows = np.flatnonzero([x == w for x in t.windows])
+        _, first = np.unique(t.encodes[rows, T], axis=0, return_index=True)
+        rows = rows[np.sort(first)]
+        picked = t.encodes[rows, offsets[rows] + T]
+        picked = np.where(np.isnan(picked), t.encodes[rows, T], picked)
+        base = t.encodes[rows, T]
+        out[w] = bdrate.safe_bd_rate(list(picked[:, 0]), list(picked[:, 1]), list(base[:, 0]), list(base[:, 1]))
+    return out
+
+
+def other_rates_offsets(t: ProbeTable) -> np.ndarray:
+    """The offsets (P,) of loso_value.window_best_other_rates: each point's column best on its window's other rates."""
+    out = np.zeros(len(t.values), int)
+    for w in set(t.windows):
+        rows = np.flatnonzero([x == w for x in t.windows])
+        for i in rows if len(rows) > 1 else []:
+            out[i] = int(np.argmax(loso_value.window_best_means(t.values[rows[rows != i]]))) - T
     return out
 
 
@@ -162,6 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, val in key_ceiling.ceiling_rows(t.values, None, t.windows).items():
             rows[name] = (np.nan_to_num(val, nan=0.0), 0)
         print_rows(t, rows)
+        if t is judged:  # one window per clip, six rates each: a BD-rate per clip over the GOP the sweeps coded
+            answers = {f"probe rule ±{m}": rule(t.probe, best_tau(train, m), m) for m in (1, 2, 3)}
+            answers |= {f"policy {pol.path}": loso_value.policy_key_answers(pol, t.obs) for pol in policies}
+            answers["content known, out of sample"] = other_rates_offsets(t)
+            clips = sorted(set(t.windows))
+            names = " | ".join(oracle_records.source_of(c) for c in clips)
+            print(f"\n| BD-rate vs Δ=0, PSNR-Y, % | {names} | mean |")
+            print("|---|" + "---:|" * (len(clips) + 1))
+            for name, a in answers.items():
+                bd = window_bd_rates(t, a)
+                per = " | ".join(f"{bd[c]:+.2f}" for c in clips)
+                print(f"| {name} | {per} | **{np.nanmean(list(bd.values())):+.2f}** |")
     return 0
 
 
