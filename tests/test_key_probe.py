@@ -17,8 +17,9 @@ def _table(probe: list[float], best: list[int], sources: list[str]) -> ProbeTabl
             values[i, T + np.sign(b) * np.arange(1, T + 1)] = 0.05
             values[i, T + b] = 0.1
     n = len(probe)
+    encodes = np.full((n, 2 * T + 1, 2), np.nan)
     return ProbeTable(values, np.array(probe), np.zeros((n, 1)), [f"w{i}" for i in range(n)], np.array(sources),
-                      np.full(n, 5.0))  # fmt: skip
+                      np.full(n, 5.0), encodes)  # fmt: skip
 
 
 def test_the_rule_answers_finer_where_the_probe_says_finer_pays_and_zero_inside_tau():
@@ -42,3 +43,15 @@ def test_each_source_gets_the_threshold_best_on_the_others():
     assert key_probe.best_tau(t, 2, t.sources == "a") == 0.05
     c = key_probe.sweep_contrast(t.values)
     assert c[0] < 0 < c[1]  # point 0's best offset is +2: the coarser side pays
+
+
+def test_bd_rate_per_window_takes_each_answers_encode_and_one_of_each_repeated_baseline():
+    t = _table([0.0] * 4, [0] * 4, ["a"] * 4)
+    t.windows = ["w"] * 4
+    bits = np.array([1e5, 2e5, 2e5, 4e5])
+    t.encodes[:, T] = np.stack([bits, [30.0, 33.0, 33.0, 36.0]], axis=1)  # points 1 and 2: the same stream
+    t.encodes[:, T - 2] = np.stack([bits * 0.9, [30.0, 33.0, 33.0, 36.0]], axis=1)  # the same quality, 10% fewer bits
+    assert key_probe.window_bd_rates(t, np.zeros(4, int))["w"] == 0.0
+    assert abs(key_probe.window_bd_rates(t, np.full(4, -2))["w"] - -10.0) < 1e-9
+    assert key_probe.window_bd_rates(t, np.full(4, 3))["w"] == 0.0  # not encoded: Δ=0's encode
+
