@@ -131,13 +131,9 @@ def window_bd_rates(t: ProbeTable, offsets: np.ndarray) -> dict[str, float]:
 
 
 def other_rates_offsets(t: ProbeTable) -> np.ndarray:
-    """The offsets (P,) of loso_value.window_best_other_rates: each point's column best on its window's other rates."""
-    out = np.zeros(len(t.values), int)
-    for w in set(t.windows):
-        rows = np.flatnonzero([x == w for x in t.windows])
-        for i in rows if len(rows) > 1 else []:
-            out[i] = int(np.argmax(loso_value.window_best_means(t.values[rows[rows != i]]))) - T
-    return out
+    """The offsets (P,) of loso_value.window_best_other_rates: each point's best on its window's other rates."""
+    columns = loso_value.window_best_other_columns(t.values, t.windows)
+    return np.where(columns >= 0, columns - T, 0)
 
 
 def print_rows(t: ProbeTable, rows: dict[str, np.ndarray]) -> None:

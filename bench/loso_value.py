@@ -150,18 +150,23 @@ def window_best_values(values: np.ndarray, windows: list[str]) -> np.ndarray:
     return picked
 
 
-def window_best_other_rates(values: np.ndarray, windows: list[str]) -> np.ndarray:
-    """window_best_values out of sample: each point's value (P,) under the column that is best on its window's
-    other rates (leave one rate out), so that no point's own noise picks its column; values (P, choices), NaN
-    where not encoded. A window with one rate has nothing to choose from: it answers Δ=0 (value 0)."""
-    picked = np.zeros(len(values))
+def window_best_other_columns(values: np.ndarray, windows: list[str]) -> np.ndarray:
+    """Each point's column (P,) that is best on its window's other rates (leave one rate out); values (P, choices),
+    NaN where not encoded. -1 for a point whose window has one rate: nothing to choose from, it answers Δ=0."""
+    columns = np.full(len(values), -1)
     for w in set(windows):
         rows = np.flatnonzero([x == w for x in windows])
-        if len(rows) < 2:
-            continue  # no other rate to choose on: Δ=0
-        for i in rows:
-            picked[i] = values[i, int(np.argmax(window_best_means(values[rows[rows != i]])))]
-    return picked
+        for i in rows if len(rows) > 1 else []:
+            columns[i] = int(np.argmax(window_best_means(values[rows[rows != i]])))
+    return columns
+
+
+def window_best_other_rates(values: np.ndarray, windows: list[str]) -> np.ndarray:
+    """window_best_values out of sample: each point's value (P,) under the column that is best on its window's
+    other rates (window_best_other_columns), so that no point's own noise picks its column; values (P, choices),
+    NaN where not encoded. A window with one rate answers Δ=0 (value 0)."""
+    columns = window_best_other_columns(values, windows)
+    return np.where(columns >= 0, values[np.arange(len(values)), columns], 0.0)
 
 
 def sweep_table(sweeps: list[dict], slopes: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
