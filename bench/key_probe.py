@@ -136,7 +136,8 @@ def other_rates_offsets(t: ProbeTable) -> np.ndarray:
     return np.where(columns >= 0, columns - T, 0)
 
 
-def print_rows(t: ProbeTable, rows: dict[str, np.ndarray]) -> None:
+def print_rows(t: ProbeTable, rows: dict[str, tuple[np.ndarray, int]]) -> None:
+    """One table row per decision: (its value per point (P,), dB; how many points it moved)."""
     print("| key decision | mean dB | as rate % | points worse than Δ=0 | points moved |")
     print("|---|---:|---:|---:|---:|")
     for name, (val, moved) in rows.items():
