@@ -53,6 +53,7 @@ class EvalSettings:
     keyint: int = 64  # frames per GOP
     mini_gop: int = 8  # frames per mini-GOP
     layer_offset_scale: float = 1.0  # the built-in encoder's --layer-offset-scale (1 = the codec's own pyramid)
+    key_probe: bool = False  # the built-in encoder's --key-probe in every agent encode (PROTOCOL.md §4.1.2)
     input_res: str | None = None  # for .yuv inputs
     encoder_timeout_s: float = 60.0  # seconds without a protocol file before an encoder counts as hung
     device: str = "cpu"
@@ -197,7 +198,8 @@ class Point:
             return self.base_args() + ["--pass", "2", "--stat-in", str(self.stat_path)]
         return self.base_args() + ["--rc-mode", "1", "--pass", "2", "--stat-in", str(self.stat_path),
                                    "--summary-json", str(self.work / f"{tag}.json"),
-                                   "--csv", str(self.work / f"{tag}.csv")]  # fmt: skip
+                                   "--csv", str(self.work / f"{tag}.csv"),
+                                   *(["--key-probe"] if self.settings.key_probe else [])]  # fmt: skip
 
 
 class ScriptedLearner(Learner):

@@ -68,12 +68,13 @@ POSITIONS = 8  # mini-GOPs per GOP in the demonstrations (keyint 64, mini-GOP 8)
 
 
 def select_records(every: list[dict], label: str, windows: str, key_sweeps: str, inputs: list[str],
-                   draws: tuple[int, ...] = (0,)) -> list[dict]:  # fmt: skip
+                   draws: tuple[int, ...] = (0,), suffix: str = "") -> list[dict]:  # fmt: skip
     """The records the fit uses: codec `label`'s points of the window sets at the rates of each seed in
     `draws` (oracle_data.of_window_sets), its key sweeps of `key_sweeps`, and every oracle point of the
-    windows named in `inputs` (--inputs)."""
+    windows named in `inputs` (--inputs). `suffix`: the window sets' keys' ending ("/kp": --key-probe)."""
     mine = [r for r in every if r["codec"] == label]
-    records = oracle_data.of_draws(mine, windows, draws) + oracle_data.of_window_sets(mine, key_sweeps, "key")
+    records = (oracle_data.of_draws(mine, windows, draws, suffix)
+               + oracle_data.of_window_sets(mine, key_sweeps, "key", suffix=suffix))  # fmt: skip
     return records + [r for r in mine if r["window"] in inputs and r.get("search", "oracle") == "oracle"]
 
 
@@ -114,6 +115,10 @@ def main() -> int:
                    help="seeds of the target-rate draws searched and fitted together (comma-separated, "
                         "bench/oracle_data.py --seed); default: the codec's shipped recipe "
                         f"({recipe_defaults(lambda r: r.draws)})")
+    p.add_argument("--key-probe", action="store_true",
+                   help="demonstrations encoded with the built-in encoder's --key-probe (PROTOCOL.md §4.1.2), so the "
+                        "gain model may read the state's key_probe (--key-features key_probe); the policy then "
+                        "wants encodes with --key-probe too (svtav1, x264)")  # fmt: skip
     own_clips.add_own_flags(p, "--data")
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
@@ -136,6 +141,8 @@ def main() -> int:
         p.error("--inputs / --encoder: name --data and --out (your records and policy stay apart from ours)")
     if ns.encoder_args and not ns.encoder:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
+    if ns.key_probe and (ns.encoder or ns.codec == "vp9"):
+        p.error("--key-probe is the built-in encoder's, for svtav1 and x264; your encoder sends key_probe itself")
     inputs: list[str] = []
     if ns.inputs is not None:
         try:
@@ -175,6 +182,8 @@ def main() -> int:
         own_flags = [f"--encoder={ns.encoder}", f"--encoder-args={ns.encoder_args}",
                      f"--encoder-rl-args={ns.encoder_rl_args}"]  # fmt: skip
         searches = [(where + own_flags, search) for where, search in searches]
+    if ns.key_probe:
+        searches = [(where + ["--key-probe"], search) for where, search in searches]
     for where, search in searches:
         cmd = [sys.executable, str(ROOT / "bench" / "oracle_data.py"), "--codec", ns.codec, "--out", str(data),
                "--jobs", str(ns.jobs), *where, "--search", search]  # fmt: skip
@@ -185,7 +194,8 @@ def main() -> int:
             return 1
 
     label = "encoder" if ns.encoder else ns.codec  # the records' codec (oracle_data.py)
-    records = select_records(oracle_records.read_records([data]), label, ns.windows, ns.key_sweeps, inputs, draws)
+    records = select_records(oracle_records.read_records([data]), label, ns.windows, ns.key_sweeps, inputs, draws,
+                             "/kp" if ns.key_probe else "")  # fmt: skip
     if not records:
         print(f"make_policy.py: no oracle points of {ns.windows or ns.inputs} in {data}", file=sys.stderr)
         return 1
@@ -195,7 +205,7 @@ def main() -> int:
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d"), "windows": ns.windows,
                   "key_sweeps": ns.key_sweeps, "consensus": str(ns.consensus), "features": spec.describe(),
-                  "draws": ",".join(map(str, draws))}  # fmt: skip
+                  "draws": ",".join(map(str, draws)), **({"key_probe": "1"} if ns.key_probe else {})}  # fmt: skip
     if ns.encoder:
         provenance |= {"encoder": ns.encoder, "encoder_args": ns.encoder_args}
     if inputs:

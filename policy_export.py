@@ -323,6 +323,9 @@ int main(void) {
         rq.noise_sigma = read_list(rq.n_first_pass);
         if (scanf("%d", &rq.n_propagation) != 1) return 1;
         rq.propagation = rq.n_propagation > 0 ? read_list(rq.n_propagation) : NULL;
+        if (scanf("%d %lf %lf %lf %lf", &rq.key_probe_offset, &rq.key_probe_finer_bits, &rq.key_probe_finer_psnr_y,
+                  &rq.key_probe_coarser_bits, &rq.key_probe_coarser_psnr_y) != 5)
+            return 1;
         if (scanf("%d %lf %lf %d %d", &prev.present, &prev.bits, &prev.psnr_y, &prev.qp_used, &prev.base_qp) != 5)
             return 1;
         float obs[RLRC_OBS_DIM];
@@ -366,6 +369,12 @@ def driver_line(row: dict) -> str:
     parts += [str(len(fp["intra_cost"]) if fp else 0), *(repr(float(v)) for k in lists for v in (fp or {}).get(k, []))]
     prop = (fp or {}).get("propagation") or []
     parts += [str(len(prop)), *(repr(float(v)) for v in prop)]
+    probe = rq.get("key_probe")
+    if probe is None:
+        parts += ["0", "0", "0", "0", "0"]
+    else:
+        parts += [str(probe["offset"]), *(repr(float(probe[k])) for k in ("finer_bits", "finer_psnr_y", "coarser_bits",
+                                                                            "coarser_psnr_y"))]  # fmt: skip
     if fb is None:
         parts += ["0", "0", "0", "0", "0"]
     else:

@@ -97,6 +97,22 @@ class FirstPass:
 
 
 @dataclass
+class KeyProbe:
+    """Optional probe of a GOP's key decision (v2): what the encoder measured by coding the whole GOP twice, fast.
+
+    Both encodes code every frame of the GOP under the encoder's own rate control, with this mini-GOP's QP
+    `offset` QP units finer (`finer_*`) and coarser (`coarser_*`) than the rate control's base QP and Δ=0 on
+    the others; bits are the GOP's bits, PSNR-Y its overall PSNR-Y (from the summed squared error), dB.
+    """
+
+    offset: int  # QP units (the agent's 0..63 scale) of each probe's change to this mini-GOP's base QP, >= 1
+    finer_bits: int
+    finer_psnr_y: float
+    coarser_bits: int
+    coarser_psnr_y: float
+
+
+@dataclass
 class Request:
     """Encoder -> agent, `mg%04d_rq.json`: everything known before mini-GOP `mg_index` is coded.
 
@@ -134,6 +150,7 @@ class Request:
     # q_index); the agent's action range is defined on a 0..63 scale and stretched to this one.
     qp_scale_max: int = 63
     first_pass: FirstPass | None = None  # v2, optional: per-frame first-pass statistics
+    key_probe: KeyProbe | None = None  # v2, optional, a GOP's first mini-GOP only: the probe encodes of its QP
 
 
 @dataclass
@@ -245,7 +262,7 @@ def _check_type(path: Path, name: str, value: Any, annotation: str) -> Any:
     raise AssertionError(f"unsupported annotation {annotation}")
 
 
-_NESTED: dict[str, type] = {"FirstPass": FirstPass}
+_NESTED: dict[str, type] = {"FirstPass": FirstPass, "KeyProbe": KeyProbe}
 
 
 def _int_ok(v: Any) -> bool:
@@ -332,6 +349,24 @@ def _validate_request(req: Request, path: Path) -> None:
         )
     if req.first_pass is not None:
         _validate_first_pass(req.first_pass, req.frame_count, path)
+    if req.key_probe is not None:
+        _validate_key_probe(req.key_probe, req.mg_in_gop, path)
+
+
+def _validate_key_probe(probe: KeyProbe, mg_in_gop: int, path: Path) -> None:
+    """Only on a GOP's first mini-GOP; offset >= 1; bits > 0; PSNR-Y in (0, 100] dB (100: lossless)."""
+    if mg_in_gop != 0:
+        raise ProtocolError(
+            f"{path}: field 'key_probe' is sent with a GOP's first mini-GOP only (mg_in_gop is {mg_in_gop})"
+        )
+    if probe.offset < 1:
+        raise ProtocolError(f"{path}: field 'key_probe.offset' must be >= 1 (got {probe.offset})")
+    for side in ("finer", "coarser"):
+        bits, psnr = getattr(probe, f"{side}_bits"), getattr(probe, f"{side}_psnr_y")
+        if bits <= 0:
+            raise ProtocolError(f"{path}: field 'key_probe.{side}_bits' must be > 0 (got {bits})")
+        if not 0.0 < psnr <= 100.0:
+            raise ProtocolError(f"{path}: field 'key_probe.{side}_psnr_y' must be in (0, 100] dB (got {psnr})")
 
 
 def _validate_first_pass(fp: FirstPass, frame_count: int, path: Path) -> None:

@@ -37,6 +37,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "fp_reuse",  # log2(1 + later frames of the GOP that re-use this mini-GOP's content) / 4: gop_reuse
     # From first_pass.propagation (optional); 0 without it.
     "fp_propagation",  # the mini-GOP's first frame's block propagation over the rest of its GOP / 4
+    # From the request's optional key_probe (a GOP's first mini-GOP, the encoder's --key-probe); 0 without it.
+    "key_probe",  # the probe's contrast: dB at equal rate the finer key QP gains over the coarser, per 6 QP
 )
 OBS_DIM = len(FEATURE_NAMES)
 # The features before fp_propagation: the inputs of the policies made before it (policy.py reads any
@@ -44,6 +46,10 @@ OBS_DIM = len(FEATURE_NAMES)
 FEATURES_V2: tuple[str, ...] = FEATURE_NAMES[: FEATURE_NAMES.index("fp_propagation")]
 
 _EPS = 1e-6
+# dB of overall PSNR-Y per doubling of bits that values the key probe's two encodes at equal rate: the median
+# RD slope of the SVT-AV1 training windows (BENCHMARKS.md §2.4.41). The two encodes differ little in bits
+# (the rate control takes them back over the GOP), so the slope hardly matters (2.5 to 4: r 0.95 on held-out).
+PROBE_SLOPE_DB = 2.5
 # The action's QP unit is defined on a 0..63 scale (AV1 QP, x264 QP); codecs with a finer scale
 # (VP9's q_index, 0..255) stretch it: see qp_unit.
 _REFERENCE_QP_SCALE = 63.0
@@ -102,6 +108,20 @@ def propagation_feature(req: Request) -> float:
     if fp is None or not fp.propagation:
         return 0.0
     return fp.propagation[0] / 4.0
+
+
+def key_probe_feature(req: Request) -> float:
+    """The key probe's contrast (PROTOCOL.md §4.1.2) in dB at equal rate per 6 QP, 0 without a probe:
+
+        p = (finer_psnr_y - coarser_psnr_y - PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3 / offset
+
+    > 0: the finer key QP pays for its bits over the GOP (a lower QP here wins); < 0: the coarser one does.
+    """
+    k = req.key_probe
+    if k is None:
+        return 0.0
+    gain = k.finer_psnr_y - k.coarser_psnr_y - PROBE_SLOPE_DB * math.log2(k.finer_bits / k.coarser_bits)
+    return gain * 3.0 / k.offset
 
 
 def gop_reuse(req: Request) -> float:
@@ -181,6 +201,7 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
             prev_delta,
             *first_pass_features(req),
             propagation_feature(req),
+            key_probe_feature(req),
         ],
         dtype=np.float32,
     )

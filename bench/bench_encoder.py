@@ -14,7 +14,8 @@ Tables (Markdown):
      without the protocol (2-pass rc-mode 1, no
      agent) and with it (the same encode with `--rl-dir` and tests/responder.py answering every
      request with the base QP, Δ = 0); the time the encoder waited for replies and whether the
-     Δ = 0 encode gave the same bits as the encode without agent.
+     Δ = 0 encode gave the same bits as the encode without agent; the same with `--key-probe` (two
+     fast encodes of every GOP before its first request, PROTOCOL.md §4.1.2).
   2. bitrate error of the 2-pass baseline (rc-mode 1, no agent) at 4 targets per clip.
   3. BD-rate (overall PSNR-Y, `bdrate.bd_rate`, PCHIP) of the 2-pass baseline against the codec's
      own rate control (rc-mode 2) at the same 4 targets, and against the codec's CRF (rc-mode 3) at
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 crf = {c: enc("--rc-mode", "3", "--crf", str(c)) for c in CRFS[codec, name]}
                 mid = targets[1]
                 rl = run_encode(work, codec, clip, frames, "--rc-mode", "1", "--bitrate", str(mid), agent=True)
+                kp = run_encode(work, codec, clip, frames, "--rc-mode", "1", "--bitrate", str(mid), "--key-probe",
+                                agent=True)  # fmt: skip
                 plain = base[mid]
                 size = f"{plain['width']}x{plain['height']}"
                 label = f"{codec} | {name} {size} | {plain['frames']}"
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {label} | {mid} | {plain['encode_fps']:.1f} | {plain['frames'] / plain['wall_s']:.1f} "
                     f"| {rl['encode_fps']:.1f} | {rl['frames'] / rl['wall_s']:.1f} | {rl['agent_wait_s'] * 1000:.0f} "
                     f"| {100 * rl['agent_wait_s'] / rl['encode_s']:.1f} % "
-                    f"| {'yes' if rl['bits'] == plain['bits'] else 'no'} |"
+                    f"| {'yes' if rl['bits'] == plain['bits'] else 'no'} | {kp['encode_fps']:.1f} "
+                    f"| {kp['frames'] / kp['wall_s']:.1f} | {'yes' if kp['bits'] == plain['bits'] else 'no'} |"
                 )
                 for t in targets:
                     r = base[t]
@@ -197,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     print("### 1. Speed, 2-pass rc-mode 1 at the 2nd target, without and with the protocol (Δ = 0 responder)")
     print()
     print("| codec | clip | frames | kbit/s | fps final pass | fps wall | fps final pass, protocol "
-          "| fps wall, protocol | reply wait, ms | wait / final pass | same bits |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| fps wall, protocol | reply wait, ms | wait / final pass | same bits | fps final pass, --key-probe "
+          "| fps wall, --key-probe | same bits |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(speed_rows))
     print()
     print("### 2. Bitrate error of the 2-pass baseline (rc-mode 1, no agent)")

@@ -97,17 +97,19 @@ def point_keys(codec: str, windows: str, search: str = "oracle", bpp_min: float 
             for pt in points(codec, default_rates(name, search), bpp_min, bpp_max, seed, name)}  # fmt: skip
 
 
-def of_window_sets(records: list[dict], windows: str, search: str = "oracle", seed: int | None = None) -> list[dict]:
+def of_window_sets(records: list[dict], windows: str, search: str = "oracle", seed: int | None = None,
+                   suffix: str = "") -> list[dict]:  # fmt: skip
     """The records of the comma-separated window sets' points searched by `search` (each record's own
     codec; rates of the default draw, or of `seed`'s): not a point of the same window at another
-    rate, searched before a set's list changed."""
-    keys = {codec: point_keys(codec, windows, search, seed=seed) for codec in {r["codec"] for r in records}}
+    rate, searched before a set's list changed. `suffix`: the keys' ending ("/kp": searched with --key-probe)."""
+    keys = {codec: {k + suffix for k in point_keys(codec, windows, search, seed=seed)}
+            for codec in {r["codec"] for r in records}}  # fmt: skip
     return [r for r in records if r["key"] in keys[r["codec"]]]
 
 
-def of_draws(records: list[dict], windows: str, draws: tuple[int, ...]) -> list[dict]:
+def of_draws(records: list[dict], windows: str, draws: tuple[int, ...], suffix: str = "") -> list[dict]:
     """of_window_sets for each seed of `draws` (draws of the oracle's rates fitted together), in that order."""
-    return [r for seed in draws for r in of_window_sets(records, windows, seed=seed)]
+    return [r for seed in draws for r in of_window_sets(records, windows, seed=seed, suffix=suffix)]
 
 
 def missing_records(flag: str, paths: list[Path]) -> str | None:
@@ -149,7 +151,7 @@ def _search_point(job: dict) -> dict:
     # a set's list) would be reused and refused by the encoder.
     shutil.rmtree(work, ignore_errors=True)
     settings = eval_runs.EvalSettings(codec=codec, frames=job.get("frames", 0), preset=job.get("preset"),
-                                      encoder=job.get("encoder", ""),
+                                      key_probe=job.get("key_probe", False), encoder=job.get("encoder", ""),
                                       encoder_args=tuple(job.get("encoder_args", ())),
                                       rl_args=job.get("rl_args", encoder_proc.DEFAULT_RL_ARGS))  # fmt: skip
     if "input" in job:  # one of --inputs
@@ -181,6 +183,7 @@ def _search_point(job: dict) -> dict:
         "oracle_steps": [step_record(s) for s in best_steps],
         "candidates": oracle.candidates, "seconds": time.monotonic() - t0, "search": job.get("search", "oracle"),
         **({"preset": job["preset"]} if job.get("preset") is not None else {}),
+        **({"key_probe": True} if job.get("key_probe") else {}),
     }  # fmt: skip
 
 
@@ -291,6 +294,9 @@ def main() -> int:
     p.add_argument("--preset", type=int, default=None,
                    help="the built-in encoder's --preset for every encode (default: the codec's own); the records' "
                         "keys end in /pN, so they never stand for the default preset's")  # fmt: skip
+    p.add_argument("--key-probe", action="store_true",
+                   help="every agent encode with the built-in encoder's --key-probe (PROTOCOL.md §4.1.2), so the "
+                        "states carry the key probe; keys end in /kp")  # fmt: skip
     p.add_argument("--probe-scale", type=int, default=1, metavar="K",
                    help="with --windows: code each window K times smaller (its downscale times K) at the point's own "
                         "bit/pixel, a cheaper probe of the same point; keys end in /sK")  # fmt: skip
@@ -335,6 +341,8 @@ def main() -> int:
         p.error(f"--first-frames: {ns.first_frames} is not a positive number of frames")
     if ns.preset is not None and ns.encoder:
         p.error("--preset is the built-in encoder's; give your encoder's in --encoder-args")
+    if ns.key_probe and (ns.encoder or ns.codec == "vp9"):
+        p.error("--key-probe is the built-in encoder's, for svtav1 and x264; give your encoder's in --encoder-args")
     if ns.encoder_args and not ns.encoder:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
     if ns.frames < 0:
@@ -359,13 +367,15 @@ def main() -> int:
         if ns.first_frames is not None:
             key += f"/f{ns.first_frames}"
             pt = {**pt, "frames": ns.first_frames}
+        if ns.key_probe:
+            key += "/kp"
         if ns.probe_scale != 1:
             key += f"/s{ns.probe_scale}"
             pt = {**pt, "scale": ns.probe_scale}
         if key not in done:
             work = Path(ns.work) / pt["codec"] / ns.search / name / f"{pt['bpp']:.5f}"
             jobs.append({**pt, "key": key, "work": str(work), "search": ns.search, "offsets": ns.offsets,
-                         "preset": ns.preset})  # fmt: skip
+                         "preset": ns.preset, "key_probe": ns.key_probe})  # fmt: skip
     if ns.limit:
         jobs = jobs[: ns.limit]
     for pt in jobs:  # materialise once, before the workers race for the same files

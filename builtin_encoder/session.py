@@ -36,6 +36,7 @@ from builtin_encoder.errors import (
     Interrupted,
     ReplyTimeout,
 )
+from builtin_encoder.key_probe import PROBE_PRESET, Gop, key_probe
 from builtin_encoder.layout import MiniGop, build_layout
 from builtin_encoder.metrics import psnr_from_mse
 from builtin_encoder.ratecontrol import (
@@ -86,6 +87,7 @@ class Settings:
     rl_session: str = ""
     lookahead: int = 7  # mini-GOPs of look-ahead (fp_bpp, first_pass) in each request
     layer_offset_scale: float = 1.0  # temporal-layer QP offsets times this (frame_qps); 1 = the codec's own
+    key_probe: bool = False  # probe each GOP's key QP (key_probe.py) into the agent's requests
     summary_json: str | None = None
     quiet: bool = False
 
@@ -400,6 +402,32 @@ def _mini_gops(frames: Iterator[YuvFrame], layout: list[MiniGop]) -> Iterator[tu
         yield mg, chunk
 
 
+def _gops(mini_gops: Iterator[tuple[MiniGop, list[YuvFrame]]]) -> Iterator[Gop]:
+    """The mini-GOPs grouped by GOP, each GOP's frames read before its first is coded (the key probe's)."""
+    gop: Gop = []
+    for mg, chunk in mini_gops:
+        gop.append((mg, chunk))
+        if mg.gop_end:
+            yield gop
+            gop = []
+    if gop:
+        yield gop
+
+
+def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path) -> protocol.KeyProbe:
+    """The key probe of `gop` (key_probe.py): two encodes at the codec's probe preset, nothing of them kept."""
+    s = job.settings
+    cfg = job.codec_config(PROBE_PRESET[s.codec], Measure.SSE)
+    inputs = codec_inputs(job)
+
+    def qps(codec: Codec, qp: int, mg: MiniGop) -> list[int]:
+        return frame_qps(codec, qp, mg, s.layer_offset_scale)
+
+    codec_qp_max = _codec_qp_range(s.codec)[1]
+    return key_probe(lambda out: open_codec(s.codec, cfg, out, None, inputs), scratch, rc, gop, qps, job.luma,
+                     max(1.0, codec_qp_max / 63.0))  # fmt: skip
+
+
 def encode_pass(
     job: Job,
     *,
@@ -438,54 +466,70 @@ def encode_pass(
     analyzer = Analyzer() if collect_features else None
     gop_blocks: list[BlockCosts] = []  # this GOP's per-block analysis so far, for its propagation
     luma, chroma = job.luma, job.luma // 4
+    probing = agent is not None and s.key_probe
+    mini_gops = _mini_gops(pass_frames(job, keep_frames), job.layout)
+    groups = _gops(mini_gops) if probing else ([item] for item in mini_gops)  # by GOP only for the probe
+    probe_dir = tempfile.TemporaryDirectory(prefix="builtin_encoder.probe.") if probing else None
     try:
-        for mg, frames in _mini_gops(pass_frames(job, keep_frames), job.layout):
-            base_qp = rc.base_qp(mg)
-            gop_budget = rc.gop_budget(mg)
-            qp = base_qp
-            if agent is not None:
-                assert isinstance(rc, RateController)  # pass 1 never talks to the agent
-                qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass))
-            qps = frame_qps(codec, qp, mg, s.layer_offset_scale)
-            try:
-                stats = codec.encode(frames, qps, key_first=mg.key_first)
-            except EncoderError:  # Interrupted (SIGTERM) arrives inside the codec call
-                raise
-            except Exception as exc:
-                raise CodecFailure(
-                    f"codec {s.codec} failed on mini-GOP {mg.index} (frames {mg.first}..): {exc}"
-                ) from exc
-            if len(stats) != mg.count:
-                raise CodecFailure(f"codec {s.codec} returned {len(stats)} frame stats for {mg.count} frames")
-            rc.update(mg, [st.bits for st in stats], qp)
-            totals.add(stats, luma)
-            if native:
-                qp = -1
-            for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
-                index = mg.first + pos
-                var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
-                analysis = {}
-                if collect_features:
-                    own = codec_analysis(codec, index, frame)
-                    if own is None:  # our own analysis, with the blocks propagation needs
-                        own = analyzer.add(frame.y)
-                        gop_blocks.append(analyzer.blocks)
-                    analysis = analysis_fields(own)
-                prev_y = frame.y
-                out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
-                                           st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
-                if writer is not None:
-                    writer.writerow([
-                        index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp, st.bits,
-                        f"{psnr_from_mse(st.sse_y / luma):.4f}", f"{psnr_from_mse(st.sse_u / chroma):.4f}",
-                        f"{psnr_from_mse(st.sse_v / chroma):.4f}", f"{st.ssim_y:.6f}",
-                    ])  # fmt: skip
-            if collect_features and mg.gop_end:
-                if len(gop_blocks) == gop_frame_count(job.layout, mg.gop):
-                    add_propagation(out_stats, gop_blocks)
-                gop_blocks = []
-            if agent is not None:
-                agent.feedback(_feedback(job, mg, qp, stats, agent.session))
+        for group in groups:
+            probe = None
+            if probing and group[0][0].in_gop == 0:
+                assert isinstance(rc, RateController) and probe_dir is not None
+                try:
+                    probe = _probe(job, rc, group, Path(probe_dir.name))
+                except EncoderError:
+                    raise
+                except Exception as exc:
+                    gop = group[0][0].gop
+                    raise CodecFailure(f"codec {s.codec} failed in the key probe of GOP {gop}: {exc}") from exc
+            for mg, frames in group:
+                base_qp = rc.base_qp(mg)
+                gop_budget = rc.gop_budget(mg)
+                qp = base_qp
+                if agent is not None:
+                    assert isinstance(rc, RateController)  # pass 1 never talks to the agent
+                    qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass,
+                                            probe if mg.in_gop == 0 else None))
+                qps = frame_qps(codec, qp, mg, s.layer_offset_scale)
+                try:
+                    stats = codec.encode(frames, qps, key_first=mg.key_first)
+                except EncoderError:  # Interrupted (SIGTERM) arrives inside the codec call
+                    raise
+                except Exception as exc:
+                    raise CodecFailure(
+                        f"codec {s.codec} failed on mini-GOP {mg.index} (frames {mg.first}..): {exc}"
+                    ) from exc
+                if len(stats) != mg.count:
+                    raise CodecFailure(f"codec {s.codec} returned {len(stats)} frame stats for {mg.count} frames")
+                rc.update(mg, [st.bits for st in stats], qp)
+                totals.add(stats, luma)
+                if native:
+                    qp = -1
+                for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
+                    index = mg.first + pos
+                    var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
+                    analysis = {}
+                    if collect_features:
+                        own = codec_analysis(codec, index, frame)
+                        if own is None:  # our own analysis, with the blocks propagation needs
+                            own = analyzer.add(frame.y)
+                            gop_blocks.append(analyzer.blocks)
+                        analysis = analysis_fields(own)
+                    prev_y = frame.y
+                    out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
+                                               st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
+                    if writer is not None:
+                        writer.writerow([
+                            index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp, st.bits,
+                            f"{psnr_from_mse(st.sse_y / luma):.4f}", f"{psnr_from_mse(st.sse_u / chroma):.4f}",
+                            f"{psnr_from_mse(st.sse_v / chroma):.4f}", f"{st.ssim_y:.6f}",
+                        ])  # fmt: skip
+                if collect_features and mg.gop_end:
+                    if len(gop_blocks) == gop_frame_count(job.layout, mg.gop):
+                        add_propagation(out_stats, gop_blocks)
+                    gop_blocks = []
+                if agent is not None:
+                    agent.feedback(_feedback(job, mg, qp, stats, agent.session))
         try:
             codec.close()
         except EncoderError:
@@ -497,11 +541,14 @@ def encode_pass(
         # would hide the first one, which is the one to report.
         with contextlib.suppress(Exception):
             codec.close()
+        if probe_dir is not None:
+            probe_dir.cleanup()
     return PassResult(out_stats, totals, time.monotonic() - t0, agent.wait_s if agent else 0.0, measure)
 
 
 def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: int, gop_budget: int,
-             session: str, first_pass: list[FrameStat] | None) -> protocol.Request:  # fmt: skip
+             session: str, first_pass: list[FrameStat] | None,
+             probe: protocol.KeyProbe | None = None) -> protocol.Request:  # fmt: skip
     s = job.settings
     nxt = job.layout[mg.index + 1 : mg.index + 1 + s.lookahead]
     seen = range(mg.first, (nxt[-1] if nxt else mg).first + (nxt[-1] if nxt else mg).count)
@@ -535,6 +582,7 @@ def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: i
         session=session,
         qp_scale_max=codec.qp_max,
         first_pass=first_pass_message(first_pass, seen) if first_pass else None,
+        key_probe=probe,
     )
 
 

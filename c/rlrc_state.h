@@ -18,7 +18,8 @@
 
 #include <math.h>
 
-#define RLRC_OBS_DIM 23
+#define RLRC_OBS_DIM 24
+#define RLRC_PROBE_SLOPE_DB 2.5 /* state.PROBE_SLOPE_DB */
 #define RLRC_EPS 1e-6
 #define RLRC_REFERENCE_QP_SCALE 63.0
 
@@ -37,6 +38,9 @@ typedef struct {
     const double *intra_cost, *inter_cost, *sr_inter_cost, *mv_mean, *noise_sigma;
     const double *propagation; /* first_pass.propagation, NULL when not sent */
     int n_propagation;
+    /* key_probe (a GOP's first mini-GOP, optional): key_probe_offset = 0 when the request carries none */
+    int key_probe_offset;
+    double key_probe_finer_bits, key_probe_finer_psnr_y, key_probe_coarser_bits, key_probe_coarser_psnr_y;
 } rlrc_request;
 
 /* The previous mini-GOP of the same GOP: its feedback's bits, psnr_y and qp_used, and its request's base_qp. */
@@ -159,6 +163,11 @@ static inline void rlrc_observation(const rlrc_request *rq, const rlrc_previous 
         v[20] = log2(1.0 + rlrc_mean(rq->noise_sigma, n, skip, n)) / 4.0;
         v[21] = log2(1.0 + rlrc_gop_reuse(rq)) / 4.0;
         if (rq->propagation != 0 && rq->n_propagation > 0) v[22] = rq->propagation[0] / 4.0;
+    }
+    if (rq->key_probe_offset > 0) { /* state.key_probe_feature */
+        double gain = rq->key_probe_finer_psnr_y - rq->key_probe_coarser_psnr_y
+                      - RLRC_PROBE_SLOPE_DB * log2(rq->key_probe_finer_bits / rq->key_probe_coarser_bits);
+        v[23] = gain * 3.0 / rq->key_probe_offset;
     }
     for (int i = 0; i < RLRC_OBS_DIM; i++) obs[i] = rlrc_clip4(v[i]);
 }

@@ -87,6 +87,28 @@ def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
         assert int(got[OBS_DIM + 1]) == row["qp"]
 
 
+@pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on this machine")
+def test_c_state_reads_the_key_probe_as_state_py_does(exported, tmp_path):
+    """A GOP's first requests with a key_probe (the encoder's --key-probe) give the same key_probe feature in C."""
+    from state import FEATURE_NAMES
+
+    name, out = exported
+    rows = [dict(r) for r in _vectors(name, out)["encode"] if r["request"]["mg_in_gop"] == 0]
+    probes = [(3, 240000, 36.2, 236000, 36.5), (3, 200000, 30.1, 210000, 29.7), (2, 5000, 45.0, 5000, 44.0)]
+    for row, (offset, fb, fp, cb, cp) in zip(rows, probes, strict=False):
+        row["request"] = {**row["request"], "key_probe": {"offset": offset, "finer_bits": fb, "finer_psnr_y": fp,
+                                                          "coarser_bits": cb, "coarser_psnr_y": cp}}  # fmt: skip
+    rows = rows[: len(probes)]
+    assert rows
+    answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
+    k = FEATURE_NAMES.index("key_probe")
+    for row, got in zip(rows, answers, strict=True):
+        req = protocol.parse_request(json.dumps(row["request"]), tmp_path / "rq.json")
+        obs = build_observation(req, None, None)
+        assert obs[k] != 0.0
+        np.testing.assert_allclose(np.array(got[:OBS_DIM], dtype=np.float32), obs, atol=1e-6)
+
+
 def test_random_observations_give_the_same_actions_in_c(exported, tmp_path):
     """The network alone on observations a short encode does not reach (random in [-2, 2])."""
     name, out = exported

@@ -134,6 +134,44 @@ def test_list_entries_are_typed_as_declared():
     assert all(type(v) is float for v in parsed.first_pass.intra_cost)
 
 
+KEY_START = dict(mg_index=0, mg_in_gop=0, first_frame=0, frame_types=["KEY"] + ["INTER"] * 7,
+                 temporal_layers=[0, 2, 1, 2, 0, 2, 1, 2], gop_bits_spent=0, total_bits_spent=0)
+
+
+def test_key_probe_is_optional_and_round_trips():
+    assert protocol.parse_request(protocol.to_json(make_request(**KEY_START)), P).key_probe is None
+    probe = protocol.KeyProbe(offset=3, finer_bits=240000, finer_psnr_y=36.2, coarser_bits=236000, coarser_psnr_y=36.5)
+    req = make_request(**KEY_START, key_probe=probe)
+    text = protocol.to_json(req)
+    assert '"key_probe":{"offset":3,"finer_bits":240000' in text
+    assert protocol.parse_request(text, P) == req
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        (dict(offset=0), r"mg0003_rq.json: field 'key_probe.offset' must be >= 1 \(got 0\)"),
+        (dict(finer_bits=0), r"field 'key_probe.finer_bits' must be > 0 \(got 0\)"),
+        (dict(coarser_psnr_y=0.0), r"field 'key_probe.coarser_psnr_y' must be in \(0, 100\] dB \(got 0.0\)"),
+        (dict(finer_psnr_y=101.0), r"field 'key_probe.finer_psnr_y' must be in \(0, 100\] dB"),
+        (dict(coarser_bits="5"), r"field 'key_probe.coarser_bits' must be an integer"),
+        (dict(finer_psnr_y=None), r"field 'key_probe.finer_psnr_y' must be a number"),
+    ],
+)
+def test_bad_key_probe_fields_are_named(over, match):
+    data = asdict(make_request(**KEY_START))
+    data["key_probe"] = dict(offset=3, finer_bits=240000, finer_psnr_y=36.2, coarser_bits=236000, coarser_psnr_y=36.5)
+    data["key_probe"].update(over)
+    with pytest.raises(ProtocolError, match=match):
+        protocol.parse_request(json.dumps(data), P)
+
+
+def test_key_probe_on_a_mini_gop_inside_its_gop_is_refused():
+    probe = protocol.KeyProbe(offset=3, finer_bits=240000, finer_psnr_y=36.2, coarser_bits=236000, coarser_psnr_y=36.5)
+    with pytest.raises(ProtocolError, match=r"'key_probe' is sent with a GOP's first mini-GOP only \(mg_in_gop is 3\)"):
+        protocol.parse_request(protocol.to_json(make_request(key_probe=probe)), P)
+
+
 def test_first_pass_shorter_than_the_mini_gop_is_refused():
     req = make_request(first_pass=make_first_pass(frames=4))
     with pytest.raises(ProtocolError, match=r"'first_pass.intra_cost' has 4 entries, fewer than frame_count 8"):

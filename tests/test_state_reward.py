@@ -72,6 +72,26 @@ def test_fp_propagation_is_the_first_frames_propagation_and_zero_without_it():
     assert build_observation(make_request(first_pass=prop), None, None)[i] == pytest.approx(0.9)
 
 
+def test_key_probe_is_the_probes_contrast_at_equal_rate_per_6_qp_and_zero_without_it():
+    from test_protocol import KEY_START
+
+    import protocol
+    from state import PROBE_SLOPE_DB
+
+    i = FEATURE_NAMES.index("key_probe")
+    assert i == OBS_DIM - 1
+    assert build_observation(make_request(**KEY_START), None, None)[i] == 0.0
+
+    def value(offset: int, fb: int, fp: float, cb: int, cp: float) -> float:
+        probe = protocol.KeyProbe(offset=offset, finer_bits=fb, finer_psnr_y=fp, coarser_bits=cb, coarser_psnr_y=cp)
+        return float(build_observation(make_request(**KEY_START, key_probe=probe), None, None)[i])
+
+    assert value(3, 100000, 36.3, 100000, 36.1) == pytest.approx(0.2, abs=1e-6)  # same bits: the PSNR-Y difference
+    assert value(3, 200000, 36.3, 100000, 36.1) == pytest.approx(0.2 - PROBE_SLOPE_DB, abs=1e-5)  # bits doubled
+    assert value(1, 100000, 36.3, 100000, 36.2) == pytest.approx(0.3, abs=1e-6)  # ±1 QP: per 6 QP, times 3
+    assert value(3, 100000, 36.0, 100000, 36.4) < 0  # the coarser key codes the GOP better
+
+
 def test_gop_reuse_counts_the_later_frames_of_the_gop_that_reuse_the_content():
     from test_protocol import make_first_pass
 

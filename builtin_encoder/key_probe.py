@@ -1,0 +1,70 @@
+"""The key probe (--key-probe): a GOP coded twice, fast, with its key mini-GOP's QP finer and then coarser.
+
+Whether a GOP's key mini-GOP should get more bits depends on how much of its quality the rest of the GOP
+inherits, which no first-pass statistic tells well for SVT-AV1 (BENCHMARKS.md §2.4.41). The probe measures
+it: before the GOP's first request, the whole GOP is coded at the codec's fastest preset under a copy of
+the rate control, once with the key mini-GOP PROBE_OFFSET QP finer than the rate control's base QP and once
+PROBE_OFFSET coarser, the other mini-GOPs at Δ=0. The request carries both encodes' bits and PSNR-Y
+(protocol.KeyProbe); the agent values them (state.key_probe_feature). Nothing of the probes reaches the
+output: they use their own codec instances, a copy of the rate control, and a scratch folder.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import protocol
+from builtin_encoder.codec import Codec, YuvFrame
+from builtin_encoder.layout import MiniGop
+from builtin_encoder.metrics import psnr_from_mse
+from builtin_encoder.ratecontrol import RateController
+
+PROBE_PRESET = {"svtav1": 13, "x264": 9}  # the fastest preset of each codec that has the probe (x264 9: ultrafast)
+PROBE_OFFSET = 3  # QP units of each probe's change to the key mini-GOP (§2.4.41: ±3 at preset 13)
+
+Gop = list[tuple[MiniGop, list[YuvFrame]]]  # one GOP's mini-GOPs, each with its frames
+OpenCodec = Callable[[Path], Codec]  # a fresh fast codec writing to the path
+FrameQps = Callable[[Codec, int, MiniGop], list[int]]  # a mini-GOP's per-frame QPs at a base QP
+
+
+@dataclass
+class ProbeEncode:
+    """One probe: the GOP's bits and overall PSNR-Y (dB, from its summed squared error)."""
+
+    bits: int
+    psnr_y: float
+
+
+def probe_encode(open_codec: OpenCodec, out: Path, rc: RateController, gop: Gop, key_delta: int, frame_qps: FrameQps,
+                 luma: int) -> ProbeEncode:  # fmt: skip
+    """The GOP coded by a fresh codec under a copy of `rc` (left as it was), `key_delta` codec QP steps added to
+    its first mini-GOP's base QP and Δ=0 on the others, every QP clamped to the codec's range."""
+    rc = copy.deepcopy(rc)
+    codec = open_codec(out)
+    bits, sse, frames = 0, 0.0, 0
+    try:
+        for mg, chunk in gop:
+            qp = rc.base_qp(mg) + (key_delta if mg.in_gop == 0 else 0)
+            qp = min(max(qp, codec.qp_min), codec.qp_max)
+            stats = codec.encode(chunk, frame_qps(codec, qp, mg), key_first=mg.key_first)
+            rc.update(mg, [st.bits for st in stats], qp)
+            bits += sum(st.bits for st in stats)
+            sse += sum(st.sse_y for st in stats)
+            frames += len(stats)
+        codec.close()
+    finally:
+        codec.close()  # idempotent in the backends; frees the codec on the error path
+    return ProbeEncode(bits, psnr_from_mse(sse / (frames * luma)))
+
+
+def key_probe(open_codec: OpenCodec, scratch: Path, rc: RateController, gop: Gop, frame_qps: FrameQps, luma: int,
+              qp_unit: float) -> protocol.KeyProbe:  # fmt: skip
+    """Both probes of `gop` (it starts at its key mini-GOP); qp_unit: codec QP steps per QP unit (state.qp_unit)."""
+    step = round(PROBE_OFFSET * qp_unit)
+    finer = probe_encode(open_codec, scratch / "finer", rc, gop, -step, frame_qps, luma)
+    coarser = probe_encode(open_codec, scratch / "coarser", rc, gop, step, frame_qps, luma)
+    return protocol.KeyProbe(offset=PROBE_OFFSET, finer_bits=finer.bits, finer_psnr_y=round(finer.psnr_y, 4),
+                             coarser_bits=coarser.bits, coarser_psnr_y=round(coarser.psnr_y, 4))  # fmt: skip
