@@ -302,6 +302,9 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     p.add_argument("--preset", type=int, default=None, help="codec speed preset (default: the encoder's own)")
     p.add_argument("--layer-offset-scale", type=float, default=1.0, metavar="S",
                    help="built-in encoder: temporal-layer QP offsets times S, both passes (BENCHMARKS.md §2.4.36)")
+    p.add_argument("--key-probe", action="store_true",
+                   help="built-in encoder: --key-probe in every agent encode, for a policy that reads the key probe "
+                        "(PROTOCOL.md §4.1.2; svtav1, x264)")  # fmt: skip
     p.add_argument("--frames", type=int, default=0, help="frames to code per clip (0 = all)")
     p.add_argument("--keyint", type=int, default=64, help="GOP length, frames")
     p.add_argument("--mini-gop", type=int, default=8, help="mini-GOP length, frames")
@@ -363,12 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(ns.log_level)
     settings = EvalSettings(codec=ns.codec, frames=ns.frames, preset=ns.preset, keyint=ns.keyint,
                             mini_gop=ns.mini_gop, layer_offset_scale=ns.layer_offset_scale, input_res=ns.input_res,
+                            key_probe=ns.key_probe,
                             encoder_timeout_s=ns.encoder_timeout, device=ns.device, encoder=ns.encoder,
                             encoder_args=tuple(t for t in ns.encoder_args.split("|") if t),
                             rl_args=ns.encoder_rl_args)  # fmt: skip
     try:
         if ns.frames < 0:
             raise ValueError(f"--frames must be >= 0, got {ns.frames}")
+        if ns.key_probe and (ns.encoder or ns.codec == "vp9"):
+            raise ValueError("--key-probe is the built-in encoder's, for svtav1 and x264 (your encoder sends key_probe "
+                             "itself)")  # fmt: skip
         if ns.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {ns.workers}")
         if not 0 <= ns.layer_offset_scale <= 3 or (ns.encoder and ns.layer_offset_scale != 1.0):

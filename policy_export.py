@@ -59,6 +59,9 @@ EXPORT_VERSION = 1
 # then extrapolates.
 VECTOR_CLIP = "carphone_pristine.mp4"
 VECTOR_RUNS: tuple[tuple[int, tuple[str, ...]], ...] = ((100, ()), (300, ("--mini-gop", "4")))
+# The second run also probes each GOP's key (--key-probe, where the codec has it), so the vectors hold real key_probe
+# requests: the state's key_probe feature is checked as every other.
+PROBE_RUN = 300
 
 
 class ExportError(ValueError):
@@ -209,6 +212,7 @@ def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> li
     import encoder_proc
     import io_runner
     import protocol
+    from builtin_encoder.key_probe import PROBE_PRESET
     from encoder_proc import VideoSpec
     from inputs import bundled_clip
 
@@ -222,6 +226,8 @@ def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> li
     rows: list[dict[str, Any]] = []
     for kbps, extra in VECTOR_RUNS:
         args = ["--input", str(clip), "--codec", codec, "--frames", str(frames), "--bitrate", str(kbps), *extra]
+        if kbps == PROBE_RUN and codec in PROBE_PRESET:
+            args.append("--key-probe")
         spec = VideoSpec(f"{clip.stem}@{kbps}", args)
         rl_dir = work / f"rl_{kbps}"
         protocol.prepare_rl_dir(rl_dir)

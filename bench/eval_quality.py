@@ -178,6 +178,8 @@ def main() -> int:
     g.add_argument("--preset", type=int, default=None, help="the built-in encoder's preset number")
     g.add_argument("--layer-offset-scale", type=float, default=None,
                    help="SVT-AV1's temporal-layer QP offsets times this, in [0, 3] (BENCHMARKS.md §2.4.36)")
+    g.add_argument("--key-probe", action="store_true",
+                   help="the built-in encoder's --key-probe in every agent encode (a policy that reads the key probe)")
     g.add_argument("--bpp", default=None, help="target bits per luma pixel, comma-separated (default 0.04-0.32)")
     g.add_argument("--rate-draws", default=None,
                    help="factors, comma-separated (e.g. 0.97,1,1.03): every policy on every split at every target "
@@ -186,6 +188,7 @@ def main() -> int:
     given = (("--keyint", ns.keyint), ("--mini-gop", ns.mini_gop), ("--preset", ns.preset),
              ("--layer-offset-scale", ns.layer_offset_scale), ("--bpp", ns.bpp))
     settings = [f for flag, value in given if value is not None for f in (flag, str(value))]
+    settings += ["--key-probe"] if ns.key_probe else []
     if ns.layer_offset_scale is not None and not 0 <= ns.layer_offset_scale <= 3:
         p.error(f"--layer-offset-scale {ns.layer_offset_scale}: want a number in [0, 3]")
     if ns.bpp is not None:

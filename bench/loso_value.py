@@ -263,7 +263,10 @@ def main() -> int:
                         "offset given to the next mini-GOP too, on the points both sweeps have")  # fmt: skip
     p.add_argument("--policy", action="append", default=[], metavar="FILE",
                    help="a policy file (or shipped name) whose own key answers (no refit) are judged too; repeatable")
+    p.add_argument("--key-probe", action="store_true",
+                   help="oracle records and sweeps searched with --key-probe (keys ending /kp): their states carry it")
     ns = p.parse_args()
+    kp = "/kp" if ns.key_probe else ""
     try:
         policies = [policy.load(policy.named(name)) for name in ns.policy]
     except policy.PolicyError as e:
@@ -280,12 +283,13 @@ def main() -> int:
             continue
         if error := oracle_data.missing_records(flag, [path]):
             p.error(error)
-    oracle = oracle_data.of_window_sets(oracle_records.read_records([oracle_path]), windows, seed=ns.oracle_seed)
+    oracle = oracle_data.of_window_sets(oracle_records.read_records([oracle_path]), windows, seed=ns.oracle_seed,
+                                        suffix=kp)  # fmt: skip
     try:
         sweep_records = oracle_records.merge_sweeps(oracle_records.read_records(ns.sweeps))
     except ValueError as e:
         p.error(f"--sweeps: {e}")
-    sweeps = oracle_data.of_window_sets(sweep_records, ns.judge or windows, "key")
+    sweeps = oracle_data.of_window_sets(sweep_records, ns.judge or windows, "key", suffix=kp)
     if not oracle or not sweeps:
         raise SystemExit(f"no oracle records ({len(oracle)}) or key sweeps ({len(sweeps)}) of the sets {windows}")
     feats = recipe.features
@@ -305,7 +309,8 @@ def main() -> int:
     source = np.array([oracle_records.source_of(w) for w in wins])
     sources = sorted(set(source))
     answers = {v.name: np.zeros(len(wins), int) for v in variants}
-    fit_sweeps = oracle_data.of_window_sets(sweep_records, windows, "key") if any(v.sweeps for v in variants) else []
+    use_sweeps = any(v.sweeps for v in variants)
+    fit_sweeps = oracle_data.of_window_sets(sweep_records, windows, "key", suffix=kp) if use_sweeps else []
     for s in sources:
         fit = [r for r in oracle if oracle_records.source_of(r["window"]) != s]
         more = [r for r in fit_sweeps if oracle_records.source_of(r["window"]) != s]

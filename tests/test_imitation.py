@@ -657,6 +657,11 @@ def test_oracle_points_are_keyed_by_window_and_rate_and_errors_are_searched_agai
     assert oracle_data.of_window_sets(ours + swept, "screen") == ours
     assert oracle_data.of_window_sets(ours + swept, "screen", "key") == swept
     assert oracle_data.of_window_sets(ours + swept, "", "key") == []
+    # Points searched with --key-probe (keys + "/kp") stand only for themselves.
+    probed = [{**r, "key": r["key"] + "/kp"} for r in ours]
+    assert oracle_data.of_window_sets(ours + probed, "screen") == ours
+    assert oracle_data.of_window_sets(ours + probed, "screen", suffix="/kp") == probed
+    assert oracle_data.of_draws(ours + probed, "screen", (0,), "/kp") == probed
 
 
 def test_key_sweep_encodes_every_offset_of_the_key_mini_gop_alone(tmp_path):
@@ -696,12 +701,31 @@ def test_a_sweep_at_another_preset_codes_every_encode_at_it_under_its_own_key(tm
     assert oracle_data.probe_window(clips.Window("b.mp4", 0, 64, 2, (288, 226)), 2).crop == (144, 112)
 
 
+def test_a_search_with_the_key_probe_puts_it_in_the_key_states_and_nothing_else_changes(tmp_path):
+    """oracle_data --key-probe: the same encodes, each GOP's first state now carrying the encoder's key probe."""
+    from bench import oracle_data
+
+    win = clips.Window("carphone_pristine.mp4", 0, 16, scale=2)  # 88x72, 16 frames: 2 mini-GOPs
+    job = {"window": win, "codec": "x264", "bpp": 0.1, "key": "k", "search": "key", "offsets": [-3, 3]}
+    plain = oracle_data.run_point({**job, "work": str(tmp_path / "d")})
+    probed = oracle_data.run_point({**job, "work": str(tmp_path / "p"), "key_probe": True})
+    assert probed["key_probe"] is True and "key_probe" not in plain
+    assert probed["baseline"] == plain["baseline"]
+    assert [c["bits"] for c in probed["candidates"]] == [c["bits"] for c in plain["candidates"]]
+    steps = probed["baseline_steps"]
+    assert steps[0]["request"]["key_probe"]["offset"] == 3 and steps[1]["request"]["key_probe"] is None
+    assert plain["baseline_steps"][0]["request"]["key_probe"] is None
+    obs, _ = oracle_records.observations(steps)
+    assert obs[0, FEATURE_NAMES.index("key_probe")] != 0.0
+
+
 def test_oracle_data_refuses_a_probe_it_cannot_run_before_any_encode(tmp_path):
     script = Path(__file__).resolve().parent.parent / "bench" / "oracle_data.py"
     out = tmp_path / "r.jsonl"
     for args, message in ((["--first-frames", "0"], "--first-frames: 0 is not a positive number"),
                           (["--preset", "9", "--encoder", "enc"], "--preset is the built-in encoder's"),
-                          (["--probe-scale", "2", "--inputs", "x.y4m"], "with --windows only")):  # fmt: skip
+                          (["--probe-scale", "2", "--inputs", "x.y4m"], "with --windows only"),
+                          (["--key-probe", "--encoder", "enc"], "--key-probe is the built-in encoder's")):  # fmt: skip
         res = run_script(script, "--codec", "x264", "--out", str(out), *args)
         assert res.returncode == 2 and message in res.stderr, res.stderr[-500:]
     assert not out.exists()

@@ -79,6 +79,7 @@ def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
     assert any(len(r["request"]["first_pass"]["intra_cost"]) < r["request"]["gop_frames"] - r["request"]["mg_in_gop"]
                * r["request"]["frame_count"] for r in rows)  # fmt: skip
     assert any(r["request"]["first_pass"].get("propagation") for r in rows) or name == "vp9"
+    assert any(r["request"].get("key_probe") for r in rows) or name == "vp9"  # the encoder's --key-probe
     answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
     assert len(answers) == len(rows)
     for row, got in zip(rows, answers, strict=True):
