@@ -99,6 +99,11 @@ def load_start(cfg: Config, specs: list[VideoSpec], device: torch.device) -> tup
     if pol is not None:
         cfg.sac.hidden_sizes = pol.hidden_sizes
         cfg.sac.max_delta_qp = pol.max_delta_qp
+        unprobed = [s.name for s in specs if "--key-probe" not in s.args]
+        if pol.wants_key_probe and not cfg.encoder and unprobed:
+            log.warning("%s reads the key probe, and these videos' encodes do not send it: %s; add --key-probe to "
+                        "their arguments (PROTOCOL.md §4.1.2), else its key answers are those of a probe of 0 dB",
+                        pol.path, ", ".join(unprobed))  # fmt: skip
     return None, pol
 
 

@@ -22,6 +22,7 @@ its actor (fine-tuning). Without `--load-checkpoint`, infer mode and evaluate.py
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,6 +35,9 @@ import torch
 from io_runner import Learner
 from models import Actor, NumpyActor
 from state import FEATURE_NAMES, OBS_DIM
+
+log = logging.getLogger(__name__)
+_HAS_KEY, _KEY_PROBE = FEATURE_NAMES.index("has_key"), FEATURE_NAMES.index("key_probe")
 
 POLICY_FORMAT = "rlrc-policy"
 POLICY_VERSION = 1
@@ -79,6 +83,11 @@ class Policy:
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
         return actor_hidden_sizes(self.actor)
+
+    @property
+    def wants_key_probe(self) -> bool:
+        """Made from encodes with the encoder's key probe (make_policy.py --key-probe): its key answers read it."""
+        return self.provenance.get("key_probe") == "1" and "key_probe" in self.feature_names
 
     @cached_property
     def inputs(self) -> np.ndarray:
@@ -182,8 +191,14 @@ class PolicyLearner(Learner):
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self._probe_warned = False
 
     def choose(self, obs: np.ndarray) -> np.ndarray:
+        if self.policy.wants_key_probe and not self._probe_warned and obs[_HAS_KEY] == 1.0 and obs[_KEY_PROBE] == 0.0:
+            self._probe_warned = True  # once: every GOP of such an encode lacks it
+            log.warning("%s reads the key probe, and a GOP's first request carries none: run the encoder with "
+                        "--key-probe (PROTOCOL.md §4.1.2); without it the policy answers as for a probe of 0 dB",
+                        self.policy.path)  # fmt: skip
         return self.policy.act(obs)
 
 

@@ -273,6 +273,27 @@ def test_policy_file_round_trip_gives_the_same_answers_and_loads_weights_only(tm
     assert np.array_equal(bundle.learner.choose(obs[0]), loaded.act(obs[0]))
 
 
+def test_a_policy_that_reads_the_key_probe_says_so_once_when_the_requests_lack_it(tmp_path, caplog):
+    names = (*FEATURE_NAMES[:-1], "key_probe")
+    path = tmp_path / "probe.pt"
+    policy.save(path, Actor(len(names), 1, (8,)), "svtav1", 4, 0.02, {"key_probe": "1"}, names)
+    plain = tmp_path / "plain.pt"
+    policy.save(plain, Actor(len(names), 1, (8,)), "svtav1", 4, 0.02, {}, names)
+    assert policy.load(path).wants_key_probe and not policy.load(plain).wants_key_probe
+    gop_start = np.zeros(OBS_DIM, np.float32)
+    gop_start[FEATURE_NAMES.index("has_key")] = 1.0
+    probed = gop_start.copy()
+    probed[FEATURE_NAMES.index("key_probe")] = 0.3
+    learner = policy.PolicyLearner(policy.load(path))
+    with caplog.at_level("WARNING"):
+        learner.choose(probed)
+        assert not caplog.records  # a probe came: nothing to say
+        learner.choose(gop_start)
+        learner.choose(gop_start)
+        policy.PolicyLearner(policy.load(plain)).choose(gop_start)
+    assert len(caplog.records) == 1 and "run the encoder with --key-probe" in caplog.records[0].getMessage()
+
+
 def test_a_policy_made_before_a_feature_was_added_reads_its_own_features_and_answers_as_before(tmp_path):
     from state import FEATURES_V2
 
