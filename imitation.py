@@ -174,6 +174,18 @@ SHIPPED_RECIPES = {
                    GainFeatures(key=("gop_left", "fp_reuse>0.9", "fp_propagation>0.825"), inter=()), draws=(0, 2)),
     "vp9": Recipe("train,static", 1.0),
 }
+# make_policy.py --key-probe: the demonstrations encoded with the encoder's key probe (PROTOCOL.md §4.1.2), the key
+# mini-GOP's offset read from it beside fp_reuse, fitted on the key sweeps too (BENCHMARKS.md §2.4.42: better on the
+# training sources left out, not on the held-out clips; nothing of it ships). A codec without one uses its shipped one.
+PROBE_RECIPES = {
+    "svtav1": Recipe("train,static,natural", 1.0, GainFeatures(key=("fp_reuse", "key_probe"), inter=()),
+                     key_sweeps="train,static,natural"),
+}
+
+
+def recipe_for(codec: str, key_probe: bool = False) -> Recipe:
+    """The recipe make_policy.py --codec `codec` [--key-probe] follows by default."""
+    return PROBE_RECIPES.get(codec, SHIPPED_RECIPES[codec]) if key_probe else SHIPPED_RECIPES[codec]
 
 
 # RMS (QP) within which the distilled actor counts as following a*(s): the encoder rounds to whole QPs.

@@ -405,7 +405,11 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
         res = run_script(script, "--codec", "x264", "--draws", bad, "--data", str(data), "--out",
                          str(tmp_path / "p.pt"))  # fmt: skip
         assert res.returncode == 2 and f"--draws {bad!r}" in res.stderr, bad
+    res = run_script(script, "--codec", "svtav1", "--key-probe", "--data", str(data))  # policies/ holds shipped files
+    assert res.returncode == 2 and "--key-probe: name --out" in res.stderr
     assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
+    assert imitation.recipe_for("svtav1", key_probe=True).features.key == ("fp_reuse", "key_probe")
+    assert imitation.recipe_for("x264", key_probe=True) == imitation.SHIPPED_RECIPES["x264"]
 
 
 def test_training_held_out_and_test_splits_share_no_source():
