@@ -61,9 +61,10 @@ def point_of(record: dict) -> tuple[str, str]:
     return record["window"], f"{record['bpp']:.5f}"
 
 
-def probe_table(sweep_file: Path, probe_file: Path) -> ProbeTable:
+def probe_table(sweep_file: Path, probe_file: Path, probe_slope: float | None = None) -> ProbeTable:
     """The key sweeps of `sweep_file` that have a probe in `probe_file` (oracle_data.py --search key --offsets=-3,3
-    --preset N at the same points), valued with the sweeps' window slopes."""
+    --preset N at the same points), valued with the sweeps' window slopes; the probe with `probe_slope` (dB per
+    doubling of bits) instead where given, as the encoder's probe is (state.PROBE_SLOPE_DB)."""
     sweeps = key_ceiling.of_search(oracle_records.read_records([sweep_file]), "key")
     probes = {point_of(r): r for r in oracle_records.read_records([probe_file]) if r.get("search") == "key"}
     sweeps = [r for r in sweeps if point_of(r) in probes]
@@ -78,7 +79,8 @@ def probe_table(sweep_file: Path, probe_file: Path) -> ProbeTable:
         for c in r["candidates"]:
             encodes[i, c["offsets"][loso_value.swept_minigop(r)] + T] = c["bits"], c["psnr_y"]
         pr = probes[point_of(r)]
-        v = loso_value.offset_values(pr, loso_value.swept_minigop(pr), slopes[r["window"]])
+        slope = slopes[r["window"]] if probe_slope is None else probe_slope
+        v = loso_value.offset_values(pr, loso_value.swept_minigop(pr), slope)
         probe[i] = v[T - PROBE] - v[T + PROBE]
     return ProbeTable(values, probe, obs, windows, np.array([oracle_records.source_of(w) for w in windows]),
                       np.array([slopes[w] for w in windows]), encodes)  # fmt: skip
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-probes", type=Path, default=None, help="their probes")
     p.add_argument("--policy", action="append", default=[], metavar="FILE",
                    help="a policy file or shipped name whose own key answers are shown (repeatable)")  # fmt: skip
+    p.add_argument("--probe-slope", type=float, default=None, metavar="DB",
+                   help="value the probes at this RD slope (dB per doubling of bits; the encoder's: 2.5) instead of "
+                        "each window's own")  # fmt: skip
     ns = p.parse_args(argv)
     if (ns.judge_sweeps is None) != (ns.judge_probes is None):
         p.error("--judge-sweeps and --judge-probes go together")
@@ -163,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(error)
     try:
         policies = [policy.load(policy.named(name)) for name in ns.policy]
-        train = probe_table(ns.sweeps, ns.probes)
-        judged = None if ns.judge_sweeps is None else probe_table(ns.judge_sweeps, ns.judge_probes)
+        train = probe_table(ns.sweeps, ns.probes, ns.probe_slope)
+        judged = None if ns.judge_sweeps is None else probe_table(ns.judge_sweeps, ns.judge_probes, ns.probe_slope)
     except (policy.PolicyError, ValueError) as e:
         p.error(str(e))
 
