@@ -116,9 +116,11 @@ def key_probe_feature(req: Request) -> float:
         p = (finer_psnr_y - coarser_psnr_y - PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3 / offset
 
     > 0: the finer key QP pays for its bits over the GOP (a lower QP here wins); < 0: the coarser one does.
+    Also 0 in a GOP of one mini-GOP: nothing after the key inherits it, the rate control cannot take the probes'
+    bits back, and p would be the fixed slope's guess at a plain RD trade (BENCHMARKS.md §2.4.42).
     """
     k = req.key_probe
-    if k is None:
+    if k is None or req.mgs_in_gop < 2:
         return 0.0
     gain = k.finer_psnr_y - k.coarser_psnr_y - PROBE_SLOPE_DB * math.log2(k.finer_bits / k.coarser_bits)
     return gain * 3.0 / k.offset

@@ -164,7 +164,7 @@ static inline void rlrc_observation(const rlrc_request *rq, const rlrc_previous 
         v[21] = log2(1.0 + rlrc_gop_reuse(rq)) / 4.0;
         if (rq->propagation != 0 && rq->n_propagation > 0) v[22] = rq->propagation[0] / 4.0;
     }
-    if (rq->key_probe_offset > 0) { /* state.key_probe_feature */
+    if (rq->key_probe_offset > 0 && rq->mgs_in_gop >= 2) { /* state.key_probe_feature */
         double gain = rq->key_probe_finer_psnr_y - rq->key_probe_coarser_psnr_y
                       - RLRC_PROBE_SLOPE_DB * log2(rq->key_probe_finer_bits / rq->key_probe_coarser_bits);
         v[23] = gain * 3.0 / rq->key_probe_offset;

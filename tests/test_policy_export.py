@@ -101,12 +101,15 @@ def test_c_state_reads_the_key_probe_as_state_py_does(exported, tmp_path):
                                                           "coarser_bits": cb, "coarser_psnr_y": cp}}  # fmt: skip
     rows = rows[: len(probes)]
     assert rows
+    alone = dict(rows[0])  # a GOP of one mini-GOP: nothing inherits its key, the feature is 0 in both
+    alone["request"] = {**alone["request"], "mgs_in_gop": 1, "gop_frames": alone["request"]["frame_count"]}
+    rows.append(alone)
     answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
     k = FEATURE_NAMES.index("key_probe")
     for row, got in zip(rows, answers, strict=True):
         req = protocol.parse_request(json.dumps(row["request"]), tmp_path / "rq.json")
         obs = build_observation(req, None, None)
-        assert obs[k] != 0.0
+        assert (obs[k] != 0.0) == (req.mgs_in_gop > 1)
         np.testing.assert_allclose(np.array(got[:OBS_DIM], dtype=np.float32), obs, atol=1e-6)
 
 

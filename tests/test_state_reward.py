@@ -90,6 +90,9 @@ def test_key_probe_is_the_probes_contrast_at_equal_rate_per_6_qp_and_zero_withou
     assert value(3, 200000, 36.3, 100000, 36.1) == pytest.approx(0.2 - PROBE_SLOPE_DB, abs=1e-5)  # bits doubled
     assert value(1, 100000, 36.3, 100000, 36.2) == pytest.approx(0.3, abs=1e-6)  # ±1 QP: per 6 QP, times 3
     assert value(3, 100000, 36.0, 100000, 36.4) < 0  # the coarser key codes the GOP better
+    probe = protocol.KeyProbe(offset=3, finer_bits=100000, finer_psnr_y=36.3, coarser_bits=100000, coarser_psnr_y=36.1)
+    alone = make_request(**{**KEY_START, "mgs_in_gop": 1, "gop_frames": 8}, key_probe=probe)
+    assert build_observation(alone, None, None)[i] == 0.0  # a GOP of one mini-GOP: nothing inherits the key
 
 
 def test_gop_reuse_counts_the_later_frames_of_the_gop_that_reuse_the_content():
