@@ -37,7 +37,9 @@ def _demos(n: int = 400, seed: int = 0) -> imitation.Demos:
 
 
 def test_behaviour_cloning_reduces_the_actors_error_on_a_fixed_demonstration_set():
-    demos = _demos()
+    # 800 states: with every other feature uniform noise, 400 let the 32x32 actor memorise them once the state had
+    # 24 features (held-out error 22% of the variance, against 3% with 800).
+    demos = _demos(800)
     torch.manual_seed(0)
     actor = Actor(OBS_DIM, 1, (32, 32))
     before = float(np.mean((imitation.predict(actor, demos.obs) - demos.action) ** 2))
