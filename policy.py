@@ -37,7 +37,7 @@ from models import Actor, NumpyActor
 from state import FEATURE_NAMES, OBS_DIM
 
 log = logging.getLogger(__name__)
-_HAS_KEY, _KEY_PROBE = FEATURE_NAMES.index("has_key"), FEATURE_NAMES.index("key_probe")
+_HAS_KEY, _GOP_LEFT, _KEY_PROBE = (FEATURE_NAMES.index(n) for n in ("has_key", "gop_left", "key_probe"))
 
 POLICY_FORMAT = "rlrc-policy"
 POLICY_VERSION = 1
@@ -194,7 +194,9 @@ class PolicyLearner(Learner):
         self._probe_warned = False
 
     def choose(self, obs: np.ndarray) -> np.ndarray:
-        if self.policy.wants_key_probe and not self._probe_warned and obs[_HAS_KEY] == 1.0 and obs[_KEY_PROBE] == 0.0:
+        # A GOP's first mini-GOP with more after it (a GOP of one has key_probe 0 by definition) and no probe.
+        gop_start = obs[_HAS_KEY] == 1.0 and obs[_GOP_LEFT] > 0.0
+        if self.policy.wants_key_probe and not self._probe_warned and gop_start and obs[_KEY_PROBE] == 0.0:
             self._probe_warned = True  # once: every GOP of such an encode lacks it
             log.warning("%s reads the key probe, and a GOP's first request carries none: run the encoder with "
                         "--key-probe (PROTOCOL.md §4.1.2); without it the policy answers as for a probe of 0 dB",
