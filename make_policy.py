@@ -3,15 +3,15 @@
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
     python make_policy.py --codec x264              # about 55 min (378 oracle searches: two draws, then 70 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
-    python make_policy.py --codec svtav1 --key-probe --out probe.pt   # every encode with the key probe (102 oracle
-        # searches, 41 min measured, and 204 key sweeps, about 27 min more); not shipped: BENCHMARKS.md §2.4.42
+    python make_policy.py --codec svtav1 --key-probe   # policies/svtav1_probe.pt, every encode with the key probe: 102
+        # oracle searches (41 min measured) and 204 key sweeps (about 27 min more, estimated); BENCHMARKS.md §2.4.42
     python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
         --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
 Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
 --windows and --consensus; the policy file records what it was made with. --key-probe encodes every demonstration
 with the encoder's key probe (PROTOCOL.md §4.1.2) and follows imitation.PROBE_RECIPES (SVT-AV1: the key offset from
-fp_reuse and key_probe, fitted on the key sweeps too), into data/oracle_<codec>_kp.jsonl and the --out it needs.
+fp_reuse and key_probe, fitted on the key sweeps too), into data/oracle_<codec>_kp.jsonl and policies/<codec>_probe.pt.
 
 1. Demonstrations (bench/oracle_data.py): on every training window of the recipe's window sets
    (clips.WINDOW_SETS: `train` = clips.training_windows(), `static` = their slowed / frozen copies,
@@ -147,8 +147,6 @@ def main() -> int:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
     if ns.key_probe and (ns.encoder or ns.codec == "vp9"):
         p.error("--key-probe is the built-in encoder's, for svtav1 and x264; your encoder sends key_probe itself")
-    if ns.key_probe and not ns.out:
-        p.error("--key-probe: name --out (no policy made with the key probe ships: BENCHMARKS.md §2.4.42)")
     inputs: list[str] = []
     if ns.inputs is not None:
         try:
@@ -176,7 +174,7 @@ def main() -> int:
             p.error(error)
     t0 = time.monotonic()
     data = Path(ns.data or ROOT / "data" / f"oracle_{ns.codec}{'_kp' if ns.key_probe else ''}.jsonl")
-    out = Path(ns.out or policy.shipped_policy(ns.codec))
+    out = Path(ns.out or policy.shipped_policy(f"{ns.codec}_probe" if ns.key_probe else ns.codec))
     searches = [(["--windows", name, "--seed", str(seed)], "oracle")
                 for seed in draws for name in filter(None, ns.windows.split(","))]  # fmt: skip
     searches += [(["--windows", name], "key") for name in filter(None, ns.key_sweeps.split(","))]

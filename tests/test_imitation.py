@@ -361,7 +361,7 @@ def test_shipped_policy_loads_with_this_code(codec):
 def test_shipped_policies_load_by_name_and_are_listed_with_how_they_were_made(tmp_path, monkeypatch):
     import cli
 
-    assert policy.shipped_names() == ["svtav1", "vp9", "x264"]
+    assert policy.shipped_names() == ["svtav1", "svtav1_probe", "vp9", "x264"]
     assert policy.named("x264") == policy.shipped_policy("x264")
     assert policy.named("mine/x264.pt") == Path("mine/x264.pt")  # a path stays a path, found or not
     monkeypatch.chdir(tmp_path)
@@ -378,14 +378,18 @@ def test_shipped_policies_load_by_name_and_are_listed_with_how_they_were_made(tm
         assert f"`{policy.load(policy.shipped_policy(name)).provenance['command']}`" in row
     res = subprocess.run([sys.executable, "-m", "policy", "nope"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
-    assert res.returncode == 2 and "nope: no such file (shipped: svtav1, vp9, x264)" in res.stderr
+    assert res.returncode == 2 and "nope: no such file (shipped: svtav1, svtav1_probe, vp9, x264)" in res.stderr
 
 
-@pytest.mark.parametrize("codec", ["svtav1", "x264", "vp9"])
-def test_shipped_policy_was_made_with_its_codecs_recipe(codec):
-    """make_policy.py --codec C (no other flag) must reproduce policies/C.pt: its recipe is the file's."""
-    recipe = imitation.SHIPPED_RECIPES[codec]
-    prov = policy.load(policy.shipped_policy(codec)).provenance
+@pytest.mark.parametrize("name", ["svtav1", "x264", "vp9", "svtav1_probe"])
+def test_shipped_policy_was_made_with_its_codecs_recipe(name):
+    """make_policy.py --codec C [--key-probe] (no other flag) must reproduce policies/C[_probe].pt: its recipe is the
+    file's."""
+    codec, probe = name.removesuffix("_probe"), name.endswith("_probe")
+    recipe = imitation.recipe_for(codec, probe)
+    pol = policy.load(policy.shipped_policy(name))
+    prov = pol.provenance
+    assert pol.wants_key_probe == probe and prov["command"].endswith("--key-probe") == probe
     if "windows" not in prov:  # made before files recorded their recipe: with that day's defaults
         assert codec == "vp9" and "--windows" not in prov["command"] and "--consensus" not in prov["command"]
         assert (recipe.windows, recipe.consensus) == ("train,static", 1.0)
@@ -410,8 +414,6 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
         res = run_script(script, "--codec", "x264", "--draws", bad, "--data", str(data), "--out",
                          str(tmp_path / "p.pt"))  # fmt: skip
         assert res.returncode == 2 and f"--draws {bad!r}" in res.stderr, bad
-    res = run_script(script, "--codec", "svtav1", "--key-probe", "--data", str(data))  # policies/ holds shipped files
-    assert res.returncode == 2 and "--key-probe: name --out" in res.stderr
     assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
     assert imitation.recipe_for("svtav1", key_probe=True).features.key == ("fp_reuse", "key_probe")
     assert imitation.recipe_for("x264", key_probe=True) == imitation.SHIPPED_RECIPES["x264"]
