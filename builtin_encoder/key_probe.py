@@ -11,7 +11,6 @@ output: they use their own codec instances, a copy of the rate control, and a sc
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ def probe_encode(open_codec: OpenCodec, out: Path, rc: RateController, gop: Gop,
                  luma: int) -> ProbeEncode:  # fmt: skip
     """The GOP coded by a fresh codec under a copy of `rc` (left as it was), `key_delta` codec QP steps added to
     its first mini-GOP's base QP and Δ=0 on the others, every QP clamped to the codec's range."""
-    rc = copy.deepcopy(rc)
+    rc = rc.fork()
     codec = open_codec(out)
     bits, sse, frames = 0, 0.0, 0
     try:

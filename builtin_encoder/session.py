@@ -402,16 +402,16 @@ def _mini_gops(frames: Iterator[YuvFrame], layout: list[MiniGop]) -> Iterator[tu
         yield mg, chunk
 
 
-def _gops(mini_gops: Iterator[tuple[MiniGop, list[YuvFrame]]]) -> Iterator[Gop]:
-    """The mini-GOPs grouped by GOP, each GOP's frames read before its first is coded (the key probe's)."""
+def _with_gops(mini_gops: Iterator[tuple[MiniGop, list[YuvFrame]]]) -> Iterator[tuple[MiniGop, list[YuvFrame], Gop]]:
+    """Each mini-GOP with its frames and, at its GOP's first, the whole GOP (its frames read ahead: the key
+    probe codes them before the first request); [] at the others."""
     gop: Gop = []
     for mg, chunk in mini_gops:
         gop.append((mg, chunk))
         if mg.gop_end:
-            yield gop
+            yield from ((m, c, gop if k == 0 else []) for k, (m, c) in enumerate(gop))
             gop = []
-    if gop:
-        yield gop
+    yield from ((m, c, gop if k == 0 else []) for k, (m, c) in enumerate(gop))
 
 
 def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path) -> protocol.KeyProbe:
@@ -468,68 +468,65 @@ def encode_pass(
     luma, chroma = job.luma, job.luma // 4
     probing = agent is not None and s.key_probe
     mini_gops = _mini_gops(pass_frames(job, keep_frames), job.layout)
-    groups = _gops(mini_gops) if probing else ([item] for item in mini_gops)  # by GOP only for the probe
+    items = _with_gops(mini_gops) if probing else ((mg, chunk, []) for mg, chunk in mini_gops)
     probe_dir = tempfile.TemporaryDirectory(prefix="builtin_encoder.probe.") if probing else None
     try:
-        for group in groups:
+        for mg, frames, gop in items:
             probe = None
-            if probing and group[0][0].in_gop == 0:
+            if gop:  # probing, at a GOP's first mini-GOP
                 assert isinstance(rc, RateController) and probe_dir is not None
                 try:
-                    probe = _probe(job, rc, group, Path(probe_dir.name))
+                    probe = _probe(job, rc, gop, Path(probe_dir.name))
                 except EncoderError:
                     raise
                 except Exception as exc:
-                    gop = group[0][0].gop
-                    raise CodecFailure(f"codec {s.codec} failed in the key probe of GOP {gop}: {exc}") from exc
-            for mg, frames in group:
-                base_qp = rc.base_qp(mg)
-                gop_budget = rc.gop_budget(mg)
-                qp = base_qp
-                if agent is not None:
-                    assert isinstance(rc, RateController)  # pass 1 never talks to the agent
-                    qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass,
-                                            probe if mg.in_gop == 0 else None))
-                qps = frame_qps(codec, qp, mg, s.layer_offset_scale)
-                try:
-                    stats = codec.encode(frames, qps, key_first=mg.key_first)
-                except EncoderError:  # Interrupted (SIGTERM) arrives inside the codec call
-                    raise
-                except Exception as exc:
-                    raise CodecFailure(
-                        f"codec {s.codec} failed on mini-GOP {mg.index} (frames {mg.first}..): {exc}"
-                    ) from exc
-                if len(stats) != mg.count:
-                    raise CodecFailure(f"codec {s.codec} returned {len(stats)} frame stats for {mg.count} frames")
-                rc.update(mg, [st.bits for st in stats], qp)
-                totals.add(stats, luma)
-                if native:
-                    qp = -1
-                for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
-                    index = mg.first + pos
-                    var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
-                    analysis = {}
-                    if collect_features:
-                        own = codec_analysis(codec, index, frame)
-                        if own is None:  # our own analysis, with the blocks propagation needs
-                            own = analyzer.add(frame.y)
-                            gop_blocks.append(analyzer.blocks)
-                        analysis = analysis_fields(own)
-                    prev_y = frame.y
-                    out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
-                                               st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
-                    if writer is not None:
-                        writer.writerow([
-                            index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp, st.bits,
-                            f"{psnr_from_mse(st.sse_y / luma):.4f}", f"{psnr_from_mse(st.sse_u / chroma):.4f}",
-                            f"{psnr_from_mse(st.sse_v / chroma):.4f}", f"{st.ssim_y:.6f}",
-                        ])  # fmt: skip
-                if collect_features and mg.gop_end:
-                    if len(gop_blocks) == gop_frame_count(job.layout, mg.gop):
-                        add_propagation(out_stats, gop_blocks)
-                    gop_blocks = []
-                if agent is not None:
-                    agent.feedback(_feedback(job, mg, qp, stats, agent.session))
+                    raise CodecFailure(f"codec {s.codec} failed in the key probe of GOP {mg.gop}: {exc}") from exc
+            base_qp = rc.base_qp(mg)
+            gop_budget = rc.gop_budget(mg)
+            qp = base_qp
+            if agent is not None:
+                assert isinstance(rc, RateController)  # pass 1 never talks to the agent
+                qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass, probe))
+            qps = frame_qps(codec, qp, mg, s.layer_offset_scale)
+            try:
+                stats = codec.encode(frames, qps, key_first=mg.key_first)
+            except EncoderError:  # Interrupted (SIGTERM) arrives inside the codec call
+                raise
+            except Exception as exc:
+                raise CodecFailure(
+                    f"codec {s.codec} failed on mini-GOP {mg.index} (frames {mg.first}..): {exc}"
+                ) from exc
+            if len(stats) != mg.count:
+                raise CodecFailure(f"codec {s.codec} returned {len(stats)} frame stats for {mg.count} frames")
+            rc.update(mg, [st.bits for st in stats], qp)
+            totals.add(stats, luma)
+            if native:
+                qp = -1
+            for pos, (st, frame) in enumerate(zip(stats, frames, strict=True)):
+                index = mg.first + pos
+                var, sad = _content_features(frame.y, prev_y) if collect_features else (0.0, 0.0)
+                analysis = {}
+                if collect_features:
+                    own = codec_analysis(codec, index, frame)
+                    if own is None:  # our own analysis, with the blocks propagation needs
+                        own = analyzer.add(frame.y)
+                        gop_blocks.append(analyzer.blocks)
+                    analysis = analysis_fields(own)
+                prev_y = frame.y
+                out_stats.append(FrameStat(index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp,
+                                           st.bits, round(var, 3), round(sad, 4), **analysis))  # fmt: skip
+                if writer is not None:
+                    writer.writerow([
+                        index, mg.index, mg.gop, st.frame_type, st.temporal_layer, qp, st.qp, st.bits,
+                        f"{psnr_from_mse(st.sse_y / luma):.4f}", f"{psnr_from_mse(st.sse_u / chroma):.4f}",
+                        f"{psnr_from_mse(st.sse_v / chroma):.4f}", f"{st.ssim_y:.6f}",
+                    ])  # fmt: skip
+            if collect_features and mg.gop_end:
+                if len(gop_blocks) == gop_frame_count(job.layout, mg.gop):
+                    add_propagation(out_stats, gop_blocks)
+                gop_blocks = []
+            if agent is not None:
+                agent.feedback(_feedback(job, mg, qp, stats, agent.session))
         try:
             codec.close()
         except EncoderError:
