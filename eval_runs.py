@@ -66,6 +66,17 @@ class EvalSettings:
         return not self.encoder
 
 
+KEY_PROBE_CODECS = ("svtav1", "x264")  # the built-in encoder's --key-probe (builtin_encoder/key_probe.py)
+
+
+def key_probe_error(codec: str, encoder: str) -> str | None:
+    """Why --key-probe cannot run for this codec and encoder (the built-in encoder's flag, svtav1 and x264); None if
+    it can."""
+    if encoder or codec not in KEY_PROBE_CODECS:
+        return "--key-probe is the built-in encoder's, for svtav1 and x264 (your encoder sends key_probe itself)"
+    return None
+
+
 def find_inputs(patterns: Sequence[str]) -> list[Path]:
     """Clips named by `--inputs`: a directory (every video file in it), a glob, or a file; in order."""
     found: list[Path] = []

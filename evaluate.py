@@ -72,6 +72,7 @@ from eval_runs import (
     RunRecord,
     Video,  # fmt: skip
     find_inputs,
+    key_probe_error,
     probe_videos,
     targets_for,
 )
@@ -373,9 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.frames < 0:
             raise ValueError(f"--frames must be >= 0, got {ns.frames}")
-        if ns.key_probe and (ns.encoder or ns.codec == "vp9"):
-            raise ValueError("--key-probe is the built-in encoder's, for svtav1 and x264 (your encoder sends key_probe "
-                             "itself)")  # fmt: skip
+        if ns.key_probe and (error := key_probe_error(ns.codec, ns.encoder)):
+            raise ValueError(error)
         if ns.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {ns.workers}")
         if not 0 <= ns.layer_offset_scale <= 3 or (ns.encoder and ns.layer_offset_scale != 1.0):

@@ -58,6 +58,7 @@ import torch
 
 import clips
 import encoder_proc
+import eval_runs
 import gain_model
 import imitation
 import oracle_records
@@ -145,8 +146,8 @@ def main() -> int:
         p.error("--inputs / --encoder: name --data and --out (your records and policy stay apart from ours)")
     if ns.encoder_args and not ns.encoder:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
-    if ns.key_probe and (ns.encoder or ns.codec == "vp9"):
-        p.error("--key-probe is the built-in encoder's, for svtav1 and x264; your encoder sends key_probe itself")
+    if ns.key_probe and (error := eval_runs.key_probe_error(ns.codec, ns.encoder)):
+        p.error(error)
     inputs: list[str] = []
     if ns.inputs is not None:
         try:

@@ -212,8 +212,8 @@ def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> li
     import encoder_proc
     import io_runner
     import protocol
-    from builtin_encoder.key_probe import PROBE_PRESET
     from encoder_proc import VideoSpec
+    from eval_runs import KEY_PROBE_CODECS
     from inputs import bundled_clip
 
     class ExportedLearner(io_runner.Learner):  # acts with the exported arrays, learns nothing
@@ -226,7 +226,7 @@ def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> li
     rows: list[dict[str, Any]] = []
     for kbps, extra in VECTOR_RUNS:
         args = ["--input", str(clip), "--codec", codec, "--frames", str(frames), "--bitrate", str(kbps), *extra]
-        if kbps == PROBE_RUN and codec in PROBE_PRESET:
+        if kbps == PROBE_RUN and codec in KEY_PROBE_CODECS:
             args.append("--key-probe")
         spec = VideoSpec(f"{clip.stem}@{kbps}", args)
         rl_dir = work / f"rl_{kbps}"

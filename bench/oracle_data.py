@@ -341,8 +341,8 @@ def main() -> int:
         p.error(f"--first-frames: {ns.first_frames} is not a positive number of frames")
     if ns.preset is not None and ns.encoder:
         p.error("--preset is the built-in encoder's; give your encoder's in --encoder-args")
-    if ns.key_probe and (ns.encoder or ns.codec == "vp9"):
-        p.error("--key-probe is the built-in encoder's, for svtav1 and x264; give your encoder's in --encoder-args")
+    if ns.key_probe and (error := eval_runs.key_probe_error(ns.codec, ns.encoder)):
+        p.error(error)
     if ns.encoder_args and not ns.encoder:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
     if ns.frames < 0:
