@@ -17,7 +17,7 @@ from builtin_encoder.errors import (
     EXIT_REPLY_TIMEOUT,
     BadInput,
 )
-from builtin_encoder.key_probe import PROBE_PRESET
+from builtin_encoder.key_probe import PROBE_CODECS
 from builtin_encoder.session import CODECS, DEFAULT_PRESET, Settings, run
 
 EPILOG = f"""\
@@ -106,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mini-GOPs of first-pass look-ahead in each request (default 7: the rest of a "
                         "64-frame GOP of 8-frame mini-GOPs)")  # fmt: skip
     g.add_argument("--key-probe", action="store_true",
-                   help="before each GOP, code it twice at the fastest preset with its key mini-GOP's QP 3 finer "
-                        "and 3 coarser, and send both results in the GOP's first request (PROTOCOL.md §4.1.2; "
-                        f"svtav1 preset {PROBE_PRESET['svtav1']}, x264 {PROBE_PRESET['x264']}; needs --rl-dir)")
+                   help="before each GOP, code it twice more at the same preset with its key mini-GOP's QP 3 "
+                        "finer and 3 coarser, and send both results in the GOP's first request (PROTOCOL.md "
+                        f"§4.1.2; {', '.join(PROBE_CODECS)}; needs --rl-dir)")
     g.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     return p
 
@@ -147,8 +147,8 @@ def _validate(s: Settings) -> None:
         raise BadInput(f"--rc-mode {s.rc_mode} needs --bitrate")
     if s.rc_mode == 3 and s.crf is None and s.pass_no != 1:
         raise BadInput("--rc-mode 3 needs --crf")
-    if s.key_probe and s.codec not in PROBE_PRESET:
-        raise BadInput(f"--key-probe: not for --codec {s.codec} (only {', '.join(PROBE_PRESET)})")
+    if s.key_probe and s.codec not in PROBE_CODECS:
+        raise BadInput(f"--key-probe: not for --codec {s.codec} (only {', '.join(PROBE_CODECS)})")
     if s.key_probe and (s.rl_dir is None or s.pass_no == 1):
         raise BadInput("--key-probe sends its results to the agent: it needs --rl-dir, and a final pass")
     if s.rc_mode in (2, 3) and s.pass_no != 1:

@@ -1,12 +1,15 @@
-"""The key probe (--key-probe): a GOP coded twice, fast, with its key mini-GOP's QP finer and then coarser.
+"""The key probe (--key-probe): a GOP coded twice more, with its key mini-GOP's QP finer and then coarser.
 
 Whether a GOP's key mini-GOP should get more bits depends on how much of its quality the rest of the GOP
 inherits, which no first-pass statistic tells well for SVT-AV1 (BENCHMARKS.md §2.4.41). The probe measures
-it: before the GOP's first request, the whole GOP is coded at the codec's fastest preset under a copy of
+it: before the GOP's first request, the whole GOP is coded at the encode's own preset under a copy of
 the rate control, once with the key mini-GOP PROBE_OFFSET QP finer than the rate control's base QP and once
 PROBE_OFFSET coarser, the other mini-GOPs at Δ=0. The request carries both encodes' bits and PSNR-Y
 (protocol.KeyProbe); the agent values them (state.key_probe_feature). Nothing of the probes reaches the
-output: they use their own codec instances, a copy of the rate control, and a scratch folder.
+output: they use their own codec instances, a copy of the rate control, and a scratch folder. The probe
+is coded at the encode's own preset, not the fastest: at SVT-AV1's preset 13 its contrast places the key
+decision about half as well on the training windows (BENCHMARKS.md §2.4.43), for a native encode only a
+quarter faster.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from builtin_encoder.layout import MiniGop
 from builtin_encoder.metrics import psnr_from_mse
 from builtin_encoder.ratecontrol import RateController
 
-PROBE_PRESET = {"svtav1": 13, "x264": 9}  # the fastest preset of each codec that has the probe (x264 9: ultrafast)
-PROBE_OFFSET = 3  # QP units of each probe's change to the key mini-GOP (§2.4.41: ±3 at preset 13)
+PROBE_CODECS = ("svtav1", "x264")  # the codecs whose backends the probe can fork (vp9's rate control is libvpx's)
+PROBE_OFFSET = 3  # QP units of each probe's change to the key mini-GOP (§2.4.41: ±3)
 
 Gop = list[tuple[MiniGop, list[YuvFrame]]]  # one GOP's mini-GOPs, each with its frames
-OpenCodec = Callable[[Path], Codec]  # a fresh fast codec writing to the path
+OpenCodec = Callable[[Path], Codec]  # a fresh codec, at the encode's preset, writing to the path
 FrameQps = Callable[[Codec, int, MiniGop], list[int]]  # a mini-GOP's per-frame QPs at a base QP
 
 

@@ -36,7 +36,7 @@ from builtin_encoder.errors import (
     Interrupted,
     ReplyTimeout,
 )
-from builtin_encoder.key_probe import PROBE_PRESET, Gop, key_probe
+from builtin_encoder.key_probe import Gop, key_probe
 from builtin_encoder.layout import MiniGop, build_layout
 from builtin_encoder.metrics import psnr_from_mse
 from builtin_encoder.ratecontrol import (
@@ -414,10 +414,10 @@ def _with_gops(mini_gops: Iterator[tuple[MiniGop, list[YuvFrame]]]) -> Iterator[
     yield from ((m, c, gop if k == 0 else []) for k, (m, c) in enumerate(gop))
 
 
-def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path) -> protocol.KeyProbe:
-    """The key probe of `gop` (key_probe.py): two encodes at the codec's probe preset, nothing of them kept."""
+def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path, preset: int) -> protocol.KeyProbe:
+    """The key probe of `gop` (key_probe.py): two encodes at the pass's `preset`, nothing of them kept."""
     s = job.settings
-    cfg = job.codec_config(PROBE_PRESET[s.codec], Measure.SSE)
+    cfg = job.codec_config(preset, Measure.SSE)
     inputs = codec_inputs(job)
 
     def qps(codec: Codec, qp: int, mg: MiniGop) -> list[int]:
@@ -476,7 +476,7 @@ def encode_pass(
             if gop:  # probing, at a GOP's first mini-GOP
                 assert isinstance(rc, RateController) and probe_dir is not None
                 try:
-                    probe = _probe(job, rc, gop, Path(probe_dir.name))
+                    probe = _probe(job, rc, gop, Path(probe_dir.name), preset)
                 except EncoderError:
                     raise
                 except Exception as exc:
