@@ -1,11 +1,17 @@
-"""bench/key_probe.py: the probe rule and its leave-one-source-out threshold, on tables of known values."""
+"""bench/key_probe.py: the probe rule and its leave-one-source-out threshold, on tables of known values; the
+sweeps' own encodes as the probe, for key and ramp sweeps."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
+from test_key_ceiling import _sweep
 
 from bench import key_probe
 from bench.key_probe import ProbeTable, T
+from state import FEATURE_NAMES
 
 
 def _table(probe: list[float], best: list[int], sources: list[str]) -> ProbeTable:
@@ -55,3 +61,22 @@ def test_bd_rate_per_window_takes_each_answers_encode_and_one_of_each_repeated_b
     assert abs(key_probe.window_bd_rates(t, np.full(4, -2))["w"] - -10.0) < 1e-9
     assert key_probe.window_bd_rates(t, np.full(4, 3))["w"] == 0.0  # not encoded: Δ=0's encode
 
+
+
+def test_without_probe_files_each_sweeps_own_encodes_are_its_probe_and_a_ramp_is_read_after_the_key(tmp_path, capsys):
+    # equal bits everywhere, so each offset's value is its PSNR-Y change; offsets not given lose 0.5 dB
+    ramps = [_sweep("b_s1_f0-8", 0.05, "ramp", {-3: 0.3, -2: 0.2, 3: 0.1}), _sweep("b_s1_f0-8", 0.2, "ramp", {3: 0.4})]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ramps))
+    t = key_probe.probe_table(path, None, search="ramp")
+    assert t.probe == pytest.approx([0.3 - 0.1, -0.5 - 0.4])  # v(-3) - v(+3) of each sweep's own encodes
+    assert t.values[0, T - 2] == pytest.approx(0.2) and t.values[1, T + 3] == pytest.approx(0.4)
+    assert (t.obs[:, FEATURE_NAMES.index("has_key")] == 0).all()  # the state of the first mini-GOP the ramp moves
+    assert key_probe.value_of(t.values, key_probe.rule(t.probe, 0.05, 2)).tolist() == pytest.approx([0.2, -0.5])
+    with pytest.raises(ValueError, match="no probe at a key sweep's point"):
+        key_probe.probe_table(path, None, search="key")  # a ramp file holds no key sweep
+    with pytest.raises(SystemExit):
+        key_probe.main(["--search", "ramp", "--sweeps", str(path), "--policy", "svtav1"])
+    assert "--policy shows a policy's key answers" in capsys.readouterr().err
+    assert key_probe.main(["--search", "ramp", "--sweeps", str(path)]) == 0
+    assert "2 ramp sweeps of 1 windows" in capsys.readouterr().out
