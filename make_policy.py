@@ -4,7 +4,8 @@
     python make_policy.py --codec x264              # about 55 min (378 oracle searches: two draws, then 70 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
     python make_policy.py --codec svtav1 --key-probe   # policies/svtav1_probe.pt, every encode with the key probe: 102
-        # oracle searches (41 min measured) and 204 key sweeps (about 27 min more, estimated); BENCHMARKS.md §2.4.42
+        # oracle searches (41 min measured with the probe at preset 13, which costs about what the probe at the
+        # encode's own preset does) and 204 key sweeps (about 27 min more, estimated); BENCHMARKS.md §2.4.42, §2.4.43
     python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
         --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
