@@ -6,10 +6,9 @@ it: before the GOP's first request, the whole GOP is coded at the encode's own p
 the rate control, once with the key mini-GOP PROBE_OFFSET QP finer than the rate control's base QP and once
 PROBE_OFFSET coarser, the other mini-GOPs at Δ=0. The request carries both encodes' bits and PSNR-Y
 (protocol.KeyProbe); the agent values them (state.key_probe_feature). Nothing of the probes reaches the
-output: they use their own codec instances, a copy of the rate control, and a scratch folder. The probe
-is coded at the encode's own preset, not the fastest: at SVT-AV1's preset 13 its contrast places the key
-decision about half as well on the training windows (BENCHMARKS.md §2.4.43), for a native encode only a
-quarter faster.
+output: they use their own codec instances, a copy of the rate control, and a scratch folder. Not the
+fastest preset: at SVT-AV1's preset 13 the probe's contrast places the key decision about half as well on
+the training windows (BENCHMARKS.md §2.4.43), for a native encode only a quarter faster.
 """
 
 from __future__ import annotations
