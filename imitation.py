@@ -175,10 +175,11 @@ SHIPPED_RECIPES = {
     "vp9": Recipe("train,static", 1.0),
 }
 # make_policy.py --key-probe: the demonstrations encoded with the encoder's key probe (PROTOCOL.md §4.1.2), the key
-# mini-GOP's offset read from it beside fp_reuse, fitted on the key sweeps too (BENCHMARKS.md §2.4.42); the file is
+# mini-GOP's offset read from it beside fp_reuse, fitted on the key sweeps too (BENCHMARKS.md §2.4.42), and the
+# offset of the mini-GOPs after the key from the ramp probe (§2.4.45); the file is
 # policies/<codec>_probe.pt. A codec without a probe recipe of its own uses its shipped one.
 PROBE_RECIPES = {
-    "svtav1": Recipe("train,static,natural", 1.0, GainFeatures(key=("fp_reuse", "key_probe"), inter=()),
+    "svtav1": Recipe("train,static,natural", 1.0, GainFeatures(key=("fp_reuse", "key_probe"), inter=("ramp_probe",)),
                      key_sweeps="train,static,natural"),
 }
 

@@ -332,6 +332,9 @@ int main(void) {
         if (scanf("%d %lf %lf %lf %lf", &rq.key_probe_offset, &rq.key_probe_finer_bits, &rq.key_probe_finer_psnr_y,
                   &rq.key_probe_coarser_bits, &rq.key_probe_coarser_psnr_y) != 5)
             return 1;
+        if (scanf("%d %lf %lf %lf %lf", &rq.ramp_probe_offset, &rq.ramp_probe_finer_bits,
+                  &rq.ramp_probe_finer_psnr_y, &rq.ramp_probe_coarser_bits, &rq.ramp_probe_coarser_psnr_y) != 5)
+            return 1;
         if (scanf("%d %lf %lf %d %d", &prev.present, &prev.bits, &prev.psnr_y, &prev.qp_used, &prev.base_qp) != 5)
             return 1;
         float obs[RLRC_OBS_DIM];
@@ -375,12 +378,13 @@ def driver_line(row: dict) -> str:
     parts += [str(len(fp["intra_cost"]) if fp else 0), *(repr(float(v)) for k in lists for v in (fp or {}).get(k, []))]
     prop = (fp or {}).get("propagation") or []
     parts += [str(len(prop)), *(repr(float(v)) for v in prop)]
-    probe = rq.get("key_probe")
-    if probe is None:
-        parts += ["0", "0", "0", "0", "0"]
-    else:
-        parts += [str(probe["offset"]), *(repr(float(probe[k])) for k in ("finer_bits", "finer_psnr_y", "coarser_bits",
-                                                                            "coarser_psnr_y"))]  # fmt: skip
+    sides = ("finer_bits", "finer_psnr_y", "coarser_bits", "coarser_psnr_y")
+    for name in ("key_probe", "ramp_probe"):
+        probe = rq.get(name)
+        if probe is None:
+            parts += ["0", "0", "0", "0", "0"]
+        else:
+            parts += [str(probe["offset"]), *(repr(float(probe[k])) for k in sides)]
     if fb is None:
         parts += ["0", "0", "0", "0", "0"]
     else:

@@ -38,6 +38,8 @@ END_NAME = "end.json"
 TMP_SUFFIX = ".tmp"
 # No protocol file may be larger: a bigger one is an error, and nothing is allocated for it.
 MAX_FILE_BYTES = 256 * 1024
+# The mini-GOPs after a GOP's key that its ramp probe moves together (PROTOCOL.md §4.1.2): 1..RAMP_MINIGOPS.
+RAMP_MINIGOPS = 5
 # Every protocol file and temporary: a final name, or a final name + ".tmp" (the convention for
 # encoders) or + ".<16 hex digits>.tmp" (write_atomic's unpredictable temporaries).
 _PROTOCOL_NAME_RE = re.compile(r"^(?:mg\d{4,}_(?:rq|qp|fb)|end)\.json(?:(?:\.[0-9a-f]{16})?\.tmp)?$")
@@ -98,11 +100,12 @@ class FirstPass:
 
 @dataclass
 class KeyProbe:
-    """Optional probe of a GOP's key decision (v2): what the encoder measured by coding the whole GOP twice, fast.
+    """Optional probe of a GOP's decision (v2): what the encoder measured by coding the whole GOP twice more.
 
-    Both encodes code every frame of the GOP under the encoder's own rate control, with this mini-GOP's QP
-    `offset` QP units finer (`finer_*`) and coarser (`coarser_*`) than the rate control's base QP and Δ=0 on
-    the others; bits are the GOP's bits, PSNR-Y its overall PSNR-Y (from the summed squared error), dB.
+    Both encodes code every frame of the GOP under the encoder's own rate control, with the probed mini-GOPs'
+    QP `offset` QP units finer (`finer_*`) and coarser (`coarser_*`) than the rate control's base QP and Δ=0 on
+    the others; bits are the GOP's bits, PSNR-Y its overall PSNR-Y (from the summed squared error), dB. As
+    `key_probe` the key mini-GOP is probed; as `ramp_probe`, mini-GOPs 1..RAMP_MINIGOPS together.
     """
 
     offset: int  # QP units (the agent's 0..63 scale) of each probe's change to this mini-GOP's base QP, >= 1
@@ -151,6 +154,8 @@ class Request:
     qp_scale_max: int = 63
     first_pass: FirstPass | None = None  # v2, optional: per-frame first-pass statistics
     key_probe: KeyProbe | None = None  # v2, optional, a GOP's first mini-GOP only: the probe encodes of its QP
+    # v2, optional, mini-GOPs 1..RAMP_MINIGOPS of a GOP only: the GOP coded with those mini-GOPs moved together
+    ramp_probe: KeyProbe | None = None
 
 
 @dataclass
@@ -350,23 +355,30 @@ def _validate_request(req: Request, path: Path) -> None:
     if req.first_pass is not None:
         _validate_first_pass(req.first_pass, req.frame_count, path)
     if req.key_probe is not None:
-        _validate_key_probe(req.key_probe, req.mg_in_gop, path)
+        if req.mg_in_gop != 0:
+            raise ProtocolError(
+                f"{path}: field 'key_probe' is sent with a GOP's first mini-GOP only (mg_in_gop is {req.mg_in_gop})"
+            )
+        _validate_probe(req.key_probe, "key_probe", path)
+    if req.ramp_probe is not None:
+        if not 1 <= req.mg_in_gop <= RAMP_MINIGOPS:
+            raise ProtocolError(
+                f"{path}: field 'ramp_probe' is sent with a GOP's mini-GOPs 1..{RAMP_MINIGOPS} only "
+                f"(mg_in_gop is {req.mg_in_gop})"
+            )
+        _validate_probe(req.ramp_probe, "ramp_probe", path)
 
 
-def _validate_key_probe(probe: KeyProbe, mg_in_gop: int, path: Path) -> None:
-    """Only on a GOP's first mini-GOP; offset >= 1; bits > 0; PSNR-Y in (0, 100] dB (100: lossless)."""
-    if mg_in_gop != 0:
-        raise ProtocolError(
-            f"{path}: field 'key_probe' is sent with a GOP's first mini-GOP only (mg_in_gop is {mg_in_gop})"
-        )
+def _validate_probe(probe: KeyProbe, field: str, path: Path) -> None:
+    """offset >= 1; bits > 0; PSNR-Y in (0, 100] dB (100: lossless)."""
     if probe.offset < 1:
-        raise ProtocolError(f"{path}: field 'key_probe.offset' must be >= 1 (got {probe.offset})")
+        raise ProtocolError(f"{path}: field '{field}.offset' must be >= 1 (got {probe.offset})")
     for side in ("finer", "coarser"):
         bits, psnr = getattr(probe, f"{side}_bits"), getattr(probe, f"{side}_psnr_y")
         if bits <= 0:
-            raise ProtocolError(f"{path}: field 'key_probe.{side}_bits' must be > 0 (got {bits})")
+            raise ProtocolError(f"{path}: field '{field}.{side}_bits' must be > 0 (got {bits})")
         if not 0.0 < psnr <= 100.0:
-            raise ProtocolError(f"{path}: field 'key_probe.{side}_psnr_y' must be in (0, 100] dB (got {psnr})")
+            raise ProtocolError(f"{path}: field '{field}.{side}_psnr_y' must be in (0, 100] dB (got {psnr})")
 
 
 def _validate_first_pass(fp: FirstPass, frame_count: int, path: Path) -> None:

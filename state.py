@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from protocol import Feedback, Request
+from protocol import Feedback, KeyProbe, Request
 
 FEATURE_NAMES: tuple[str, ...] = (
     "base_qp",  # base QP / qp_scale_max
@@ -39,6 +39,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "fp_propagation",  # the mini-GOP's first frame's block propagation over the rest of its GOP / 4
     # From the request's optional key_probe (a GOP's first mini-GOP, the encoder's --key-probe); 0 without it.
     "key_probe",  # the probe's contrast: dB at equal rate the finer key QP gains over the coarser, per 6 QP
+    # From the request's optional ramp_probe (mini-GOPs 1-5 of a GOP, --key-probe); 0 without it.
+    "ramp_probe",  # the same contrast for the five mini-GOPs after the key moved together
 )
 OBS_DIM = len(FEATURE_NAMES)
 # The features before fp_propagation: the inputs of the policies made before it (policy.py reads any
@@ -119,9 +121,20 @@ def key_probe_feature(req: Request) -> float:
     Also 0 in a GOP of one mini-GOP: nothing after the key inherits it, the rate control cannot take the probes'
     bits back, and p would be the fixed slope's guess at a plain RD trade (BENCHMARKS.md §2.4.42).
     """
-    k = req.key_probe
-    if k is None or req.mgs_in_gop < 2:
+    if req.key_probe is None or req.mgs_in_gop < 2:
         return 0.0
+    return probe_contrast(req.key_probe)
+
+
+def ramp_probe_feature(req: Request) -> float:
+    """The ramp probe's contrast (PROTOCOL.md §4.1.2), as key_probe_feature's, on mini-GOPs 1-5; 0 without one.
+
+    > 0: coding the mini-GOPs after the key finer together pays over the GOP (BENCHMARKS.md §2.4.44)."""
+    return 0.0 if req.ramp_probe is None else probe_contrast(req.ramp_probe)
+
+
+def probe_contrast(k: KeyProbe) -> float:
+    """(finer_psnr_y - coarser_psnr_y - PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3 / offset, dB."""
     gain = k.finer_psnr_y - k.coarser_psnr_y - PROBE_SLOPE_DB * math.log2(k.finer_bits / k.coarser_bits)
     return gain * 3.0 / k.offset
 
@@ -204,6 +217,7 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
             *first_pass_features(req),
             propagation_feature(req),
             key_probe_feature(req),
+            ramp_probe_feature(req),
         ],
         dtype=np.float32,
     )

@@ -1,4 +1,5 @@
-"""The key probe (--key-probe): a GOP coded twice more, with its key mini-GOP's QP finer and then coarser.
+"""The GOP probes (--key-probe): a GOP coded twice more with its key mini-GOP's QP finer and then coarser, and
+twice more with the five mini-GOPs after the key finer and then coarser together (the ramp probe).
 
 Whether a GOP's key mini-GOP should get more bits depends on how much of its quality the rest of the GOP
 inherits, which no first-pass statistic tells well for SVT-AV1 (BENCHMARKS.md §2.4.41). The probe measures
@@ -8,7 +9,9 @@ PROBE_OFFSET coarser, the other mini-GOPs at Δ=0. The request carries both enco
 (protocol.KeyProbe); the agent values them (state.key_probe_feature). Nothing of the probes reaches the
 output: they use their own codec instances, a copy of the rate control, and a scratch folder. Not the
 fastest preset: at SVT-AV1's preset 13 the probe's contrast places the key decision about half as well on
-the training windows (BENCHMARKS.md §2.4.43), for a native encode only a quarter faster.
+the training windows (BENCHMARKS.md §2.4.43), for a native encode only a quarter faster. The ramp probe
+measures the same for mini-GOPs 1..5 moved together, a decision the key probe does not tell (§2.4.44); it
+goes in the requests of those mini-GOPs (`ramp_probe`).
 """
 
 from __future__ import annotations
@@ -39,16 +42,17 @@ class ProbeEncode:
     psnr_y: float
 
 
-def probe_encode(open_codec: OpenCodec, out: Path, rc: RateController, gop: Gop, key_delta: int, frame_qps: FrameQps,
-                 luma: int) -> ProbeEncode:  # fmt: skip
-    """The GOP coded by a fresh codec under a copy of `rc` (left as it was), `key_delta` codec QP steps added to
-    its first mini-GOP's base QP and Δ=0 on the others, every QP clamped to the codec's range."""
+def probe_encode(open_codec: OpenCodec, out: Path, rc: RateController, gop: Gop, moved: range, delta: int,
+                 frame_qps: FrameQps, luma: int) -> ProbeEncode:  # fmt: skip
+    """The GOP coded by a fresh codec under a copy of `rc` (left as it was), `delta` codec QP steps added to the
+    base QP of its mini-GOPs whose place in the GOP is in `moved` and Δ=0 on the others, every QP clamped to the
+    codec's range."""
     rc = rc.fork()
     codec = open_codec(out)
     bits, sse, frames = 0, 0.0, 0
     try:
         for mg, chunk in gop:
-            qp = rc.base_qp(mg) + (key_delta if mg.in_gop == 0 else 0)
+            qp = rc.base_qp(mg) + (delta if mg.in_gop in moved else 0)
             qp = min(max(qp, codec.qp_min), codec.qp_max)
             stats = codec.encode(chunk, frame_qps(codec, qp, mg), key_first=mg.key_first)
             rc.update(mg, [st.bits for st in stats], qp)
@@ -61,11 +65,23 @@ def probe_encode(open_codec: OpenCodec, out: Path, rc: RateController, gop: Gop,
     return ProbeEncode(bits, psnr_from_mse(sse / (frames * luma)))
 
 
-def key_probe(open_codec: OpenCodec, scratch: Path, rc: RateController, gop: Gop, frame_qps: FrameQps, luma: int,
-              qp_unit: float) -> protocol.KeyProbe:  # fmt: skip
-    """Both probes of `gop` (it starts at its key mini-GOP); qp_unit: codec QP steps per QP unit (state.qp_unit)."""
-    step = round(PROBE_OFFSET * qp_unit)
-    finer = probe_encode(open_codec, scratch / "finer", rc, gop, -step, frame_qps, luma)
-    coarser = probe_encode(open_codec, scratch / "coarser", rc, gop, step, frame_qps, luma)
+def probe_pair(open_codec: OpenCodec, scratch: Path, rc: RateController, gop: Gop, moved: range, step: int,
+               frame_qps: FrameQps, luma: int) -> protocol.KeyProbe:  # fmt: skip
+    """The GOP coded with its mini-GOPs in `moved` `step` codec QP steps finer, then as many coarser."""
+    finer = probe_encode(open_codec, scratch / "finer", rc, gop, moved, -step, frame_qps, luma)
+    coarser = probe_encode(open_codec, scratch / "coarser", rc, gop, moved, step, frame_qps, luma)
     return protocol.KeyProbe(offset=PROBE_OFFSET, finer_bits=finer.bits, finer_psnr_y=round(finer.psnr_y, 4),
                              coarser_bits=coarser.bits, coarser_psnr_y=round(coarser.psnr_y, 4))  # fmt: skip
+
+
+def key_probe(open_codec: OpenCodec, scratch: Path, rc: RateController, gop: Gop, frame_qps: FrameQps, luma: int,
+              qp_unit: float) -> tuple[protocol.KeyProbe, protocol.KeyProbe | None]:  # fmt: skip
+    """Both probes of `gop` (it starts at its key mini-GOP): the key's, and the ramp's (mini-GOPs
+    1..protocol.RAMP_MINIGOPS together; None in a GOP of one mini-GOP); qp_unit: codec QP steps per QP unit
+    (state.qp_unit)."""
+    step = round(PROBE_OFFSET * qp_unit)
+    key = probe_pair(open_codec, scratch, rc, gop, range(1), step, frame_qps, luma)
+    if len(gop) < 2:
+        return key, None
+    ramp = probe_pair(open_codec, scratch, rc, gop, range(1, protocol.RAMP_MINIGOPS + 1), step, frame_qps, luma)
+    return key, ramp

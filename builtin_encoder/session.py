@@ -414,8 +414,9 @@ def _with_gops(mini_gops: Iterator[tuple[MiniGop, list[YuvFrame]]]) -> Iterator[
     yield from ((m, c, gop if k == 0 else []) for k, (m, c) in enumerate(gop))
 
 
-def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path, preset: int) -> protocol.KeyProbe:
-    """The key probe of `gop` (key_probe.py): two encodes at the pass's `preset`, nothing of them kept."""
+def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path,
+           preset: int) -> tuple[protocol.KeyProbe, protocol.KeyProbe | None]:  # fmt: skip
+    """The key and ramp probes of `gop` (key_probe.py): four encodes at the pass's `preset`, nothing of them kept."""
     s = job.settings
     cfg = job.codec_config(preset, Measure.SSE)
     inputs = codec_inputs(job)
@@ -471,22 +472,25 @@ def encode_pass(
     items = _with_gops(mini_gops) if probing else ((mg, chunk, []) for mg, chunk in mini_gops)
     probe_dir = tempfile.TemporaryDirectory(prefix="builtin_encoder.probe.") if probing else None
     try:
+        ramp: protocol.KeyProbe | None = None  # this GOP's ramp probe, for its mini-GOPs 1..RAMP_MINIGOPS
         for mg, frames, gop in items:
             probe = None
             if gop:  # probing, at a GOP's first mini-GOP
                 assert isinstance(rc, RateController) and probe_dir is not None
                 try:
-                    probe = _probe(job, rc, gop, Path(probe_dir.name), preset)
+                    probe, ramp = _probe(job, rc, gop, Path(probe_dir.name), preset)
                 except EncoderError:
                     raise
                 except Exception as exc:
-                    raise CodecFailure(f"codec {s.codec} failed in the key probe of GOP {mg.gop}: {exc}") from exc
+                    raise CodecFailure(f"codec {s.codec} failed in the probes of GOP {mg.gop}: {exc}") from exc
             base_qp = rc.base_qp(mg)
             gop_budget = rc.gop_budget(mg)
             qp = base_qp
             if agent is not None:
                 assert isinstance(rc, RateController)  # pass 1 never talks to the agent
-                qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass, probe))
+                in_ramp = ramp if 1 <= mg.in_gop <= protocol.RAMP_MINIGOPS else None
+                qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass, probe,
+                                        in_ramp))  # fmt: skip
             qps = frame_qps(codec, qp, mg, s.layer_offset_scale)
             try:
                 stats = codec.encode(frames, qps, key_first=mg.key_first)
@@ -545,7 +549,8 @@ def encode_pass(
 
 def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: int, gop_budget: int,
              session: str, first_pass: list[FrameStat] | None,
-             probe: protocol.KeyProbe | None = None) -> protocol.Request:  # fmt: skip
+             probe: protocol.KeyProbe | None = None,
+             ramp: protocol.KeyProbe | None = None) -> protocol.Request:  # fmt: skip
     s = job.settings
     nxt = job.layout[mg.index + 1 : mg.index + 1 + s.lookahead]
     seen = range(mg.first, (nxt[-1] if nxt else mg).first + (nxt[-1] if nxt else mg).count)
@@ -580,6 +585,7 @@ def _request(job: Job, rc: RateController, codec: Codec, mg: MiniGop, base_qp: i
         qp_scale_max=codec.qp_max,
         first_pass=first_pass_message(first_pass, seen) if first_pass else None,
         key_probe=probe,
+        ramp_probe=ramp,
     )
 
 

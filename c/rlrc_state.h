@@ -18,7 +18,7 @@
 
 #include <math.h>
 
-#define RLRC_OBS_DIM 24
+#define RLRC_OBS_DIM 25
 #define RLRC_PROBE_SLOPE_DB 2.5 /* state.PROBE_SLOPE_DB */
 #define RLRC_EPS 1e-6
 #define RLRC_REFERENCE_QP_SCALE 63.0
@@ -41,6 +41,9 @@ typedef struct {
     /* key_probe (a GOP's first mini-GOP, optional): key_probe_offset = 0 when the request carries none */
     int key_probe_offset;
     double key_probe_finer_bits, key_probe_finer_psnr_y, key_probe_coarser_bits, key_probe_coarser_psnr_y;
+    /* ramp_probe (mini-GOPs 1-5 of a GOP, optional): ramp_probe_offset = 0 when the request carries none */
+    int ramp_probe_offset;
+    double ramp_probe_finer_bits, ramp_probe_finer_psnr_y, ramp_probe_coarser_bits, ramp_probe_coarser_psnr_y;
 } rlrc_request;
 
 /* The previous mini-GOP of the same GOP: its feedback's bits, psnr_y and qp_used, and its request's base_qp. */
@@ -168,6 +171,11 @@ static inline void rlrc_observation(const rlrc_request *rq, const rlrc_previous 
         double gain = rq->key_probe_finer_psnr_y - rq->key_probe_coarser_psnr_y
                       - RLRC_PROBE_SLOPE_DB * log2(rq->key_probe_finer_bits / rq->key_probe_coarser_bits);
         v[23] = gain * 3.0 / rq->key_probe_offset;
+    }
+    if (rq->ramp_probe_offset > 0) { /* state.ramp_probe_feature */
+        double gain = rq->ramp_probe_finer_psnr_y - rq->ramp_probe_coarser_psnr_y
+                      - RLRC_PROBE_SLOPE_DB * log2(rq->ramp_probe_finer_bits / rq->ramp_probe_coarser_bits);
+        v[24] = gain * 3.0 / rq->ramp_probe_offset;
     }
     for (int i = 0; i < RLRC_OBS_DIM; i++) obs[i] = rlrc_clip4(v[i]);
 }

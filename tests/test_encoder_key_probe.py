@@ -74,9 +74,10 @@ def test_the_key_probe_is_the_gop_coded_with_its_key_finer_and_coarser(tmp_path:
     # The probe is extra information: the encode itself is the same stream, the same feedback.
     assert probed.stream == plain.stream
     assert [f.bits for f in probed.feedback] == [f.bits for f in plain.feedback]
-    # On every GOP's first request and no other.
+    # On every GOP's first request and no other; the ramp probe on mini-GOPs 1..5 of a GOP (here: the second of two).
     assert [r.key_probe is not None for r in probed.requests] == [r.mg_in_gop == 0 for r in probed.requests]
-    assert all(r.key_probe is None for r in plain.requests)
+    assert [r.ramp_probe is not None for r in probed.requests] == [1 <= r.mg_in_gop <= 5 for r in probed.requests]
+    assert all(r.key_probe is None and r.ramp_probe is None for r in plain.requests)
     # The first GOP's probe is the first GOP of a whole encode at the same preset, key mini-GOP ±3, the rest Δ=0
     # (the rate control starts fresh in both).
     probe = probed.requests[0].key_probe
@@ -89,6 +90,15 @@ def test_the_key_probe_is_the_gop_coded_with_its_key_finer_and_coarser(tmp_path:
         assert bits == whole_bits
         assert psnr == pytest.approx(whole_psnr, abs=2e-3)  # the feedback's MSE and the probe's PSNR are rounded
     assert probe.finer_bits > probe.coarser_bits  # the finer key spends more on the key frame, which shows
+    # The ramp probe, sent with mini-GOP 1: the same GOP with the mini-GOPs after the key ±3 together, the key at Δ=0.
+    ramp = probed.requests[1].ramp_probe
+    assert ramp is not None and ramp.offset == PROBE_OFFSET
+    for sign, bits, psnr in ((-1, ramp.finer_bits, ramp.finer_psnr_y), (1, ramp.coarser_bits, ramp.coarser_psnr_y)):
+        deltas = ",".join(["0", str(sign * PROBE_OFFSET)] + ["0"] * (mgs - 2))
+        whole = encode(tmp_path / f"ramp{sign}", codec, [], deltas)
+        whole_bits, whole_psnr = first_gop(whole)
+        assert bits == whole_bits
+        assert psnr == pytest.approx(whole_psnr, abs=2e-3)
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,7 @@ def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
                * r["request"]["frame_count"] for r in rows)  # fmt: skip
     assert any(r["request"]["first_pass"].get("propagation") for r in rows) or name == "vp9"
     assert any(r["request"].get("key_probe") for r in rows) or name == "vp9"  # the encoder's --key-probe
+    assert any(r["request"].get("ramp_probe") for r in rows) or name == "vp9"
     answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
     assert len(answers) == len(rows)
     for row, got in zip(rows, answers, strict=True):
@@ -89,9 +90,10 @@ def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on this machine")
-def test_c_state_reads_the_key_probe_as_state_py_does(exported, tmp_path):
-    """A GOP's first requests with a key_probe (the encoder's --key-probe) give the same key_probe feature in C."""
-    from state import FEATURE_NAMES
+def test_c_state_reads_the_probes_as_state_py_does(exported, tmp_path):
+    """A GOP's first requests with a key_probe (the encoder's --key-probe) give the same key_probe feature in C, and
+    mini-GOP 1's with a ramp_probe the same ramp_probe feature."""
+    from state import FEATURE_NAMES, ramp_probe_feature
 
     name, out = exported
     rows = [dict(r) for r in _vectors(name, out)["encode"] if r["request"]["mg_in_gop"] == 0]
@@ -104,12 +106,22 @@ def test_c_state_reads_the_key_probe_as_state_py_does(exported, tmp_path):
     alone = dict(rows[0])  # a GOP of one mini-GOP: nothing inherits its key, the feature is 0 in both
     alone["request"] = {**alone["request"], "mgs_in_gop": 1, "gop_frames": alone["request"]["frame_count"]}
     rows.append(alone)
+    later = [dict(r) for r in _vectors(name, out)["encode"] if r["request"]["mg_in_gop"] == 1][:2]
+    for row, (offset, fb, fp, cb, cp) in zip(later, probes, strict=False):  # the ramp probe, on mini-GOP 1
+        row["request"] = {**row["request"], "ramp_probe": {"offset": offset, "finer_bits": fb, "finer_psnr_y": fp,
+                                                           "coarser_bits": cb, "coarser_psnr_y": cp}}  # fmt: skip
+    rows += later
     answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
-    k = FEATURE_NAMES.index("key_probe")
+    k, r = FEATURE_NAMES.index("key_probe"), FEATURE_NAMES.index("ramp_probe")
     for row, got in zip(rows, answers, strict=True):
         req = protocol.parse_request(json.dumps(row["request"]), tmp_path / "rq.json")
-        obs = build_observation(req, None, None)
-        assert (obs[k] != 0.0) == (req.mgs_in_gop > 1)
+        if req.mg_in_gop == 0:
+            obs = build_observation(req, None, None)
+            assert (obs[k] != 0.0) == (req.mgs_in_gop > 1)
+        else:  # the row's own previous mini-GOP stays in the C driver's input: only the ramp feature changed
+            obs = np.array(row["observation"], dtype=np.float32)
+            obs[r] = np.clip(ramp_probe_feature(req), -4.0, 4.0)
+            assert obs[r] != 0.0 and obs[k] == 0.0
         np.testing.assert_allclose(np.array(got[:OBS_DIM], dtype=np.float32), obs, atol=1e-6)
 
 

@@ -172,6 +172,21 @@ def test_key_probe_on_a_mini_gop_inside_its_gop_is_refused():
         protocol.parse_request(protocol.to_json(make_request(key_probe=probe)), P)
 
 
+def test_ramp_probe_rides_on_mini_gops_1_to_5_only_and_its_fields_are_named():
+    probe = protocol.KeyProbe(offset=3, finer_bits=240000, finer_psnr_y=36.2, coarser_bits=236000, coarser_psnr_y=36.5)
+    req = make_request(ramp_probe=probe)  # mg_in_gop 3
+    assert protocol.parse_request(protocol.to_json(req), P) == req
+    for mg_in_gop in (0, 6):
+        bad = make_request(**({**KEY_START} if mg_in_gop == 0 else {"mg_in_gop": 6}), ramp_probe=probe)
+        with pytest.raises(ProtocolError, match=rf"'ramp_probe' is sent with a GOP's mini-GOPs 1..5 only "
+                                                rf"\(mg_in_gop is {mg_in_gop}\)"):  # fmt: skip
+            protocol.parse_request(protocol.to_json(bad), P)
+    data = asdict(req)
+    data["ramp_probe"]["coarser_bits"] = 0
+    with pytest.raises(ProtocolError, match=r"mg0003_rq.json: field 'ramp_probe.coarser_bits' must be > 0"):
+        protocol.parse_request(json.dumps(data), P)
+
+
 def test_first_pass_shorter_than_the_mini_gop_is_refused():
     req = make_request(first_pass=make_first_pass(frames=4))
     with pytest.raises(ProtocolError, match=r"'first_pass.intra_cost' has 4 entries, fewer than frame_count 8"):

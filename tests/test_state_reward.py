@@ -79,7 +79,7 @@ def test_key_probe_is_the_probes_contrast_at_equal_rate_per_6_qp_and_zero_withou
     from state import PROBE_SLOPE_DB
 
     i = FEATURE_NAMES.index("key_probe")
-    assert i == OBS_DIM - 1
+    assert i == OBS_DIM - 2
     assert build_observation(make_request(**KEY_START), None, None)[i] == 0.0
 
     def value(offset: int, fb: int, fp: float, cb: int, cp: float) -> float:
@@ -93,6 +93,18 @@ def test_key_probe_is_the_probes_contrast_at_equal_rate_per_6_qp_and_zero_withou
     probe = protocol.KeyProbe(offset=3, finer_bits=100000, finer_psnr_y=36.3, coarser_bits=100000, coarser_psnr_y=36.1)
     alone = make_request(**{**KEY_START, "mgs_in_gop": 1, "gop_frames": 8}, key_probe=probe)
     assert build_observation(alone, None, None)[i] == 0.0  # a GOP of one mini-GOP: nothing inherits the key
+
+
+def test_ramp_probe_is_its_contrast_on_the_mini_gops_after_the_key_and_zero_without_it():
+    import protocol
+
+    i = FEATURE_NAMES.index("ramp_probe")
+    assert i == OBS_DIM - 1
+    assert build_observation(make_request(), None, None)[i] == 0.0
+    probe = protocol.KeyProbe(offset=3, finer_bits=100000, finer_psnr_y=36.0, coarser_bits=100000, coarser_psnr_y=36.4)
+    obs = build_observation(make_request(ramp_probe=probe), None, None)
+    assert obs[i] == pytest.approx(-0.4, abs=1e-6)  # coding the five after the key coarser pays
+    assert obs[FEATURE_NAMES.index("key_probe")] == 0.0
 
 
 def test_gop_reuse_counts_the_later_frames_of_the_gop_that_reuse_the_content():
