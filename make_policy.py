@@ -3,16 +3,17 @@
     python make_policy.py --codec svtav1            # about 25 min on 2 cores (102 oracle searches)
     python make_policy.py --codec x264              # about 55 min (378 oracle searches: two draws, then 70 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
-    python make_policy.py --codec svtav1 --key-probe   # policies/svtav1_probe.pt, every encode with the key probe: 102
-        # oracle searches (41 min measured with the probe at preset 13, which costs about what the probe at the
-        # encode's own preset does) and 204 key sweeps (about 27 min more, estimated); BENCHMARKS.md §2.4.42, §2.4.43
+    python make_policy.py --codec svtav1 --key-probe   # policies/svtav1_probe.pt, every encode with the probes: 102
+        # oracle searches and 204 key sweeps, about 80 min estimated (not timed: 41 min measured for the searches with
+        # the key probe alone, scaled by the encoder's speed with four probes); BENCHMARKS.md §2.4.42, §2.4.43, §2.4.45
     python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
         --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
 Each codec has its recipe (imitation.SHIPPED_RECIPES: window sets, consensus k), the defaults of
 --windows and --consensus; the policy file records what it was made with. --key-probe encodes every demonstration
-with the encoder's key probe (PROTOCOL.md §4.1.2) and follows imitation.PROBE_RECIPES (SVT-AV1: the key offset from
-fp_reuse and key_probe, fitted on the key sweeps too), into data/oracle_<codec>_kp.jsonl and policies/<codec>_probe.pt.
+with the encoder's probes (PROTOCOL.md §4.1.2) and follows imitation.PROBE_RECIPES (SVT-AV1: the key offset from
+fp_reuse and key_probe, fitted on the key sweeps too, and the next mini-GOPs' from ramp_probe), into
+data/oracle_<codec>_kp.jsonl and policies/<codec>_probe.pt.
 
 1. Demonstrations (bench/oracle_data.py): on every training window of the recipe's window sets
    (clips.WINDOW_SETS: `train` = clips.training_windows(), `static` = their slowed / frozen copies,
