@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mini-GOPs of first-pass look-ahead in each request (default 7: the rest of a "
                         "64-frame GOP of 8-frame mini-GOPs)")  # fmt: skip
     g.add_argument("--key-probe", action="store_true",
-                   help="before each GOP, code it twice more at the same preset with its key mini-GOP's QP 3 "
-                        "finer and 3 coarser, and send both results in the GOP's first request (PROTOCOL.md "
+                   help="before each GOP, code it four times more at the same preset: its key mini-GOP's QP 3 "
+                        "finer and 3 coarser (sent in the GOP's first request as key_probe), then the five "
+                        "mini-GOPs after the key together (sent in their requests as ramp_probe) (PROTOCOL.md "
                         f"§4.1.2; {', '.join(PROBE_CODECS)}; needs --rl-dir)")
     g.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     return p
