@@ -276,7 +276,7 @@ def test_policy_file_round_trip_gives_the_same_answers_and_loads_weights_only(tm
 
 
 def test_a_policy_that_reads_the_key_probe_says_so_once_when_the_requests_lack_it(tmp_path, caplog):
-    names = (*FEATURE_NAMES[:-1], "key_probe")
+    names = FEATURE_NAMES  # key_probe among them
     path = tmp_path / "probe.pt"
     policy.save(path, Actor(len(names), 1, (8,)), "svtav1", 4, 0.02, {"key_probe": "1"}, names)
     plain = tmp_path / "plain.pt"
