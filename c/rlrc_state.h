@@ -113,6 +113,12 @@ static inline float rlrc_clip4(double x) {
     return f < -4.0f ? -4.0f : f > 4.0f ? 4.0f : f;
 }
 
+/* state.probe_contrast: a probe pair's PSNR-Y difference at equal rate, dB per 6 QP of offset. */
+static inline double rlrc_probe_contrast(int offset, double finer_bits, double finer_psnr_y, double coarser_bits,
+                                         double coarser_psnr_y) {
+    return (finer_psnr_y - coarser_psnr_y - RLRC_PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3.0 / offset;
+}
+
 /* The observation (RLRC_OBS_DIM floats, state.FEATURE_NAMES order) for request `rq` after `prev`. */
 static inline void rlrc_observation(const rlrc_request *rq, const rlrc_previous *prev, float obs[RLRC_OBS_DIM]) {
     double v[RLRC_OBS_DIM];
@@ -167,16 +173,12 @@ static inline void rlrc_observation(const rlrc_request *rq, const rlrc_previous 
         v[21] = log2(1.0 + rlrc_gop_reuse(rq)) / 4.0;
         if (rq->propagation != 0 && rq->n_propagation > 0) v[22] = rq->propagation[0] / 4.0;
     }
-    if (rq->key_probe_offset > 0 && rq->mgs_in_gop >= 2) { /* state.key_probe_feature */
-        double gain = rq->key_probe_finer_psnr_y - rq->key_probe_coarser_psnr_y
-                      - RLRC_PROBE_SLOPE_DB * log2(rq->key_probe_finer_bits / rq->key_probe_coarser_bits);
-        v[23] = gain * 3.0 / rq->key_probe_offset;
-    }
-    if (rq->ramp_probe_offset > 0) { /* state.ramp_probe_feature */
-        double gain = rq->ramp_probe_finer_psnr_y - rq->ramp_probe_coarser_psnr_y
-                      - RLRC_PROBE_SLOPE_DB * log2(rq->ramp_probe_finer_bits / rq->ramp_probe_coarser_bits);
-        v[24] = gain * 3.0 / rq->ramp_probe_offset;
-    }
+    if (rq->key_probe_offset > 0 && rq->mgs_in_gop >= 2) /* state.key_probe_feature */
+        v[23] = rlrc_probe_contrast(rq->key_probe_offset, rq->key_probe_finer_bits, rq->key_probe_finer_psnr_y,
+                                    rq->key_probe_coarser_bits, rq->key_probe_coarser_psnr_y);
+    if (rq->ramp_probe_offset > 0) /* state.ramp_probe_feature */
+        v[24] = rlrc_probe_contrast(rq->ramp_probe_offset, rq->ramp_probe_finer_bits, rq->ramp_probe_finer_psnr_y,
+                                    rq->ramp_probe_coarser_bits, rq->ramp_probe_coarser_psnr_y);
     for (int i = 0; i < RLRC_OBS_DIM; i++) obs[i] = rlrc_clip4(v[i]);
 }
 
