@@ -48,6 +48,7 @@ import encoder_proc  # noqa: E402
 import eval_runs  # noqa: E402
 import oracle_search  # noqa: E402
 import own_clips  # noqa: E402
+import protocol  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
 # The sweeps of one decision at every offset (key_sweep), beside the oracle's coordinate descent.
@@ -222,8 +223,9 @@ def key_sweep(
                                       best_steps, candidates)  # fmt: skip
 
 
-# Mini-GOPs after the key that a ramp sweep moves together (BENCHMARKS.md §2.4.37: the held-out clips' oracle).
-RAMP = 5
+# Mini-GOPs after the key that a ramp sweep moves together (BENCHMARKS.md §2.4.37: the held-out clips' oracle), the
+# same ones the encoder's ramp probe moves (PROTOCOL.md §4.1.2).
+RAMP = protocol.RAMP_MINIGOPS
 
 
 def moved_minigops(gops: list[int], search: str = "key") -> list[int]:

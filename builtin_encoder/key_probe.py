@@ -28,6 +28,8 @@ from builtin_encoder.ratecontrol import RateController
 
 PROBE_CODECS = ("svtav1", "x264")  # the codecs whose backends the probe can fork (vp9's rate control is libvpx's)
 PROBE_OFFSET = 3  # QP units of each probe's change to the key mini-GOP (§2.4.41: ±3)
+KEY = range(1)  # the places in its GOP of the mini-GOPs each probe moves: the key, and the ramp after it
+RAMP = range(1, protocol.RAMP_MINIGOPS + 1)
 
 Gop = list[tuple[MiniGop, list[YuvFrame]]]  # one GOP's mini-GOPs, each with its frames
 OpenCodec = Callable[[Path], Codec]  # a fresh codec, at the encode's preset, writing to the path
@@ -80,8 +82,8 @@ def key_probe(open_codec: OpenCodec, scratch: Path, rc: RateController, gop: Gop
     1..protocol.RAMP_MINIGOPS together; None in a GOP of one mini-GOP); qp_unit: codec QP steps per QP unit
     (state.qp_unit)."""
     step = round(PROBE_OFFSET * qp_unit)
-    key = probe_pair(open_codec, scratch, rc, gop, range(1), step, frame_qps, luma)
+    key = probe_pair(open_codec, scratch, rc, gop, KEY, step, frame_qps, luma)
     if len(gop) < 2:
         return key, None
-    ramp = probe_pair(open_codec, scratch, rc, gop, range(1, protocol.RAMP_MINIGOPS + 1), step, frame_qps, luma)
+    ramp = probe_pair(open_codec, scratch, rc, gop, RAMP, step, frame_qps, luma)
     return key, ramp

@@ -36,7 +36,7 @@ from builtin_encoder.errors import (
     Interrupted,
     ReplyTimeout,
 )
-from builtin_encoder.key_probe import Gop, key_probe
+from builtin_encoder.key_probe import RAMP, Gop, key_probe
 from builtin_encoder.layout import MiniGop, build_layout
 from builtin_encoder.metrics import psnr_from_mse
 from builtin_encoder.ratecontrol import (
@@ -472,7 +472,7 @@ def encode_pass(
     items = _with_gops(mini_gops) if probing else ((mg, chunk, []) for mg, chunk in mini_gops)
     probe_dir = tempfile.TemporaryDirectory(prefix="builtin_encoder.probe.") if probing else None
     try:
-        ramp: protocol.KeyProbe | None = None  # this GOP's ramp probe, for its mini-GOPs 1..RAMP_MINIGOPS
+        ramp: protocol.KeyProbe | None = None  # this GOP's ramp probe, for its mini-GOPs in key_probe.RAMP
         for mg, frames, gop in items:
             probe = None
             if gop:  # probing, at a GOP's first mini-GOP
@@ -488,7 +488,7 @@ def encode_pass(
             qp = base_qp
             if agent is not None:
                 assert isinstance(rc, RateController)  # pass 1 never talks to the agent
-                in_ramp = ramp if 1 <= mg.in_gop <= protocol.RAMP_MINIGOPS else None
+                in_ramp = ramp if mg.in_gop in RAMP else None  # the mini-GOPs the ramp probe moved
                 qp = agent.ask(_request(job, rc, codec, mg, base_qp, gop_budget, agent.session, first_pass, probe,
                                         in_ramp))  # fmt: skip
             qps = frame_qps(codec, qp, mg, s.layer_offset_scale)
