@@ -257,18 +257,19 @@ def actor_inputs(spec: GainFeatures) -> tuple[str, ...]:
 
 def ignoring_unused(
     obs: np.ndarray, target: np.ndarray, spec: GainFeatures, seed: int = 0, copies: int = 3,
-    names: tuple[str, ...] = FEATURE_NAMES,
+    names: tuple[str, ...] = FEATURE_NAMES, keep: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Training set for distilling a*(s) that teaches the actor to ignore the features the gain model did not use.
 
-    The actor sees the features `names` (obs's columns); a*(s) depends only on `spec`'s features and
-    has_key. Every other feature is shuffled across the states in `copies` extra copies (same
-    targets), so the actor cannot pick up what those features happen to correlate with in the
-    training clips. Returns (obs, target), (N * (1 + copies), len(names)) and (N * (1 + copies),).
+    The actor sees the features `names` (obs's columns); a*(s) depends only on `spec`'s features,
+    has_key and `keep` (features the target reads besides the gain model: gop_left for the payback
+    fade). Every other feature is shuffled across the states in `copies` extra copies (same targets),
+    so the actor cannot pick up what those features happen to correlate with in the training clips.
+    Returns (obs, target), (N * (1 + copies), len(names)) and (N * (1 + copies),).
     """
     if spec.key is None or spec.inter is None:
         return obs, target
-    used = used_features(spec)
+    used = used_features(spec) | set(keep)
     unused = [i for i, name in enumerate(names) if name not in used]
     rng = np.random.default_rng(seed)
     out = [obs]
@@ -315,7 +316,9 @@ def train_policy(
     target = target * (payback_share(obs) if payback else 1.0)
     inputs = actor_inputs(spec)
     cols = [FEATURE_NAMES.index(name) for name in inputs]
-    fit_obs, fit_target = ignoring_unused(obs[:, cols], target, spec, seed, names=inputs)
+    # payback_share reads gop_left: shuffled, it would teach the actor to ignore the fade
+    keep = ("gop_left",) if payback else ()
+    fit_obs, fit_target = ignoring_unused(obs[:, cols], target, spec, seed, names=inputs, keep=keep)
     torch.manual_seed(seed)
     actor = Actor(len(inputs), 1, hidden)
     rms = distill(actor, fit_obs, fit_target, max_delta_qp)

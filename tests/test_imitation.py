@@ -188,6 +188,14 @@ def test_hinge_terms_of_the_gain_model():
     assert np.array_equal(fit_obs[50:, reuse], many[:, reuse])
     fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), gain_model.GainFeatures.parse("gop_left", ""), copies=1)
     assert not np.array_equal(fit_obs[50:, reuse], many[:, reuse])
+    # A feature the target reads besides the gain model (gop_left, for --payback's fade) stays paired when kept.
+    left = FEATURE_NAMES.index("gop_left")
+    many[:, left] = np.linspace(0.0, 0.875, 50)
+    reuse_only = gain_model.GainFeatures.parse("fp_reuse", "")
+    fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), reuse_only, copies=1, keep=("gop_left",))
+    assert np.array_equal(fit_obs[50:, left], many[:, left])
+    fit_obs, _ = imitation.ignoring_unused(many, np.zeros(50), reuse_only, copies=1)
+    assert not np.array_equal(fit_obs[50:, left], many[:, left])
 
 
 def test_distillation_retries_a_fit_that_stalls_and_leaves_a_good_one_alone(monkeypatch):
