@@ -295,8 +295,12 @@ def test_write_atomic_never_exposes_a_partial_file(tmp_path):
 
     t = threading.Thread(target=reader)
     t.start()
-    for _ in range(5):
+    # Under load the reader may not run at all during five writes (seen empty on a loaded 2-core VM):
+    # keep writing until it has read the file many times, or for at most 10 s.
+    writes, deadline = 0, time.monotonic() + 10.0
+    while (writes < 5 or len(seen) < 20) and time.monotonic() < deadline:
         protocol.write_atomic(target, big)
+        writes += 1
     stop.set()
     t.join()
     assert seen and set(seen) == {len(big)}
