@@ -4,8 +4,8 @@
     python make_policy.py --codec x264              # about 55 min (378 oracle searches: two draws, then 70 s of fit)
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
     python make_policy.py --codec svtav1 --key-probe   # policies/svtav1_probe.pt, every encode with the probes: 102
-        # oracle searches and 204 key sweeps, about 80 min estimated (not timed: 41 min measured for the searches with
-        # the key probe alone, scaled by the encoder's speed with four probes); BENCHMARKS.md §2.4.42, §2.4.43, §2.4.45
+        # oracle searches and 204 key sweeps: 2 h 17 min with other jobs on the cores (load 4-8), 160 CPU-min, so
+        # about 80 min on two idle cores; same encodes as the shipped data (BENCHMARKS.md §2.4.42-2.4.45, §2.4.48)
     python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
         --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
