@@ -266,31 +266,6 @@ def load_svt_library() -> tuple[ctypes.CDLL, Path]:
         return lib, path
 
 
-def threads_to_normal_priority() -> int:
-    """Moves this process's real-time threads back to the normal scheduler; returns how many it moved.
-
-    SVT-AV1 4.1, wherever it may (as root, or with CAP_SYS_NICE), gives the thread that calls
-    svt_av1_enc_init and the threads that init creates SCHED_FIFO at priority 99, and the calling
-    thread keeps it after deinit. Such an encode runs ahead of everything on the machine: the agent
-    that answers its requests, a second worker's encode, the shell; `nice` has no hold on it. The
-    built-in encoder runs as an ordinary program instead (SCHED_OTHER, priority 0), as x264 and VP9
-    do. Linux only (it walks /proc/self/task); elsewhere there is nothing to move.
-    """
-    tasks = Path("/proc/self/task")
-    if not hasattr(os, "sched_setscheduler") or not tasks.is_dir():
-        return 0
-    moved = 0
-    for task in tasks.iterdir():
-        tid = int(task.name)
-        try:
-            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
-                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-                moved += 1
-        except OSError:  # the thread ended meanwhile
-            continue
-    return moved
-
-
 def _error_text(code: int) -> str:
     return f"0x{code & 0xFFFFFFFF:08X}"
 
@@ -370,7 +345,6 @@ class SvtAv1Codec:
             self._check(self._lib.svt_av1_enc_set_parameter(self._handle, self._config), "svt_av1_enc_set_parameter")
             self._check(self._lib.svt_av1_enc_init(self._handle), "svt_av1_enc_init")
             self._initialized = True
-            threads_to_normal_priority()  # init made its threads and the caller real-time where it may
             fps = fps_fraction(cfg.fps)
             # IVF timebase = 1/fps, so the pts of a frame is its display index.
             self._ivf = IvfWriter(self.out_path, b"AV01", cfg.width, cfg.height, fps.numerator, fps.denominator)

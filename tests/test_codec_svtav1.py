@@ -557,26 +557,3 @@ def test_measure_levels_keep_the_stream(tmp_path: Path, carphone: list[YuvFrame]
             assert sse == [(s.sse_y, s.sse_u, s.sse_v) for s in full]
         assert all(math.isnan(s.ssim_y) for s in stats) == (measure < Measure.SSIM)
     assert all(0.5 < s.ssim_y < 1 for s in full)
-
-
-def realtime_threads() -> list[int]:
-    """This process's threads on a real-time scheduler (SCHED_FIFO or SCHED_RR)."""
-    out = []
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            if os.sched_getscheduler(int(task.name)) in (os.SCHED_FIFO, os.SCHED_RR):
-                out.append(int(task.name))
-        except OSError:  # ended meanwhile
-            pass
-    return out
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux only (/proc/self/task)")
-def test_encoder_threads_run_at_normal_priority(tmp_path: Path, carphone: list[YuvFrame]) -> None:
-    """SVT-AV1 makes its threads SCHED_FIFO 99 where it may (root); the codec moves them back for the whole encode."""
-    assert realtime_threads() == []
-    with SvtAv1Codec(config(mini_gop=4, keyint=8), tmp_path / "a.ivf") as codec:
-        assert realtime_threads() == []
-        codec.encode(carphone[:4], [33] * 4, True)
-        assert realtime_threads() == []
-    assert realtime_threads() == []
