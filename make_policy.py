@@ -5,7 +5,7 @@
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
     python make_policy.py --codec svtav1 --key-probe   # policies/svtav1_probe.pt, every encode with the probes: 102
         # oracle searches and 204 key sweeps: 2 h 17 min with other jobs on the cores (load 4-8), 160 CPU-min, so
-        # about 80 min on two idle cores; same encodes as the shipped data (BENCHMARKS.md §2.4.42-2.4.45, §2.4.48)
+        # about 80 min on two idle cores; gives the shipped file tensor for tensor (BENCHMARKS.md §2.4.42-2.4.49)
     python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
         --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
