@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 import os
 import time
@@ -24,6 +25,8 @@ import numpy as np
 import encoder_proc
 import io_runner
 from io_runner import EncodeResult, Learner
+
+log = logging.getLogger("rlrc")
 
 METHODS = ("agent", "baseline", "codec_rc", "codec_crf", "oracle")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".y4m", ".yuv")
@@ -232,6 +235,9 @@ class ScriptedLearner(Learner):
         self.k += 1
         return np.array([offset / self.max_offset], dtype=np.float32)
 
+    def restart_encode(self) -> None:
+        self.k = 0
+
 
 class Runner:
     """Runs the encodes of a report, one at a time; one protocol directory, sessions numbered per encode.
@@ -277,16 +283,27 @@ class Runner:
     def protocol_encode(
         self, point: Point, method: str, learner: Learner, max_delta_qp: int, rate_tolerance: float, tag: str
     ) -> tuple[RunRecord, EncodeResult]:
-        """One two-pass encode whose QPs `learner` answers through rl_io (io_runner.run_encode)."""
+        """One two-pass encode whose QPs `learner` answers through rl_io (io_runner.run_encode).
+
+        An encode that stalls (alive, no protocol file for the encoder timeout) runs once more from
+        its start, in a new session, when the learner does not learn: the answers are the same, and a
+        stall is most often the codec's own (SVT-AV1 4.1 deadlocks now and then at normal priority).
+        """
         args = point.pass2_args(tag)
-        self.count += 1
-        session = f"{self.session_prefix}-{self.count}"
-        command = self.encoder + args + encoder_proc.rl_args(self.settings.rl_args, self.rl_dir, session)
         spec = encoder_proc.VideoSpec(point.video.name, args)
         timeout = self.settings.encoder_timeout_s
-        res = io_runner.run_encode(spec, command, self.rl_dir, session, learner, None, max_delta_qp,
-                                   rate_tolerance, timeout, point.work / f"{tag}.log",
-                                   should_stop=self.should_stop)  # fmt: skip
+        for attempt in (1, 2):
+            self.count += 1
+            session = f"{self.session_prefix}-{self.count}"
+            command = self.encoder + args + encoder_proc.rl_args(self.settings.rl_args, self.rl_dir, session)
+            res = io_runner.run_encode(spec, command, self.rl_dir, session, learner, None, max_delta_qp,
+                                       rate_tolerance, timeout, point.work / f"{tag}.log",
+                                       should_stop=self.should_stop)  # fmt: skip
+            if res.ok or not res.stalled or learner.learning or attempt == 2:
+                break
+            log.warning("%s @ %g kbps, %s: %s; running it once more", point.video.name, point.target_kbps, method,
+                        res.message)  # fmt: skip
+            learner.restart_encode()
         rec = RunRecord(point.video.name, method, point.target_kbps, ok=res.ok, message=res.message)
         if res.ok and self.settings.builtin:
             _fill_from_summary(rec, point.work / f"{tag}.json", res.wall_s)

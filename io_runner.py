@@ -49,6 +49,10 @@ class EncoderFailure(RuntimeError):
         self.reported = reported.strip()
 
 
+class EncoderStalled(EncoderFailure):
+    """The encoder is alive but wrote no protocol file for the timeout: hung (SVT-AV1 4.1 can deadlock, README)."""
+
+
 # ----------------------------------------------------------------------------- files <-> messages
 
 
@@ -156,7 +160,7 @@ class RlIoChannel:
                     raise EncoderFailure("exited without writing end.json")
             if now >= deadline:
                 waiting = f"{fb_path.name} or {rq_path.name}" if fb_path else rq_path.name
-                raise EncoderFailure(f"no protocol file for {self.timeout_s:.0f} s (waiting for {waiting})")
+                raise EncoderStalled(f"no protocol file for {self.timeout_s:.0f} s (waiting for {waiting})")
             self.watcher.wait(min(deadline - now, 0.05 if dead_since else 0.5))
 
     def write_reply(self, req: Request, qp: int) -> None:
@@ -399,6 +403,7 @@ class EncodeResult:
     update_logs: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     agent_s: float = 0.0  # time the agent spent choosing, writing replies and learning
+    stalled: bool = False  # ended by EncoderStalled: the same encode may well succeed if run again
 
     @property
     def done_steps(self) -> list[Step]:
@@ -450,6 +455,9 @@ class Learner:
 
     def end_gop(self, violation: float) -> float:  # λ update; returns λ
         raise NotImplementedError
+
+    def restart_encode(self) -> None:  # a stalled encode runs again from its start (non-learning learners)
+        pass
 
 
 def run_encode(
@@ -505,6 +513,7 @@ def run_encode(
             result.agent_s += time.monotonic() - t0
     except (EncoderFailure, ProtocolError, OSError) as exc:
         result.message = sess.failure_message(exc)
+        result.stalled = isinstance(exc, EncoderStalled)
         if sess.episode:
             log.debug("dropping %d transitions of the unfinished GOP", len(sess.episode))
     finally:

@@ -2,13 +2,15 @@
 
     python tests/model_encoder.py --input CLIP --frames N --bitrate KBPS [--keyint 16 --mini-gop 4
                                   --input-res WxH --fps F] [--pass 1 --stat-out F | --pass 2 --stat-in F]
-                                  --rl-dir DIR [--rl-session ID]
+                                  --rl-dir DIR [--rl-session ID] [--stall-once FILE]
 
 It codes nothing. Mini-GOP k has a complexity c_k (a smooth function of k and the input's name);
 at base QP q it spends bits = c_k * frames * pixels * 0.2 * 2^((20 - q) / 6) and has luma MSE
 (0.3 + c_k) * 2^((q - 4) / 6). Its rate control gives each mini-GOP the QP that meets its share of the
 remaining budget. `--pass 1` writes the complexities to `--stat-out` and exits; `--pass 2` reads them.
 Only the flags above are understood; others are ignored, as a team's encoder would ignore ours.
+`--stall-once FILE`: when FILE does not exist, create it and stall for good after the reply to mini-GOP 1, alive and
+silent, as SVT-AV1 4.1 does now and then (README, "The built-in encoder"); when it exists, run normally.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def main(args: list[str]) -> int:
                 return 3
             time.sleep(0.002)
         qp = protocol.parse_reply(text, reply_file, 10, 51).qp
+        if k == 1 and (stall := flag(args, "--stall-once", "")) and not Path(stall).exists():
+            Path(stall).write_text(session)
+            time.sleep(3600)
         frame_bits = [round(complexity[k] * pixels * 0.2 * 2 ** ((20 - qp) / 6) * (1.5 if t == "KEY" else 1.0))
                       for t in req.frame_types]  # fmt: skip
         mse = (0.3 + complexity[k]) * 2 ** ((qp - 4) / 6)

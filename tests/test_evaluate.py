@@ -433,3 +433,22 @@ def test_report_counts_what_the_agent_answered_on_key_and_other_mini_gops():
     report.runs = runs
     md = eval_report.markdown(report, [])
     assert "## What the agent answered" in md and "| a | -4: 1, -3: 1 | +0: 1, +1: 1 |" in md
+
+
+def test_a_stalled_encode_runs_once_more(untrained_checkpoint, tmp_path):
+    """An encoder alive but silent past --encoder-timeout (a codec's deadlock) is run once more; the report is whole."""
+    marker = tmp_path / "stalled"
+    out = tmp_path / "report"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "--encoder", MODEL, "--encoder-args",
+         f"--keyint|8|--mini-gop|4|--stall-once|{marker}", "--load-checkpoint", str(untrained_checkpoint),
+         "--inputs", str(CLIP), "--frames", "16", "--bitrates", "60,120", "--encoder-timeout", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert marker.exists(), "the first protocol encode (the first point's Δ=0 baseline) stalled"
+    warning = next(line for line in res.stderr.splitlines() if "running it once more" in line)
+    assert "WARNING" in warning and "@ 60 kbps, baseline: " in warning and "no protocol file for 2 s" in warning
+    rows = _read_csv(out / "runs.csv")
+    assert len(rows) == 4 and all(r["ok"] == "True" for r in rows)
+    assert "Traceback" not in res.stderr
