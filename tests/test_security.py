@@ -358,7 +358,7 @@ def test_encoder_refuses_symlinked_and_oversized_replies(tmp_path):
             t0 = time.monotonic()
             with pytest.raises(BadReply, match=f"{protocol.reply_path(rl, 0)}: .*{needle}"):
                 client.ask(protocol.Request(**_REQUEST))
-            assert time.monotonic() - t0 < 2.0
+            assert time.monotonic() - t0 < 4.5  # at once, not at the client's 5 s timeout
         finally:
             client.close()
     assert target.read_text() == '{"qp": 30}'
