@@ -27,6 +27,18 @@ full (a low-delay pool may hold a single picture). So `encode` keeps exactly one
 flight: send frame i, wait for its packet, send frame i+1, measure frame i while SVT codes
 frame i+1. Sending a whole mini-GOP first deadlocks; polling for "no packet yet" hangs.
 
+Threads and stalls. As root, SVT-AV1 4.1 makes its threads SCHED_FIFO 99; they then run ahead of
+everything on the machine (the agent, a second encode). The backend moves them back to the normal
+scheduler after init (`threads_to_normal_priority`). At normal priority, which is also what every
+non-root user gets, SVT-AV1 4.1 sometimes deadlocks inside `svt_av1_enc_get_packet`: every SVT
+thread waits on a futex and the packet never comes (about 1 in 100 encodes under load, BENCHMARKS.md
+§3.8). So get_packet runs in a helper thread while the caller watches the process: no packet, no CPU
+used and no thread runnable for STALL_SECONDS is a stall. The stalled encoder is abandoned and, with
+forced QPs, the current GOP is coded again from its IDR key frame by a fresh encoder; every packet
+already written must come out byte for byte the same (a GOP from its key is independent of what came
+before). With SVT's own rate control (`crf`, `bitrate_kbps`) a GOP cannot be replayed and the stall
+is raised (SvtAv1Stalled).
+
 Distortion (SSE of Y, U, V and the Gaussian SSIM-Y of `metrics`, the definitions every backend
 reports) is computed on the decoder's output: each packet is decoded in-process with libdav1d
 (PyAV), exact by construction, ~1 ms per 640x272 frame; SSIM-Y costs ~3-5 ms more. The
@@ -38,13 +50,16 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import logging
 import math
 import os
 import re
 import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import av
 import numpy as np
@@ -55,6 +70,11 @@ from builtin_encoder.ivf import IvfWriter, fps_fraction
 
 SUPPORTED_VERSION = (4, 1)  # major, minor of the SVT-AV1 library these ctypes declarations describe
 REFERENCE_BASE_QP = 35  # base QP at which layer_qp_offsets() is evaluated when none is given
+STALL_SECONDS = 5.0  # no packet, no CPU used and no thread runnable this long: SVT-AV1 has deadlocked
+REPLAYS_MAX = 3  # fresh encoders tried for one frame before the stall is raised
+IDLE_CPU_S = 0.005  # CPU seconds per poll below which the process counts as idle (the poll itself uses ~1 ms)
+
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- library ABI (v4.1)
 
@@ -126,6 +146,10 @@ if ctypes.sizeof(ctypes.c_void_p) == 8:
 
 class SvtAv1Error(RuntimeError):
     """The SVT-AV1 library is missing, of the wrong version, or reported an error."""
+
+
+class SvtAv1Stalled(SvtAv1Error):
+    """svt_av1_enc_get_packet gave nothing for STALL_SECONDS while the process sat idle (SVT-AV1 4.1's deadlock)."""
 
 
 # ----------------------------------------------------------------------------- loading
@@ -266,6 +290,90 @@ def load_svt_library() -> tuple[ctypes.CDLL, Path]:
         return lib, path
 
 
+def threads_to_normal_priority() -> int:
+    """Moves this process's real-time threads back to the normal scheduler; returns how many it moved.
+
+    SVT-AV1 4.1, wherever it may (as root, or with CAP_SYS_NICE), gives the thread that calls
+    svt_av1_enc_init and the threads that init creates SCHED_FIFO at priority 99, and the calling
+    thread keeps it after deinit. Such an encode runs ahead of everything on the machine: the agent
+    that answers its requests, a second worker's encode, the shell; `nice` has no hold on it. The
+    built-in encoder runs as an ordinary program instead (SCHED_OTHER, priority 0), as x264 and VP9
+    do. Linux only (it walks /proc/self/task); elsewhere there is nothing to move.
+    """
+    tasks = Path("/proc/self/task")
+    if not hasattr(os, "sched_setscheduler") or not tasks.is_dir():
+        return 0
+    moved = 0
+    for task in tasks.iterdir():
+        tid = int(task.name)
+        try:
+            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                moved += 1
+        except OSError:  # the thread ended meanwhile
+            continue
+    return moved
+
+
+def other_thread_runnable() -> bool:
+    """True if a thread of this process other than the caller is running or waiting for a CPU (state R).
+
+    A starved encode (another process's real-time threads hold the cores) has runnable threads; a
+    deadlocked one has none. Linux only: elsewhere False, and the CPU time alone decides.
+    """
+    me = str(threading.get_native_id())
+    try:
+        tasks = [t for t in os.listdir("/proc/self/task") if t != me]
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"R":  # "pid (comm) S ...": comm may hold spaces
+            return True
+    return False
+
+
+def wait_unless_stalled(done: threading.Event, stall_s: float, poll_s: float = 0.25) -> bool:
+    """Waits for `done`; returns False instead once the process has been idle for `stall_s` seconds.
+
+    Idle: between two polls the process used under IDLE_CPU_S of CPU time (all its threads) and no
+    other thread of it was runnable. A slow or starved encode is never idle, so only a deadlock ends
+    the wait early, however loaded the machine.
+    """
+    idle_since: float | None = None
+    cpu = time.process_time()
+    while not done.wait(poll_s):
+        now_cpu = time.process_time()
+        busy = now_cpu - cpu > IDLE_CPU_S or other_thread_runnable()
+        cpu = now_cpu
+        now = time.monotonic()
+        if busy:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= stall_s:
+            return False
+    return True
+
+
+@dataclass
+class _GopLog:
+    """What was sent since the last key frame, so that a fresh encoder can code the GOP again.
+
+    frames[k] = (frame, qp, pts) in send order; packets[k] the bytes frame k came out as (one fewer
+    than frames while a frame is in flight); ivf_offset / ivf_frames: the IVF file at the key frame.
+    """
+
+    ivf_offset: int
+    ivf_frames: int
+    frames: list[tuple[YuvFrame, int, int]] = field(default_factory=list)
+    packets: list[bytes] = field(default_factory=list)
+
+
 def _error_text(code: int) -> str:
     return f"0x{code & 0xFFFFFFFF:08X}"
 
@@ -326,25 +434,18 @@ class SvtAv1Codec:
         self._ivf: IvfWriter | None = None
         self._closed = False
         self._frames_sent = 0
+        # The current GOP, for a replay after a stall; never kept when SVT's own rate control runs.
+        self._gop: _GopLog | None = None
+        self.replays = 0  # GOPs coded again by a fresh encoder after a stall
 
         # Reusable input structures: one header + one plane descriptor, refilled per frame
         # (send_picture copies the samples before it returns).
         self._io = _IoFormat()
         self._in_hdr = _BufferHeader()
         self._in_hdr.size = ctypes.sizeof(_BufferHeader)
-        self._out_ptr = ctypes.POINTER(_BufferHeader)()
 
-        self._config = ctypes.create_string_buffer(CONFIG_BUFFER_BYTES)
         try:
-            code = self._lib.svt_av1_enc_init_handle(ctypes.byref(self._handle), self._config)
-            self._check(code, "svt_av1_enc_init_handle")
-            if any(self._config.raw[-CONFIG_GUARD_BYTES:]):
-                raise SvtAv1Error(f"{self._lib_path}: the configuration structure is larger than expected (not 4.1?)")
-            for name, value in self._parameters().items():
-                self._set(name, value)
-            self._check(self._lib.svt_av1_enc_set_parameter(self._handle, self._config), "svt_av1_enc_set_parameter")
-            self._check(self._lib.svt_av1_enc_init(self._handle), "svt_av1_enc_init")
-            self._initialized = True
+            self._start_encoder()
             fps = fps_fraction(cfg.fps)
             # IVF timebase = 1/fps, so the pts of a frame is its display index.
             self._ivf = IvfWriter(self.out_path, b"AV01", cfg.width, cfg.height, fps.numerator, fps.denominator)
@@ -358,6 +459,21 @@ class SvtAv1Codec:
         if cfg.measure > Measure.NONE:
             self._decoder = av.CodecContext.create("libdav1d", "r")
             self._decoder.options = {"max_frame_delay": "1", "threads": "1"}
+
+    def _start_encoder(self) -> None:
+        """A new SVT encoder instance (handle, parameters, init), its threads at normal priority."""
+        self._handle = ctypes.c_void_p()
+        self._config = ctypes.create_string_buffer(CONFIG_BUFFER_BYTES)
+        code = self._lib.svt_av1_enc_init_handle(ctypes.byref(self._handle), self._config)
+        self._check(code, "svt_av1_enc_init_handle")
+        if any(self._config.raw[-CONFIG_GUARD_BYTES:]):
+            raise SvtAv1Error(f"{self._lib_path}: the configuration structure is larger than expected (not 4.1?)")
+        for name, value in self._parameters().items():
+            self._set(name, value)
+        self._check(self._lib.svt_av1_enc_set_parameter(self._handle, self._config), "svt_av1_enc_set_parameter")
+        self._check(self._lib.svt_av1_enc_init(self._handle), "svt_av1_enc_init")
+        self._initialized = True
+        threads_to_normal_priority()  # init made its threads and the caller real-time where it may
 
     # ------------------------------------------------------------------ configuration
 
@@ -452,7 +568,7 @@ class SvtAv1Codec:
         stats: list[FrameStats] = []
         for i, frame in enumerate(frames):
             index = first + i
-            hdr, data = self._receive(index, None if self.codec_rc else qps[i])
+            hdr, data = self._receive_or_replay(index, None if self.codec_rc else qps[i])
             if i + 1 < len(frames):
                 self._send(frames[i + 1], qps[i + 1], key=False)
             stats.append(self._frame_stats(index, frame, hdr, data))
@@ -463,6 +579,9 @@ class SvtAv1Codec:
         if self._closed:
             return
         self._closed = True
+        if not self._initialized:  # abandoned after a stall it could not recover from: nothing to drain
+            self._free()
+            return
         try:
             eos = _BufferHeader()
             eos.size = ctypes.sizeof(_BufferHeader)
@@ -476,6 +595,10 @@ class SvtAv1Codec:
                     self._ivf.write_frame(data, hdr.pts)
                 if hdr.flags & EB_BUFFERFLAG_EOS:
                     break
+        except SvtAv1Stalled:
+            # encode() received every frame's packet: the stream is whole without the end-of-stream one.
+            logger.warning("SVT-AV1 stalled at end of stream of %s; the encoder was left, the file is complete",
+                           self.out_path)  # fmt: skip
         finally:
             self._free()
 
@@ -499,7 +622,8 @@ class SvtAv1Codec:
 
     # ------------------------------------------------------------------ internals
 
-    def _send(self, frame: YuvFrame, qp: int, key: bool) -> None:
+    def _send(self, frame: YuvFrame, qp: int, key: bool, pts: int | None = None, replayed: bool = False) -> None:
+        """Sends one frame; `pts` and `replayed` (not counted again) for a frame coded again after a stall."""
         cfg = self.cfg
         cw, ch = cfg.width // 2, cfg.height // 2
         for plane, shape in ((frame.y, (cfg.height, cfg.width)), (frame.u, (ch, cw)), (frame.v, (ch, cw))):
@@ -516,20 +640,58 @@ class SvtAv1Codec:
         hdr.p_buffer = ctypes.addressof(io)
         hdr.n_filled_len = cfg.width * cfg.height + 2 * cw * ch
         hdr.n_alloc_len = hdr.n_filled_len
-        hdr.pts = self._frames_sent
+        pts = self._frames_sent if pts is None else pts
+        hdr.pts = pts
         hdr.flags = 0
         hdr.qp = qp
         hdr.pic_type = EB_AV1_KEY_PICTURE if key else EB_AV1_INVALID_PICTURE
+        if not self._initialized:
+            raise SvtAv1Error("the encoder was left after a stall it could not recover from")
         self._check(self._lib.svt_av1_enc_send_picture(self._handle, ctypes.byref(hdr)), "svt_av1_enc_send_picture")
-        self._frames_sent += 1
+        if not self.codec_rc:
+            if key:
+                assert self._ivf is not None
+                self._gop = _GopLog(self._ivf.tell(), self._ivf.frames)
+            if self._gop is not None:
+                self._gop.frames.append((frame, qp, pts))
+        if not replayed:
+            self._frames_sent += 1
+
+    def _call_get_packet(self, handle: ctypes.c_void_p, out: Any, pic_send_done: bool) -> int:
+        """svt_av1_enc_get_packet itself (blocking in low delay; ctypes releases the GIL meanwhile)."""
+        return self._lib.svt_av1_enc_get_packet(handle, ctypes.byref(out), 1 if pic_send_done else 0)
 
     def _get_packet(self, pic_send_done: bool) -> tuple[_BufferHeader, bytes] | None:
         """One output packet (a copy of its header and its bytes), or None when the queue is done.
 
-        Blocking call in low-delay mode: the GIL is released while SVT works (ctypes CDLL).
+        The blocking call runs in a helper thread, watched by wait_unless_stalled. On a stall the
+        encoder instance is abandoned (freeing it would block too; the helper frees it if the call
+        ever returns) and SvtAv1Stalled is raised.
         """
-        out = self._out_ptr
-        code = self._lib.svt_av1_enc_get_packet(self._handle, ctypes.byref(out), 1 if pic_send_done else 0)
+        handle, lib = self._handle, self._lib
+        out = ctypes.POINTER(_BufferHeader)()
+        result: list[int] = []
+        abandoned = threading.Event()
+        done = threading.Event()
+
+        def call() -> None:
+            result.append(self._call_get_packet(handle, out, pic_send_done))
+            done.set()
+            if abandoned.is_set():  # nobody waits for this instance any more: free it here
+                if result[0] == EB_ERROR_NONE and out:
+                    lib.svt_av1_enc_release_out_buffer(ctypes.byref(out))
+                lib.svt_av1_enc_deinit(handle)
+                lib.svt_av1_enc_deinit_handle(handle)
+
+        helper = threading.Thread(target=call, name="svt-get-packet", daemon=True)
+        helper.start()
+        if not wait_unless_stalled(done, STALL_SECONDS):
+            abandoned.set()
+            self._handle, self._initialized = ctypes.c_void_p(), False
+            raise SvtAv1Stalled(f"SVT-AV1 gave no packet for {STALL_SECONDS:.0f} s with every thread idle "
+                                f"(a deadlock of the library; frame {self._frames_sent - 1} in flight)")  # fmt: skip
+        helper.join()
+        code = result[0]
         if code == EB_NO_ERROR_EMPTY_QUEUE:
             return None
         if code != EB_ERROR_NONE or not out:
@@ -556,7 +718,42 @@ class SvtAv1Codec:
             raise SvtAv1Error(f"frame {index}: QP {forced_qp} was forced but SVT reports QP {hdr.qp}")
         assert self._ivf is not None
         self._ivf.write_frame(data, hdr.pts)
+        if self._gop is not None:
+            self._gop.packets.append(data)
         return hdr, data
+
+    def _receive_or_replay(self, index: int, forced_qp: int | None) -> tuple[_BufferHeader, bytes]:
+        """`_receive`, and after a stall the GOP coded again by a fresh encoder up to frame `index` (at most
+        REPLAYS_MAX times). Raises SvtAv1Stalled where no replay is possible (SVT's own rate control)."""
+        for attempt in range(REPLAYS_MAX + 1):
+            try:
+                return self._receive(index, forced_qp)
+            except SvtAv1Stalled as exc:
+                if self._gop is None or attempt == REPLAYS_MAX:
+                    raise
+                logger.warning("%s: %s; GOP from frame %d coded again by a fresh encoder", self.out_path, exc,
+                               self._gop.frames[0][2])  # fmt: skip
+                self._replay_gop()
+        raise AssertionError("unreachable")
+
+    def _replay_gop(self) -> None:
+        """A fresh encoder codes the GOP from its key frame again, up to the frame in flight (left in flight).
+
+        Every packet already in the IVF file must come out the same; the file is cut back to the key
+        frame and written again, so a mismatch can never leave a mixed stream behind.
+        """
+        gop = self._gop
+        assert gop is not None and self._ivf is not None
+        self._start_encoder()
+        self.replays += 1
+        self._ivf.truncate(gop.ivf_offset, gop.ivf_frames)
+        for k, (frame, qp, pts) in enumerate(gop.frames):
+            self._send(frame, qp, key=k == 0, pts=pts, replayed=True)
+            if k < len(gop.packets):
+                _hdr, data = self._receive(pts, qp)
+                if data != gop.packets[k]:
+                    raise SvtAv1Error(f"frame {pts}: the fresh encoder's packet differs from the first one "
+                                      f"({len(data)} bytes, then {len(gop.packets[k])}): the GOP cannot be replayed")
 
     def _frame_stats(self, index: int, frame: YuvFrame, hdr: _BufferHeader, data: bytes) -> FrameStats:
         """The frame's stats; decodes the packet and measures it against the source frame as cfg.measure asks."""

@@ -42,6 +42,16 @@ class IvfWriter:
         self._f.write(data)
         self.frames += 1
 
+    def tell(self) -> int:
+        """The file offset the next frame will be written at."""
+        return self._f.tell()
+
+    def truncate(self, offset: int, frames: int) -> None:
+        """Cuts the file back to `offset`, where `frames` frames had been written (a `tell()` of then)."""
+        self._f.seek(offset)
+        self._f.truncate()
+        self.frames = frames
+
     def close(self) -> None:
         """Rewrites the header with the final frame count and closes the file. Idempotent."""
         if self._f.closed:

@@ -7,9 +7,12 @@ in well under a minute on two cores: 176x144 frames, a few dozen of them, fast p
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 import struct
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +20,19 @@ import av
 import numpy as np
 import pytest
 
-from builtin_encoder import metrics
+from builtin_encoder import codec_svtav1, metrics
 from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame
 from builtin_encoder.codec_svtav1 import (
     SvtAv1Codec,
     SvtAv1Error,
+    SvtAv1Stalled,
     check_svt_version,
     key_qp_offset,
     layer_qp_offsets,
     load_svt_library,
     qindex_for_qp,
     temporal_layer,
+    wait_unless_stalled,
 )
 
 PRESET = 11  # fastest non-real-time preset of SVT-AV1 4.1 (12 and 13 map to 11)
@@ -557,3 +562,116 @@ def test_measure_levels_keep_the_stream(tmp_path: Path, carphone: list[YuvFrame]
             assert sse == [(s.sse_y, s.sse_u, s.sse_v) for s in full]
         assert all(math.isnan(s.ssim_y) for s in stats) == (measure < Measure.SSIM)
     assert all(0.5 < s.ssim_y < 1 for s in full)
+
+
+def realtime_threads() -> list[int]:
+    """This process's threads on a real-time scheduler (SCHED_FIFO or SCHED_RR)."""
+    out = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if os.sched_getscheduler(int(task.name)) in (os.SCHED_FIFO, os.SCHED_RR):
+                out.append(int(task.name))
+        except OSError:  # ended meanwhile
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux only (/proc/self/task)")
+def test_encoder_threads_run_at_normal_priority(tmp_path: Path, carphone: list[YuvFrame]) -> None:
+    """SVT-AV1 makes its threads SCHED_FIFO 99 where it may (root); the codec moves them back for the whole encode."""
+    assert realtime_threads() == []
+    with SvtAv1Codec(config(mini_gop=4, keyint=8), tmp_path / "a.ivf") as codec:
+        assert realtime_threads() == []
+        codec.encode(carphone[:4], [33] * 4, True)
+        assert realtime_threads() == []
+    assert realtime_threads() == []
+
+
+class StallingCodec(SvtAv1Codec):
+    """The real codec, whose get_packet call number `stall_at` (1-based) never returns: SVT-AV1 4.1's deadlock
+    as the caller sees it (the packet never comes, the library's threads go idle)."""
+
+    stall_at = 0
+    gate = threading.Event()  # set at the end of a test: the abandoned call then goes on and frees its encoder
+
+    def _call_get_packet(self, handle, out, pic_send_done):  # noqa: ANN001, ANN202
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == self.stall_at:
+            self.gate.wait()
+        return super()._call_get_packet(handle, out, pic_send_done)
+
+
+def encode_mini_gops(codec: SvtAv1Codec, frames: list[YuvFrame], bases: list[int]) -> list[FrameStats]:
+    """Mini-GOPs of 4 frames at the given base QPs (flat within the mini-GOP), a key frame every 8 frames."""
+    stats = []
+    for k, base in enumerate(bases):
+        stats += codec.encode(frames[4 * k : 4 * k + 4], [base] * 4, key_first=k % 2 == 0)
+    return stats
+
+
+def test_a_stalled_encoder_is_replayed_to_the_same_stream(tmp_path: Path, carphone: list[YuvFrame],
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """A get_packet that never returns, mid-GOP: a fresh encoder codes the GOP again from its key frame, and the
+    file and every frame's stats are those of an encode that never stalled."""
+    monkeypatch.setattr(codec_svtav1, "STALL_SECONDS", 1.0)
+    bases = [30, 38, 26, 44, 34, 30]  # GOPs at frames 0, 8, 16; the stall below is frame 13, in the second
+    with SvtAv1Codec(config(mini_gop=4, keyint=8), tmp_path / "plain.ivf") as codec:
+        plain = encode_mini_gops(codec, carphone, bases)
+    StallingCodec.gate.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="builtin_encoder.codec_svtav1"):
+            t0 = time.monotonic()
+            codec = StallingCodec(config(mini_gop=4, keyint=8), tmp_path / "stalled.ivf")
+            codec.stall_at = 14  # the 14th packet: frame 13
+            with codec:
+                stalled = encode_mini_gops(codec, carphone, bases)
+            took = time.monotonic() - t0
+    finally:
+        StallingCodec.gate.set()
+    assert codec.replays == 1
+    assert took < 30  # the stall is seen after 1 s of idleness, not at some long timeout
+    assert "GOP from frame 8 coded again" in caplog.text and "stalled.ivf" in caplog.text
+    assert (tmp_path / "stalled.ivf").read_bytes() == (tmp_path / "plain.ivf").read_bytes()
+    assert stalled == plain
+    assert len(decode_ivf(tmp_path / "stalled.ivf")) == len(bases) * 4
+
+
+def test_a_stall_under_svt_rate_control_is_raised(tmp_path: Path, carphone: list[YuvFrame],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """With SVT's own rate control a GOP cannot be replayed: the stall is an error, seen within seconds."""
+    monkeypatch.setattr(codec_svtav1, "STALL_SECONDS", 1.0)
+    StallingCodec.gate.clear()
+    try:
+        codec = StallingCodec(config(mini_gop=4, keyint=8), tmp_path / "crf.ivf", crf=35)
+        codec.stall_at = 3
+        t0 = time.monotonic()
+        with pytest.raises(SvtAv1Stalled, match="no packet for 1 s with every thread idle"), codec:
+            codec.encode(carphone[:8], [0] * 8, key_first=True)
+        assert time.monotonic() - t0 < 30
+        assert codec.replays == 0
+    finally:
+        StallingCodec.gate.set()
+
+
+def test_only_an_idle_process_counts_as_stalled() -> None:
+    """wait_unless_stalled: an idle wait ends as a stall; a wait with a thread at work never does."""
+    done = threading.Event()
+    t0 = time.monotonic()
+    assert wait_unless_stalled(done, stall_s=0.5, poll_s=0.05) is False
+    assert 0.5 <= time.monotonic() - t0 < 10
+
+    stop = threading.Event()
+
+    def spin() -> None:  # a busy encoder thread: CPU used, and runnable all the while
+        while not stop.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    threading.Timer(2.0, done.set).start()
+    try:
+        assert wait_unless_stalled(done, stall_s=0.5, poll_s=0.05) is True
+    finally:
+        stop.set()
+        worker.join()
