@@ -64,6 +64,11 @@ class FrameStats:
     ssim_y: float  # SSIM of the luma plane, 0..1; NaN if not measured (see Measure)
 
 
+class CodecStall(RuntimeError):
+    """The codec library hung and the backend could not recover in place; the same encode may well succeed when
+    run again (SVT-AV1 4.1's deadlock under its own rate control, codec_svtav1.py)."""
+
+
 class Codec(Protocol):
     """A codec backend. See codec_svtav1.py and codec_x264.py."""
 

@@ -65,7 +65,7 @@ import av
 import numpy as np
 
 from builtin_encoder import metrics
-from builtin_encoder.codec import CodecConfig, FrameStats, Measure, YuvFrame, decoded_plane
+from builtin_encoder.codec import CodecConfig, CodecStall, FrameStats, Measure, YuvFrame, decoded_plane
 from builtin_encoder.ivf import IvfWriter, fps_fraction
 
 SUPPORTED_VERSION = (4, 1)  # major, minor of the SVT-AV1 library these ctypes declarations describe
@@ -148,7 +148,7 @@ class SvtAv1Error(RuntimeError):
     """The SVT-AV1 library is missing, of the wrong version, or reported an error."""
 
 
-class SvtAv1Stalled(SvtAv1Error):
+class SvtAv1Stalled(SvtAv1Error, CodecStall):
     """svt_av1_enc_get_packet gave nothing for STALL_SECONDS while the process sat idle (SVT-AV1 4.1's deadlock)."""
 
 
@@ -685,7 +685,14 @@ class SvtAv1Codec:
 
         helper = threading.Thread(target=call, name="svt-get-packet", daemon=True)
         helper.start()
-        if not wait_unless_stalled(done, STALL_SECONDS):
+        try:
+            finished = wait_unless_stalled(done, STALL_SECONDS)
+        except BaseException:  # Interrupted (SIGTERM) during the wait: let the call in flight end, so close() drains
+            helper.join()
+            if result[0] == EB_ERROR_NONE and out:
+                lib.svt_av1_enc_release_out_buffer(ctypes.byref(out))
+            raise
+        if not finished:
             abandoned.set()
             self._handle, self._initialized = ctypes.c_void_p(), False
             raise SvtAv1Stalled(f"SVT-AV1 gave no packet for {STALL_SECONDS:.0f} s with every thread idle "

@@ -45,6 +45,10 @@ class CodecFailure(EncoderError):
     exit_code = EXIT_CODEC
 
 
+class CodecStalled(CodecFailure):
+    """The codec library hung mid-encode (codec.CodecStall); running the pass again may succeed."""
+
+
 class Interrupted(EncoderError):
     """SIGINT / SIGTERM arrived; the encode stops and still writes end.json."""
 

@@ -27,11 +27,12 @@ import numpy as np
 
 import protocol
 from builtin_encoder.analysis import Analyzer, BlockCosts, FrameAnalysis, noise_sigma, propagation
-from builtin_encoder.codec import Codec, CodecConfig, FrameStats, Measure, YuvFrame
+from builtin_encoder.codec import Codec, CodecConfig, CodecStall, FrameStats, Measure, YuvFrame
 from builtin_encoder.errors import (
     BadInput,
     BadReply,
     CodecFailure,
+    CodecStalled,
     EncoderError,
     Interrupted,
     ReplyTimeout,
@@ -496,6 +497,8 @@ def encode_pass(
                 stats = codec.encode(frames, qps, key_first=mg.key_first)
             except EncoderError:  # Interrupted (SIGTERM) arrives inside the codec call
                 raise
+            except CodecStall as exc:
+                raise CodecStalled(f"codec {s.codec} hung on mini-GOP {mg.index} (frames {mg.first}..): {exc}") from exc
             except Exception as exc:
                 raise CodecFailure(
                     f"codec {s.codec} failed on mini-GOP {mg.index} (frames {mg.first}..): {exc}"
@@ -802,10 +805,7 @@ class Program:
             if native is not None:
                 # rc-modes 2/3: the codec's own rate control, no stats, no agent.
                 qp_min, qp_max = _codec_qp_range(s.codec)
-                rc = RateController(layout=job.layout, params=params, qp_min=qp_min, qp_max=qp_max,
-                                    total_budget=None, stats=None, fixed_qp=(qp_min + qp_max) // 2)  # fmt: skip
-                res = encode_pass(job, preset=preset, rc=rc, totals=self.totals, out_path=out_path or scratch,
-                                  csv_file=csv_file, collect_features=bool(s.stat_out), native=native)  # fmt: skip
+                res = self._native_pass(job, preset, native, out_path or scratch, csv_file)
                 if s.stat_out:
                     _write_stats(Path(s.stat_out), job.stat_header(2, preset), res.frame_stats)
                 return _summary(job, res, s.bitrate if s.rc_mode == 2 else None, out_path, 0.0)
@@ -845,6 +845,30 @@ class Program:
             if s.stat_out:
                 _write_stats(Path(s.stat_out), job.stat_header(2, preset), res.frame_stats)
             return _summary(job, res, s.bitrate or None, out_path, pass1_s)
+
+
+    def _native_pass(self, job: Job, preset: int, native: dict[str, Any], out_path: Path,
+                     csv_file: TextIO | None) -> PassResult:  # fmt: skip
+        """The codec's own rate control over the whole input; run once more from the start if the codec hangs
+        (a hang there cannot be repaired mid-stream: the rate control's state is the codec's)."""
+        s = self.s
+        params = CODEC_RC[s.codec]
+        qp_min, qp_max = _codec_qp_range(s.codec)
+        for attempt in range(2):
+            rc = RateController(layout=job.layout, params=params, qp_min=qp_min, qp_max=qp_max,
+                                total_budget=None, stats=None, fixed_qp=(qp_min + qp_max) // 2)  # fmt: skip
+            try:
+                return encode_pass(job, preset=preset, rc=rc, totals=self.totals, out_path=out_path,
+                                   csv_file=csv_file, collect_features=bool(s.stat_out), native=native)  # fmt: skip
+            except CodecStalled as exc:
+                if attempt == 1:
+                    raise
+                print(f"builtin_encoder: warning: {exc}; the encode starts again", file=sys.stderr)
+                self.totals = Totals()
+                if csv_file is not None:
+                    csv_file.seek(0)
+                    csv_file.truncate()
+        raise AssertionError("unreachable")
 
 
 def _write_stats(path: Path, header: StatHeader, frames: list[FrameStat]) -> None:
