@@ -3,6 +3,7 @@ end.json with status "error", and never a hang (every process runs under a timeo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -180,3 +181,33 @@ def test_sigterm_mid_svtav1_encode_ends_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "stopped by signal SIGTERM" in err and "Traceback" not in err
     assert json.loads(summary.read_text())["status"] == "error"
+
+
+def scheduler_policies(pid: int) -> set[int]:
+    """The scheduling policies of the threads of process `pid` now (os.SCHED_*)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            out.add(os.sched_getscheduler(int(task.name)))
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="SVT-AV1 goes real-time as root only")
+@pytest.mark.parametrize("flag", [False, True])
+def test_normal_priority_flag_reaches_svtav1(tmp_path: Path, flag: bool) -> None:
+    """As root SVT-AV1 runs its threads SCHED_FIFO; --normal-priority keeps every thread of the encoder off it."""
+    args = ["--input", bundled_clip("bikes.mp4"), "--codec", "svtav1", "--rc-mode", "0", "--qp", "30", "--frames",
+            "64", "--o", tmp_path / "out.ivf", "--quiet"] + (["--normal-priority"] if flag else [])  # fmt: skip
+    proc = subprocess.Popen(encoder_cmd(*args), cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    try:
+        while proc.poll() is None:
+            if (tmp_path / "out.ivf").exists():  # the codec is open: its threads exist
+                seen |= scheduler_policies(proc.pid)
+            time.sleep(0.02)
+    except FileNotFoundError:  # the process ended between poll() and the read
+        pass
+    finally:
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert seen == ({os.SCHED_OTHER} if flag else {os.SCHED_FIFO})  # as root, even the main thread goes real-time

@@ -239,7 +239,7 @@ def test_sigint_while_encoder_hangs(tmp_path):
         ["--encoder", FAKE, *fake_videos(tmp_path, ("hang",)), "--epochs", "2", "--encoder-timeout", "60", *FAST],
     )  # fmt: skip
     assert code == 130, err
-    assert seconds < 5
+    assert seconds < 30  # not the 60 s encoder timeout (9.1 s seen with both cores busy: the checkpoint is written)
     assert "received SIGINT" in err
     ck = checkpoint.load(tmp_path / "checkpoints" / "checkpoint_interrupted_epoch_1.pt")
     assert ck["epoch"] == 0

@@ -305,8 +305,8 @@ def test_runner_survives_inconsistent_sequences(script):
                             session, learner, None, 4, 0.02, 0.5, Path(tmp) / "enc.log")  # fmt: skip
         stop.set()
         writer.join(5)
-    # Never a hang. Generous: another test worker's SVT-AV1 encode runs real-time as root (README) and can hold both
-    # cores for seconds (18.6 s seen for one example), and a hang would not end at all.
+    # Never a hang. Generous: another test worker's encodes can hold both cores for seconds (18.6 s seen for one
+    # example while SVT-AV1 ran real-time, README), and a hang would not end at all.
     assert time.monotonic() - t0 < 60, "the runner took too long"
     assert "Traceback" not in result.message
     broken = FAULTS[script.fault]
