@@ -361,6 +361,15 @@ def wait_unless_stalled(done: threading.Event, stall_s: float, poll_s: float = 0
     return True
 
 
+def _eos_header() -> _BufferHeader:
+    """The input header that ends a stream."""
+    eos = _BufferHeader()
+    eos.size = ctypes.sizeof(_BufferHeader)
+    eos.flags = EB_BUFFERFLAG_EOS
+    eos.pic_type = EB_AV1_INVALID_PICTURE
+    return eos
+
+
 @dataclass
 class _GopLog:
     """What was sent since the last key frame, so that a fresh encoder can code the GOP again.
@@ -585,10 +594,7 @@ class SvtAv1Codec:
             self._free()
             return
         try:
-            eos = _BufferHeader()
-            eos.size = ctypes.sizeof(_BufferHeader)
-            eos.flags = EB_BUFFERFLAG_EOS
-            eos.pic_type = EB_AV1_INVALID_PICTURE
+            eos = _eos_header()
             self._check(self._lib.svt_av1_enc_send_picture(self._handle, ctypes.byref(eos)), "send end-of-stream")
             while (got := self._get_packet(pic_send_done=True)) is not None:
                 hdr, data = got
@@ -682,6 +688,7 @@ class SvtAv1Codec:
             if abandoned.is_set():  # nobody waits for this instance any more: free it here
                 if result[0] == EB_ERROR_NONE and out:
                     lib.svt_av1_enc_release_out_buffer(ctypes.byref(out))
+                lib.svt_av1_enc_send_picture(handle, ctypes.byref(_eos_header()))  # SVT wants it before deinit
                 lib.svt_av1_enc_deinit(handle)
                 lib.svt_av1_enc_deinit_handle(handle)
 
