@@ -471,7 +471,8 @@ class SvtAv1Codec:
             self._decoder.options = {"max_frame_delay": "1", "threads": "1"}
 
     def _start_encoder(self) -> None:
-        """A new SVT encoder instance (handle, parameters, init), its threads at normal priority."""
+        """A new SVT encoder instance (handle, parameters, init); its threads on the normal scheduler with
+        cfg.normal_priority."""
         self._handle = ctypes.c_void_p()
         self._config = ctypes.create_string_buffer(CONFIG_BUFFER_BYTES)
         code = self._lib.svt_av1_enc_init_handle(ctypes.byref(self._handle), self._config)
@@ -741,25 +742,26 @@ class SvtAv1Codec:
     def _receive_or_replay(self, index: int, forced_qp: int | None) -> tuple[_BufferHeader, bytes]:
         """`_receive`, and after a stall the GOP coded again by a fresh encoder up to frame `index` (at most
         REPLAYS_MAX times). Raises SvtAv1Stalled where no replay is possible (SVT's own rate control)."""
+        gop = self._gop  # the GOP as first sent: every replay starts from it, even after a replay that stalled
         for attempt in range(REPLAYS_MAX + 1):
             try:
+                if attempt:
+                    self._replay_gop(gop)
                 return self._receive(index, forced_qp)
             except SvtAv1Stalled as exc:
-                if self._gop is None or attempt == REPLAYS_MAX:
+                if gop is None or attempt == REPLAYS_MAX:
                     raise
                 logger.warning("%s: %s; GOP from frame %d coded again by a fresh encoder", self.out_path, exc,
-                               self._gop.frames[0][2])  # fmt: skip
-                self._replay_gop()
+                               gop.frames[0][2])  # fmt: skip
         raise AssertionError("unreachable")
 
-    def _replay_gop(self) -> None:
-        """A fresh encoder codes the GOP from its key frame again, up to the frame in flight (left in flight).
+    def _replay_gop(self, gop: _GopLog) -> None:
+        """A fresh encoder codes `gop` from its key frame again, up to the frame in flight (left in flight).
 
-        Every packet already in the IVF file must come out the same; the file is cut back to the key
-        frame and written again, so a mismatch can never leave a mixed stream behind.
+        The file is cut back to the key frame and written again; every packet already written must come
+        out the same, or the encode fails (SvtAv1Error naming the frame).
         """
-        gop = self._gop
-        assert gop is not None and self._ivf is not None
+        assert self._ivf is not None
         self._start_encoder()
         self.replays += 1
         self._ivf.truncate(gop.ivf_offset, gop.ivf_frames)

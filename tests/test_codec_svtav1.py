@@ -593,15 +593,15 @@ def test_encoder_threads_run_at_normal_priority(tmp_path: Path, carphone: list[Y
 
 
 class StallingCodec(SvtAv1Codec):
-    """The real codec, whose get_packet call number `stall_at` (1-based) never returns: SVT-AV1 4.1's deadlock
+    """The real codec, whose get_packet calls numbered in `stall_at` (1-based) never return: SVT-AV1 4.1's deadlock
     as the caller sees it (the packet never comes, the library's threads go idle)."""
 
-    stall_at = 0
-    gate = threading.Event()  # set at the end of a test: the abandoned call then goes on and frees its encoder
+    stall_at: set[int] = set()
+    gate = threading.Event()  # set at the end of a test: the abandoned calls then go on and free their encoders
 
     def _call_get_packet(self, handle, out, pic_send_done):  # noqa: ANN001, ANN202
         self.calls = getattr(self, "calls", 0) + 1
-        if self.calls == self.stall_at:
+        if self.calls in self.stall_at:
             self.gate.wait()
         return super()._call_get_packet(handle, out, pic_send_done)
 
@@ -614,11 +614,14 @@ def encode_mini_gops(codec: SvtAv1Codec, frames: list[YuvFrame], bases: list[int
     return stats
 
 
+@pytest.mark.parametrize("stalls", [{14}, {14, 18}])
 def test_a_stalled_encoder_is_replayed_to_the_same_stream(tmp_path: Path, carphone: list[YuvFrame],
                                                           monkeypatch: pytest.MonkeyPatch,
-                                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          stalls: set[int]) -> None:  # fmt: skip
     """A get_packet that never returns, mid-GOP: a fresh encoder codes the GOP again from its key frame, and the
-    file and every frame's stats are those of an encode that never stalled."""
+    file and every frame's stats are those of an encode that never stalled. {14, 18}: the replay stalls too (its
+    third packet, frame 10) and is itself replayed from the same key."""
     monkeypatch.setattr(codec_svtav1, "STALL_SECONDS", 1.0)
     bases = [30, 38, 26, 44, 34, 30]  # GOPs at frames 0, 8, 16; the stall below is frame 13, in the second
     with SvtAv1Codec(config(mini_gop=4, keyint=8), tmp_path / "plain.ivf") as codec:
@@ -628,13 +631,13 @@ def test_a_stalled_encoder_is_replayed_to_the_same_stream(tmp_path: Path, carpho
         with caplog.at_level(logging.WARNING, logger="builtin_encoder.codec_svtav1"):
             t0 = time.monotonic()
             codec = StallingCodec(config(mini_gop=4, keyint=8), tmp_path / "stalled.ivf")
-            codec.stall_at = 14  # the 14th packet: frame 13
+            codec.stall_at = stalls  # the 14th packet: frame 13
             with codec:
                 stalled = encode_mini_gops(codec, carphone, bases)
             took = time.monotonic() - t0
     finally:
         StallingCodec.gate.set()
-    assert codec.replays == 1
+    assert codec.replays == len(stalls)
     assert took < 30  # the stall is seen after 1 s of idleness, not at some long timeout
     assert "GOP from frame 8 coded again" in caplog.text and "stalled.ivf" in caplog.text
     assert (tmp_path / "stalled.ivf").read_bytes() == (tmp_path / "plain.ivf").read_bytes()
@@ -649,7 +652,7 @@ def test_a_stall_under_svt_rate_control_is_raised(tmp_path: Path, carphone: list
     StallingCodec.gate.clear()
     try:
         codec = StallingCodec(config(mini_gop=4, keyint=8), tmp_path / "crf.ivf", crf=35)
-        codec.stall_at = 3
+        codec.stall_at = {3}
         t0 = time.monotonic()
         with pytest.raises(SvtAv1Stalled, match="no packet for 1 s with every thread idle"), codec:
             codec.encode(carphone[:8], [0] * 8, key_first=True)
