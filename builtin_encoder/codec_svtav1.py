@@ -54,10 +54,12 @@ import importlib.util
 import logging
 import math
 import os
+import queue
 import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -370,6 +372,27 @@ def _eos_header() -> _BufferHeader:
     return eos
 
 
+class _CallerThread:
+    """A daemon thread that runs one encoder's blocking library calls, one at a time, while the thread that
+    submits them watches (wait_unless_stalled). A thread per call cost 0.7-2.4 ms each on the loaded 2-core VM,
+    this one 0.06-0.5 ms (BENCHMARKS.md §3.9)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="svt-get-packet", daemon=True).start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        """Ends the thread after the job it runs, if any."""
+        self._jobs.put(None)
+
+
 @dataclass
 class _GopLog:
     """What was sent since the last key frame, so that a fresh encoder can code the GOP again.
@@ -444,6 +467,7 @@ class SvtAv1Codec:
         self._ivf: IvfWriter | None = None
         self._closed = False
         self._frames_sent = 0
+        self._caller: _CallerThread | None = None  # runs get_packet, so that this thread can watch it
         # The current GOP, for a replay after a stall; never kept when SVT's own rate control runs.
         self._gop: _GopLog | None = None
         self.replays = 0  # GOPs coded again by a fresh encoder after a stall
@@ -486,6 +510,7 @@ class SvtAv1Codec:
         self._initialized = True
         if self.cfg.normal_priority:
             threads_to_normal_priority()  # init made its threads and the caller real-time where it may
+        self._caller = _CallerThread()  # after the line above: it takes this thread's scheduling policy
 
     # ------------------------------------------------------------------ configuration
 
@@ -613,6 +638,9 @@ class SvtAv1Codec:
 
     def _free(self) -> None:
         """Frees the encoder (whatever stage it reached) and closes the IVF file."""
+        if self._caller is not None:
+            self._caller.stop()
+            self._caller = None
         if self._initialized:
             self._lib.svt_av1_enc_deinit(self._handle)
             self._initialized = False
@@ -673,9 +701,9 @@ class SvtAv1Codec:
     def _get_packet(self, pic_send_done: bool) -> tuple[_BufferHeader, bytes] | None:
         """One output packet (a copy of its header and its bytes), or None when the queue is done.
 
-        The blocking call runs in a helper thread, watched by wait_unless_stalled. On a stall the
-        encoder instance is abandoned (freeing it would block too; the helper frees it if the call
-        ever returns) and SvtAv1Stalled is raised.
+        The blocking call runs in the encoder's caller thread, watched by wait_unless_stalled. On a
+        stall the encoder instance is abandoned (freeing it would block too; the caller thread frees it
+        if the call ever returns) and SvtAv1Stalled is raised.
         """
         handle, lib = self._handle, self._lib
         out = ctypes.POINTER(_BufferHeader)()
@@ -693,21 +721,22 @@ class SvtAv1Codec:
                 lib.svt_av1_enc_deinit(handle)
                 lib.svt_av1_enc_deinit_handle(handle)
 
-        helper = threading.Thread(target=call, name="svt-get-packet", daemon=True)
-        helper.start()
+        assert self._caller is not None
+        self._caller.submit(call)
         try:
             finished = wait_unless_stalled(done, STALL_SECONDS)
         except BaseException:  # Interrupted (SIGTERM) during the wait: let the call in flight end, so close() drains
-            helper.join()
+            done.wait()
             if result[0] == EB_ERROR_NONE and out:
                 lib.svt_av1_enc_release_out_buffer(ctypes.byref(out))
             raise
         if not finished:
             abandoned.set()
+            self._caller.stop()  # it ends once the call returns, if ever; a fresh encoder gets a fresh caller
+            self._caller = None
             self._handle, self._initialized = ctypes.c_void_p(), False
             raise SvtAv1Stalled(f"SVT-AV1 gave no packet for {STALL_SECONDS:.0f} s with every thread idle "
                                 f"(a deadlock of the library; frame {self._frames_sent - 1} in flight)")  # fmt: skip
-        helper.join()
         code = result[0]
         if code == EB_NO_ERROR_EMPTY_QUEUE:
             return None
