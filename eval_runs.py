@@ -57,7 +57,6 @@ class EvalSettings:
     mini_gop: int = 8  # frames per mini-GOP
     layer_offset_scale: float = 1.0  # the built-in encoder's --layer-offset-scale (1 = the codec's own pyramid)
     key_probe: bool = False  # the built-in encoder's --key-probe in every agent encode (PROTOCOL.md §4.1.2)
-    normal_priority: bool = False  # the built-in encoder's --normal-priority (SVT-AV1's threads not real-time)
     input_res: str | None = None  # for .yuv inputs
     encoder_timeout_s: float = 60.0  # seconds without a protocol file before an encoder counts as hung
     device: str = "cpu"
@@ -201,8 +200,6 @@ class Point:
             args += ["--preset", str(s.preset)]
         if s.layer_offset_scale != 1.0:
             args += ["--layer-offset-scale", f"{s.layer_offset_scale:g}"]
-        if s.normal_priority:
-            args.append("--normal-priority")
         return args
 
     @property

@@ -301,9 +301,6 @@ def build_parser(oracle_mode: bool) -> argparse.ArgumentParser:
     p.add_argument("--encoder-rl-args", default=encoder_proc.DEFAULT_RL_ARGS, metavar="T",
                    help="protocol arguments, {rl_dir} and {session} filled (as main.py)")  # fmt: skip
     p.add_argument("--preset", type=int, default=None, help="codec speed preset (default: the encoder's own)")
-    p.add_argument("--normal-priority", action="store_true",
-                   help="built-in encoder: SVT-AV1's threads on the normal scheduler, not real-time as root; with "
-                   "--workers 2 no encode waits behind the other, a lone one is ~20%% slower (BENCHMARKS.md §3.9)")
     p.add_argument("--layer-offset-scale", type=float, default=1.0, metavar="S",
                    help="built-in encoder: temporal-layer QP offsets times S, both passes (BENCHMARKS.md §2.4.36)")
     p.add_argument("--key-probe", action="store_true",
@@ -370,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(ns.log_level)
     settings = EvalSettings(codec=ns.codec, frames=ns.frames, preset=ns.preset, keyint=ns.keyint,
                             mini_gop=ns.mini_gop, layer_offset_scale=ns.layer_offset_scale, input_res=ns.input_res,
-                            key_probe=ns.key_probe, normal_priority=ns.normal_priority,
+                            key_probe=ns.key_probe,
                             encoder_timeout_s=ns.encoder_timeout, device=ns.device, encoder=ns.encoder,
                             encoder_args=tuple(t for t in ns.encoder_args.split("|") if t),
                             rl_args=ns.encoder_rl_args)  # fmt: skip
@@ -381,9 +378,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(error)
         if ns.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {ns.workers}")
-        if ns.normal_priority and ns.encoder:
-            raise ValueError("--normal-priority: a flag of the built-in encoder (with --encoder, put your own in "
-                             "--encoder-args)")
         if not 0 <= ns.layer_offset_scale <= 3 or (ns.encoder and ns.layer_offset_scale != 1.0):
             raise ValueError(f"--layer-offset-scale: want a number in [0, 3], for the built-in encoder only "
                              f"(got {ns.layer_offset_scale})")

@@ -87,10 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0,
                    help="codec threads (default 0 = SVT-AV1's choice; x264: 1, since its slices, one per "
                         "thread, change the bitstream; with more, each frame is decoded to measure it)")  # fmt: skip
-    g.add_argument("--normal-priority", action="store_true",
-                   help="svtav1: run its threads on the normal scheduler. As root SVT-AV1 makes them real-time, and "
-                        "the agent or a second encoder may then wait up to a second behind it; normal priority is "
-                        "about 20%% slower alone and fair to everything else (BENCHMARKS.md §3.9)")  # fmt: skip
 
     g = p.add_argument_group("rate control")
     g.add_argument("--rc-mode", type=int, choices=(0, 1, 2, 3), default=1, help="see below (default 1)")

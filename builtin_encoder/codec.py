@@ -47,7 +47,6 @@ class CodecConfig:
     preset: int  # codec speed preset (SVT-AV1 0..13, x264 0..9 = placebo..ultrafast reversed)
     threads: int = 0  # 0 = codec default
     measure: Measure = Measure.SSIM  # distortion measured per frame (FrameStats' sse_* / ssim_y)
-    normal_priority: bool = False  # SVT-AV1: threads on the normal scheduler, not real-time as it makes them as root
 
 
 @dataclass

@@ -27,17 +27,17 @@ full (a low-delay pool may hold a single picture). So `encode` keeps exactly one
 flight: send frame i, wait for its packet, send frame i+1, measure frame i while SVT codes
 frame i+1. Sending a whole mini-GOP first deadlocks; polling for "no packet yet" hangs.
 
-Threads and stalls. As root, SVT-AV1 4.1 makes its threads SCHED_FIFO 99; they then run ahead of
-everything on the machine (the agent, a second encode). `cfg.normal_priority` moves them back to the
-normal scheduler after init (`threads_to_normal_priority`): fair to the rest, about 20% slower
-alone (BENCHMARKS.md §3.9). At normal priority, which is also what every non-root user gets,
+Threads and stalls. As root, SVT-AV1 4.1 makes its threads SCHED_FIFO 99; they would then run
+ahead of everything on the machine (the agent, a second encode). The backend moves them back to the
+normal scheduler after init (`threads_to_normal_priority`), where every non-root user runs them: as
+fast alone, once get_packet runs on a caller thread of its own (BENCHMARKS.md §3.9). At normal priority
 SVT-AV1 4.1 sometimes deadlocks inside `svt_av1_enc_get_packet`: every SVT thread waits on a futex
-and the packet never comes (about 1 in 100 encodes under load, §3.8). So get_packet runs in a
-helper thread while the caller watches the process: no packet, no CPU used and no thread runnable
-for STALL_SECONDS is a stall. The stalled encoder is abandoned and, with forced QPs, the current GOP
-is coded again from its IDR key frame by a fresh encoder; every packet already written must come
-out byte for byte the same (a GOP from its key is independent of what came before). With SVT's own
-rate control (`crf`, `bitrate_kbps`) a GOP cannot be replayed and the stall
+and the packet never comes (2 in roughly 170 encodes under load in §3.8, none in 1822 since). So
+get_packet runs in a caller thread while the encoding thread watches the process: no packet, no CPU
+used and no thread runnable for STALL_SECONDS is a stall. The stalled encoder is abandoned and, with
+forced QPs, the current GOP is coded again from its IDR key frame by a fresh encoder; every packet
+already written must come out byte for byte the same (a GOP from its key is independent of what came
+before). With SVT's own rate control (`crf`, `bitrate_kbps`) a GOP cannot be replayed and the stall
 is raised (SvtAv1Stalled).
 
 Distortion (SSE of Y, U, V and the Gaussian SSIM-Y of `metrics`, the definitions every backend
@@ -495,8 +495,7 @@ class SvtAv1Codec:
             self._decoder.options = {"max_frame_delay": "1", "threads": "1"}
 
     def _start_encoder(self) -> None:
-        """A new SVT encoder instance (handle, parameters, init); its threads on the normal scheduler with
-        cfg.normal_priority."""
+        """A new SVT encoder instance (handle, parameters, init), its threads on the normal scheduler."""
         self._handle = ctypes.c_void_p()
         self._config = ctypes.create_string_buffer(CONFIG_BUFFER_BYTES)
         code = self._lib.svt_av1_enc_init_handle(ctypes.byref(self._handle), self._config)
@@ -508,8 +507,7 @@ class SvtAv1Codec:
         self._check(self._lib.svt_av1_enc_set_parameter(self._handle, self._config), "svt_av1_enc_set_parameter")
         self._check(self._lib.svt_av1_enc_init(self._handle), "svt_av1_enc_init")
         self._initialized = True
-        if self.cfg.normal_priority:
-            threads_to_normal_priority()  # init made its threads and the caller real-time where it may
+        threads_to_normal_priority()  # init made its threads and the caller real-time where it may
         self._caller = _CallerThread()  # after the line above: it takes this thread's scheduling policy
 
     # ------------------------------------------------------------------ configuration

@@ -76,7 +76,6 @@ class Settings:
     keyint: int = 64
     mini_gop: int = 8
     threads: int = 0
-    normal_priority: bool = False  # SVT-AV1's threads on the normal scheduler (codec_svtav1.py)
     bitrate: float | None = None  # kbit/s
     rc_mode: int = 1
     qp: int | None = None
@@ -367,7 +366,7 @@ class Job:
             # --threads N > 1 each frame is decoded and measured instead (codec_x264.X264Codec).
             threads = X264_DEFAULT_THREADS
         return CodecConfig(self.source.width, self.source.height, self.fps, s.keyint, s.mini_gop, preset, threads,
-                           measure, s.normal_priority)  # fmt: skip
+                           measure)  # fmt: skip
 
     def stat_header(self, pass_no: int, preset: int) -> StatHeader:
         s = self.settings

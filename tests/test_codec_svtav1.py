@@ -6,7 +6,6 @@ in well under a minute on two cores: 176x144 frames, a few dozen of them, fast p
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import math
@@ -580,12 +579,10 @@ def realtime_threads() -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux only (/proc/self/task)")
 def test_encoder_threads_run_at_normal_priority(tmp_path: Path, carphone: list[YuvFrame]) -> None:
-    """SVT-AV1 makes its threads SCHED_FIFO 99 where it may (root); with normal_priority the codec moves them back
-    for the whole encode."""
+    """SVT-AV1 makes its threads SCHED_FIFO 99 where it may (root); the codec moves them back for the whole encode."""
     threads_to_normal_priority()  # an earlier encode in this process left its calling thread (this one) real-time
     assert realtime_threads() == []
-    cfg = dataclasses.replace(config(mini_gop=4, keyint=8), normal_priority=True)
-    with SvtAv1Codec(cfg, tmp_path / "a.ivf") as codec:
+    with SvtAv1Codec(config(mini_gop=4, keyint=8), tmp_path / "a.ivf") as codec:
         assert realtime_threads() == []
         codec.encode(carphone[:4], [33] * 4, True)
         assert realtime_threads() == []

@@ -275,14 +275,6 @@ def test_layer_offset_scale_reaches_both_passes_of_the_builtin_encoder(tmp_path)
         assert args[args.index("--layer-offset-scale") + 1] == "0.75"
 
 
-def test_normal_priority_reaches_every_builtin_encode(tmp_path):
-    video = eval_runs.Video("a", tmp_path / "a.y4m", 176, 144, 30.0, 64)
-    own = eval_runs.Point(video, 100.0, tmp_path, eval_runs.EvalSettings())
-    fair = eval_runs.Point(video, 100.0, tmp_path, eval_runs.EvalSettings(normal_priority=True))
-    assert "--normal-priority" not in own.base_args() + own.pass2_args("t")
-    assert all("--normal-priority" in args for args in (fair.base_args(), fair.pass2_args("t")))
-
-
 @pytest.mark.parametrize("lo,hi", [(30, 45), (31, 39), (20, 2000)])
 def test_rd_plot_rate_axis_labels_are_plain_and_do_not_overlap(lo, hi):
     import matplotlib
