@@ -32,9 +32,8 @@ from builtin_encoder.codec_svtav1 import (
     load_svt_library,
     qindex_for_qp,
     temporal_layer,
-    threads_to_normal_priority,
-    wait_unless_stalled,
 )
+from builtin_encoder.watchdog import threads_to_normal_priority, wait_unless_stalled
 
 PRESET = 11  # fastest non-real-time preset of SVT-AV1 4.1 (12 and 13 map to 11)
 
