@@ -563,8 +563,8 @@ class SvtAv1Codec:
 
     # ------------------------------------------------------------------ internals
 
-    def _send(self, frame: YuvFrame, qp: int, key: bool, pts: int | None = None, replayed: bool = False) -> None:
-        """Sends one frame; `pts` and `replayed` (not counted again) for a frame coded again after a stall."""
+    def _send(self, frame: YuvFrame, qp: int, key: bool, pts: int | None = None) -> None:
+        """Sends one frame; `pts` only for a frame coded again after a stall (it was counted when first sent)."""
         cfg = self.cfg
         cw, ch = cfg.width // 2, cfg.height // 2
         for plane, shape in ((frame.y, (cfg.height, cfg.width)), (frame.u, (ch, cw)), (frame.v, (ch, cw))):
@@ -581,6 +581,7 @@ class SvtAv1Codec:
         hdr.p_buffer = ctypes.addressof(io)
         hdr.n_filled_len = cfg.width * cfg.height + 2 * cw * ch
         hdr.n_alloc_len = hdr.n_filled_len
+        replayed = pts is not None
         pts = self._frames_sent if pts is None else pts
         hdr.pts = pts
         hdr.flags = 0
@@ -699,7 +700,7 @@ class SvtAv1Codec:
         self.replays += 1
         self._ivf.truncate(gop.ivf_offset, gop.ivf_frames)
         for k, (frame, qp, pts) in enumerate(gop.frames):
-            self._send(frame, qp, key=k == 0, pts=pts, replayed=True)
+            self._send(frame, qp, key=k == 0, pts=pts)
             if k < len(gop.packets):
                 _hdr, data = self._receive(pts, qp)
                 if data != gop.packets[k]:
