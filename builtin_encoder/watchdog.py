@@ -90,7 +90,7 @@ def wait_unless_stalled(done: threading.Event, stall_s: float, poll_s: float = 0
 class CallerThread:
     """A daemon thread that runs one encoder's blocking library calls, one at a time, while the thread that
     submits them watches (wait_unless_stalled). A thread per call cost 0.7-2.4 ms each on the loaded 2-core VM,
-    this one 0.06-0.5 ms (BENCHMARKS.md §3.9)."""
+    this one 0.06-0.54 ms (BENCHMARKS.md §3.9)."""
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
