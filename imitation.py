@@ -33,7 +33,7 @@ from gain_model import (
 )
 from models import Actor
 from oracle_records import observations, source_of, trajectory_observations
-from state import FEATURE_NAMES, FEATURES_V2, OBS_DIM
+from state import FEATURE_NAMES, FEATURES_V2, OBS_DIM, payback_share
 
 
 @dataclass
@@ -164,6 +164,7 @@ class Recipe:
     features: GainFeatures = SHIPPED_FEATURES
     key_sweeps: str = ""
     draws: tuple[int, ...] = (0,)
+    fade_finer_keys: bool = False  # the policy file's rate guard on short GOPs' finer keys (policy.py)
 
 
 SHIPPED_RECIPES = {
@@ -179,8 +180,9 @@ SHIPPED_RECIPES = {
 # offset of the mini-GOPs after the key from the ramp probe (§2.4.45); the file is
 # policies/<codec>_probe.pt. A codec without a probe recipe of its own uses its shipped one.
 PROBE_RECIPES = {
+    # fade_finer_keys: a short last GOP cannot take a finer key's bits back (BENCHMARKS.md §2.4.47, §2.4.50).
     "svtav1": Recipe("train,static,natural", 1.0, GainFeatures(key=("fp_reuse", "key_probe"), inter=("ramp_probe",)),
-                     key_sweeps="train,static,natural"),
+                     key_sweeps="train,static,natural", fade_finer_keys=True),
 }
 
 
@@ -218,17 +220,6 @@ def distill(actor: Actor, obs: np.ndarray, offsets: np.ndarray, max_delta_qp: in
     if best is not None and best_rms < rms:  # a later round made it worse: back to the best one
         actor.load_state_dict(best)
     return best_rms
-
-
-def payback_share(obs: np.ndarray) -> np.ndarray:
-    """Share of a full GOP still to come after this mini-GOP, relative to a key mini-GOP's: (N,) in [0, 1].
-
-    The encoder's rate control re-spends (or recovers) what an offset saves (or costs) in the
-    rest of the same GOP; in the last mini-GOPs of a GOP, and in a short final GOP, there is
-    little or nothing left to do that with, so an offset there only misses the rate. Policies
-    scale their offsets by this share (gop_left / (7/8), at most 1).
-    """
-    return np.clip(obs[:, FEATURE_NAMES.index("gop_left")] / 0.875, 0.0, 1.0)
 
 
 def with_short_gops(obs: np.ndarray) -> np.ndarray:

@@ -5,11 +5,16 @@ A policy file (`policies/<codec>.pt`) holds only tensors and plain values, so it
 
     {"format": "rlrc-policy", "version": 1, "codec": str, "obs_dim": int, "feature_names": [str],
      "hidden_sizes": [int], "actor": {name: tensor}, "max_delta_qp": int, "rate_tolerance": float,
-     "provenance": {str: str}}
+     "provenance": {str: str}, "fade_finer_keys": bool (optional, False when absent)}
 
 The actor reads the features `feature_names` names (obs_dim of them), picked by name from the
 state (state.FEATURE_NAMES): a file made before a feature was added reads the features it knew, and
 answers as it did.
+
+`fade_finer_keys` is a rate guard applied to the actor's answer: a key mini-GOP's finer answer (a < 0) is
+multiplied by state.payback_share(s) = clip(gop_left / (7/8), 0, 1). That is 1 in a GOP of 8 mini-GOPs or more,
+so only a short GOP's key (a clip's last GOP) is faded: the rest of its GOP is too short for the rate control
+to take a finer key's bits back (BENCHMARKS.md §2.4.47, §2.4.50). Coarser answers are kept.
 
 `--load-checkpoint policies/svtav1.pt` works wherever a checkpoint does: `--mode infer` and
 `evaluate.py` answer with its deterministic action tanh(mean(s)); `--mode train` starts SAC with
@@ -34,7 +39,7 @@ import torch
 
 from io_runner import Learner
 from models import Actor, NumpyActor
-from state import FEATURE_NAMES, OBS_DIM
+from state import FEATURE_NAMES, OBS_DIM, payback_share
 
 log = logging.getLogger(__name__)
 _HAS_KEY, _GOP_LEFT, _KEY_PROBE = (FEATURE_NAMES.index(n) for n in ("has_key", "gop_left", "key_probe"))
@@ -78,6 +83,7 @@ class Policy:
     provenance: dict[str, str] = field(default_factory=dict)
     path: str = ""
     feature_names: tuple[str, ...] = FEATURE_NAMES
+    fade_finer_keys: bool = False  # a short GOP's finer key answer scaled by payback_share (module docstring)
     _numpy: NumpyActor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -98,17 +104,21 @@ class Policy:
         """Deterministic action (1,) in [-1, 1] for one observation (OBS_DIM,), float32.
 
         Computed in numpy (`models.NumpyActor`: it answers on the encoder's reply path); equal to
-        tanh(actor(obs).mean) through torch within ~1e-7.
+        tanh(actor(obs).mean) through torch within ~1e-7. With fade_finer_keys, a key mini-GOP's a < 0
+        becomes a * payback_share(obs).
         """
         if self._numpy is None:
             self._numpy = NumpyActor(self.actor)
-        if len(self.feature_names) < OBS_DIM:
-            obs = np.asarray(obs)[self.inputs]
-        return self._numpy.deterministic(obs)
+        obs = np.asarray(obs)
+        a = self._numpy.deterministic(obs[self.inputs] if len(self.feature_names) < OBS_DIM else obs)
+        if self.fade_finer_keys and obs[_HAS_KEY] > 0.5 and a[0] < 0.0:
+            a = (a * payback_share(obs)).astype(np.float32)
+        return a
 
     def full_actor(self) -> Actor:
         """The actor on the whole state (OBS_DIM inputs): weight 0 on the features it does not read, so
-        it answers as the policy does (a starting point for SAC, which acts on every feature)."""
+        it answers as the policy does (a starting point for SAC, which acts on every feature). The network
+        alone: fade_finer_keys is a rule on its answers, which SAC does not apply."""
         if len(self.feature_names) == OBS_DIM:
             return self.actor
         full = Actor(OBS_DIM, 1, self.hidden_sizes)
@@ -127,7 +137,8 @@ def actor_hidden_sizes(actor: Actor) -> tuple[int, ...]:
 
 
 def save(path: Path, actor: Actor, codec: str, max_delta_qp: int, rate_tolerance: float,
-         provenance: dict[str, str], feature_names: tuple[str, ...] = FEATURE_NAMES) -> None:  # fmt: skip
+         provenance: dict[str, str], feature_names: tuple[str, ...] = FEATURE_NAMES,
+         fade_finer_keys: bool = False) -> None:  # fmt: skip
     """Writes a policy file atomically (temporary file + rename); `actor` reads `feature_names`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +148,7 @@ def save(path: Path, actor: Actor, codec: str, max_delta_qp: int, rate_tolerance
         "actor": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
         "max_delta_qp": int(max_delta_qp), "rate_tolerance": float(rate_tolerance),
         "provenance": {str(k): str(v) for k, v in provenance.items()},
+        **({"fade_finer_keys": True} if fade_finer_keys else {}),  # absent: files made before it answer as before
     }  # fmt: skip
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(data, tmp)
@@ -181,7 +193,8 @@ def load(path: Path, data: dict[str, Any] | None = None) -> Policy:
         raise PolicyError(f"{path}: actor weights do not fit: {str(exc).splitlines()[0]}") from None
     actor.eval()
     return Policy(actor, str(data["codec"]), int(data["max_delta_qp"]), float(data["rate_tolerance"]),
-                  dict(data.get("provenance", {})), str(path), tuple(names))  # fmt: skip
+                  dict(data.get("provenance", {})), str(path), tuple(names),
+                  bool(data.get("fade_finer_keys", False)))  # fmt: skip
 
 
 class PolicyLearner(Learner):

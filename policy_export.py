@@ -11,7 +11,8 @@ inside its encoder needs these, written to OUT as NAME.json, NAME.h, rlrc_state.
   state.py); the actor reads `inputs` of them (indices into the observation), then for each layer
   h = W h + b (W: out x in), ReLU between layers; of the last layer's two outputs the first is the
   pre-tanh mean (the second, the log standard deviation, only matters while exploring), and the
-  action is a = tanh(mean), in [-1, 1].
+  action is a = tanh(mean), in [-1, 1]. A policy file with `fade_finer_keys` (policy.py) then fades a
+  key mini-GOP's a < 0: a *= clamp(obs[gop_left] / 0.875, 0, 1).
 - **The QP**: `unit = max(1, qp_scale_max / 63)`, `delta = round_half_even(a * max_delta_qp * unit)`
   in double precision (Python's round, C's rint/nearbyint in the default rounding mode),
   `qp = clamp(base_qp + delta, qp_min, qp_max)` with the request's fields (state.qp_answer).
@@ -49,8 +50,9 @@ import numpy as np
 import torch
 
 from models import NumpyActor
-from state import FEATURE_NAMES, OBS_DIM
+from state import FEATURE_NAMES, FULL_GOP_LEFT, OBS_DIM, payback_share
 
+_HAS_KEY, _GOP_LEFT = FEATURE_NAMES.index("has_key"), FEATURE_NAMES.index("gop_left")
 STATE_HEADER = Path(__file__).resolve().parent / "c" / "rlrc_state.h"  # state.build_observation in C
 EXPORT_FORMAT = "rlrc-policy-export"
 EXPORT_VERSION = 1
@@ -80,13 +82,19 @@ class ExportedActor:
     biases: list[np.ndarray]  # per layer (out,), float32
     source: str  # the file it came from
     provenance: dict[str, str]
+    fade_finer_keys: bool = False  # the policy file's rate guard (policy.py): a short GOP's finer key faded
     _net: NumpyActor | None = field(default=None, init=False, repr=False, compare=False)
 
     def action(self, obs: np.ndarray) -> float:
-        """tanh(mean) for one observation (OBS_DIM,): these arrays through models.NumpyActor, in float32."""
+        """tanh(mean) for one observation (OBS_DIM,): these arrays through models.NumpyActor, in float32; with
+        fade_finer_keys, a key mini-GOP's a < 0 times state.payback_share(obs)."""
         if self._net is None:
             self._net = NumpyActor.from_arrays(self.weights, self.biases)
-        return float(self._net.deterministic(np.asarray(obs, dtype=np.float32)[self.inputs])[0])
+        obs = np.asarray(obs, dtype=np.float32)
+        a = self._net.deterministic(obs[self.inputs])
+        if self.fade_finer_keys and obs[_HAS_KEY] > 0.5 and a[0] < 0.0:
+            a = (a * payback_share(obs)).astype(np.float32)
+        return float(a[0])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +104,9 @@ class ExportedActor:
             "layers": [{"weight": w.tolist(), "bias": b.tolist()}
                        for w, b in zip(self.weights, self.biases, strict=True)],
             "activation": "relu between layers; action = tanh(output[0])",
+            "fade_finer_keys": self.fade_finer_keys,
+            "fade": "if fade_finer_keys and obs[has_key] > 0.5 and action < 0: "
+                    "action *= clamp(obs[gop_left] / 0.875, 0, 1)",
             "qp": "unit = max(1, qp_scale_max / 63); "
                   "qp = clamp(base_qp + round_half_even(action * max_delta_qp * unit), qp_min, qp_max)",
             "source": self.source, "provenance": self.provenance,
@@ -118,17 +129,17 @@ def exported_actor(path_or_name: str) -> ExportedActor:
     learner = bundle.learner
     if isinstance(learner, policy.PolicyLearner):
         pol = learner.policy
-        actor, codec, provenance = pol.actor, pol.codec, pol.provenance
+        actor, codec, provenance, fade = pol.actor, pol.codec, pol.provenance, pol.fade_finer_keys
         inputs = [FEATURE_NAMES.index(n) for n in pol.feature_names]
     else:  # a training checkpoint: the SAC actor on every feature
-        actor, codec, provenance = learner.agent.actor, "", {"checkpoint_epoch": str(bundle.epoch)}
+        actor, codec, provenance, fade = learner.agent.actor, "", {"checkpoint_epoch": str(bundle.epoch)}, False
         inputs = list(range(OBS_DIM))
     linears = [m for m in actor.net if isinstance(m, torch.nn.Linear)]
     return ExportedActor(
         name=c_identifier(path.stem), codec=codec, max_delta_qp=int(bundle.max_delta_qp), inputs=inputs,
         weights=[m.weight.detach().cpu().numpy().astype(np.float32) for m in linears],
         biases=[m.bias.detach().cpu().numpy().astype(np.float32) for m in linears],
-        source=str(path), provenance={str(k): str(v) for k, v in provenance.items()},
+        source=str(path), provenance={str(k): str(v) for k, v in provenance.items()}, fade_finer_keys=fade,
     )  # fmt: skip
 
 
@@ -187,9 +198,20 @@ def c_header(ex: ExportedActor) -> str:
         ]
         if not last:
             body += [f"    n = {w.shape[0]};", "    for (int k = 0; k < n; k++) x[k] = y[k];"]
+    if ex.fade_finer_keys:  # policy.py's rate guard, in float32 as state.payback_share computes it
+        body += [
+            "    float a = tanhf(y[0]);",
+            "    /* fade_finer_keys: a key mini-GOP's finer answer times the share of a GOP left to pay it back. */",
+            f"    if (obs[{_HAS_KEY}] > 0.5f && a < 0.0f) {{",
+            f"        float share = obs[{_GOP_LEFT}] / {FULL_GOP_LEFT!r}f;",
+            "        a *= share < 0.0f ? 0.0f : share > 1.0f ? 1.0f : share;",
+            "    }",
+            "    return a;",
+            "}",
+        ]
+    else:
+        body += ["    return tanhf(y[0]);", "}"]
     body += [
-        "    return tanhf(y[0]);",
-        "}",
         "",
         "/* The QP to answer: base_qp + round_half_even(action * MAX_DELTA_QP * unit), in [qp_min, qp_max];",
         " * unit = max(1, qp_scale_max / 63) (1 for AV1 and x264 QPs, ~4 for VP9's q_index). */",
@@ -290,7 +312,7 @@ def load_exported(path: Path) -> ExportedActor:
         name=data["name"], codec=data["codec"], max_delta_qp=int(data["max_delta_qp"]), inputs=list(data["inputs"]),
         weights=[np.array(layer["weight"], dtype=np.float32) for layer in data["layers"]],
         biases=[np.array(layer["bias"], dtype=np.float32) for layer in data["layers"]],
-        source=data["source"], provenance=data["provenance"],
+        source=data["source"], provenance=data["provenance"], fade_finer_keys=bool(data.get("fade_finer_keys", False)),
     )  # fmt: skip
 
 

@@ -224,6 +224,21 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
     return np.clip(obs, -4.0, 4.0)
 
 
+# gop_left of a key mini-GOP in a GOP of 8 mini-GOPs (7/8): the GOPs every demonstration was made in.
+FULL_GOP_LEFT = 0.875
+
+
+def payback_share(obs: np.ndarray) -> np.ndarray:
+    """Share of a full GOP still to come after this mini-GOP, relative to a key mini-GOP's: obs (..., OBS_DIM) ->
+    (...,) in [0, 1], clip(gop_left / (7/8), 0, 1).
+
+    The encoder's rate control re-spends (or recovers) what an offset saves (or costs) in the rest of the same GOP; in
+    the last mini-GOPs of a GOP, and in a short final GOP, there is little or nothing left to do that with, so an
+    offset there only misses the rate. 1 for a key mini-GOP in a GOP of 8 mini-GOPs or more.
+    """
+    return np.clip(obs[..., FEATURE_NAMES.index("gop_left")] / np.float32(FULL_GOP_LEFT), 0.0, 1.0)
+
+
 def action_to_qp(action: float, req: Request, max_delta_qp: int) -> int:
     """Maps an action in [-1, 1] to the QP answered to `req` (qp_answer on its fields)."""
     return qp_answer(action, req.base_qp, req.qp_min, req.qp_max, req.qp_scale_max, max_delta_qp)

@@ -283,6 +283,45 @@ def test_policy_file_round_trip_gives_the_same_answers_and_loads_weights_only(tm
     assert np.array_equal(bundle.learner.choose(obs[0]), loaded.act(obs[0]))
 
 
+def test_fade_finer_keys_fades_only_a_short_gops_finer_key_and_round_trips(tmp_path):
+    """policy.py's rate guard: a key mini-GOP's a < 0 times clip(gop_left / (7/8), 0, 1); all else as the actor says."""
+    from state import qp_answer
+
+    def constant_actor(mean: float) -> Actor:
+        actor = Actor(OBS_DIM, 1, (8,))
+        with torch.no_grad():
+            actor.net[-1].weight.zero_()
+            actor.net[-1].bias.copy_(torch.tensor([mean, -1.0]))
+        return actor
+
+    def obs(key: bool, mgs: int, mg: int = 0) -> np.ndarray:
+        o = np.zeros(OBS_DIM, np.float32)
+        o[FEATURE_NAMES.index("has_key")] = float(key)
+        o[FEATURE_NAMES.index("gop_left")] = (mgs - 1 - mg) / mgs
+        return o
+
+    a = np.float32(np.tanh(-1.0))
+    for mean in (-1.0, 1.0):
+        policy.save(tmp_path / "fade.pt", constant_actor(mean), "svtav1", 4, 0.02, {}, FEATURE_NAMES, True)
+        policy.save(tmp_path / "plain.pt", constant_actor(mean), "svtav1", 4, 0.02, {}, FEATURE_NAMES)
+        fade, plain = policy.load(tmp_path / "fade.pt"), policy.load(tmp_path / "plain.pt")
+        assert fade.fade_finer_keys and not plain.fade_finer_keys
+        assert "fade_finer_keys" not in torch.load(tmp_path / "plain.pt", weights_only=True)  # old files: as before
+        for o in (obs(True, 8), obs(True, 16), obs(False, 8, 6), obs(False, 2, 1)):  # full GOPs' keys, not keys
+            assert np.array_equal(fade.act(o), plain.act(o))
+        for mgs in (1, 2, 4, 7):  # a short GOP's key
+            want = a * min(1.0, (mgs - 1) / mgs / 0.875) if mean < 0 else -a
+            assert fade.act(obs(True, mgs))[0] == pytest.approx(want, abs=1e-6)
+            assert plain.act(obs(True, mgs))[0] == pytest.approx(np.tanh(mean), abs=1e-6)
+    policy.save(tmp_path / "fade.pt", constant_actor(-1.0), "svtav1", 4, 0.02, {}, FEATURE_NAMES, True)
+    fade = policy.load(tmp_path / "fade.pt")
+    # the QP: -0.76 x 4 = -3 in a full GOP; a two-mini-GOP GOP's key: -0.76 x 4/7 x 4 = -1.74, so -2
+    assert qp_answer(float(fade.act(obs(True, 8))[0]), 30, 0, 63, 63, 4) == 27
+    assert qp_answer(float(fade.act(obs(True, 2))[0]), 30, 0, 63, 63, 4) == 28
+    bundle = evaluate.load_agent(tmp_path / "fade.pt")  # main.py and evaluate.py answer through it
+    assert bundle.learner.choose(obs(True, 2))[0] == fade.act(obs(True, 2))[0] == pytest.approx(a * 4 / 7)
+
+
 def test_a_policy_that_reads_the_key_probe_says_so_once_when_the_requests_lack_it(tmp_path, caplog):
     names = FEATURE_NAMES  # key_probe among them
     path = tmp_path / "probe.pt"
@@ -406,6 +445,7 @@ def test_shipped_policy_was_made_with_its_codecs_recipe(name):
     assert prov["features"] == recipe.features.describe()
     assert prov.get("key_sweeps", "") == recipe.key_sweeps  # files made before sweeps existed had none
     assert prov.get("draws", "0") == ",".join(map(str, recipe.draws))  # and before draws were pooled, one: 0
+    assert pol.fade_finer_keys == recipe.fade_finer_keys
 
 
 def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
