@@ -164,7 +164,6 @@ class Recipe:
     features: GainFeatures = SHIPPED_FEATURES
     key_sweeps: str = ""
     draws: tuple[int, ...] = (0,)
-    fade_finer_keys: bool = False  # the policy file's rate guard on short GOPs' finer keys (policy.py)
 
 
 SHIPPED_RECIPES = {
@@ -180,9 +179,8 @@ SHIPPED_RECIPES = {
 # offset of the mini-GOPs after the key from the ramp probe (§2.4.45); the file is
 # policies/<codec>_probe.pt. A codec without a probe recipe of its own uses its shipped one.
 PROBE_RECIPES = {
-    # fade_finer_keys: a short last GOP cannot take a finer key's bits back (BENCHMARKS.md §2.4.47, §2.4.50).
     "svtav1": Recipe("train,static,natural", 1.0, GainFeatures(key=("fp_reuse", "key_probe"), inter=("ramp_probe",)),
-                     key_sweeps="train,static,natural", fade_finer_keys=True),
+                     key_sweeps="train,static,natural"),
 }
 
 

@@ -36,8 +36,8 @@ data/oracle_<codec>_kp.jsonl and policies/<codec>_probe.pt.
    actor is fitted with the unused features shuffled (imitation.ignoring_unused), so it ignores them.
 3. The actor (models.Actor, the SAC actor) is fitted to a*(s) on every state of the stored
    trajectories (--payback: a*(s) x state.payback_share(s)) and written with its provenance;
-   --fade-finer-keys (the SVT-AV1 probe recipe's default) makes the file fade a short GOP's finer key
-   answer at answer time by the same share (policy.py).
+   --fade-finer-keys makes the file fade a short GOP's finer key answer at answer time by the same
+   share instead (policy.py).
    --pattern-out also writes the best fixed per-position pattern (the same model without state)
    as a policy: the reference to beat.
 
@@ -110,9 +110,10 @@ def main() -> int:
                    help="window sets whose key mini-GOP is also swept alone (oracle_data.py --search key: 6 rates, "
                         "8 encodes each), comma-separated; default: the codec's shipped recipe (none)")
     p.add_argument("--payback", action="store_true", help="fade offsets where the GOP cannot pay them back")
-    p.add_argument("--fade-finer-keys", action=argparse.BooleanOptionalAction, default=None,
-                   help="the policy file fades a short GOP's finer key answer by the share of a GOP left to pay "
-                        "it back (policy.py); default: the codec's recipe (svtav1 with --key-probe: on)")  # fmt: skip
+    p.add_argument("--fade-finer-keys", action="store_true",
+                   help="the policy file fades a short GOP's finer key answer at answer time by the share of a GOP "
+                        "left to pay it back (policy.py; BENCHMARKS.md §2.4.50: better rate accuracy on test2, not "
+                        "shipped)")  # fmt: skip
     p.add_argument("--consensus", type=float, default=None,
                    help="k > 0: offsets shrunk by k x their spread over leave-one-source-out fits; "
                         "default: the codec's shipped recipe")  # fmt: skip
@@ -171,7 +172,6 @@ def main() -> int:
     ns.windows = ns.windows or ("" if inputs else recipe.windows)
     ns.key_sweeps = ns.key_sweeps if ns.key_sweeps is not None else "" if inputs else recipe.key_sweeps
     ns.consensus = recipe.consensus if ns.consensus is None else ns.consensus
-    ns.fade_finer_keys = recipe.fade_finer_keys if ns.fade_finer_keys is None else ns.fade_finer_keys
     try:
         draws = tuple(int(d) for d in ns.draws.split(",")) if ns.draws is not None else recipe.draws
     except ValueError:

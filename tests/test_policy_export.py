@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import policy
 import policy_export
 import protocol
+from models import Actor
 from state import OBS_DIM, action_to_qp, build_observation, qp_answer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,26 +127,57 @@ def test_c_state_reads_the_probes_as_state_py_does(exported, tmp_path):
         np.testing.assert_allclose(np.array(got[:OBS_DIM], dtype=np.float32), obs, atol=1e-6)
 
 
-def test_random_observations_give_the_same_actions_in_c(exported, tmp_path):
-    """The network alone on observations a short encode does not reach (random in [-2, 2])."""
-    name, out = exported
-    if CC is None:
-        pytest.skip("no C compiler (cc or gcc) on this machine")
-    vec = _vectors(name, out)
-    source = tmp_path / "net.c"
+def _c_actions(header_dir: Path, name: str, observations: list[list[float]], work: Path) -> list[float]:
+    """rlrc_NAME_action of NAME.h (compiled with the system's C compiler) on each observation."""
+    source = work / "net.c"
     source.write_text(
         '#include <stdio.h>\n#include "NAME.h"\nint main(void) {\n    float obs[RLRC_NAME_OBS_DIM];\n    for (;;) {\n'
         '        for (int i = 0; i < RLRC_NAME_OBS_DIM; i++)\n            if (scanf("%f", &obs[i]) != 1) return 0;\n'
         '        printf("%.9g\\n", rlrc_NAME_action(obs));\n    }\n}\n'.replace("RLRC_NAME", f"RLRC_{name.upper()}")
         .replace("rlrc_NAME", f"rlrc_{name}").replace("NAME.h", f"{name}.h")
     )  # fmt: skip
-    exe = tmp_path / "net"
-    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{out}", str(source), "-o", str(exe),
-                    "-lm"], check=True, capture_output=True, text=True)  # fmt: skip
-    text = "\n".join(" ".join(f"{v:.9g}" for v in r["observation"]) for r in vec["random"]) + "\n"
-    got = [float(x) for x in subprocess.run([str(exe)], input=text, capture_output=True, text=True).stdout.split()]
+    exe = work / "net"
+    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{header_dir}", str(source), "-o",
+                    str(exe), "-lm"], check=True, capture_output=True, text=True)  # fmt: skip
+    text = "\n".join(" ".join(f"{v:.9g}" for v in o) for o in observations) + "\n"
+    return [float(x) for x in subprocess.run([str(exe)], input=text, capture_output=True, text=True).stdout.split()]
+
+
+def test_random_observations_give_the_same_actions_in_c(exported, tmp_path):
+    """The network alone on observations a short encode does not reach (random in [-2, 2])."""
+    name, out = exported
+    if CC is None:
+        pytest.skip("no C compiler (cc or gcc) on this machine")
+    vec = _vectors(name, out)
+    got = _c_actions(out, name, [r["observation"] for r in vec["random"]], tmp_path)
     assert len(got) == len(vec["random"]) == 100
     assert max(abs(g - r["action"]) for g, r in zip(got, vec["random"], strict=True)) < 1e-5
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on this machine")
+def test_a_policy_that_fades_finer_keys_fades_them_in_json_and_c_alike(tmp_path):
+    """policy.py's fade_finer_keys (a short GOP's finer key answer times clip(gop_left / (7/8), 0, 1)) is part of
+    the exported decision: NAME.json says so, and the header and ExportedActor.action apply it as policy.act does."""
+    from state import FEATURE_NAMES
+
+    torch.manual_seed(0)
+    actor = Actor(OBS_DIM, 1, (16,))
+    for fade in (True, False):
+        policy.save(tmp_path / f"f{fade:d}.pt", actor, "svtav1", 4, 0.02, {}, FEATURE_NAMES, fade)
+    fading, plain = policy.load(tmp_path / "f1.pt"), policy.load(tmp_path / "f0.pt")
+    ex = policy_export.exported_actor(str(tmp_path / "f1.pt"))
+    (tmp_path / "f1.json").write_text(json.dumps(ex.to_json()))
+    assert policy_export.load_exported(tmp_path / "f1.json").fade_finer_keys and ex.fade_finer_keys
+    assert not policy_export.exported_actor(str(tmp_path / "f0.pt")).fade_finer_keys
+    obs = np.random.default_rng(1).uniform(-2.0, 2.0, size=(300, OBS_DIM)).astype(np.float32)
+    obs[::2, FEATURE_NAMES.index("has_key")] = 1.0  # half of them keys, of GOPs of 1 to 9 mini-GOPs
+    obs[:, FEATURE_NAMES.index("gop_left")] = [(n - 1) / n for n in np.arange(300) % 9 + 1]
+    want = np.array([fading.act(o)[0] for o in obs])
+    assert (np.abs(want - np.array([plain.act(o)[0] for o in obs])) > 1e-3).sum() > 20  # the fade acts here
+    assert np.abs(np.array([ex.action(o) for o in obs]) - want).max() < 1e-6
+    (tmp_path / "f1.h").write_text(policy_export.c_header(ex))
+    got = _c_actions(tmp_path, "f1", obs.tolist(), tmp_path)
+    assert len(got) == 300 and np.abs(np.array(got) - want).max() < 1e-5
 
 
 def test_qp_rounds_half_to_even_as_the_header_does():
