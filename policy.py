@@ -11,10 +11,11 @@ The actor reads the features `feature_names` names (obs_dim of them), picked by 
 state (state.FEATURE_NAMES): a file made before a feature was added reads the features it knew, and
 answers as it did.
 
-`fade_finer_keys` is a rate guard applied to the actor's answer: a key mini-GOP's finer answer (a < 0) is
-multiplied by state.payback_share(s) = clip(gop_left / (7/8), 0, 1). That is 1 in a GOP of 8 mini-GOPs or more,
-so only a short GOP's key (a clip's last GOP) is faded: the rest of its GOP is too short for the rate control
-to take a finer key's bits back (BENCHMARKS.md §2.4.47, §2.4.50). Coarser answers are kept.
+`fade_finer_keys` is a rate guard applied to the actor's answer (state.fade_finer_key): a key mini-GOP's
+finer answer (a < 0) is multiplied by state.payback_share(s) = clip(gop_left / (7/8), 0, 1). That is 1 in a
+GOP of 8 mini-GOPs or more, so only a short GOP's key (a clip's last GOP) is faded: the rest of its GOP is too
+short for the rate control to take a finer key's bits back (BENCHMARKS.md §2.4.47, §2.4.50). Coarser answers
+are kept.
 
 `--load-checkpoint policies/svtav1.pt` works wherever a checkpoint does: `--mode infer` and
 `evaluate.py` answer with its deterministic action tanh(mean(s)); `--mode train` starts SAC with
@@ -39,7 +40,7 @@ import torch
 
 from io_runner import Learner
 from models import Actor, NumpyActor
-from state import FEATURE_NAMES, OBS_DIM, payback_share
+from state import FEATURE_NAMES, OBS_DIM, fade_finer_key
 
 log = logging.getLogger(__name__)
 _HAS_KEY, _GOP_LEFT, _KEY_PROBE = (FEATURE_NAMES.index(n) for n in ("has_key", "gop_left", "key_probe"))
@@ -111,9 +112,7 @@ class Policy:
             self._numpy = NumpyActor(self.actor)
         obs = np.asarray(obs)
         a = self._numpy.deterministic(obs[self.inputs] if len(self.feature_names) < OBS_DIM else obs)
-        if self.fade_finer_keys and obs[_HAS_KEY] > 0.5 and a[0] < 0.0:
-            a = (a * payback_share(obs)).astype(np.float32)
-        return a
+        return fade_finer_key(a, obs) if self.fade_finer_keys else a
 
     def full_actor(self) -> Actor:
         """The actor on the whole state (OBS_DIM inputs): weight 0 on the features it does not read, so

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from models import NumpyActor
-from state import FEATURE_NAMES, FULL_GOP_LEFT, OBS_DIM, payback_share
+from state import FEATURE_NAMES, FULL_GOP_LEFT, OBS_DIM, fade_finer_key
 
 _HAS_KEY, _GOP_LEFT = FEATURE_NAMES.index("has_key"), FEATURE_NAMES.index("gop_left")
 STATE_HEADER = Path(__file__).resolve().parent / "c" / "rlrc_state.h"  # state.build_observation in C
@@ -87,14 +87,12 @@ class ExportedActor:
 
     def action(self, obs: np.ndarray) -> float:
         """tanh(mean) for one observation (OBS_DIM,): these arrays through models.NumpyActor, in float32; with
-        fade_finer_keys, a key mini-GOP's a < 0 times state.payback_share(obs)."""
+        fade_finer_keys, state.fade_finer_key of it."""
         if self._net is None:
             self._net = NumpyActor.from_arrays(self.weights, self.biases)
         obs = np.asarray(obs, dtype=np.float32)
         a = self._net.deterministic(obs[self.inputs])
-        if self.fade_finer_keys and obs[_HAS_KEY] > 0.5 and a[0] < 0.0:
-            a = (a * payback_share(obs)).astype(np.float32)
-        return float(a[0])
+        return float((fade_finer_key(a, obs) if self.fade_finer_keys else a)[0])
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -239,6 +239,14 @@ def payback_share(obs: np.ndarray) -> np.ndarray:
     return np.clip(obs[..., FEATURE_NAMES.index("gop_left")] / np.float32(FULL_GOP_LEFT), 0.0, 1.0)
 
 
+def fade_finer_key(action: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """A policy's answer (1,) for one observation (OBS_DIM,) with a key mini-GOP's finer answer faded (float32):
+    action * payback_share(obs) where has_key > 0.5 and action < 0, else action (policy.py, fade_finer_keys)."""
+    if obs[FEATURE_NAMES.index("has_key")] > 0.5 and action[0] < 0.0:
+        return (action * payback_share(obs)).astype(np.float32)
+    return action
+
+
 def action_to_qp(action: float, req: Request, max_delta_qp: int) -> int:
     """Maps an action in [-1, 1] to the QP answered to `req` (qp_answer on its fields)."""
     return qp_answer(action, req.base_qp, req.qp_min, req.qp_max, req.qp_scale_max, max_delta_qp)
