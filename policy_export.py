@@ -104,7 +104,7 @@ class ExportedActor:
             "activation": "relu between layers; action = tanh(output[0])",
             "fade_finer_keys": self.fade_finer_keys,
             "fade": "if fade_finer_keys and obs[has_key] > 0.5 and action < 0: "
-                    "action *= clamp(obs[gop_left] / 0.875, 0, 1)",
+                    f"action *= clamp(obs[gop_left] / {FULL_GOP_LEFT}, 0, 1)",
             "qp": "unit = max(1, qp_scale_max / 63); "
                   "qp = clamp(base_qp + round_half_even(action * max_delta_qp * unit), qp_min, qp_max)",
             "source": self.source, "provenance": self.provenance,

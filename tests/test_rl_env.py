@@ -148,17 +148,12 @@ def test_lookahead_encoder_is_refused(tmp_path: Path, baseline: VideoBaseline) -
 
 
 def test_stable_baselines3_sac_learns_on_it(env: EncoderEnv) -> None:
-    import torch
     from stable_baselines3 import SAC
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: a second thread only fights the encoder for the 2nd core
-    try:
-        model = SAC("MlpPolicy", env, learning_starts=8, batch_size=8, policy_kwargs={"net_arch": [32, 32]},
-                    seed=0, device="cpu")  # fmt: skip
-        model.learn(total_timesteps=24)  # 3 encodes, 6 episodes, 16 gradient steps
-    finally:
-        torch.set_num_threads(threads)
+    # one torch thread, as in every test process (conftest.py): a second one only fights the encoder for the 2nd core
+    model = SAC("MlpPolicy", env, learning_starts=8, batch_size=8, policy_kwargs={"net_arch": [32, 32]},
+                seed=0, device="cpu")  # fmt: skip
+    model.learn(total_timesteps=24)  # 3 encodes, 6 episodes, 16 gradient steps
     assert model.num_timesteps == 24 and model._n_updates > 0
     action, _ = model.predict(env.reset()[0], deterministic=True)
     assert action.shape == (1,) and -1.0 <= float(action[0]) <= 1.0
