@@ -32,13 +32,14 @@ ahead of everything on the machine (the agent, a second encode). The backend mov
 normal scheduler after init (`threads_to_normal_priority`), where every non-root user runs them: as
 fast alone, once get_packet runs on a caller thread of its own (BENCHMARKS.md §3.9). At normal priority
 SVT-AV1 4.1 sometimes deadlocks inside `svt_av1_enc_get_packet`: every SVT thread waits on a futex
-and the packet never comes (2 in roughly 170 encodes under load in §3.8, none in 1822 since). So
-get_packet runs in a caller thread while the encoding thread watches the process: no packet, no CPU
+and the packet never comes, far more often when one thread makes both the send_picture and the
+get_packet calls (§3.8, §3.10). So each call runs in a caller thread of its own, send_picture in one,
+get_packet in another, while the encoding thread watches the process: the call not back, no CPU
 used and no thread runnable for STALL_SECONDS is a stall. The stalled encoder is abandoned and, with
-forced QPs, the current GOP is coded again from its IDR key frame by a fresh encoder; every packet
-already written must come out byte for byte the same (a GOP from its key is independent of what came
-before). With SVT's own rate control (`crf`, `bitrate_kbps`) a GOP cannot be replayed and the stall
-is raised (SvtAv1Stalled).
+forced QPs, the current GOP is coded again from its IDR key frame by a fresh encoder (a key frame's
+send that stalls is just sent to a fresh encoder); every packet already written must come out byte
+for byte the same (a GOP from its key is independent of what came before). With SVT's own rate
+control (`crf`, `bitrate_kbps`) a GOP cannot be replayed and the stall is raised (SvtAv1Stalled).
 
 Distortion (SSE of Y, U, V and the Gaussian SSIM-Y of `metrics`, the definitions every backend
 reports) is computed on the decoder's output: each packet is decoded in-process with libdav1d
@@ -57,6 +58,7 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -290,6 +292,13 @@ def load_svt_library() -> tuple[ctypes.CDLL, Path]:
         return lib, path
 
 
+def _input_header() -> _BufferHeader:
+    """An input header, refilled for every frame sent."""
+    hdr = _BufferHeader()
+    hdr.size = ctypes.sizeof(_BufferHeader)
+    return hdr
+
+
 def _eos_header() -> _BufferHeader:
     """The input header that ends a stream."""
     eos = _BufferHeader()
@@ -373,16 +382,18 @@ class SvtAv1Codec:
         self._ivf: IvfWriter | None = None
         self._closed = False
         self._frames_sent = 0
-        self._caller: CallerThread | None = None  # runs get_packet, so that this thread can watch it
+        # Run send_picture and get_packet, so that this thread can watch them: two threads, as SVT-AV1 4.1 deadlocks
+        # far more often when one thread makes both calls (BENCHMARKS.md §3.10).
+        self._sender: CallerThread | None = None
+        self._getter: CallerThread | None = None
         # The current GOP, for a replay after a stall; never kept when SVT's own rate control runs.
         self._gop: _GopLog | None = None
-        self.replays = 0  # GOPs coded again by a fresh encoder after a stall
+        self.replays = 0  # fresh encoders started after a stall (each codes the GOP in flight again)
 
         # Reusable input structures: one header + one plane descriptor, refilled per frame
         # (send_picture copies the samples before it returns).
         self._io = _IoFormat()
-        self._in_hdr = _BufferHeader()
-        self._in_hdr.size = ctypes.sizeof(_BufferHeader)
+        self._in_hdr = _input_header()
 
         try:
             self._start_encoder()
@@ -414,7 +425,8 @@ class SvtAv1Codec:
         self._check(self._lib.svt_av1_enc_init(self._handle), "svt_av1_enc_init")
         self._initialized = True
         threads_to_normal_priority()  # init made its threads and the caller real-time where it may
-        self._caller = CallerThread()  # after the line above: it takes this thread's scheduling policy
+        # After the line above: they take this thread's scheduling policy.
+        self._sender, self._getter = CallerThread("svt-send-picture"), CallerThread("svt-get-packet")
 
     # ------------------------------------------------------------------ configuration
 
@@ -505,13 +517,13 @@ class SvtAv1Codec:
         # (send_picture blocks while it is full) and get_packet blocks until the frame is coded.
         # The next frame is sent before the current one is measured, so that SVT's threads
         # code frame i+1 while this thread decodes and measures frame i.
-        self._send(frames[0], qps[0], key=key_first)
+        self._send_or_replay(frames[0], qps[0], key=key_first)
         stats: list[FrameStats] = []
         for i, frame in enumerate(frames):
             index = first + i
             hdr, data = self._receive_or_replay(index, None if self.codec_rc else qps[i])
             if i + 1 < len(frames):
-                self._send(frames[i + 1], qps[i + 1], key=False)
+                self._send_or_replay(frames[i + 1], qps[i + 1], key=False)
             stats.append(self._frame_stats(index, frame, hdr, data))
         return stats
 
@@ -525,7 +537,9 @@ class SvtAv1Codec:
             return
         try:
             eos = _eos_header()
-            self._check(self._lib.svt_av1_enc_send_picture(self._handle, ctypes.byref(eos)), "send end-of-stream")
+            self._check(self._watched(lambda handle: self._call_send_picture(handle, eos), "took no end of stream",
+                                      getter=False),
+                        "send end-of-stream")  # fmt: skip
             while (got := self._get_packet(pic_send_done=True)) is not None:
                 hdr, data = got
                 if data and self._ivf is not None:
@@ -542,9 +556,7 @@ class SvtAv1Codec:
 
     def _free(self) -> None:
         """Frees the encoder (whatever stage it reached) and closes the IVF file."""
-        if self._caller is not None:
-            self._caller.stop()
-            self._caller = None
+        self._stop_callers()
         if self._initialized:
             self._lib.svt_av1_enc_deinit(self._handle)
             self._initialized = False
@@ -572,13 +584,7 @@ class SvtAv1Codec:
                 raise ValueError(
                     f"plane of shape {plane.shape}, {plane.dtype}, strides {plane.strides}: want {shape} uint8 rows"
                 )
-        # SVT reads the planes through these pointers and copies them before send_picture returns,
-        # so the numpy buffers are used in place (no copy on our side).
-        io = self._io
-        io.luma, io.cb, io.cr = frame.y.ctypes.data, frame.u.ctypes.data, frame.v.ctypes.data
-        io.y_stride, io.cb_stride, io.cr_stride = frame.y.strides[0], frame.u.strides[0], frame.v.strides[0]
-        hdr = self._in_hdr
-        hdr.p_buffer = ctypes.addressof(io)
+        io, hdr = self._io, self._in_hdr
         hdr.n_filled_len = cfg.width * cfg.height + 2 * cw * ch
         hdr.n_alloc_len = hdr.n_filled_len
         replayed = pts is not None
@@ -589,7 +595,22 @@ class SvtAv1Codec:
         hdr.pic_type = EB_AV1_KEY_PICTURE if key else EB_AV1_INVALID_PICTURE
         if not self._initialized:
             raise SvtAv1Error("the encoder was left after a stall it could not recover from")
-        self._check(self._lib.svt_av1_enc_send_picture(self._handle, ctypes.byref(hdr)), "svt_av1_enc_send_picture")
+
+        def send(handle: ctypes.c_void_p) -> int:
+            # SVT reads the planes through these pointers and copies them before send_picture returns, so the
+            # numpy buffers are used in place (no copy on our side). The pointers are set here, so that the call
+            # holds the frame and the structures as long as it runs: an abandoned one (a stall) may read them later.
+            io.luma, io.cb, io.cr = frame.y.ctypes.data, frame.u.ctypes.data, frame.v.ctypes.data
+            io.y_stride, io.cb_stride, io.cr_stride = frame.y.strides[0], frame.u.strides[0], frame.v.strides[0]
+            hdr.p_buffer = ctypes.addressof(io)
+            return self._call_send_picture(handle, hdr)
+
+        try:
+            code = self._watched(send, f"took no frame {pts}", getter=False)
+        except SvtAv1Stalled:
+            self._io, self._in_hdr = _IoFormat(), _input_header()  # the abandoned call may still read the old ones
+            raise
+        self._check(code, "svt_av1_enc_send_picture")
         if not self.codec_rc:
             if key:
                 assert self._ivf is not None
@@ -599,50 +620,74 @@ class SvtAv1Codec:
         if not replayed:
             self._frames_sent += 1
 
+    def _call_send_picture(self, handle: ctypes.c_void_p, hdr: _BufferHeader) -> int:
+        """svt_av1_enc_send_picture itself (blocks while the input pool is full; ctypes releases the GIL meanwhile)."""
+        return self._lib.svt_av1_enc_send_picture(handle, ctypes.byref(hdr))
+
     def _call_get_packet(self, handle: ctypes.c_void_p, out: Any, pic_send_done: bool) -> int:
         """svt_av1_enc_get_packet itself (blocking in low delay; ctypes releases the GIL meanwhile)."""
         return self._lib.svt_av1_enc_get_packet(handle, ctypes.byref(out), 1 if pic_send_done else 0)
 
-    def _get_packet(self, pic_send_done: bool) -> tuple[_BufferHeader, bytes] | None:
-        """One output packet (a copy of its header and its bytes), or None when the queue is done.
+    def _stop_callers(self) -> None:
+        for thread in (self._sender, self._getter):
+            if thread is not None:
+                thread.stop()
+        self._sender = self._getter = None
 
-        The blocking call runs in the encoder's caller thread, watched by wait_unless_stalled. On a
-        stall the encoder instance is abandoned (freeing it would block too; the caller thread frees it
-        if the call ever returns) and SvtAv1Stalled is raised.
+    def _watched(self, call: Callable[[ctypes.c_void_p], int], what: str, getter: bool,
+                 release: Callable[[int], None] = lambda code: None) -> int:  # fmt: skip
+        """Runs `call(handle)`, a library call that may block, in the encoder's getter thread (get_packet) or sender
+        thread (send_picture); returns its code.
+
+        This thread watches it (wait_unless_stalled). If the process sits idle for STALL_SECONDS the
+        encoder instance is abandoned (freeing it would block too: the caller thread frees it if the call
+        ever returns, after `release(code)`) and SvtAv1Stalled is raised, saying `what` never happened.
         """
         handle, lib = self._handle, self._lib
-        out = ctypes.POINTER(_BufferHeader)()
         result: list[int] = []
         abandoned = threading.Event()
         done = threading.Event()
 
-        def call() -> None:
-            result.append(self._call_get_packet(handle, out, pic_send_done))
+        def job() -> None:
+            result.append(call(handle))
             done.set()
             if abandoned.is_set():  # nobody waits for this instance any more: free it here
-                if result[0] == EB_ERROR_NONE and out:
-                    lib.svt_av1_enc_release_out_buffer(ctypes.byref(out))
+                release(result[0])
                 lib.svt_av1_enc_send_picture(handle, ctypes.byref(_eos_header()))  # SVT wants it before deinit
                 lib.svt_av1_enc_deinit(handle)
                 lib.svt_av1_enc_deinit_handle(handle)
 
-        assert self._caller is not None
-        self._caller.submit(call)
+        thread = self._getter if getter else self._sender
+        assert thread is not None
+        thread.submit(job)
         try:
             finished = wait_unless_stalled(done, STALL_SECONDS)
         except BaseException:  # Interrupted (SIGTERM) during the wait: let the call in flight end, so close() drains
             done.wait()
-            if result[0] == EB_ERROR_NONE and out:
-                lib.svt_av1_enc_release_out_buffer(ctypes.byref(out))
+            release(result[0])
             raise
         if not finished:
             abandoned.set()
-            self._caller.stop()  # it ends once the call returns, if ever; a fresh encoder gets a fresh caller
-            self._caller = None
+            self._stop_callers()  # the stalled one ends once the call returns, if ever; a fresh encoder gets fresh ones
             self._handle, self._initialized = ctypes.c_void_p(), False
-            raise SvtAv1Stalled(f"SVT-AV1 gave no packet for {STALL_SECONDS:.0f} s with every thread idle "
+            raise SvtAv1Stalled(f"SVT-AV1 {what} for {STALL_SECONDS:.0f} s with every thread idle "
                                 f"(a deadlock of the library; frame {self._frames_sent - 1} in flight)")  # fmt: skip
-        code = result[0]
+        return result[0]
+
+    def _get_packet(self, pic_send_done: bool) -> tuple[_BufferHeader, bytes] | None:
+        """One output packet (a copy of its header and its bytes), or None when the queue is done.
+
+        The blocking call is watched (`_watched`): a stall raises SvtAv1Stalled.
+        """
+        out = ctypes.POINTER(_BufferHeader)()
+        lib = self._lib
+
+        def release(code: int) -> None:
+            if code == EB_ERROR_NONE and out:
+                lib.svt_av1_enc_release_out_buffer(ctypes.byref(out))
+
+        code = self._watched(lambda handle: self._call_get_packet(handle, out, pic_send_done), "gave no packet",
+                             getter=True, release=release)  # fmt: skip
         if code == EB_NO_ERROR_EMPTY_QUEUE:
             return None
         if code != EB_ERROR_NONE or not out:
@@ -689,8 +734,25 @@ class SvtAv1Codec:
                                gop.frames[0][2])  # fmt: skip
         raise AssertionError("unreachable")
 
-    def _replay_gop(self, gop: _GopLog) -> None:
-        """A fresh encoder codes `gop` from its key frame again, up to the frame in flight (left in flight).
+    def _send_or_replay(self, frame: YuvFrame, qp: int, key: bool) -> None:
+        """`_send`, and after a stall a fresh encoder that first codes the current GOP again (all of it: no frame is in
+        flight while one is sent), or nothing when `frame` is a key frame (a GOP is independent of what came before).
+        At most REPLAYS_MAX times; raises SvtAv1Stalled where no replay is possible (SVT's own rate control)."""
+        gop = None if key else self._gop
+        for attempt in range(REPLAYS_MAX + 1):
+            try:
+                if attempt:
+                    self._replay_gop(gop)
+                return self._send(frame, qp, key)
+            except SvtAv1Stalled as exc:
+                if self.codec_rc or (gop is None and not key) or attempt == REPLAYS_MAX:
+                    raise
+                start = f"GOP from frame {gop.frames[0][2]} coded again" if gop else "key frame sent again"
+                logger.warning("%s: %s; %s by a fresh encoder", self.out_path, exc, start)
+
+    def _replay_gop(self, gop: _GopLog | None) -> None:
+        """A fresh encoder codes `gop` from its key frame again, up to the frame in flight (left in flight), if any;
+        with `gop` None it only starts.
 
         The file is cut back to the key frame and written again; every packet already written must come
         out the same, or the encode fails (SvtAv1Error naming the frame).
@@ -698,6 +760,8 @@ class SvtAv1Codec:
         assert self._ivf is not None
         self._start_encoder()
         self.replays += 1
+        if gop is None:
+            return
         self._ivf.truncate(gop.ivf_offset, gop.ivf_frames)
         for k, (frame, qp, pts) in enumerate(gop.frames):
             self._send(frame, qp, key=k == 0, pts=pts)

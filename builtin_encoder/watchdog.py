@@ -88,13 +88,13 @@ def wait_unless_stalled(done: threading.Event, stall_s: float, poll_s: float = 0
 
 
 class CallerThread:
-    """A daemon thread that runs one encoder's blocking library calls, one at a time, while the thread that
+    """A daemon thread, named `name`, that runs blocking library calls, one at a time, while the thread that
     submits them watches (wait_unless_stalled). A thread per call cost 0.7-2.4 ms each on the loaded 2-core VM,
     this one 0.06-0.54 ms (BENCHMARKS.md §3.9)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="svt-get-packet", daemon=True).start()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:

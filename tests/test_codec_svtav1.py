@@ -589,10 +589,12 @@ def test_encoder_threads_run_at_normal_priority(tmp_path: Path, carphone: list[Y
 
 
 class StallingCodec(SvtAv1Codec):
-    """The real codec, whose get_packet calls numbered in `stall_at` (1-based) never return: SVT-AV1 4.1's deadlock
-    as the caller sees it (the packet never comes, the library's threads go idle)."""
+    """The real codec, whose get_packet calls numbered in `stall_at` (1-based) and send_picture calls numbered in
+    `send_stall_at` never return: SVT-AV1 4.1's deadlock as the caller sees it (the call never comes back, the
+    library's threads go idle)."""
 
     stall_at: set[int] = set()
+    send_stall_at: set[int] = set()
     gate = threading.Event()  # set at the end of a test: the abandoned calls then go on and free their encoders
 
     def _call_get_packet(self, handle, out, pic_send_done):  # noqa: ANN001, ANN202
@@ -600,6 +602,12 @@ class StallingCodec(SvtAv1Codec):
         if self.calls in self.stall_at:
             self.gate.wait()
         return super()._call_get_packet(handle, out, pic_send_done)
+
+    def _call_send_picture(self, handle, hdr):  # noqa: ANN001, ANN202
+        self.sends = getattr(self, "sends", 0) + 1
+        if self.sends in self.send_stall_at:
+            self.gate.wait()
+        return super()._call_send_picture(handle, hdr)
 
 
 def encode_mini_gops(codec: SvtAv1Codec, frames: list[YuvFrame], bases: list[int]) -> list[FrameStats]:
@@ -641,6 +649,36 @@ def test_a_stalled_encoder_is_replayed_to_the_same_stream(tmp_path: Path, carpho
     assert len(decode_ivf(tmp_path / "stalled.ivf")) == len(bases) * 4
 
 
+@pytest.mark.parametrize(("sends", "logged"), [({14}, "GOP from frame 8 coded again"),
+                                               ({17}, "key frame sent again"),
+                                               ({14, 16}, "GOP from frame 8 coded again")])
+def test_a_send_that_never_returns_is_replayed_to_the_same_stream(tmp_path: Path, carphone: list[YuvFrame],
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture,
+                                                                  sends: set[int], logged: str) -> None:  # fmt: skip
+    """send_picture that never returns: {14} frame 13, mid-GOP (the GOP from frame 8 is coded again by a fresh
+    encoder, then frame 13 sent); {17} frame 16, a key frame (a fresh encoder takes it, nothing is coded again);
+    {14, 16}: the replay's own second send (frame 9) stalls too. The file and the stats are those of an encode
+    that never stalled."""
+    monkeypatch.setattr(codec_svtav1, "STALL_SECONDS", 1.0)
+    bases = [30, 38, 26, 44, 34, 30]  # GOPs at frames 0, 8, 16
+    with SvtAv1Codec(config(mini_gop=4, keyint=8), tmp_path / "plain.ivf") as codec:
+        plain = encode_mini_gops(codec, carphone, bases)
+    StallingCodec.gate.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="builtin_encoder.codec_svtav1"):
+            codec = StallingCodec(config(mini_gop=4, keyint=8), tmp_path / "stalled.ivf")
+            codec.send_stall_at = sends
+            with codec:
+                stalled = encode_mini_gops(codec, carphone, bases)
+    finally:
+        StallingCodec.gate.set()
+    assert codec.replays == len(sends)
+    assert "took no frame" in caplog.text and logged in caplog.text and "stalled.ivf" in caplog.text
+    assert (tmp_path / "stalled.ivf").read_bytes() == (tmp_path / "plain.ivf").read_bytes()
+    assert stalled == plain
+
+
 def test_a_stall_under_svt_rate_control_is_raised(tmp_path: Path, carphone: list[YuvFrame],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """With SVT's own rate control a GOP cannot be replayed: the stall is an error, seen within seconds."""
@@ -653,6 +691,11 @@ def test_a_stall_under_svt_rate_control_is_raised(tmp_path: Path, carphone: list
         with pytest.raises(SvtAv1Stalled, match="no packet for 1 s with every thread idle"), codec:
             codec.encode(carphone[:8], [0] * 8, key_first=True)
         assert time.monotonic() - t0 < 30
+        assert codec.replays == 0
+        codec = StallingCodec(config(mini_gop=4, keyint=8), tmp_path / "crf_send.ivf", crf=35)
+        codec.send_stall_at = {3}
+        with pytest.raises(SvtAv1Stalled, match="took no frame 2 for 1 s with every thread idle"), codec:
+            codec.encode(carphone[:8], [0] * 8, key_first=True)
         assert codec.replays == 0
     finally:
         StallingCodec.gate.set()
