@@ -5,7 +5,8 @@
     python make_policy.py --codec vp9               # about 37 min (2213 s: 48 + 24 oracle searches, then the fit)
     python make_policy.py --codec svtav1 --key-probe   # policies/svtav1_probe.pt, every encode with the probes: 102
         # oracle searches and 204 key sweeps: 2 h 17 min with other jobs on the cores (load 4-8), 160 CPU-min, so
-        # about 80 min on two idle cores; gives the shipped file tensor for tensor (BENCHMARKS.md §2.4.42-2.4.49)
+        # about 80 min on two idle cores (45 min on an AVX-512 Xeon); gives the shipped file tensor for tensor on the
+        # kind of CPU that made it (BENCHMARKS.md §2.4.42-2.4.49; another actor on that Xeon, §2.4.52)
     python make_policy.py --codec x264 --encoder "YOUR ENCODER" --encoder-args "A|B" --inputs YOUR_CLIPS/ \\
         --data mine.jsonl --out mine.pt   # your encoder, your clips, x264's recipe
 
