@@ -6,6 +6,7 @@ with the requests, feedback and answered QP of every mini-GOP, and every candida
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,10 +44,13 @@ def source_of(window: str) -> str:
 
 
 def read_records(paths: Iterable[Path]) -> list[dict]:
-    """Every record of the files without an `error` (a failed point), in file order."""
+    """Every record of the files without an `error` (a failed point), in file order; a file named *.gz is read
+    through gzip (datasets/)."""
     out = []
     for path in paths:
-        for line in Path(path).read_text().splitlines():
+        path = Path(path)
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for line in text.splitlines():
             if line.strip():
                 rec = json.loads(line)
                 if "error" not in rec:
