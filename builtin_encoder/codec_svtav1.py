@@ -34,7 +34,7 @@ fast alone, once get_packet runs on a caller thread of its own (BENCHMARKS.md §
 SVT-AV1 4.1 sometimes deadlocks inside `svt_av1_enc_get_packet`: every SVT thread waits on a futex
 and the packet never comes, far more often when one thread makes both the send_picture and the
 get_packet calls (§3.8, §3.10). So each call runs in a caller thread of its own, send_picture in one,
-get_packet in another, while the encoding thread watches the process: the call not back, no CPU
+get_packet in another, while the encoding thread watches the process: a call not returned, no CPU
 used and no thread runnable for STALL_SECONDS is a stall. The stalled encoder is abandoned and, with
 forced QPs, the current GOP is coded again from its IDR key frame by a fresh encoder (a key frame's
 send that stalls is just sent to a fresh encoder); every packet already written must come out byte
