@@ -1,6 +1,7 @@
 """Diagnosis: can the agent's state predict what the oracle does, and how big is the signal?
 
     python bench/oracle_diag.py data/oracle_svtav1.jsonl [more.jsonl ...] [--epochs 300]
+    python bench/oracle_diag.py datasets/oracle_svtav1_kp.jsonl.gz --key-probe   # the probed records kept in git
 
 Reads bench/oracle_data.py output and prints, in Markdown:
   1. the oracle's gain per point (PSNR-Y over Δ=0 at the Δ=0 run's bits) and its offsets by position;
@@ -67,8 +68,16 @@ def main() -> int:
     p.add_argument("--weight-decay", type=float, default=1e-2)  # fmt: skip
     p.add_argument("--hidden", default="64,64")
     p.add_argument("--windows", default="train,static", help="window sets of the records used (clips.WINDOW_SETS)")
+    p.add_argument("--key-probe", action="store_true",
+                   help="records searched with --key-probe (keys ending /kp), e.g. datasets/oracle_svtav1_kp.jsonl.gz")
     ns = p.parse_args()
-    records = oracle_data.of_window_sets(oracle_records.read_records(ns.files), ns.windows)
+    if error := oracle_data.missing_records("files", ns.files):
+        p.error(error)
+    records = oracle_data.of_window_sets(oracle_records.read_records(ns.files), ns.windows,
+                                         suffix="/kp" if ns.key_probe else "")  # fmt: skip
+    if not records:
+        p.error(f"no oracle points of the window sets {ns.windows!r} in {', '.join(map(str, ns.files))}"
+                + ("" if ns.key_probe else " (records searched with --key-probe need --key-probe)"))
     demos = imitation.demos_from_records(records, ns.max_delta_qp)
     md = ns.max_delta_qp
     true_qp = demos.action * md
