@@ -388,7 +388,7 @@ class SvtAv1Codec:
         self._getter: CallerThread | None = None
         # The current GOP, for a replay after a stall; never kept when SVT's own rate control runs.
         self._gop: _GopLog | None = None
-        self.replays = 0  # fresh encoders started after a stall (each codes the GOP in flight again)
+        self.replays = 0  # fresh encoders started after a stall (each codes the GOP in flight again, if any)
 
         # Reusable input structures: one header + one plane descriptor, refilled per frame
         # (send_picture copies the samples before it returns).
