@@ -209,7 +209,7 @@ def main() -> int:
 
     label = "encoder" if ns.encoder else ns.codec  # the records' codec (oracle_data.py)
     records = select_records(oracle_records.read_records([data]), label, ns.windows, ns.key_sweeps, inputs, draws,
-                             "/kp" if ns.key_probe else "")  # fmt: skip
+                             oracle_data.probe_suffix(ns.key_probe))  # fmt: skip
     if not records:
         print(f"make_policy.py: no oracle points of {ns.windows or ns.inputs} in {data}", file=sys.stderr)
         return 1

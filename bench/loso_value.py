@@ -266,7 +266,7 @@ def main() -> int:
     p.add_argument("--key-probe", action="store_true",
                    help="oracle records and sweeps searched with --key-probe (keys ending /kp): their states carry it")
     ns = p.parse_args()
-    kp = "/kp" if ns.key_probe else ""
+    kp = oracle_data.probe_suffix(ns.key_probe)
     try:
         policies = [policy.load(policy.named(name)) for name in ns.policy]
     except policy.PolicyError as e:

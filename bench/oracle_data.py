@@ -55,6 +55,11 @@ from learners import ZeroDeltaLearner  # noqa: E402
 SWEEPS = ("key", "lead", "ramp")
 
 
+def probe_suffix(key_probe: bool) -> str:
+    """How the key of a point searched with --key-probe ends ("/kp"), for of_window_sets' `suffix`; "" without."""
+    return "/kp" if key_probe else ""
+
+
 def points(codec: str, rates: int, bpp_min: float, bpp_max: float, seed: int, windows: str = "train") -> list[dict]:
     """(window, target kbps) pairs; rates drawn per window from a seeded log-uniform distribution.
 
@@ -369,8 +374,7 @@ def main() -> int:
         if ns.first_frames is not None:
             key += f"/f{ns.first_frames}"
             pt = {**pt, "frames": ns.first_frames}
-        if ns.key_probe:
-            key += "/kp"
+        key += probe_suffix(ns.key_probe)
         if ns.probe_scale != 1:
             key += f"/s{ns.probe_scale}"
             pt = {**pt, "scale": ns.probe_scale}

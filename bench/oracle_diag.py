@@ -74,7 +74,7 @@ def main() -> int:
     if error := oracle_data.missing_records("files", ns.files):
         p.error(error)
     records = oracle_data.of_window_sets(oracle_records.read_records(ns.files), ns.windows,
-                                         suffix="/kp" if ns.key_probe else "")  # fmt: skip
+                                         suffix=oracle_data.probe_suffix(ns.key_probe))  # fmt: skip
     if not records:
         p.error(f"no oracle points of the window sets {ns.windows!r} in {', '.join(map(str, ns.files))}"
                 + ("" if ns.key_probe else " (records searched with --key-probe need --key-probe)"))

@@ -293,7 +293,7 @@ def load_svt_library() -> tuple[ctypes.CDLL, Path]:
 
 
 def _input_header() -> _BufferHeader:
-    """An input header, refilled for every frame sent."""
+    """An input header for one frame."""
     hdr = _BufferHeader()
     hdr.size = ctypes.sizeof(_BufferHeader)
     return hdr
@@ -389,11 +389,6 @@ class SvtAv1Codec:
         # The current GOP, for a replay after a stall; never kept when SVT's own rate control runs.
         self._gop: _GopLog | None = None
         self.replays = 0  # fresh encoders started after a stall (each codes the GOP in flight again, if any)
-
-        # Reusable input structures: one header + one plane descriptor, refilled per frame
-        # (send_picture copies the samples before it returns).
-        self._io = _IoFormat()
-        self._in_hdr = _input_header()
 
         try:
             self._start_encoder()
@@ -584,7 +579,8 @@ class SvtAv1Codec:
                 raise ValueError(
                     f"plane of shape {plane.shape}, {plane.dtype}, strides {plane.strides}: want {shape} uint8 rows"
                 )
-        io, hdr = self._io, self._in_hdr
+        # A header and a plane descriptor of its own per frame: a send abandoned after a stall may still read them.
+        io, hdr = _IoFormat(), _input_header()
         hdr.n_filled_len = cfg.width * cfg.height + 2 * cw * ch
         hdr.n_alloc_len = hdr.n_filled_len
         replayed = pts is not None
@@ -605,12 +601,7 @@ class SvtAv1Codec:
             hdr.p_buffer = ctypes.addressof(io)
             return self._call_send_picture(handle, hdr)
 
-        try:
-            code = self._watched(send, f"took no frame {pts}", getter=False)
-        except SvtAv1Stalled:
-            self._io, self._in_hdr = _IoFormat(), _input_header()  # the abandoned call may still read the old ones
-            raise
-        self._check(code, "svt_av1_enc_send_picture")
+        self._check(self._watched(send, f"took no frame {pts}", getter=False), "svt_av1_enc_send_picture")
         if not self.codec_rc:
             if key:
                 assert self._ivf is not None
