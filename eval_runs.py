@@ -57,6 +57,7 @@ class EvalSettings:
     mini_gop: int = 8  # frames per mini-GOP
     layer_offset_scale: float = 1.0  # the built-in encoder's --layer-offset-scale (1 = the codec's own pyramid)
     key_probe: bool = False  # the built-in encoder's --key-probe in every agent encode (PROTOCOL.md §4.1.2)
+    probe_zero: bool = False  # with key_probe, its --probe-zero too (a policy that reads the probes' zero encode)
     input_res: str | None = None  # for .yuv inputs
     encoder_timeout_s: float = 60.0  # seconds without a protocol file before an encoder counts as hung
     device: str = "cpu"
@@ -210,10 +211,11 @@ class Point:
         """Arguments of a two-pass final encode on the shared first pass, writing `tag`.json/.csv."""
         if not self.settings.builtin:  # main.py's dataset mode: the protocol's feedback is the output
             return self.base_args() + ["--pass", "2", "--stat-in", str(self.stat_path)]
+        probes = (["--key-probe"] + (["--probe-zero"] if self.settings.probe_zero else [])
+                  if self.settings.key_probe else [])  # fmt: skip
         return self.base_args() + ["--rc-mode", "1", "--pass", "2", "--stat-in", str(self.stat_path),
                                    "--summary-json", str(self.work / f"{tag}.json"),
-                                   "--csv", str(self.work / f"{tag}.csv"),
-                                   *(["--key-probe"] if self.settings.key_probe else [])]  # fmt: skip
+                                   "--csv", str(self.work / f"{tag}.csv"), *probes]  # fmt: skip
 
 
 class ScriptedLearner(Learner):

@@ -98,6 +98,13 @@ class AgentBundle:
     epoch: int
 
 
+def reads_probe_zero(learner: Learner) -> bool:
+    """Whether an agent's policy file reads the probes' zero encode (state.probe_best's features)."""
+    import policy
+
+    return isinstance(learner, policy.PolicyLearner) and learner.policy.reads_probe_zero
+
+
 def load_agent(path: str | Path, device: str = "cpu") -> AgentBundle:
     """Loads a policy file (policy.py) or a main.py checkpoint (learners.SacLearner in infer mode): no learning."""
     import torch
@@ -386,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         if not agent_path and not oracle_mode:
             raise ValueError(f"--load-checkpoint: none given and no policy ships for {ns.codec} (policies/)")
         agent = load_agent(agent_path, ns.device) if agent_path else None
+        # A policy that reads the probes' zero encode (make_policy.py --key-pick) gets it: --probe-zero.
+        settings.probe_zero = ns.key_probe and agent is not None and reads_probe_zero(agent.learner)
         # The encodes' protocol directory: created 0700; RlDirError if others may write to it.
         protocol.prepare_rl_dir(Path(ns.out) / "rl_io", flag="--out")
     except (ValueError, checkpoint.CheckpointError) as exc:

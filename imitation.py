@@ -164,6 +164,8 @@ class Recipe:
     features: GainFeatures = SHIPPED_FEATURES
     key_sweeps: str = ""
     draws: tuple[int, ...] = (0,)
+    key_pick: float | None = None  # τ of key_pick_offsets, dB; None: the key's offset is the gain model's
+    ramp_pick: float | None = None  # τ of ramp_pick_offsets, dB; None: mini-GOPs 1-5 take the gain model's offset
 
 
 SHIPPED_RECIPES = {
@@ -239,13 +241,54 @@ def with_short_gops(obs: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def actor_inputs(spec: GainFeatures) -> tuple[str, ...]:
-    """The features a distilled actor reads: state.FEATURES_V2, and every later feature only where the
-    gain model uses it. A recipe that does not use a feature added later makes the same actor as
+def actor_inputs(spec: GainFeatures, key_pick: bool = False, ramp_pick: bool = False) -> tuple[str, ...]:
+    """The features a distilled actor reads: state.FEATURES_V2, and every later feature only where its target
+    uses it (target_features). A recipe that does not use a feature added later makes the same actor as
     before it was added (same inputs, same shuffles, same fit: shipped policies reproduce)."""
     every = spec.key is None or spec.inter is None  # a gain model on the whole state
-    later = [name for name in FEATURE_NAMES[len(FEATURES_V2) :] if every or name in used_features(spec)]
+    used = used_features(target_features(spec, key_pick, ramp_pick))
+    later = [name for name in FEATURE_NAMES[len(FEATURES_V2) :] if every or name in used]
     return FEATURES_V2 + tuple(later)
+
+
+def target_features(spec: GainFeatures, key_pick: bool, ramp_pick: bool = False) -> GainFeatures:
+    """The features a*(s) reads: `spec`'s; with key_pick the key probe's margin in place of the gain model's key
+    terms (key_pick_offsets), with ramp_pick the ramp probe's margin beside its inter terms (ramp_pick_offsets)."""
+    if spec.key is None or spec.inter is None:
+        return spec
+    key = ("key_probe_best",) if key_pick else spec.key
+    inter = (*spec.inter, "ramp_probe", "ramp_probe_best") if ramp_pick else spec.inter
+    return GainFeatures(key=key, inter=tuple(dict.fromkeys(inter)), curvature=spec.curvature)
+
+
+# The offset, QP, that key_pick_offsets answers: the built-in encoder's probe offset (builtin_encoder.key_probe).
+PICK_OFFSET = 3
+
+
+def key_pick_offsets(obs: np.ndarray, tau: float) -> np.ndarray:
+    """The key mini-GOP's offset read off its probes, QP, shape (N,) for obs (N, OBS_DIM):
+
+        a = -PICK_OFFSET where key_probe_best > tau (the finer encode beat the coarser and Δ=0 by more than tau dB),
+            +PICK_OFFSET where key_probe_best < -tau (the coarser one did), 0 elsewhere.
+
+    The encoder coded the GOP three ways before asking (PROTOCOL.md §4.1.2, --probe-zero); this answers the best of
+    them. On the training sweeps that took +0.043 dB at equal rate where the gain model took +0.030, and +0.029 with
+    the margin as one of its terms (BENCHMARKS.md §2.4.54). PICK_OFFSET is the built-in encoder's probe offset: an
+    encoder that probes at another offset needs its own.
+    """
+    return _pick(obs[:, FEATURE_NAMES.index("key_probe_best")], tau)
+
+
+def ramp_pick_offsets(obs: np.ndarray, tau: float) -> np.ndarray:
+    """key_pick_offsets for mini-GOPs 1-5 from the ramp probe (state.ramp_probe_best), QP, shape (N,); NaN on the
+    states without a ramp probe (ramp_probe 0: the key, mini-GOPs after the fifth, encodes without probes)."""
+    picked = _pick(obs[:, FEATURE_NAMES.index("ramp_probe_best")], tau)
+    return np.where(obs[:, FEATURE_NAMES.index("ramp_probe")] != 0.0, picked, np.nan)
+
+
+def _pick(best: np.ndarray, tau: float) -> np.ndarray:
+    best = best.astype(np.float64)
+    return np.where(best > tau, -PICK_OFFSET, np.where(best < -tau, PICK_OFFSET, 0)).astype(np.float64)
 
 
 def ignoring_unused(
@@ -281,11 +324,14 @@ STATE_MARGIN = 0.005
 
 def train_policy(
     records: list[dict], max_delta_qp: int = 4, hidden: tuple[int, ...] = (64, 64), ridge: float = 3.0, seed: int = 0,
-    payback: bool = False, consensus: float = 0.0, spec: GainFeatures = ALL_FEATURES,
+    payback: bool = False, consensus: float = 0.0, spec: GainFeatures = ALL_FEATURES, key_pick: float | None = None,
+    ramp_pick: float | None = None,
 ) -> tuple[Actor, str]:
     """The whole recipe on oracle records: gain model -> a*(s) -> distilled actor; returns (actor, summary).
 
-    The actor reads the features actor_inputs(spec) (save the policy with them).
+    The actor reads the features actor_inputs(spec, key_pick is not None, ramp_pick is not None) (save the policy
+    with them). key_pick=τ: the key mini-GOP's a*(s) is key_pick_offsets(s, τ) instead of the gain model's;
+    ramp_pick=τ: that of mini-GOPs 1-5 is ramp_pick_offsets(s, τ) where the state has a ramp probe.
 
     consensus=k > 0 uses consensus_offset(k) instead of the full model's a*(s). payback=True
     scales a*(s) by payback_share(s) and fits it on short-GOP copies of the key
@@ -306,21 +352,32 @@ def train_policy(
         target = consensus_offset(moves, obs, max_delta_qp, ridge, consensus, spec)
     else:
         target = model.best_offset(obs, max_delta_qp)
+    key = obs[:, FEATURE_NAMES.index("has_key")] > 0.5
+    if key_pick is not None:
+        target = np.where(key, key_pick_offsets(obs, key_pick), target)
+    if ramp_pick is not None:
+        ramp = ramp_pick_offsets(obs, ramp_pick)
+        target = np.where(~key & ~np.isnan(ramp), ramp, target)
     target = target * (payback_share(obs) if payback else 1.0)
-    inputs = actor_inputs(spec)
+    picking = (key_pick is not None, ramp_pick is not None)
+    inputs = actor_inputs(spec, *picking)
     cols = [FEATURE_NAMES.index(name) for name in inputs]
     # payback_share reads gop_left: shuffled, it would teach the actor to ignore the fade
     keep = ("gop_left",) if payback else ()
-    fit_obs, fit_target = ignoring_unused(obs[:, cols], target, spec, seed, names=inputs, keep=keep)
+    fit_obs, fit_target = ignoring_unused(obs[:, cols], target, target_features(spec, *picking), seed, names=inputs,
+                                          keep=keep)  # fmt: skip
     torch.manual_seed(seed)
     actor = Actor(len(inputs), 1, hidden)
     rms = distill(actor, fit_obs, fit_target, max_delta_qp)
-    key = obs[:, FEATURE_NAMES.index("has_key")] > 0.5
     summary = (f"gain model ({spec.describe()}) on {len(moves)} oracle moves from {len(records)} points "
                f"({', '.join(moves.sources)}); "
                f"leave-one-source-out R² {r2:.3f} (without state {r2_const:.3f}); curvature {model.c:.4f} dB/QP²; "
                f"a* key mini-GOP {target[key].mean():+.2f}±{target[key].std():.2f}, others "
                f"{target[~key].mean():+.2f}±{target[~key].std():.2f} QP; actor fit RMS {rms:.2f} QP")  # fmt: skip
+    if key_pick is not None:
+        summary += f"; key offsets picked from the probes (τ {key_pick:g} dB)"
+    if ramp_pick is not None:
+        summary += f"; mini-GOPs 1-5 picked from the ramp probe (τ {ramp_pick:g} dB)"
     if rms > DISTILL_TOLERANCE:
         summary += (f"; WARNING: the actor does not follow a*(s) (RMS above {DISTILL_TOLERANCE} QP after "
                     "the retries): try another --seed")  # fmt: skip

@@ -104,6 +104,11 @@ def load_start(cfg: Config, specs: list[VideoSpec], device: torch.device) -> tup
             log.warning("%s reads the key probe, and these videos' encodes do not send it: %s; add --key-probe to "
                         "their arguments (PROTOCOL.md §4.1.2), else its key answers are those of a probe of 0 dB",
                         pol.path, ", ".join(unprobed))  # fmt: skip
+        no_zero = [s.name for s in specs if "--probe-zero" not in s.args]
+        if pol.reads_probe_zero and not cfg.encoder and no_zero:
+            log.warning("%s picks among the probes and Δ=0, and these videos' encodes do not send the zero encode: "
+                        "%s; add --key-probe --probe-zero to their arguments, else it answers Δ=0 where it picks",
+                        pol.path, ", ".join(no_zero))  # fmt: skip
     return None, pol
 
 

@@ -137,6 +137,13 @@ def main() -> int:
     p.add_argument("--key-curvature", default=None,
                    help="state features the key mini-GOP's curvature c(s) depends on (comma-separated; '' = one "
                         "curvature, BENCHMARKS.md §2.4.14); default: the codec's shipped recipe (one curvature)")
+    p.add_argument("--key-pick", type=float, default=None, metavar="TAU",
+                   help="with --key-probe: the key mini-GOP answers the better probe's offset where it beats the other "
+                        "and Δ=0 by more than TAU dB at equal rate (imitation.key_pick_offsets); default: the codec's "
+                        "recipe (off)")  # fmt: skip
+    p.add_argument("--ramp-pick", type=float, default=None, metavar="TAU",
+                   help="with --key-probe: mini-GOPs 1-5 answer the better ramp probe's offset in the same way "
+                        "(imitation.ramp_pick_offsets); default: the codec's recipe (off)")  # fmt: skip
     # values that start with "--" ("--codec|x264") stay values, as in evaluate.py
     ns = p.parse_args(encoder_proc.glue_dash_values(sys.argv[1:], ("--encoder-args", "--encoder-rl-args")))
     recipe = imitation.recipe_for(ns.codec, ns.key_probe)
@@ -157,6 +164,11 @@ def main() -> int:
         p.error("--encoder-args needs --encoder (the built-in encoder takes --codec)")
     if ns.key_probe and (error := eval_runs.key_probe_error(ns.codec, ns.encoder)):
         p.error(error)
+    ns.key_pick = recipe.key_pick if ns.key_pick is None else ns.key_pick
+    ns.ramp_pick = recipe.ramp_pick if ns.ramp_pick is None else ns.ramp_pick
+    for flag, tau in (("--key-pick", ns.key_pick), ("--ramp-pick", ns.ramp_pick)):
+        if tau is not None and (not ns.key_probe or tau < 0):
+            p.error(f"{flag} {tau:g}: needs --key-probe and a margin >= 0 dB")
     inputs: list[str] = []
     if ns.inputs is not None:
         try:
@@ -215,16 +227,20 @@ def main() -> int:
         return 1
     hidden = tuple(int(h) for h in ns.hidden.split(","))
     actor, summary = imitation.train_policy(records, ns.max_delta_qp, hidden, ns.ridge, ns.seed, ns.payback,
-                                           ns.consensus, spec)  # fmt: skip
+                                           ns.consensus, spec, ns.key_pick, ns.ramp_pick)  # fmt: skip
     provenance = {"summary": summary, "command": " ".join(["python make_policy.py", *sys.argv[1:]]),
                   "data": str(data), "date": time.strftime("%Y-%m-%d"), "windows": ns.windows,
                   "key_sweeps": ns.key_sweeps, "consensus": str(ns.consensus), "features": spec.describe(),
-                  "draws": ",".join(map(str, draws)), **({"key_probe": "1"} if ns.key_probe else {})}  # fmt: skip
+                  "draws": ",".join(map(str, draws)), **({"key_probe": "1"} if ns.key_probe else {}),
+                  **({"key_pick": f"{ns.key_pick:g}"} if ns.key_pick is not None else {}),
+                  **({"ramp_pick": f"{ns.ramp_pick:g}"} if ns.ramp_pick is not None else {})}  # fmt: skip
     if ns.encoder:
         provenance |= {"encoder": ns.encoder, "encoder_args": ns.encoder_args}
     if inputs:
         provenance |= {"inputs": ",".join(inputs)}
-    policy.save(out, actor, label, ns.max_delta_qp, 0.02, provenance, imitation.actor_inputs(spec), ns.fade_finer_keys)
+    policy.save(out, actor, label, ns.max_delta_qp, 0.02, provenance,
+                imitation.actor_inputs(spec, ns.key_pick is not None, ns.ramp_pick is not None),
+                ns.fade_finer_keys)  # fmt: skip
     print(f"{out}: {summary}")
     if ns.pattern_out:
         moves = gain_model.move_samples(records)

@@ -44,6 +44,8 @@ from state import FEATURE_NAMES, OBS_DIM, fade_finer_key
 
 log = logging.getLogger(__name__)
 _HAS_KEY, _GOP_LEFT, _KEY_PROBE = (FEATURE_NAMES.index(n) for n in ("has_key", "gop_left", "key_probe"))
+PROBE_ZERO_FEATURES = {"key_probe_best", "ramp_probe_best"}  # state features of the probes' zero encode
+PROBE_FEATURES = {"key_probe", "ramp_probe"} | PROBE_ZERO_FEATURES  # state features of the probes
 
 POLICY_FORMAT = "rlrc-policy"
 POLICY_VERSION = 1
@@ -93,8 +95,13 @@ class Policy:
 
     @property
     def wants_key_probe(self) -> bool:
-        """Made from encodes with the encoder's key probe (make_policy.py --key-probe): its key answers read it."""
-        return self.provenance.get("key_probe") == "1" and "key_probe" in self.feature_names
+        """Made from encodes with the encoder's key probe (make_policy.py --key-probe): its answers read the probes."""
+        return self.provenance.get("key_probe") == "1" and bool(PROBE_FEATURES & set(self.feature_names))
+
+    @property
+    def reads_probe_zero(self) -> bool:
+        """Its answers read the probes' zero encode (make_policy.py --key-pick): the encoder's --probe-zero."""
+        return bool(PROBE_ZERO_FEATURES & set(self.feature_names))
 
     @cached_property
     def inputs(self) -> np.ndarray:

@@ -61,8 +61,8 @@ EXPORT_VERSION = 1
 # then extrapolates.
 VECTOR_CLIP = "carphone_pristine.mp4"
 VECTOR_RUNS: tuple[tuple[int, tuple[str, ...]], ...] = ((100, ()), (300, ("--mini-gop", "4")))
-# The second run also probes each GOP's key (--key-probe, where the codec has it), so the vectors hold real key_probe
-# requests: the state's key_probe feature is checked as every other.
+# The second run also probes each GOP's key (--key-probe --probe-zero, where the codec has it), so the vectors hold
+# real key_probe requests with their zero encode: the state's probe features are checked as every other.
 PROBE_RUN = 300
 
 
@@ -247,7 +247,7 @@ def encode_vectors(ex: ExportedActor, codec: str, frames: int, work: Path) -> li
     for kbps, extra in VECTOR_RUNS:
         args = ["--input", str(clip), "--codec", codec, "--frames", str(frames), "--bitrate", str(kbps), *extra]
         if kbps == PROBE_RUN and codec in KEY_PROBE_CODECS:
-            args.append("--key-probe")
+            args += ["--key-probe", "--probe-zero"]
         spec = VideoSpec(f"{clip.stem}@{kbps}", args)
         rl_dir = work / f"rl_{kbps}"
         protocol.prepare_rl_dir(rl_dir)
@@ -349,11 +349,13 @@ int main(void) {
         rq.noise_sigma = read_list(rq.n_first_pass);
         if (scanf("%d", &rq.n_propagation) != 1) return 1;
         rq.propagation = rq.n_propagation > 0 ? read_list(rq.n_propagation) : NULL;
-        if (scanf("%d %lf %lf %lf %lf", &rq.key_probe_offset, &rq.key_probe_finer_bits, &rq.key_probe_finer_psnr_y,
-                  &rq.key_probe_coarser_bits, &rq.key_probe_coarser_psnr_y) != 5)
+        if (scanf("%d %lf %lf %lf %lf %lf %lf", &rq.key_probe_offset, &rq.key_probe_finer_bits,
+                  &rq.key_probe_finer_psnr_y, &rq.key_probe_coarser_bits, &rq.key_probe_coarser_psnr_y,
+                  &rq.key_probe_zero_bits, &rq.key_probe_zero_psnr_y) != 7)
             return 1;
-        if (scanf("%d %lf %lf %lf %lf", &rq.ramp_probe_offset, &rq.ramp_probe_finer_bits,
-                  &rq.ramp_probe_finer_psnr_y, &rq.ramp_probe_coarser_bits, &rq.ramp_probe_coarser_psnr_y) != 5)
+        if (scanf("%d %lf %lf %lf %lf %lf %lf", &rq.ramp_probe_offset, &rq.ramp_probe_finer_bits,
+                  &rq.ramp_probe_finer_psnr_y, &rq.ramp_probe_coarser_bits, &rq.ramp_probe_coarser_psnr_y,
+                  &rq.ramp_probe_zero_bits, &rq.ramp_probe_zero_psnr_y) != 7)
             return 1;
         if (scanf("%d %lf %lf %d %d", &prev.present, &prev.bits, &prev.psnr_y, &prev.qp_used, &prev.base_qp) != 5)
             return 1;
@@ -402,9 +404,10 @@ def driver_line(row: dict) -> str:
     for name in ("key_probe", "ramp_probe"):
         probe = rq.get(name)
         if probe is None:
-            parts += ["0", "0", "0", "0", "0"]
+            parts += ["0"] * 7
         else:
-            parts += [str(probe["offset"]), *(repr(float(probe[k])) for k in sides)]
+            zero = [probe.get("zero_bits") or 0, probe.get("zero_psnr_y") or 0]  # 0: no zero encode
+            parts += [str(probe["offset"]), *(repr(float(probe[k])) for k in sides), *(repr(float(z)) for z in zero)]
     if fb is None:
         parts += ["0", "0", "0", "0", "0"]
     else:

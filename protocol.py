@@ -105,7 +105,8 @@ class KeyProbe:
     Both encodes code every frame of the GOP under the encoder's own rate control, with the probed mini-GOPs'
     QP `offset` QP units finer (`finer_*`) and coarser (`coarser_*`) than the rate control's base QP and Δ=0 on
     the others; bits are the GOP's bits, PSNR-Y its overall PSNR-Y (from the summed squared error), dB. As
-    `key_probe` the key mini-GOP is probed; as `ramp_probe`, mini-GOPs 1..RAMP_MINIGOPS together.
+    `key_probe` the key mini-GOP is probed; as `ramp_probe`, mini-GOPs 1..RAMP_MINIGOPS together. `zero_*`
+    (optional, both or neither): the same GOP coded once more with every mini-GOP at Δ=0, shared by both probes.
     """
 
     offset: int  # QP units (the agent's 0..63 scale) of each probe's change to this mini-GOP's base QP, >= 1
@@ -113,6 +114,8 @@ class KeyProbe:
     finer_psnr_y: float
     coarser_bits: int
     coarser_psnr_y: float
+    zero_bits: int | None = None  # optional (added later in v2): the GOP coded a third time, at Δ=0 throughout
+    zero_psnr_y: float | None = None
 
 
 @dataclass
@@ -373,7 +376,9 @@ def _validate_probe(probe: KeyProbe, field: str, path: Path) -> None:
     """offset >= 1; bits > 0; PSNR-Y in (0, 100] dB (100: lossless)."""
     if probe.offset < 1:
         raise ProtocolError(f"{path}: field '{field}.offset' must be >= 1 (got {probe.offset})")
-    for side in ("finer", "coarser"):
+    if (probe.zero_bits is None) != (probe.zero_psnr_y is None):
+        raise ProtocolError(f"{path}: fields '{field}.zero_bits' and '{field}.zero_psnr_y' come together or not at all")
+    for side in ("finer", "coarser") + (("zero",) if probe.zero_bits is not None else ()):
         bits, psnr = getattr(probe, f"{side}_bits"), getattr(probe, f"{side}_psnr_y")
         if bits <= 0:
             raise ProtocolError(f"{path}: field '{field}.{side}_bits' must be > 0 (got {bits})")

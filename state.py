@@ -41,6 +41,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "key_probe",  # the probe's contrast: dB at equal rate the finer key QP gains over the coarser, per 6 QP
     # From the request's optional ramp_probe (mini-GOPs 1-5 of a GOP, --key-probe); 0 without it.
     "ramp_probe",  # the same contrast for the five mini-GOPs after the key moved together
+    # From the probes' optional zero encode (the GOP at Δ=0); 0 without it.
+    "key_probe_best",  # the margin by which the better key probe beats the other and Δ=0, dB at equal rate, + = finer
+    "ramp_probe_best",  # the same for the ramp probe
 )
 OBS_DIM = len(FEATURE_NAMES)
 # The features before fp_propagation: the inputs of the policies made before it (policy.py reads any
@@ -133,6 +136,38 @@ def ramp_probe_feature(req: Request) -> float:
     return 0.0 if req.ramp_probe is None else probe_contrast(req.ramp_probe)
 
 
+def key_probe_best_feature(req: Request) -> float:
+    """probe_best of the key probe; 0 without a zero encode, and in a GOP of one mini-GOP (as key_probe_feature)."""
+    if req.key_probe is None or req.mgs_in_gop < 2:
+        return 0.0
+    return probe_best(req.key_probe)
+
+
+def ramp_probe_best_feature(req: Request) -> float:
+    """probe_best of the ramp probe; 0 without one or without its zero encode."""
+    return 0.0 if req.ramp_probe is None else probe_best(req.ramp_probe)
+
+
+def probe_best(k: KeyProbe) -> float:
+    """Which of the three encodes of the GOP (finer, coarser, Δ=0) is best at equal rate, and by how much, dB:
+
+        g_x = x_psnr_y - zero_psnr_y - PROBE_SLOPE_DB * log2(x_bits / zero_bits),   x = finer, coarser
+        b = max(0, g_finer - max(g_coarser, 0)) - max(0, g_coarser - max(g_finer, 0))
+
+    > 0: the finer encode beats both others by b; < 0: the coarser one beats both by -b; 0: Δ=0 is best, or
+    there is no zero encode. Unlike key_probe's contrast it says whether either move beats Δ=0 at all
+    (BENCHMARKS.md §2.4.54).
+    """
+    if k.zero_bits is None or k.zero_psnr_y is None:
+        return 0.0
+
+    def gain(psnr: float, bits: int) -> float:
+        return psnr - k.zero_psnr_y - PROBE_SLOPE_DB * math.log2(bits / k.zero_bits)
+
+    finer, coarser = gain(k.finer_psnr_y, k.finer_bits), gain(k.coarser_psnr_y, k.coarser_bits)
+    return max(0.0, finer - max(coarser, 0.0)) - max(0.0, coarser - max(finer, 0.0))
+
+
 def probe_contrast(k: KeyProbe) -> float:
     """(finer_psnr_y - coarser_psnr_y - PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3 / offset, dB."""
     gain = k.finer_psnr_y - k.coarser_psnr_y - PROBE_SLOPE_DB * math.log2(k.finer_bits / k.coarser_bits)
@@ -218,6 +253,8 @@ def build_observation(req: Request, prev_fb: Feedback | None, prev_base_qp: int 
             propagation_feature(req),
             key_probe_feature(req),
             ramp_probe_feature(req),
+            key_probe_best_feature(req),
+            ramp_probe_best_feature(req),
         ],
         dtype=np.float32,
     )

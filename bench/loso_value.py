@@ -33,7 +33,9 @@ curvature c(s) depends on; default one curvature), sweeps (1 = fit on the key sw
 fitting sets too, the left-out source's excepted), ridge, clamp (1 = clip the state features g(s)
 uses to the range seen in the fitting sources before predicting: no extrapolation), low (the lowest
 key offset answered, default -4; answers below -4 need sweeps of those offsets: bench/oracle_data.py
---offsets, passed as a second --sweeps; an answer no sweep encoded is counted as 0 dB and warned about).
+--offsets, passed as a second --sweeps; an answer no sweep encoded is counted as 0 dB and warned about), pick (τ, dB:
+the key answers the better of its probes where it beats the other and Δ=0 by more than τ, imitation.key_pick_offsets;
+the records need the probes' zero encode, bench/probe_zero.py).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Variant:
     curvature: tuple[str, ...] = ()
     sweeps: bool = False  # also fit on the key sweeps of the fitting sets (make_policy.py --key-sweeps)
     low: int = -MAX_DELTA_QP  # the lowest key offset answered (the fits' range is then ±|low|); the highest is +4
+    pick: float | None = None  # τ: the key answers its probes' pick (imitation.key_pick_offsets), no gain model
 
 
 def parse_variants(text: str, base: Variant) -> list[Variant]:
@@ -91,12 +94,14 @@ def parse_variants(text: str, base: Variant) -> list[Variant]:
                 v = replace(v, ridge=float(val))
             elif k in ("clamp", "gate", "sweeps"):
                 v = replace(v, **{k: val == "1"})
+            elif k == "pick":
+                v = replace(v, pick=float(val))
             elif k == "low":
                 v = replace(v, low=int(val))
                 if not -TABLE <= v.low <= -1:
                     raise SystemExit(f"--variants: low={val} in {item!r}: want -{TABLE}..-1")
             else:
-                known = "consensus, key, curv, ridge, clamp, gate, sweeps, low"
+                known = "consensus, key, curv, ridge, clamp, gate, sweeps, low, pick"
                 raise SystemExit(f"--variants: unknown option {k!r} in {item!r} ({known})")
         out.append(v)
     return out
@@ -210,6 +215,8 @@ def answer(variant: Variant, fit_records: list[dict], obs: np.ndarray) -> np.nda
 
 def answer_from_moves(variant: Variant, moves: gain_model.MoveSamples, obs: np.ndarray) -> np.ndarray:
     """answer() from the fitting records' moves (gain_model.move_samples)."""
+    if variant.pick is not None:  # read off the probes of the state alone: nothing fitted
+        return imitation.key_pick_offsets(obs, variant.pick).astype(int)
     spec = gain_model.GainFeatures(key=variant.key, inter=(), curvature=variant.curvature)
     inside = np.ones(len(obs), bool)
     if (variant.clamp or variant.gate) and variant.key:

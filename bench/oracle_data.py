@@ -49,6 +49,7 @@ import eval_runs  # noqa: E402
 import oracle_search  # noqa: E402
 import own_clips  # noqa: E402
 import protocol  # noqa: E402
+from bench import probe_zero  # noqa: E402
 from learners import ZeroDeltaLearner  # noqa: E402
 
 # The sweeps of one decision at every offset (key_sweep), beside the oracle's coordinate descent.
@@ -165,6 +166,9 @@ def _search_point(job: dict) -> dict:
     else:
         path, name = clips.materialise(probe_window(job["window"], job.get("scale", 1))), job["window"].name
     video = eval_runs.probe_videos([path], settings)[0]
+    # The probes' zero encode: on a window of one GOP it is the Δ=0 encode itself (probe_zero.with_zero, below), on
+    # a longer one the encoder codes it (--probe-zero).
+    settings.probe_zero = settings.key_probe and video.frames > settings.keyint
     (kbps,) = eval_runs.targets_for(video, None, [job["bpp"]])
     point = eval_runs.Point(video, kbps, work, settings)
     runner = eval_runs.Runner(work, settings)
@@ -178,7 +182,7 @@ def _search_point(job: dict) -> dict:
     else:
         oracle = oracle_search.run_oracle(runner, point, base, oracle_search.OracleSettings())
     best_steps = oracle.best_steps or base_res.done_steps
-    return {
+    record = {
         "key": job["key"], "window": name, "codec": codec, "bpp": job["bpp"], "target_kbps": kbps,
         **({"input": job["input"], "clip": job["clip"], "encoder": settings.encoder} if "input" in job else {}),
         "width": video.width, "height": video.height, "frames": video.frames,
@@ -191,6 +195,7 @@ def _search_point(job: dict) -> dict:
         **({"preset": job["preset"]} if job.get("preset") is not None else {}),
         **({"key_probe": True} if job.get("key_probe") else {}),
     }  # fmt: skip
+    return probe_zero.with_zero(record) if settings.key_probe and not settings.probe_zero else record
 
 
 def key_sweep(

@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "finer and 3 coarser (sent in the GOP's first request as key_probe), then the five "
                         "mini-GOPs after the key together (sent in their requests as ramp_probe) (PROTOCOL.md "
                         f"§4.1.2; {', '.join(PROBE_CODECS)}; needs --rl-dir)")
+    g.add_argument("--probe-zero", action="store_true",
+                   help="with --key-probe: code each GOP once more at Δ=0 and send it in both probes (zero_bits, "
+                        "zero_psnr_y), for a policy that picks the best of the three encodes (make_policy.py "
+                        "--key-pick)")  # fmt: skip
     g.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     return p
 
@@ -152,6 +156,8 @@ def _validate(s: Settings) -> None:
         raise BadInput(f"--key-probe: not for --codec {s.codec} (only {', '.join(PROBE_CODECS)})")
     if s.key_probe and (s.rl_dir is None or s.pass_no == 1):
         raise BadInput("--key-probe sends its results to the agent: it needs --rl-dir, and a final pass")
+    if s.probe_zero and not s.key_probe:
+        raise BadInput("--probe-zero adds the Δ=0 encode to the probes: it needs --key-probe")
     if s.rc_mode in (2, 3) and s.pass_no != 1:
         if s.rl_dir is not None:
             raise BadInput(f"--rc-mode {s.rc_mode} (the codec's own rate control) cannot be used with --rl-dir")

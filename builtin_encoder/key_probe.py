@@ -1,5 +1,6 @@
-"""The GOP probes (--key-probe): a GOP coded twice more with its key mini-GOP's QP finer and then coarser, and
-twice more with the five mini-GOPs after the key finer and then coarser together (the ramp probe).
+"""The GOP probes (--key-probe): a GOP coded twice more with its key mini-GOP's QP finer and then coarser, twice
+more with the five mini-GOPs after the key finer and then coarser together (the ramp probe), and with
+--probe-zero once more at Δ=0 throughout (the zero encode both probes are read against).
 
 Whether a GOP's key mini-GOP should get more bits depends on how much of its quality the rest of the GOP
 inherits, which no first-pass statistic tells well for SVT-AV1 (BENCHMARKS.md §2.4.41). The probe measures
@@ -68,22 +69,27 @@ def probe_encode(open_codec: OpenCodec, out: Path, rc: RateController, gop: Gop,
 
 
 def probe_pair(open_codec: OpenCodec, scratch: Path, rc: RateController, gop: Gop, moved: range, step: int,
-               frame_qps: FrameQps, luma: int) -> protocol.KeyProbe:  # fmt: skip
-    """The GOP coded with its mini-GOPs in `moved` `step` codec QP steps finer, then as many coarser."""
+               frame_qps: FrameQps, luma: int, zero: ProbeEncode | None) -> protocol.KeyProbe:  # fmt: skip
+    """The GOP coded with its mini-GOPs in `moved` `step` codec QP steps finer, then as many coarser; `zero`: the
+    GOP at Δ=0 (the same for both probes), or None."""
     finer = probe_encode(open_codec, scratch / "finer", rc, gop, moved, -step, frame_qps, luma)
     coarser = probe_encode(open_codec, scratch / "coarser", rc, gop, moved, step, frame_qps, luma)
     return protocol.KeyProbe(offset=PROBE_OFFSET, finer_bits=finer.bits, finer_psnr_y=round(finer.psnr_y, 4),
-                             coarser_bits=coarser.bits, coarser_psnr_y=round(coarser.psnr_y, 4))  # fmt: skip
+                             coarser_bits=coarser.bits, coarser_psnr_y=round(coarser.psnr_y, 4),
+                             zero_bits=None if zero is None else zero.bits,
+                             zero_psnr_y=None if zero is None else round(zero.psnr_y, 4))  # fmt: skip
 
 
 def key_probe(open_codec: OpenCodec, scratch: Path, rc: RateController, gop: Gop, frame_qps: FrameQps, luma: int,
-              qp_unit: float) -> tuple[protocol.KeyProbe, protocol.KeyProbe | None]:  # fmt: skip
+              qp_unit: float, with_zero: bool = False,
+              ) -> tuple[protocol.KeyProbe, protocol.KeyProbe | None]:  # fmt: skip
     """Both probes of `gop` (it starts at its key mini-GOP): the key's, and the ramp's (mini-GOPs
     1..protocol.RAMP_MINIGOPS together; None in a GOP of one mini-GOP); qp_unit: codec QP steps per QP unit
-    (state.qp_unit)."""
+    (state.qp_unit); with_zero: the GOP at Δ=0 too, in both (--probe-zero)."""
     step = round(PROBE_OFFSET * qp_unit)
-    key = probe_pair(open_codec, scratch, rc, gop, KEY, step, frame_qps, luma)
+    zero = probe_encode(open_codec, scratch / "zero", rc, gop, KEY, 0, frame_qps, luma) if with_zero else None
+    key = probe_pair(open_codec, scratch, rc, gop, KEY, step, frame_qps, luma, zero)
     if len(gop) < 2:
         return key, None
-    ramp = probe_pair(open_codec, scratch, rc, gop, RAMP, step, frame_qps, luma)
+    ramp = probe_pair(open_codec, scratch, rc, gop, RAMP, step, frame_qps, luma, zero)
     return key, ramp

@@ -89,6 +89,7 @@ class Settings:
     lookahead: int = 7  # mini-GOPs of look-ahead (fp_bpp, first_pass) in each request
     layer_offset_scale: float = 1.0  # temporal-layer QP offsets times this (frame_qps); 1 = the codec's own
     key_probe: bool = False  # probe each GOP's key QP (key_probe.py) into the agent's requests
+    probe_zero: bool = False  # with key_probe: the GOP at Δ=0 too, in both probes
     summary_json: str | None = None
     quiet: bool = False
 
@@ -417,7 +418,8 @@ def _with_gops(mini_gops: Iterator[tuple[MiniGop, list[YuvFrame]]]) -> Iterator[
 
 def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path,
            preset: int) -> tuple[protocol.KeyProbe, protocol.KeyProbe | None]:  # fmt: skip
-    """The key and ramp probes of `gop` (key_probe.py): four encodes at the pass's `preset`, nothing of them kept."""
+    """The key and ramp probes of `gop` (key_probe.py): four encodes (five with --probe-zero) at the pass's
+    `preset`, nothing of them kept."""
     s = job.settings
     cfg = job.codec_config(preset, Measure.SSE)
     inputs = codec_inputs(job)
@@ -427,7 +429,7 @@ def _probe(job: Job, rc: RateController, gop: Gop, scratch: Path,
 
     codec_qp_max = _codec_qp_range(s.codec)[1]
     return key_probe(lambda out: open_codec(s.codec, cfg, out, None, inputs), scratch, rc, gop, qps, job.luma,
-                     max(1.0, codec_qp_max / 63.0))  # fmt: skip
+                     max(1.0, codec_qp_max / 63.0), s.probe_zero)  # fmt: skip
 
 
 def encode_pass(

@@ -18,7 +18,7 @@
 
 #include <math.h>
 
-#define RLRC_OBS_DIM 25
+#define RLRC_OBS_DIM 27
 #define RLRC_PROBE_SLOPE_DB 2.5 /* state.PROBE_SLOPE_DB */
 #define RLRC_EPS 1e-6
 #define RLRC_REFERENCE_QP_SCALE 63.0
@@ -41,9 +41,12 @@ typedef struct {
     /* key_probe (a GOP's first mini-GOP, optional): key_probe_offset = 0 when the request carries none */
     int key_probe_offset;
     double key_probe_finer_bits, key_probe_finer_psnr_y, key_probe_coarser_bits, key_probe_coarser_psnr_y;
+    /* the probes' zero encode (optional, the same in both probes): zero_bits = 0 when the request carries none */
+    double key_probe_zero_bits, key_probe_zero_psnr_y;
     /* ramp_probe (mini-GOPs 1-5 of a GOP, optional): ramp_probe_offset = 0 when the request carries none */
     int ramp_probe_offset;
     double ramp_probe_finer_bits, ramp_probe_finer_psnr_y, ramp_probe_coarser_bits, ramp_probe_coarser_psnr_y;
+    double ramp_probe_zero_bits, ramp_probe_zero_psnr_y;
 } rlrc_request;
 
 /* The previous mini-GOP of the same GOP: its feedback's bits, psnr_y and qp_used, and its request's base_qp. */
@@ -119,6 +122,15 @@ static inline double rlrc_probe_contrast(int offset, double finer_bits, double f
     return (finer_psnr_y - coarser_psnr_y - RLRC_PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3.0 / offset;
 }
 
+/* state.probe_best: by how much the better probe beats the other and the zero encode at equal rate, dB (+ finer). */
+static inline double rlrc_probe_best(double finer_bits, double finer_psnr_y, double coarser_bits, double coarser_psnr_y,
+                                     double zero_bits, double zero_psnr_y) {
+    double finer = finer_psnr_y - zero_psnr_y - RLRC_PROBE_SLOPE_DB * log2(finer_bits / zero_bits);
+    double coarser = coarser_psnr_y - zero_psnr_y - RLRC_PROBE_SLOPE_DB * log2(coarser_bits / zero_bits);
+    double f = finer - (coarser > 0.0 ? coarser : 0.0), c = coarser - (finer > 0.0 ? finer : 0.0);
+    return (f > 0.0 ? f : 0.0) - (c > 0.0 ? c : 0.0);
+}
+
 /* The observation (RLRC_OBS_DIM floats, state.FEATURE_NAMES order) for request `rq` after `prev`. */
 static inline void rlrc_observation(const rlrc_request *rq, const rlrc_previous *prev, float obs[RLRC_OBS_DIM]) {
     double v[RLRC_OBS_DIM];
@@ -179,6 +191,12 @@ static inline void rlrc_observation(const rlrc_request *rq, const rlrc_previous 
     if (rq->ramp_probe_offset > 0) /* state.ramp_probe_feature */
         v[24] = rlrc_probe_contrast(rq->ramp_probe_offset, rq->ramp_probe_finer_bits, rq->ramp_probe_finer_psnr_y,
                                     rq->ramp_probe_coarser_bits, rq->ramp_probe_coarser_psnr_y);
+    if (rq->key_probe_offset > 0 && rq->mgs_in_gop >= 2 && rq->key_probe_zero_bits > 0.0) /* state.probe_best */
+        v[25] = rlrc_probe_best(rq->key_probe_finer_bits, rq->key_probe_finer_psnr_y, rq->key_probe_coarser_bits,
+                                rq->key_probe_coarser_psnr_y, rq->key_probe_zero_bits, rq->key_probe_zero_psnr_y);
+    if (rq->ramp_probe_offset > 0 && rq->ramp_probe_zero_bits > 0.0)
+        v[26] = rlrc_probe_best(rq->ramp_probe_finer_bits, rq->ramp_probe_finer_psnr_y, rq->ramp_probe_coarser_bits,
+                                rq->ramp_probe_coarser_psnr_y, rq->ramp_probe_zero_bits, rq->ramp_probe_zero_psnr_y);
     for (int i = 0; i < RLRC_OBS_DIM; i++) obs[i] = rlrc_clip4(v[i]);
 }
 

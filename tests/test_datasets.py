@@ -23,3 +23,31 @@ def test_the_svtav1_probe_records_hold_every_point_of_its_recipe() -> None:
     assert {r["key"] for r in chosen} == wanted
     assert len(chosen) == len(wanted) > 0
     assert all(r["codec"] == "svtav1" and r["baseline_steps"] and r["oracle_steps"] for r in records)
+
+
+def test_every_probe_in_the_records_carries_the_zero_encode_its_record_coded() -> None:
+    """bench/probe_zero.py wrote each one-GOP record's Δ=0 encode into its probes: the encoder's zero encode
+    (tests/test_encoder_key_probe.py). A probed record without it would fit a pick policy on a margin of 0."""
+    records = oracle_records.read_records([SVTAV1_PROBE_RECORDS])
+    probes = 0
+    for r in records:
+        for step in r["baseline_steps"] + r["oracle_steps"]:
+            for name in ("key_probe", "ramp_probe"):
+                if probe := step["request"].get(name):
+                    assert (probe["zero_bits"], probe["zero_psnr_y"]) == (r["baseline"]["bits"],
+                                                                          round(r["baseline"]["psnr_y"], 4))
+                    probes += 1
+    assert probes >= 6 * len(records)  # the key and five ramp states of each trajectory, at least
+
+
+def test_probe_zero_refuses_a_record_of_several_gops() -> None:
+    from bench import probe_zero
+
+    record = oracle_records.read_records([SVTAV1_PROBE_RECORDS])[0]
+    record["baseline_steps"][-1]["request"]["gop_index"] = 1
+    try:
+        probe_zero.with_zero(record)
+    except ValueError as e:
+        assert "not one GOP" in str(e) and record["key"] in str(e)
+    else:
+        raise AssertionError("a record of two GOPs was given zero encodes")

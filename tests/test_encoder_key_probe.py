@@ -1,6 +1,7 @@
 """The built-in encoder's --key-probe (builtin_encoder/key_probe.py): real encodes, the encoder and
 tests/responder.py as two processes. The probe must be what PROTOCOL.md §4.1.2 says it is (the GOP coded
-at the encode's own preset with its key mini-GOP's QP 3 finer and 3 coarser) and must leave the output alone."""
+at the encode's own preset with its key mini-GOP's QP 3 finer and 3 coarser, and at Δ=0) and must leave the output
+alone."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def first_gop(e: Encode) -> tuple[int, float]:
 @pytest.mark.parametrize("codec", ["svtav1", "x264"])
 def test_the_key_probe_is_the_gop_coded_with_its_key_finer_and_coarser(tmp_path: Path, codec: str) -> None:
     plain = encode(tmp_path / "plain", codec, [])
-    probed = encode(tmp_path / "probed", codec, ["--key-probe"])
+    probed = encode(tmp_path / "probed", codec, ["--key-probe", "--probe-zero"])
     # The probe is extra information: the encode itself is the same stream, the same feedback.
     assert probed.stream == plain.stream
     assert [f.bits for f in probed.feedback] == [f.bits for f in plain.feedback]
@@ -90,6 +91,12 @@ def test_the_key_probe_is_the_gop_coded_with_its_key_finer_and_coarser(tmp_path:
         assert bits == whole_bits
         assert psnr == pytest.approx(whole_psnr, abs=2e-3)  # the feedback's MSE and the probe's PSNR are rounded
     assert probe.finer_bits > probe.coarser_bits  # the finer key spends more on the key frame, which shows
+    # The zero encode both probes carry (--probe-zero) is the first GOP of the plain encode: Δ=0 throughout.
+    plain_bits, plain_psnr = first_gop(plain)
+    assert probe.zero_bits == plain_bits and probed.requests[1].ramp_probe.zero_bits == plain_bits
+    assert probe.zero_psnr_y == pytest.approx(plain_psnr, abs=2e-3)
+    pair = encode(tmp_path / "pair", codec, ["--key-probe"])  # without --probe-zero: the probes alone
+    assert pair.requests[0].key_probe == protocol.KeyProbe(**{**vars(probe), "zero_bits": None, "zero_psnr_y": None})
     # The ramp probe, sent with mini-GOP 1: the same GOP with the mini-GOPs after the key ±3 together, the key at Δ=0.
     ramp = probed.requests[1].ramp_probe
     assert ramp is not None and ramp.offset == PROBE_OFFSET
@@ -118,3 +125,14 @@ def test_key_probe_refuses_what_it_cannot_probe_before_any_encode(tmp_path: Path
     )  # fmt: skip
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_probe_zero_needs_the_key_probe(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "builtin_encoder", "--input", str(bundled_clip("carphone_pristine.mp4")),
+         "--frames", "8", "--bitrate", "150", "--codec", "svtav1", "--rl-dir", str(tmp_path / "rl"), "--probe-zero"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "--probe-zero adds the Δ=0 encode to the probes: it needs --key-probe" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "rl").exists()

@@ -275,6 +275,27 @@ def test_layer_offset_scale_reaches_both_passes_of_the_builtin_encoder(tmp_path)
         assert args[args.index("--layer-offset-scale") + 1] == "0.75"
 
 
+def test_a_policy_that_reads_the_zero_encode_gets_probe_zero_in_its_encodes(tmp_path):
+    """evaluate.py --key-probe with a --key-pick policy: its encodes carry --probe-zero; another gets --key-probe."""
+    import torch
+
+    import policy
+    from models import Actor
+    from state import FEATURES_V2
+
+    video = eval_runs.Video("a", tmp_path / "a.y4m", 176, 144, 30.0, 64)
+    for settings, want in [(eval_runs.EvalSettings(key_probe=True, probe_zero=True), ["--key-probe", "--probe-zero"]),
+                           (eval_runs.EvalSettings(key_probe=True), ["--key-probe"]),
+                           (eval_runs.EvalSettings(probe_zero=True), [])]:  # fmt: skip
+        args = eval_runs.Point(video, 100.0, tmp_path, settings).pass2_args("t")
+        assert [a for a in args if a in ("--key-probe", "--probe-zero")] == want
+    for names, reads in [((*FEATURES_V2, "ramp_probe", "key_probe_best"), True), ((*FEATURES_V2, "key_probe"), False)]:
+        torch.manual_seed(0)
+        path = tmp_path / f"p{len(names)}.pt"
+        policy.save(path, Actor(len(names), 1, (8,)), "svtav1", 4, 0.02, {"key_probe": "1"}, names)
+        assert ev.reads_probe_zero(ev.load_agent(path).learner) is reads
+
+
 @pytest.mark.parametrize("lo,hi", [(30, 45), (31, 39), (20, 2000)])
 def test_rd_plot_rate_axis_labels_are_plain_and_do_not_overlap(lo, hi):
     import matplotlib

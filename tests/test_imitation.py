@@ -381,6 +381,21 @@ def test_actor_inputs_add_a_later_feature_only_where_the_gain_model_uses_it():
     assert imitation.actor_inputs(gain_model.ALL_FEATURES) == FEATURE_NAMES  # a model on the whole state
 
 
+def test_key_pick_answers_the_best_probe_past_tau_and_its_actor_reads_the_probe_margin_not_the_key_terms():
+    from state import FEATURES_V2
+
+    obs = np.zeros((5, len(FEATURE_NAMES)), dtype=np.float32)
+    obs[:, FEATURE_NAMES.index("key_probe_best")] = [0.2, 0.011, 0.009, -0.05, 0.0]
+    assert imitation.key_pick_offsets(obs, 0.01).tolist() == [-3, -3, 0, 3, 0]  # finer = a lower QP: negative
+    assert imitation.key_pick_offsets(obs, 0.0).tolist() == [-3, -3, -3, 3, 0]
+    spec = imitation.PROBE_RECIPES["svtav1"].features
+    assert imitation.actor_inputs(spec, key_pick=True) == (*FEATURES_V2, "ramp_probe", "key_probe_best")
+    assert imitation.actor_inputs(spec) == (*FEATURES_V2, "key_probe", "ramp_probe")
+    # The shuffled copies hide key_probe from the picking actor (its key answers no longer read it).
+    assert gain_model.used_features(imitation.target_features(spec, True)) == {"has_key", "ramp_probe",
+                                                                              "key_probe_best"}
+
+
 def test_policy_trained_on_other_features_is_refused_with_a_clear_message(tmp_path):
     actor = Actor(OBS_DIM, 1, (8,))
     path = tmp_path / "p.pt"
@@ -463,6 +478,11 @@ def test_make_policy_refuses_an_unknown_window_set_before_any_encode(tmp_path):
                          str(tmp_path / "p.pt"))  # fmt: skip
         assert res.returncode == 2 and f"--draws {bad!r}" in res.stderr, bad
     assert "Traceback" not in res.stderr and not data.exists() and not (tmp_path / "p.pt").exists()
+    for extra in ([], ["--key-probe", "--key-pick", "-0.1"]):  # a pick needs the probes, and a margin >= 0
+        res = run_script(script, "--codec", "svtav1", "--key-pick", "0.01", *extra, "--data", str(data), "--out",
+                         str(tmp_path / "p.pt"))  # fmt: skip
+        assert res.returncode == 2 and "needs --key-probe and a margin >= 0 dB" in res.stderr, res.stderr
+    assert not data.exists()
     assert imitation.recipe_for("svtav1", key_probe=True).features.key == ("fp_reuse", "key_probe")
     assert imitation.recipe_for("x264", key_probe=True) == imitation.SHIPPED_RECIPES["x264"]
 
@@ -797,6 +817,13 @@ def test_a_search_with_the_key_probe_puts_it_in_the_key_states_and_nothing_else_
     assert plain["baseline_steps"][0]["request"]["key_probe"] is None
     obs, _ = oracle_records.observations(steps)
     assert obs[0, FEATURE_NAMES.index("key_probe")] != 0.0
+    # The zero encode of a one-GOP window is its Δ=0 encode (the encoder's --probe-zero would code the same GOP);
+    # the key sweep's ±3 candidates are the probes, so the margin can be checked against them.
+    probe = steps[0]["request"]["key_probe"]
+    assert (probe["zero_bits"], probe["zero_psnr_y"]) == (probed["baseline"]["bits"],
+                                                          round(probed["baseline"]["psnr_y"], 4))
+    finer, coarser = sorted(probed["candidates"], key=lambda c: c["offsets"][0])
+    assert (probe["finer_bits"], probe["coarser_bits"]) == (finer["bits"], coarser["bits"])
 
 
 def test_oracle_data_refuses_a_probe_it_cannot_run_before_any_encode(tmp_path):

@@ -18,7 +18,7 @@ import policy
 import policy_export
 import protocol
 from models import Actor
-from state import OBS_DIM, action_to_qp, build_observation, qp_answer
+from state import FEATURE_NAMES, OBS_DIM, action_to_qp, build_observation, qp_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 CC = shutil.which("cc") or shutil.which("gcc")
@@ -83,6 +83,8 @@ def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
     assert any(r["request"]["first_pass"].get("propagation") for r in rows) or name == "vp9"
     assert any(r["request"].get("key_probe") for r in rows) or name == "vp9"  # the encoder's --key-probe
     assert any(r["request"].get("ramp_probe") for r in rows) or name == "vp9"
+    best = [FEATURE_NAMES.index(n) for n in ("key_probe_best", "ramp_probe_best")]  # with --probe-zero
+    assert any(r["observation"][i] != 0.0 for r in rows for i in best) or name == "vp9"
     answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
     assert len(answers) == len(rows)
     for row, got in zip(rows, answers, strict=True):
@@ -94,27 +96,35 @@ def test_c_headers_give_the_agents_observations_and_answers(exported, tmp_path):
 @pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on this machine")
 def test_c_state_reads_the_probes_as_state_py_does(exported, tmp_path):
     """A GOP's first requests with a key_probe (the encoder's --key-probe) give the same key_probe feature in C, and
-    mini-GOP 1's with a ramp_probe the same ramp_probe feature."""
-    from state import FEATURE_NAMES, ramp_probe_feature
+    mini-GOP 1's with a ramp_probe the same ramp_probe feature; with the zero encode, the same probe_best features
+    (the finer encode best, the coarser, Δ=0)."""
+    from state import probe_best, ramp_probe_feature
 
     name, out = exported
     rows = [dict(r) for r in _vectors(name, out)["encode"] if r["request"]["mg_in_gop"] == 0]
-    probes = [(3, 240000, 36.2, 236000, 36.5), (3, 200000, 30.1, 210000, 29.7), (2, 5000, 45.0, 5000, 44.0)]
-    for row, (offset, fb, fp, cb, cp) in zip(rows, probes, strict=False):
-        row["request"] = {**row["request"], "key_probe": {"offset": offset, "finer_bits": fb, "finer_psnr_y": fp,
-                                                          "coarser_bits": cb, "coarser_psnr_y": cp}}  # fmt: skip
+    probes = [{"offset": 3, "finer_bits": 240000, "finer_psnr_y": 36.2, "coarser_bits": 236000, "coarser_psnr_y": 36.5,
+               "zero_bits": 238000, "zero_psnr_y": 36.3},  # the coarser encode best
+              {"offset": 3, "finer_bits": 200000, "finer_psnr_y": 30.1, "coarser_bits": 210000, "coarser_psnr_y": 29.7,
+               "zero_bits": 205000, "zero_psnr_y": 29.9},  # the finer one
+              {"offset": 2, "finer_bits": 5000, "finer_psnr_y": 45.0, "coarser_bits": 5000, "coarser_psnr_y": 44.0},
+              {"offset": 2, "finer_bits": 5000, "finer_psnr_y": 45.0, "coarser_bits": 5000, "coarser_psnr_y": 44.0,
+               "zero_bits": 5000, "zero_psnr_y": 45.5}]  # fmt: skip
+    for row, probe in zip(rows, probes, strict=False):
+        row["request"] = {**row["request"], "key_probe": probe}
     rows = rows[: len(probes)]
     assert rows
     alone = dict(rows[0])  # a GOP of one mini-GOP: nothing inherits its key, the feature is 0 in both
     alone["request"] = {**alone["request"], "mgs_in_gop": 1, "gop_frames": alone["request"]["frame_count"]}
     rows.append(alone)
     later = [dict(r) for r in _vectors(name, out)["encode"] if r["request"]["mg_in_gop"] == 1][:2]
-    for row, (offset, fb, fp, cb, cp) in zip(later, probes, strict=False):  # the ramp probe, on mini-GOP 1
-        row["request"] = {**row["request"], "ramp_probe": {"offset": offset, "finer_bits": fb, "finer_psnr_y": fp,
-                                                           "coarser_bits": cb, "coarser_psnr_y": cp}}  # fmt: skip
+    for row, probe in zip(later, probes, strict=False):  # the ramp probe, on mini-GOP 1
+        row["request"] = {**row["request"], "ramp_probe": probe}
     rows += later
     answers = policy_export.run_c_driver(out, name, rows, CC, tmp_path, flags=("-Wall", "-Wextra", "-Werror"))
     k, r = FEATURE_NAMES.index("key_probe"), FEATURE_NAMES.index("ramp_probe")
+    rb = FEATURE_NAMES.index("ramp_probe_best")
+    signs = {np.sign(probe_best(protocol.KeyProbe(**row["request"]["key_probe"]))) for row in rows[:2]}
+    assert signs == {-1.0, 1.0}  # the coarser encode best, then the finer (and Δ=0 best, no zero encode: 0)
     for row, got in zip(rows, answers, strict=True):
         req = protocol.parse_request(json.dumps(row["request"]), tmp_path / "rq.json")
         if req.mg_in_gop == 0:
@@ -123,7 +133,8 @@ def test_c_state_reads_the_probes_as_state_py_does(exported, tmp_path):
         else:  # the row's own previous mini-GOP stays in the C driver's input: only the ramp feature changed
             obs = np.array(row["observation"], dtype=np.float32)
             obs[r] = np.clip(ramp_probe_feature(req), -4.0, 4.0)
-            assert obs[r] != 0.0 and obs[k] == 0.0
+            obs[rb] = np.clip(probe_best(req.ramp_probe), -4.0, 4.0)
+            assert obs[r] != 0.0 and obs[k] == 0.0 and obs[rb] != 0.0
         np.testing.assert_allclose(np.array(got[:OBS_DIM], dtype=np.float32), obs, atol=1e-6)
 
 

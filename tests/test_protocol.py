@@ -166,6 +166,23 @@ def test_bad_key_probe_fields_are_named(over, match):
         protocol.parse_request(json.dumps(data), P)
 
 
+def test_the_probes_zero_encode_is_optional_comes_as_a_pair_and_is_checked():
+    probe = protocol.KeyProbe(offset=3, finer_bits=240000, finer_psnr_y=36.2, coarser_bits=236000, coarser_psnr_y=36.5,
+                              zero_bits=238000, zero_psnr_y=36.4)  # fmt: skip
+    req = make_request(**KEY_START, key_probe=probe)
+    assert protocol.parse_request(protocol.to_json(req), P) == req
+    data = asdict(make_request(**KEY_START))
+    base = dict(offset=3, finer_bits=240000, finer_psnr_y=36.2, coarser_bits=236000, coarser_psnr_y=36.5)
+    for over, match in [
+        (dict(zero_bits=238000), r"fields 'key_probe.zero_bits' and 'key_probe.zero_psnr_y' come together"),
+        (dict(zero_bits=0, zero_psnr_y=36.4), r"field 'key_probe.zero_bits' must be > 0 \(got 0\)"),
+        (dict(zero_bits=238000, zero_psnr_y=-1.0), r"field 'key_probe.zero_psnr_y' must be in \(0, 100\] dB"),
+    ]:
+        data["key_probe"] = {**base, **over}
+        with pytest.raises(ProtocolError, match=match):
+            protocol.parse_request(json.dumps(data), P)
+
+
 def test_key_probe_on_a_mini_gop_inside_its_gop_is_refused():
     probe = protocol.KeyProbe(offset=3, finer_bits=240000, finer_psnr_y=36.2, coarser_bits=236000, coarser_psnr_y=36.5)
     with pytest.raises(ProtocolError, match=r"'key_probe' is sent with a GOP's first mini-GOP only \(mg_in_gop is 3\)"):

@@ -79,7 +79,7 @@ def test_key_probe_is_the_probes_contrast_at_equal_rate_per_6_qp_and_zero_withou
     from state import PROBE_SLOPE_DB
 
     i = FEATURE_NAMES.index("key_probe")
-    assert i == OBS_DIM - 2
+    assert i == FEATURE_NAMES.index("ramp_probe") - 1
     assert build_observation(make_request(**KEY_START), None, None)[i] == 0.0
 
     def value(offset: int, fb: int, fp: float, cb: int, cp: float) -> float:
@@ -99,12 +99,41 @@ def test_ramp_probe_is_its_contrast_on_the_mini_gops_after_the_key_and_zero_with
     import protocol
 
     i = FEATURE_NAMES.index("ramp_probe")
-    assert i == OBS_DIM - 1
     assert build_observation(make_request(), None, None)[i] == 0.0
     probe = protocol.KeyProbe(offset=3, finer_bits=100000, finer_psnr_y=36.0, coarser_bits=100000, coarser_psnr_y=36.4)
     obs = build_observation(make_request(ramp_probe=probe), None, None)
     assert obs[i] == pytest.approx(-0.4, abs=1e-6)  # coding the five after the key coarser pays
     assert obs[FEATURE_NAMES.index("key_probe")] == 0.0
+
+
+def test_probe_best_is_the_margin_of_the_best_of_three_encodes_at_equal_rate_and_zero_without_the_zero_encode():
+    from test_protocol import KEY_START
+
+    import protocol
+
+    i, j = FEATURE_NAMES.index("key_probe_best"), FEATURE_NAMES.index("ramp_probe_best")
+    assert (i, j) == (OBS_DIM - 2, OBS_DIM - 1)
+
+    def probe(fp: float, cp: float, zp: float | None, fb: int = 100000, zb: int = 100000) -> protocol.KeyProbe:
+        return protocol.KeyProbe(offset=3, finer_bits=fb, finer_psnr_y=fp, coarser_bits=100000, coarser_psnr_y=cp,
+                                 zero_bits=None if zp is None else zb, zero_psnr_y=zp)  # fmt: skip
+
+    def key(p: protocol.KeyProbe) -> float:
+        return float(build_observation(make_request(**KEY_START, key_probe=p), None, None)[i])
+
+    assert key(probe(36.3, 36.1, 36.2)) == pytest.approx(0.1, abs=1e-5)  # finer beats Δ=0 by 0.1, coarser loses
+    assert key(probe(36.3, 36.25, 36.2)) == pytest.approx(0.05, abs=1e-5)  # ... and beats coarser by 0.05
+    assert key(probe(36.1, 36.35, 36.2)) == pytest.approx(-0.15, abs=1e-5)  # coarser best: negative
+    assert key(probe(36.1, 36.15, 36.2)) == 0.0  # Δ=0 beats both
+    assert key(probe(36.3, 36.1, None)) == 0.0  # no zero encode: nothing to say
+    # The finer encode's extra bits are priced: a doubling costs PROBE_SLOPE_DB, so +0.1 dB for 2x the bits loses.
+    assert key(probe(36.3, 36.1, 36.2, fb=200000)) == 0.0
+    # A Δ=0 encode that spent twice the bits loses to both probes: the finer one is best, by its lead on the coarser.
+    assert key(probe(36.3, 36.1, 36.2, fb=100000, zb=200000)) == pytest.approx(0.2, abs=1e-5)
+    alone = make_request(**{**KEY_START, "mgs_in_gop": 1, "gop_frames": 8}, key_probe=probe(36.3, 36.1, 36.2))
+    assert build_observation(alone, None, None)[i] == 0.0  # a GOP of one mini-GOP, as key_probe
+    obs = build_observation(make_request(ramp_probe=probe(36.1, 36.4, 36.2)), None, None)
+    assert obs[j] == pytest.approx(-0.2, abs=1e-5) and obs[i] == 0.0
 
 
 def test_gop_reuse_counts_the_later_frames_of_the_gop_that_reuse_the_content():
