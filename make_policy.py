@@ -139,8 +139,8 @@ def main() -> int:
                         "curvature, BENCHMARKS.md §2.4.14); default: the codec's shipped recipe (one curvature)")
     p.add_argument("--key-pick", type=float, default=None, metavar="TAU",
                    help="with --key-probe: the key mini-GOP answers the better probe's offset where it beats the other "
-                        "and Δ=0 by more than TAU dB at equal rate (imitation.key_pick_offsets); default: the codec's "
-                        "recipe (off)")  # fmt: skip
+                        "and Δ=0 by more than TAU dB at equal rate (imitation.key_pick_offsets; BENCHMARKS.md "
+                        "§2.4.54: not shipped, so name --out); default: the codec's recipe (off)")  # fmt: skip
     p.add_argument("--ramp-pick", type=float, default=None, metavar="TAU",
                    help="with --key-probe: mini-GOPs 1-5 answer the better ramp probe's offset in the same way "
                         "(imitation.ramp_pick_offsets); default: the codec's recipe (off)")  # fmt: skip
