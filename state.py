@@ -148,10 +148,17 @@ def ramp_probe_best_feature(req: Request) -> float:
     return 0.0 if req.ramp_probe is None else probe_best(req.ramp_probe)
 
 
+# A probe whose GOP bits differ from the zero encode's by more than this share does not count in probe_best: the
+# rate constraint's free band (config.rate_tolerance's default). Its extra bits are paid by the next GOPs, which the
+# fixed price of PROBE_SLOPE_DB does not see (BENCHMARKS.md §2.4.54: oa4_launch's first key, +6% bits).
+PROBE_RATE_BAND = 0.02
+
+
 def probe_best(k: KeyProbe) -> float:
     """Which of the three encodes of the GOP (finer, coarser, Δ=0) is best at equal rate, and by how much, dB:
 
         g_x = x_psnr_y - zero_psnr_y - PROBE_SLOPE_DB * log2(x_bits / zero_bits),   x = finer, coarser
+              (-inf when |x_bits / zero_bits - 1| > PROBE_RATE_BAND: a probe off the GOP's budget does not count)
         b = max(0, g_finer - max(g_coarser, 0)) - max(0, g_coarser - max(g_finer, 0))
 
     > 0: the finer encode beats both others by b; < 0: the coarser one beats both by -b; 0: Δ=0 is best, or
@@ -162,6 +169,8 @@ def probe_best(k: KeyProbe) -> float:
         return 0.0
 
     def gain(psnr: float, bits: int) -> float:
+        if abs(bits / k.zero_bits - 1.0) > PROBE_RATE_BAND:
+            return -math.inf
         return psnr - k.zero_psnr_y - PROBE_SLOPE_DB * math.log2(bits / k.zero_bits)
 
     finer, coarser = gain(k.finer_psnr_y, k.finer_bits), gain(k.coarser_psnr_y, k.coarser_bits)

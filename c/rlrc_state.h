@@ -20,6 +20,7 @@
 
 #define RLRC_OBS_DIM 27
 #define RLRC_PROBE_SLOPE_DB 2.5 /* state.PROBE_SLOPE_DB */
+#define RLRC_PROBE_RATE_BAND 0.02 /* state.PROBE_RATE_BAND */
 #define RLRC_EPS 1e-6
 #define RLRC_REFERENCE_QP_SCALE 63.0
 
@@ -122,11 +123,17 @@ static inline double rlrc_probe_contrast(int offset, double finer_bits, double f
     return (finer_psnr_y - coarser_psnr_y - RLRC_PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3.0 / offset;
 }
 
+/* One probe's gain over the zero encode at equal rate, dB; -HUGE_VAL off the rate band (it does not count). */
+static inline double rlrc_probe_gain(double bits, double psnr_y, double zero_bits, double zero_psnr_y) {
+    if (fabs(bits / zero_bits - 1.0) > RLRC_PROBE_RATE_BAND) return -HUGE_VAL;
+    return psnr_y - zero_psnr_y - RLRC_PROBE_SLOPE_DB * log2(bits / zero_bits);
+}
+
 /* state.probe_best: by how much the better probe beats the other and the zero encode at equal rate, dB (+ finer). */
 static inline double rlrc_probe_best(double finer_bits, double finer_psnr_y, double coarser_bits, double coarser_psnr_y,
                                      double zero_bits, double zero_psnr_y) {
-    double finer = finer_psnr_y - zero_psnr_y - RLRC_PROBE_SLOPE_DB * log2(finer_bits / zero_bits);
-    double coarser = coarser_psnr_y - zero_psnr_y - RLRC_PROBE_SLOPE_DB * log2(coarser_bits / zero_bits);
+    double finer = rlrc_probe_gain(finer_bits, finer_psnr_y, zero_bits, zero_psnr_y);
+    double coarser = rlrc_probe_gain(coarser_bits, coarser_psnr_y, zero_bits, zero_psnr_y);
     double f = finer - (coarser > 0.0 ? coarser : 0.0), c = coarser - (finer > 0.0 ? finer : 0.0);
     return (f > 0.0 ? f : 0.0) - (c > 0.0 ? c : 0.0);
 }

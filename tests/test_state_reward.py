@@ -110,7 +110,9 @@ def test_probe_best_is_the_margin_of_the_best_of_three_encodes_at_equal_rate_and
     from test_protocol import KEY_START
 
     import protocol
+    from state import PROBE_RATE_BAND, PROBE_SLOPE_DB
 
+    assert PROBE_RATE_BAND == 0.02  # the rate constraint's free band (config's rate tolerance)
     i, j = FEATURE_NAMES.index("key_probe_best"), FEATURE_NAMES.index("ramp_probe_best")
     assert (i, j) == (OBS_DIM - 2, OBS_DIM - 1)
 
@@ -126,10 +128,13 @@ def test_probe_best_is_the_margin_of_the_best_of_three_encodes_at_equal_rate_and
     assert key(probe(36.1, 36.35, 36.2)) == pytest.approx(-0.15, abs=1e-5)  # coarser best: negative
     assert key(probe(36.1, 36.15, 36.2)) == 0.0  # Δ=0 beats both
     assert key(probe(36.3, 36.1, None)) == 0.0  # no zero encode: nothing to say
-    # The finer encode's extra bits are priced: a doubling costs PROBE_SLOPE_DB, so +0.1 dB for 2x the bits loses.
-    assert key(probe(36.3, 36.1, 36.2, fb=200000)) == 0.0
-    # A Δ=0 encode that spent twice the bits loses to both probes: the finer one is best, by its lead on the coarser.
-    assert key(probe(36.3, 36.1, 36.2, fb=100000, zb=200000)) == pytest.approx(0.2, abs=1e-5)
+    # The finer encode's extra bits are priced at PROBE_SLOPE_DB per doubling inside the rate band ...
+    assert key(probe(36.4, 36.1, 36.2, fb=101500)) == pytest.approx(0.2 - PROBE_SLOPE_DB * math.log2(1.015), abs=1e-5)
+    # ... and a probe off the band (GOP bits more than PROBE_RATE_BAND from the zero encode's) does not count at all.
+    assert key(probe(36.4, 36.1, 36.2, fb=102500)) == 0.0
+    # A Δ=0 encode 1.5% under both probes (inside the band): both gain the bits' price, the coarser one leads by 0.2.
+    assert key(probe(36.3, 36.5, 36.2, fb=100000, zb=98500)) == pytest.approx(-0.2, abs=1e-5)
+    assert key(probe(36.3, 36.5, 36.2, fb=100000, zb=200000)) == 0.0  # both off the band: Δ=0 stands
     alone = make_request(**{**KEY_START, "mgs_in_gop": 1, "gop_frames": 8}, key_probe=probe(36.3, 36.1, 36.2))
     assert build_observation(alone, None, None)[i] == 0.0  # a GOP of one mini-GOP, as key_probe
     obs = build_observation(make_request(ramp_probe=probe(36.1, 36.4, 36.2)), None, None)
