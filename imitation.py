@@ -272,9 +272,9 @@ def key_pick_offsets(obs: np.ndarray, tau: float) -> np.ndarray:
             +PICK_OFFSET where key_probe_best < -tau (the coarser one did), 0 elsewhere.
 
     The encoder coded the GOP three ways before asking (PROTOCOL.md §4.1.2, --probe-zero); this answers the best of
-    them. On the training sweeps that took +0.043 dB at equal rate where the gain model took +0.030, and +0.029 with
-    the margin as one of its terms (BENCHMARKS.md §2.4.54). PICK_OFFSET is the built-in encoder's probe offset: an
-    encoder that probes at another offset needs its own.
+    them. On the held-out clips that took −1.14% of rate where the same recipe's gain model took −0.96%, and 57% of
+    the oracle's gain on their first GOPs (BENCHMARKS.md §2.4.54). PICK_OFFSET is the built-in encoder's probe
+    offset: an encoder that probes at another offset needs its own.
     """
     return _pick(obs[:, FEATURE_NAMES.index("key_probe_best")], tau)
 
