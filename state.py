@@ -171,7 +171,7 @@ def probe_best(k: KeyProbe) -> float:
     def gain(psnr: float, bits: int) -> float:
         if abs(bits / k.zero_bits - 1.0) > PROBE_RATE_BAND:
             return -math.inf
-        return psnr - k.zero_psnr_y - PROBE_SLOPE_DB * math.log2(bits / k.zero_bits)
+        return _probe_gain(psnr, bits, k.zero_psnr_y, k.zero_bits)
 
     finer, coarser = gain(k.finer_psnr_y, k.finer_bits), gain(k.coarser_psnr_y, k.coarser_bits)
     return max(0.0, finer - max(coarser, 0.0)) - max(0.0, coarser - max(finer, 0.0))
@@ -179,8 +179,13 @@ def probe_best(k: KeyProbe) -> float:
 
 def probe_contrast(k: KeyProbe) -> float:
     """(finer_psnr_y - coarser_psnr_y - PROBE_SLOPE_DB * log2(finer_bits / coarser_bits)) * 3 / offset, dB."""
-    gain = k.finer_psnr_y - k.coarser_psnr_y - PROBE_SLOPE_DB * math.log2(k.finer_bits / k.coarser_bits)
-    return gain * 3.0 / k.offset
+    return _probe_gain(k.finer_psnr_y, k.finer_bits, k.coarser_psnr_y, k.coarser_bits) * 3.0 / k.offset
+
+
+def _probe_gain(psnr: float, bits: int, ref_psnr: float, ref_bits: int) -> float:
+    """One probe encode's PSNR-Y over a reference encode of the same GOP at equal rate, dB:
+    psnr - ref_psnr - PROBE_SLOPE_DB * log2(bits / ref_bits) (gain_model.equal_rate_gain at the probes' fixed slope)."""
+    return psnr - ref_psnr - PROBE_SLOPE_DB * math.log2(bits / ref_bits)
 
 
 def gop_reuse(req: Request) -> float:
